@@ -1,0 +1,1 @@
+"""Backends run a sweep somewhere: ``local`` (processes) or ``kubernetes`` (Indexed Jobs)."""

@@ -1,0 +1,415 @@
+"""The sweep spec: what a researcher writes (YAML), validated by pydantic, expanded into runs.
+
+Specs are data. One ``SweepSpec`` describes datasets x models x seeds (x repair classes,
+which a run repairs one after another); ``expand`` turns it into ``RunSpec`` objects, one
+per dataset x model x seed, in a fixed order so that run index N means the same run on a
+laptop and in a Kubernetes Indexed Job. Defaults equal the paper (PAPER.md); every place
+where the released code deviated is a documented field so either behaviour can be
+reproduced. This module is imported by the control plane and the trainer alike, so it
+must stay light (no torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from orchestrator.errors import BadInput
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Sweep names become object names: "<name>-<8 hex>" plus the Job controller's pod
+# suffix "-<index>-<5 random>" must stay within 63 characters.
+MAX_SWEEP_NAME = 40
+MAX_RUN_NAME = 63
+
+# Class counts of the built-in datasets, so class indices can be checked at spec time.
+BUILTIN_DATASETS: dict[str, int] = {"digits": 10, "gtsrb": 43, "rsna": 2}
+BUILTIN_MODELS = ("small_cnn", "vgg16", "densenet121")
+
+
+def _dns_label(value: str) -> str:
+    if not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid Kubernetes name: use lower-case letters, digits and '-',"
+            " starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _sweep_name(value: str) -> str:
+    _dns_label(value)
+    if len(value) > MAX_SWEEP_NAME:
+        raise ValueError(f"{value!r} is longer than {MAX_SWEEP_NAME} characters")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+SweepName = Annotated[str, AfterValidator(_sweep_name)]
+
+
+def slug(value: str) -> str:
+    """A DNS-1123 label derived from a registry key or an import path."""
+    out = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
+    return out or "x"
+
+
+def _as_named(value: Any) -> Any:
+    # Lets YAML say `datasets: [digits]` as well as `datasets: [{name: digits, ...}]`.
+    return {"name": value} if isinstance(value, str) else value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, (str, dict)) else value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    """One dataset of the grid."""
+
+    name: str = Field(
+        description="Built-in dataset (digits, gtsrb, rsna) or an import path 'pkg.module:fn'"
+        " returning prepared splits."
+    )
+    label: DnsLabel | None = Field(
+        None, description="Short name used in run names; derived from `name` when omitted."
+    )
+    input: str | None = Field(
+        None, description="Folder holding the raw dataset as distributed (see inputs/README.md)."
+    )
+    prepared: str | None = Field(
+        None,
+        description="URI (path, file:// or s3://) of splits written by `early-repair prepare`;"
+        " preferred over `input` when both are set.",
+    )
+    num_classes: int | None = Field(
+        None, gt=1, description="Number of classes; required for import-path datasets."
+    )
+    image_size: int | None = Field(
+        None, gt=0, description="Side of the square input images (gtsrb 32, rsna 160)."
+    )
+    split_seed: int = Field(42, ge=0, description="Seed of the train/repair/test split.")
+    max_bad_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of unreadable or unlabelled raw files tolerated before failing.",
+    )
+    repair_classes: list[int] | None = Field(
+        None, description="Classes to repair for this dataset; overrides `repair.classes`."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for import-path datasets."
+    )
+
+    @property
+    def key(self) -> str:
+        return self.label or slug(self.name)
+
+    @property
+    def classes(self) -> int | None:
+        return self.num_classes or BUILTIN_DATASETS.get(self.name)
+
+    @model_validator(mode="after")
+    def _known(self) -> DatasetSpec:
+        if self.name not in BUILTIN_DATASETS and ":" not in self.name:
+            raise ValueError(
+                f"unknown dataset {self.name!r}: use one of {sorted(BUILTIN_DATASETS)}"
+                " or an import path 'package.module:function'"
+            )
+        if ":" in self.name and self.num_classes is None:
+            raise ValueError(f"dataset {self.name!r} is an import path: set num_classes")
+        return self
+
+
+class ModelSpec(_Strict):
+    """One model architecture of the grid."""
+
+    name: str = Field(
+        description="Built-in model (small_cnn, vgg16, densenet121) or an import path"
+        " 'pkg.module:fn' returning a torch module whose last layer is Linear."
+    )
+    label: DnsLabel | None = Field(None, description="Short name used in run names.")
+    pretrained: bool | None = Field(
+        None, description="Start from ImageNet weights (vgg16 default true, others false)."
+    )
+    weights: str | None = Field(
+        None, description="Local file with pretrained weights; never downloaded at run time."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for the model factory."
+    )
+
+    @property
+    def key(self) -> str:
+        return self.label or slug(self.name)
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelSpec:
+        if self.name not in BUILTIN_MODELS and ":" not in self.name:
+            raise ValueError(
+                f"unknown model {self.name!r}: use one of {list(BUILTIN_MODELS)}"
+                " or an import path 'package.module:function'"
+            )
+        return self
+
+
+class TrainingSpec(_Strict):
+    """The paper's training procedure; fields marked 'released code' reproduce its deviations."""
+
+    optimizer: Literal["sgd"] = "sgd"
+    lr: float = Field(1e-2, gt=0, description="Initial learning rate (released code: 1e-4).")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["step", "compound"] = Field(
+        "step",
+        description="step: lr x gamma every lr_step_epochs epochs. compound: the released"
+        " code's bug, current lr x gamma^floor(epoch/lr_step_epochs) every epoch.",
+    )
+    lr_step_epochs: int = Field(10, gt=0)
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    batch_size: int = Field(128, gt=0, description="Released code effectively used 4.")
+    max_epochs: int = Field(30, gt=0)
+    early_stopping: bool = Field(
+        True, description="Stop when val loss stalls (released code: never stopped early)."
+    )
+    patience: int = Field(5, gt=0, description="Epochs without val-loss improvement.")
+    min_delta: float = Field(0.0, ge=0, description="Improvement smaller than this is none.")
+    checkpoint_every: int = Field(5, gt=0)
+    checkpoint_first: bool = Field(True, description="Also keep epoch 1.")
+    checkpoint_convergence: bool = Field(True, description="Also keep the convergence epoch.")
+    validation_split: float = Field(0.2, gt=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch; default: what the scheduler gives."
+    )
+
+
+class RepairSpec(_Strict):
+    """Arachne as the paper used it (PAPER.md); `variant` and friends expose the deviations."""
+
+    method: Literal["arachne"] = "arachne"
+    classes: list[int] = Field(
+        default_factory=list, description="Target classes repaired in every run."
+    )
+    seed: int = Field(0, ge=0, description="Mixed with run seed, epoch and class for the PSO.")
+    particles: int = Field(100, gt=0)
+    iterations: int = Field(50, gt=0, description="Paper 50; released code default 100.")
+    patience: int = Field(10, gt=0, description="Stop after this many iterations w/o gain.")
+    phi: float = Field(4.1, gt=4)
+    variant: Literal["v1", "textbook"] = Field(
+        "v1",
+        description="v1: one r1, r2 per particle and step, |v| clamped to [wb/5, 5wb]"
+        " (paper's code). textbook: per-dimension r, |v| <= 5wb, no minimum speed.",
+    )
+    n_positives: int = Field(200, gt=0, description="Positives sampled for the fitness.")
+    dedup_positives: bool = Field(
+        False, description="Released code removed duplicate samples (fewer than n_positives)."
+    )
+    grad_factor: int = Field(20, gt=0, description="N_g = grad_factor x |negatives|.")
+    max_batch_bytes: ByteSize = Field(
+        ByteSize(256 * 2**20), description="Memory bound for one batch of particle scores."
+    )
+
+
+class ResourcesSpec(_Strict):
+    gpus: int = Field(0, ge=0, description="GPUs per run; 0 = CPU only.")
+    cpu: str = Field("2", description="Kubernetes CPU request per run.")
+    memory: str = Field("8Gi", description="Kubernetes memory request per run.")
+    min_free_vram: ByteSize = Field(
+        ByteSize(0), description="Wait until each visible GPU has this much free (e.g. 10GiB)."
+    )
+    max_used_vram: ByteSize | None = Field(
+        None, description="Also wait until each visible GPU has at most this much in use."
+    )
+    vram_estimate: ByteSize = Field(
+        ByteSize(2 * 2**30), description="Memory one run needs, for packing runs onto GPUs."
+    )
+    guard_timeout_s: float = Field(3600.0, gt=0)
+    guard_poll_s: float = Field(10.0, gt=0)
+
+
+class KubernetesSpec(_Strict):
+    namespace: DnsLabel = "early-repair"
+    parallelism: int | None = Field(None, gt=0, description="Default: all runs at once.")
+    backoff_limit_per_index: int = Field(2, ge=0)
+    max_failed_indexes: int | None = Field(None, ge=0)
+    ttl_seconds_after_finished: int = Field(86400, ge=0)
+    active_deadline_seconds: int | None = Field(None, gt=0)
+    queue: DnsLabel | None = Field(None, description="Kueue LocalQueue name.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None
+    service_account: DnsLabel = "early-repair-trainer"
+    s3_secret: DnsLabel = Field("early-repair-s3", description="Secret with AWS_* keys.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list)
+
+
+class StorageSpec(_Strict):
+    endpoint_url: str | None = Field(None, description="S3 endpoint, e.g. MinIO's URL.")
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+
+
+class SweepSpec(_Strict):
+    """A whole experiment."""
+
+    name: SweepName
+    description: str = ""
+    datasets: Annotated[
+        list[Annotated[DatasetSpec, BeforeValidator(_as_named)]],
+        BeforeValidator(_as_list),
+        Field(min_length=1),
+    ]
+    models: Annotated[
+        list[Annotated[ModelSpec, BeforeValidator(_as_named)]],
+        BeforeValidator(_as_list),
+        Field(min_length=1),
+    ]
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    repair: RepairSpec = Field(default_factory=RepairSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    results: str = Field("results", description="Where results go: path, file:// or s3://.")
+    image: str = Field("ghcr.io/early-repair/trainer:0.1.0", description="Trainer image.")
+
+    @model_validator(mode="after")
+    def _grid(self) -> SweepSpec:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: each seed may appear once")
+        for field, items in (("datasets", self.datasets), ("models", self.models)):
+            keys = [i.key for i in items]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"{field}: two entries share the name; give one a `label`")
+        for i, ds in enumerate(self.datasets):
+            classes = self.classes_for(ds)
+            if len(set(classes)) != len(classes):
+                raise ValueError(f"datasets.{i}.repair_classes: a class appears twice")
+            n = ds.classes
+            bad = [c for c in classes if c < 0 or (n is not None and c >= n)]
+            if bad:
+                raise ValueError(
+                    f"repair class {bad[0]} is out of range for dataset {ds.name!r}"
+                    f" (classes 0..{(n or 1) - 1})"
+                )
+        for run in self.runs():
+            if len(run.name) > MAX_RUN_NAME:
+                raise ValueError(f"run name {run.name!r} is too long: shorten the labels")
+        return self
+
+    def classes_for(self, ds: DatasetSpec) -> list[int]:
+        return list(ds.repair_classes if ds.repair_classes is not None else self.repair.classes)
+
+    def runs(self) -> list[RunSpec]:
+        return expand(self)
+
+    def spec_hash(self) -> str:
+        """Stable hash of everything that changes what the runs compute or where they go."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+class RunSpec(_Strict):
+    """One run = dataset x model x seed; index N is the Nth run of ``expand``."""
+
+    sweep: str
+    index: int
+    name: str
+    dataset: DatasetSpec
+    model: ModelSpec
+    seed: int
+    repair_classes: list[int]
+    training: TrainingSpec
+    repair: RepairSpec
+    resources: ResourcesSpec
+    storage: StorageSpec
+    results: str
+
+
+def expand(spec: SweepSpec) -> list[RunSpec]:
+    """Datasets, then models, then seeds - the order is part of the contract."""
+    runs: list[RunSpec] = []
+    for ds in spec.datasets:
+        for model in spec.models:
+            for seed in spec.seeds:
+                runs.append(
+                    RunSpec(
+                        sweep=spec.name,
+                        index=len(runs),
+                        name=f"{ds.key}-{model.key}-s{seed}",
+                        dataset=ds,
+                        model=model,
+                        seed=seed,
+                        repair_classes=spec.classes_for(ds),
+                        training=spec.training,
+                        repair=spec.repair,
+                        resources=spec.resources,
+                        storage=spec.storage,
+                        results=spec.results,
+                    )
+                )
+    return runs
+
+
+def describe_error(err: ValidationError, source: str) -> str:
+    """One line naming the field and the problem (pydantic's own words)."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "spec"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise BadInput(f"{source}: the spec must be a mapping of fields (see `early-repair schema`)")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as e:
+        raise BadInput(describe_error(e, source)) from e
+
+
+def load_spec(path: str | Path, **overrides: Any) -> SweepSpec:
+    """Read a YAML (or JSON) sweep file; ``overrides`` replace top-level fields."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError as e:
+        raise BadInput(f"{p}: no such file; pass the path of a sweep YAML file") from e
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise BadInput(f"{p}: cannot read the sweep file ({type(e).__name__})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise BadInput(f"{p}: not valid YAML{where}; fix the syntax") from e
+    if isinstance(data, dict):
+        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_spec(data, str(p))
+
+
+def json_schema() -> dict[str, Any]:
+    return SweepSpec.model_json_schema()

@@ -1,0 +1,1 @@
+"""Repair methods that change a trained model's final layer (Arachne)."""
