@@ -37,7 +37,8 @@ def err(message: str) -> None:
 
 
 SpecArg = Annotated[
-    Path, typer.Argument(help="Sweep spec (YAML), e.g. settings/quickstart.yaml.", show_default=False)
+    Path,
+    typer.Argument(help="Sweep spec (YAML), e.g. settings/quickstart.yaml.", show_default=False),
 ]
 
 

@@ -384,7 +384,9 @@ def describe_error(err: ValidationError, source: str) -> str:
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     if not isinstance(data, dict):
-        raise BadInput(f"{source}: the spec must be a mapping of fields (see `early-repair schema`)")
+        raise BadInput(
+            f"{source}: the spec must be a mapping of fields (see `early-repair schema`)"
+        )
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as e:

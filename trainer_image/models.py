@@ -78,14 +78,14 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def build_model(
-    spec: ModelSpec, in_channels: int, num_classes: int, image_size: int
-) -> Repairable:
+def build_model(spec: ModelSpec, in_channels: int, num_classes: int, image_size: int) -> Repairable:
     factory: Callable[..., nn.Module] = resolve(REGISTRY.get(spec.name, spec.name))
     kwargs: dict[str, Any] = dict(spec.options)
     if spec.pretrained is not None:
         kwargs["pretrained"] = spec.pretrained
     if spec.weights is not None:
         kwargs["weights"] = spec.weights
-    model = factory(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+    model = factory(
+        in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs
+    )
     return as_repairable(model, num_classes)

@@ -52,9 +52,7 @@ class Splits:
         }
 
 
-def stratified_split(
-    y: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out) with ``fraction`` held out, stratified by label."""
     idx = np.arange(len(y))
     keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=y)

@@ -1,0 +1,85 @@
+"""Types shared by the trainer and repair methods: the target split and a repair's result.
+
+A repair method sees only the final Linear layer and the penultimate activations
+(``features``) of the repair set, computed once per checkpoint by the trainer; it returns
+the changed weights as a patch that, applied to the checkpoint, rebuilds the repaired model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TargetSplit:
+    """Predictions of one checkpoint on the repair set (PAPER.md step 3)."""
+
+    y: np.ndarray
+    pred: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.y == self.pred
+
+    def positives(self) -> np.ndarray:
+        """Indices of correctly classified inputs (all classes)."""
+        return np.flatnonzero(self.correct)
+
+    def negatives(self, cls: int) -> np.ndarray:
+        """Indices of misclassified inputs whose true class is ``cls``."""
+        return np.flatnonzero(~self.correct & (self.y == cls))
+
+
+@dataclass(frozen=True)
+class PatchedWeight:
+    row: int  # output unit (class)
+    col: int  # input unit (penultimate activation)
+    old: float
+    new: float
+
+
+@dataclass
+class RepairResult:
+    target_class: int
+    status: Literal["repaired", "nothing_to_repair"]
+    patch: list[PatchedWeight]
+    fitness: float | None
+    n_neg: int
+    n_pos: int
+    n_patched: int
+    n_intact: int
+    rr: float | None  # % of the target negatives now correct (all of them)
+    br: float | None  # % of all positives now wrong
+    iterations: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def patch_json(self) -> dict[str, Any]:
+        return {
+            "target_class": self.target_class,
+            "status": self.status,
+            "weights": [p.__dict__ for p in self.patch],
+        }
+
+
+def apply_patch(head: nn.Linear, patch: list[PatchedWeight]) -> nn.Linear:
+    """A copy of ``head`` with the patched weights set to their new values."""
+    out = copy.deepcopy(head)
+    if patch:
+        with torch.no_grad():
+            rows = torch.tensor([p.row for p in patch])
+            cols = torch.tensor([p.col for p in patch])
+            vals = torch.tensor([p.new for p in patch], dtype=out.weight.dtype)
+            out.weight[rows, cols] = vals.to(out.weight.device)
+    return out
+
+
+def repair_seed(repair_seed: int, run_seed: int, epoch: int, cls: int) -> int:
+    """One independent, reproducible seed per (spec seed, run seed, checkpoint, class)."""
+    return int(np.random.SeedSequence([repair_seed, run_seed, epoch, cls]).generate_state(1)[0])
