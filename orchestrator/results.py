@@ -119,3 +119,32 @@ class MetricsRecord(BaseModel):
     n_intact: int | None = None
     iterations: int | None = None
     seconds: float | None = None
+
+
+class TrainSummary(BaseModel):
+    """``train/summary.json``: the training step's completion marker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    convergence_epoch: int  # epoch with the lowest validation loss
+    checkpoint_epochs: list[int]  # sorted; every one has checkpoints/epoch_NNN.pt
+    epochs_trained: int
+    stopped_early: bool
+    best_val_loss: float
+    seconds: float
+
+
+class RunInfo(BaseModel):
+    """``run.json``: what ran, with which software and where; rewritten as steps finish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    run: dict  # RunSpec.model_dump(mode="json")
+    versions: dict[str, str]  # python, torch, early-repair, ...
+    device: str  # "cpu", "cuda:0 (NVIDIA H200)", ...
+    hostname: str
+    started: str  # ISO-8601 UTC
+    finished: str | None = None
+    timings: dict[str, float] = {}  # step name -> seconds
