@@ -277,12 +277,20 @@ class SweepSpec(_Strict):
     name: SweepName
     description: str = ""
     datasets: Annotated[
-        list[Annotated[DatasetSpec, BeforeValidator(_as_named)]],
+        # The schema must admit the name-only shorthand that _as_named accepts.
+        list[
+            Annotated[
+                DatasetSpec, BeforeValidator(_as_named, json_schema_input_type=str | DatasetSpec)
+            ]
+        ],
         BeforeValidator(_as_list),
         Field(min_length=1),
     ]
     models: Annotated[
-        list[Annotated[ModelSpec, BeforeValidator(_as_named)]],
+        # The schema must admit the name-only shorthand that _as_named accepts.
+        list[
+            Annotated[ModelSpec, BeforeValidator(_as_named, json_schema_input_type=str | ModelSpec)]
+        ],
         BeforeValidator(_as_list),
         Field(min_length=1),
     ]

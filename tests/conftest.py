@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The moto S3 server fixtures (moto_endpoint, s3_env, s3_bucket) for every test module.
+pytest_plugins = ["s3_server"]
+
 # Tests share two cores; keep BLAS/torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")

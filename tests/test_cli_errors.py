@@ -1,0 +1,141 @@
+"""Bad input exits 2 with one line naming the problem, no traceback, nothing created
+(issue 2, must-show 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+GOOD = """\
+name: bad-input
+datasets: [digits]
+models: [small_cnn]
+seeds: [1]
+training: {max_epochs: 2, num_threads: 1}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    return cache
+
+
+def one_line_exit_2(r, *needles: str) -> str:
+    assert r.code == 2, (r.code, r.err)
+    assert "Traceback" not in r.err and "Traceback" not in r.out
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def nothing_created(tmp_path: Path) -> None:
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "cache").exists()
+
+
+CASES = {
+    "unknown field": (GOOD + "trainin: {lr: 0.1}\n", ["trainin", "Extra inputs are not permitted"]),
+    "wrong type": (
+        GOOD.replace("max_epochs: 2", "max_epochs: many"),
+        ["training.max_epochs", "integer"],
+    ),
+    "negative epochs": (
+        GOOD.replace("max_epochs: 2", "max_epochs: -3"),
+        ["training.max_epochs", "greater than 0"],
+    ),
+    "empty seed list": (GOOD.replace("seeds: [1]", "seeds: []"), ["seeds", "at least 1"]),
+    "class out of range": (
+        GOOD + "repair: {classes: [3, 10]}\n",
+        ["repair class 10 is out of range", "digits", "0..9"],
+    ),
+    "invalid name": (GOOD.replace("name: bad-input", "name: Bad_Input"), ["name", "Kubernetes"]),
+    "unreadable yaml": (GOOD + "repair: {classes: [3\n", ["not valid YAML", "line"]),
+    "not a mapping": ("- digits\n- small_cnn\n", ["must be a mapping"]),
+    "unknown dataset": (GOOD.replace("[digits]", "[mnist]"), ["unknown dataset 'mnist'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_spec_exits_2_with_one_line(cli, tmp_path: Path, case: str) -> None:
+    text, needles = CASES[case]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    r = cli("run", path, "--results", tmp_path / "results")
+    line = one_line_exit_2(r, str(path), *needles)
+    assert line.startswith("error: ")
+    assert r.out == ""
+    nothing_created(tmp_path)
+
+
+def test_missing_file(cli, tmp_path: Path) -> None:
+    r = cli("run", tmp_path / "nope.yaml", "--results", tmp_path / "results")
+    one_line_exit_2(r, "nope.yaml", "no such file")
+    nothing_created(tmp_path)
+
+
+def test_a_folder_is_not_a_spec(cli, tmp_path: Path) -> None:
+    one_line_exit_2(cli("run", tmp_path, "--results", tmp_path / "results"), "cannot read")
+    nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--workers", "0"], ["--workers", "greater than or equal to 1"]),
+        (["--workers", "two"], ["--workers", "integer"]),
+        (["--frobnicate"], ["--frobnicate"]),
+        (["--results", ""], ["results URI is empty"]),
+        (["--results", "ftp://host/x"], ["unsupported URI scheme", "ftp"]),
+        (["--results", "file://host/x"], ["file:// URIs take no host"]),
+        (["--endpoint-url", "http://127.0.0.1:9", "--results", "s3://"], ["s3://"]),
+    ],
+)
+def test_bad_flags_exit_2(cli, tmp_path: Path, flags: list[str], needles: list[str]) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD)
+    if "--results" not in flags:
+        flags = [*flags, "--results", str(tmp_path / "results")]
+    one_line_exit_2(cli("run", path, *flags), *needles)
+    nothing_created(tmp_path)
+
+
+def test_results_path_that_is_a_file_exits_2(cli, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD)
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    one_line_exit_2(cli("run", path, "--results", blocker), str(blocker), "is a file")
+    assert blocker.read_text() == "not a folder"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_trainer_without_an_index_exits_2(cli, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD)
+    one_line_exit_2(cli("trainer", "--sweep", path), "--run-index", "JOB_COMPLETION_INDEX")
+
+
+def test_trainer_index_out_of_range_names_the_valid_range(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD + f"results: {tmp_path / 'results'}\n")
+    one_line_exit_2(cli("trainer", "--sweep", path, "--run-index", "1"), "run index 1", "0..0")
+    one_line_exit_2(cli("trainer", "--sweep", path, "--run-index", "-1"), "0..0")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    one_line_exit_2(cli("trainer", "--sweep", path), "run index 3")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "x")
+    one_line_exit_2(cli("trainer", "--sweep", path), "JOB_COMPLETION_INDEX='x'")
+    nothing_created(tmp_path)
+
+
+def test_trainer_with_a_bad_spec_exits_2(cli, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD.replace("seeds: [1]", "seeds: [-1]"))
+    one_line_exit_2(cli("trainer", "--sweep", path, "--run-index", "0"), "seeds.0")

@@ -1,0 +1,591 @@
+"""Prepared splits: a raw dataset read once into compact uint8 arrays, stored, read back verified.
+
+Why this exists: GTSRB and RSNA arrive as tens of thousands of small files (and DICOM
+decoding is slow), yet every training pod of a sweep needs exactly the same splits.
+``early-repair prepare`` reads the raw folder once and writes a handful of ``.npy`` files
+plus a manifest through the Store protocol (a folder or S3); each pod then downloads them
+and checks their sha256 before training. Small local runs can instead prepare on the fly
+in memory from the same code path, so both routes produce identical arrays.
+
+Layout under the prepared URI (the root of a Store)::
+
+    train/x.npy   train/y.npy     uint8 N x C x H x W images, int64 N labels
+    train/names.txt               the raw file of each row, one per line (for audits)
+    repair/{x.npy,y.npy,names.txt}
+    test/{x.npy,y.npy,names.txt}
+    manifest.json                 written last: its presence means the rest is complete
+
+The validation split is not stored: it is held out of ``train`` at load time with the
+training spec's ``validation_split`` (stratified, ``split_seed``), as for every dataset.
+
+Reading is streaming: images are decoded one by one into one preallocated uint8 array, and
+splits are written to temporary files in chunks, so peak memory stays near the size of the
+prepared arrays rather than the raw images. This module needs numpy, pandas and the
+standard library only (no torch), so ``prepare`` runs on install-light machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import BadInput, StoreError
+from orchestrator.spec import DatasetSpec, StorageSpec
+from orchestrator.store import KeyMissing, Store, open_store
+from trainer_image.data import Split, Splits, stratified_split
+
+log = logging.getLogger(__name__)
+
+FORMAT = "early-repair-prepared"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "repair", "test")
+# How many names of skipped files a report keeps: enough to find the pattern, short enough
+# for one log line.
+FIRST_NAMES = 5
+# Bytes per chunk when writing or compacting a split: bounds the temporary copy that
+# fancy indexing makes.
+CHUNK_BYTES = 4 * 2**20
+
+Progress = Callable[[int, int], None]
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+class Unreadable(Exception):
+    """One raw file could not be decoded; the file is skipped and reported, not fatal."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One raw image to read: a reported name, its path, its label and reader extras."""
+
+    name: str
+    path: Path
+    label: int
+    extra: Any = None
+
+
+@dataclass
+class Skipped:
+    """Raw files left out, by reason (unreadable, unlabelled, missing), for log and manifest."""
+
+    names: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, name: str) -> None:
+        self.names.setdefault(kind, []).append(name)
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.names.values())
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        return {
+            kind: {"count": len(names), "first": names[:FIRST_NAMES]}
+            for kind, names in sorted(self.names.items())
+        }
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"{len(names)} {kind} ({', '.join(names[:FIRST_NAMES])}"
+            f"{', ...' if len(names) > FIRST_NAMES else ''})"
+            for kind, names in sorted(self.names.items())
+        )
+
+
+def check_skipped(
+    dataset: str, skipped: Skipped, total: int, max_bad_fraction: float, kept: int
+) -> None:
+    """Log what was left out; fail when it is more than the spec tolerates."""
+    if skipped.count:
+        log.warning(
+            "%s: skipped %d of %d raw files: %s", dataset, skipped.count, total, skipped.summary()
+        )
+    if kept == 0:
+        raise BadInput(
+            f"{dataset}: none of the {total} raw images could be used: "
+            f"{skipped.summary() or 'no images listed'}"
+        )
+    if total and skipped.count / total > max_bad_fraction:
+        raise BadInput(
+            f"{dataset}: {skipped.count} of {total} raw files are unusable"
+            f" ({skipped.count / total:.1%}), more than max_bad_fraction"
+            f" {max_bad_fraction:g} (datasets[].max_bad_fraction or --max-bad-fraction):"
+            f" {skipped.summary()}"
+        )
+
+
+def _decode_one(decode: Callable[[Item], np.ndarray], item: Item) -> np.ndarray | Unreadable:
+    try:
+        return decode(item)
+    except Unreadable as e:
+        return e
+
+
+def _decoded(
+    items: Sequence[Item], decode: Callable[[Item], np.ndarray], workers: int
+) -> Iterator[tuple[Item, np.ndarray | Unreadable]]:
+    """(item, image or Unreadable) in the order of ``items``, decoded by ``workers`` threads.
+
+    Threads suffice: Pillow's decoders and resize and numpy's array maths release the GIL.
+    At most ``4 x workers`` images are in flight, so memory does not grow with the dataset.
+    """
+    if workers <= 1:
+        for item in items:
+            yield item, _decode_one(decode, item)
+        return
+    pending = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        window: deque[tuple[Item, Future[np.ndarray | Unreadable]]] = deque(
+            (item, pool.submit(_decode_one, decode, item))
+            for item in itertools.islice(pending, 4 * workers)
+        )
+        while window:
+            item, future = window.popleft()
+            nxt = next(pending, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(_decode_one, decode, nxt)))
+            yield item, future.result()
+
+
+def read_images(
+    items: Sequence[Item],
+    decode: Callable[[Item], np.ndarray],
+    shape: tuple[int, int, int],
+    skipped: Skipped,
+    progress: Progress | None = None,
+    workers: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode ``items`` one by one into one preallocated uint8 array.
+
+    Returns (x, y, kept) where ``kept`` are the positions in ``items`` of the rows of x.
+    Good images are packed to the front as they come, so no second copy is ever made; a
+    failed decode raises ``Unreadable`` and the item is recorded in ``skipped``. The result
+    does not depend on ``workers``.
+    """
+    x = np.empty((len(items), *shape), dtype=np.uint8)
+    y = np.empty(len(items), dtype=np.int64)
+    kept = np.empty(len(items), dtype=np.int64)
+    k = 0
+    for i, (item, image) in enumerate(_decoded(items, decode, workers)):
+        if isinstance(image, Unreadable):
+            skipped.add("unreadable", f"{item.name} [{image}]")
+        else:
+            x[k] = image
+            y[k] = item.label
+            kept[k] = i
+            k += 1
+        if progress is not None:
+            progress(i + 1, len(items))
+    return x[:k], y[:k], kept[:k]
+
+
+def read_table(path: Path, columns: Sequence[str], sep: str, layout: str) -> pd.DataFrame:
+    """Read a raw CSV and check it has ``columns``; a BadInput names the file otherwise."""
+    want = sep.join(columns)
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except FileNotFoundError as e:
+        raise BadInput(f"{path}: missing; {layout}") from e
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: not a readable CSV ({e}); expected columns {want}") from e
+    found = [str(c).strip() for c in df.columns]
+    if any(c not in found for c in columns):
+        raise BadInput(
+            f"{path}: expected columns {want} (separated by {sep!r}), found {sep.join(found)}"
+        )
+    df.columns = found
+    return df
+
+
+def int_column(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    """Parse one CSV column as integers, naming the file and line of the first bad value."""
+    parsed = pd.to_numeric(df[column].str.strip(), errors="coerce")
+    bad = parsed.isna() | (parsed != parsed.round())
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise BadInput(
+            f"{path}: line {row + 2}: {column} {df[column].iloc[row]!r} is not an integer"
+        )
+    return parsed.astype(np.int64).to_numpy()
+
+
+def parse_options(model: type[OptionsT], spec: DatasetSpec) -> OptionsT:
+    """Validate a built-in dataset's ``options`` (unknown keys are an error, not ignored)."""
+    try:
+        return model.model_validate(spec.options)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        allowed = ", ".join(model.model_fields) or "none"
+        raise BadInput(
+            f"datasets[{spec.name}].options.{loc}: {first['msg']}"
+            f" (options for {spec.name}: {allowed})"
+        ) from e
+
+
+def stratified(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, ...]:
+    """``stratified_split`` with a BadInput when the data are too few to stratify."""
+    try:
+        return stratified_split(y, fraction, seed)
+    except ValueError as e:
+        raise BadInput(
+            f"{what}: cannot split {len(y)} images stratified ({e});"
+            " the dataset has too few images per class"
+        ) from e
+
+
+@dataclass
+class Prepared:
+    """Everything ``prepare`` read: all kept images once, and the split as index arrays."""
+
+    dataset: str
+    x: np.ndarray  # K x C x H x W uint8, every kept image once
+    y: np.ndarray  # K int64
+    names: list[str]  # K raw file names (relative to the source), to trace a row back
+    index: dict[str, np.ndarray]  # split name -> sorted positions in x / y
+    num_classes: int
+    split_seed: int
+    source: str
+    options: dict[str, Any]
+    skipped: Skipped
+    candidates: int  # raw files considered (kept + skipped)
+    split_rule: dict[str, Any]  # how the split was made, for the manifest
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> list[int]:
+        return [int(s) for s in self.x.shape[1:]]
+
+    def counts(self) -> dict[str, list[int]]:
+        return {
+            name: np.bincount(self.y[idx], minlength=self.num_classes).tolist()
+            for name, idx in self.index.items()
+        }
+
+    def parts(self) -> dict[str, Split]:
+        return {name: Split(self.x[idx], self.y[idx]) for name, idx in self.index.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest minus the per-file entries (which exist only once written)."""
+        counts = self.counts()
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dataset": self.dataset,
+            "num_classes": self.num_classes,
+            "image_shape": self.image_shape,
+            "dtype": "uint8",
+            "split_seed": self.split_seed,
+            "split_rule": self.split_rule,
+            "options": self.options,
+            "source": self.source,
+            "candidates": self.candidates,
+            "images": len(self.y),
+            "skipped": self.skipped.report(),
+            "notes": self.notes,
+            "tool": tool_versions(),
+            "splits": {
+                name: {"count": len(self.index[name]), "class_counts": counts[name]}
+                for name in SPLITS
+            },
+        }
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for dist in ("early-repair", "numpy", "pillow", "pydicom"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def open_prepared_store(uri: str, storage: StorageSpec | None = None) -> Store:
+    opts = storage.model_dump() if storage is not None else {}
+    return open_store(uri, **opts)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_npy(path: Path, source: np.ndarray, idx: np.ndarray) -> None:
+    """Write ``source[idx]`` as .npy in chunks: never a full copy of the split in memory."""
+    shape = (len(idx), *source.shape[1:])
+    header = {
+        "descr": np.lib.format.dtype_to_descr(source.dtype),
+        "fortran_order": False,
+        "shape": shape,
+    }
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * source.dtype.itemsize)
+    step = max(1, CHUNK_BYTES // row_bytes)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for start in range(0, len(idx), step):
+            f.write(np.ascontiguousarray(source[idx[start : start + step]]).data)
+
+
+def check_output(store: Store, dataset: str, overwrite: bool) -> None:
+    """Refuse to replace prepared splits unless asked: nothing already there is lost."""
+    if not overwrite and (store.exists(MANIFEST) or store.list("train")):
+        raise BadInput(
+            f"{store.uri}: already holds prepared splits; choose another --output"
+            f" or pass --overwrite to replace them ({dataset})"
+        )
+
+
+def write_prepared(prep: Prepared, store: Store) -> dict[str, Any]:
+    """Write the splits, then the manifest (the completion marker); return the manifest."""
+    manifest = prep.describe()
+    manifest["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    # An old manifest must not vouch for half-replaced arrays while we write.
+    store.delete_prefix(MANIFEST)
+    with tempfile.TemporaryDirectory(prefix="early-repair-prepare-") as tmp:
+        for name in SPLITS:
+            idx = prep.index[name]
+            files = {}
+            for array, source in (("x", prep.x), ("y", prep.y)):
+                key = f"{name}/{array}.npy"
+                path = Path(tmp, f"{name}-{array}.npy")
+                _write_npy(path, source, idx)
+                files[array] = {
+                    "key": key,
+                    "sha256": _sha256(path),
+                    "bytes": path.stat().st_size,
+                    "dtype": str(source.dtype),
+                    "shape": [len(idx), *source.shape[1:]],
+                }
+                store.upload_file(key, path)
+                path.unlink()
+            # Which raw file each row came from: for audits, not needed for training.
+            key = f"{name}/names.txt"
+            text = "".join(f"{prep.names[i]}\n" for i in idx).encode()
+            files["names"] = {
+                "key": key,
+                "sha256": hashlib.sha256(text).hexdigest(),
+                "bytes": len(text),
+            }
+            store.write_bytes(key, text)
+            manifest["splits"][name]["files"] = files
+    store.write_bytes(MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
+
+
+def read_manifest(store: Store, dataset: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(store.read_bytes(MANIFEST))
+    except KeyMissing as e:
+        raise BadInput(
+            f"{store.uri}: no {MANIFEST}; write prepared splits there first with"
+            f" `early-repair prepare {dataset} --input DIR --output {store.uri}`"
+        ) from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(
+            f"{store.uri}/{MANIFEST}: not valid JSON; re-run `early-repair"
+            " prepare` with --overwrite"
+        ) from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BadInput(f"{store.uri}/{MANIFEST}: not an early-repair prepared-splits manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BadInput(
+            f"{store.uri}: prepared with format version"
+            f" {manifest.get('format_version')}, this tool reads {FORMAT_VERSION};"
+            " re-run `early-repair prepare` with --overwrite"
+        )
+    if manifest.get("dataset") != dataset:
+        raise BadInput(
+            f"{store.uri}: holds prepared {manifest.get('dataset')!r} splits, not"
+            f" {dataset!r}; point datasets[].prepared at the {dataset} splits"
+        )
+    return manifest
+
+
+def read_prepared(store: Store, dataset: str) -> tuple[dict[str, Split], dict[str, Any]]:
+    """Download every split, verify sha256, dtype and shape against the manifest."""
+    manifest = read_manifest(store, dataset)
+    parts: dict[str, Split] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="early-repair-prepared-") as tmp:
+            for name in SPLITS:
+                arrays = {}
+                for array in ("x", "y"):
+                    entry = manifest["splits"][name]["files"][array]
+                    path = Path(tmp, f"{name}-{array}.npy")
+                    try:
+                        store.download_file(entry["key"], path)
+                    except KeyMissing as e:
+                        raise BadInput(
+                            f"{store.uri}/{entry['key']}: missing although the"
+                            " manifest lists it; re-run `early-repair prepare`"
+                            " with --overwrite"
+                        ) from e
+                    if _sha256(path) != entry["sha256"]:
+                        raise BadInput(
+                            f"{store.uri}/{entry['key']}: sha256 differs from the"
+                            " manifest (corrupt or replaced); re-run `early-repair"
+                            " prepare` with --overwrite"
+                        )
+                    arr = np.load(path, allow_pickle=False)
+                    if str(arr.dtype) != entry["dtype"] or list(arr.shape) != entry["shape"]:
+                        raise BadInput(
+                            f"{store.uri}/{entry['key']}: {arr.dtype}"
+                            f" {list(arr.shape)} does not match the manifest"
+                        )
+                    arrays[array] = arr
+                    path.unlink()
+                parts[name] = Split(arrays["x"], arrays["y"])
+    except (KeyError, TypeError) as e:
+        raise BadInput(
+            f"{store.uri}/{MANIFEST}: incomplete manifest (no {e});"
+            " re-run `early-repair prepare` with --overwrite"
+        ) from e
+    n = manifest["num_classes"]
+    for name, part in parts.items():
+        if len(part) and (part.y.min() < 0 or part.y.max() >= n):
+            raise BadInput(f"{store.uri}/{name}/y.npy: labels outside 0..{n - 1}")
+    return parts, manifest
+
+
+def check_matches(
+    spec: DatasetSpec, manifest: dict[str, Any], options: dict[str, Any], default_size: int
+) -> None:
+    """The spec and the prepared splits must describe the same data, or training lies."""
+    where = f"datasets[{spec.key}]"
+    size = spec.image_size or default_size
+    if manifest["image_shape"][-1] != size:
+        raise BadInput(
+            f"{where}.image_size is {size} but {spec.prepared} holds"
+            f" {manifest['image_shape'][-1]}px images; set image_size:"
+            f" {manifest['image_shape'][-1]} or prepare again with --image-size"
+            f" {size}"
+        )
+    if manifest["split_seed"] != spec.split_seed:
+        raise BadInput(
+            f"{where}.split_seed is {spec.split_seed} but {spec.prepared} was"
+            f" split with {manifest['split_seed']}; set split_seed:"
+            f" {manifest['split_seed']} or prepare again with --split-seed"
+            f" {spec.split_seed}"
+        )
+    if manifest.get("options", {}) != options:
+        raise BadInput(
+            f"{where}.options {options} differ from those {spec.prepared} was"
+            f" prepared with {manifest.get('options')}; make them equal"
+        )
+
+
+def hold_out_in_place(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """``hold_out_validation`` without a second copy of the training images.
+
+    The same rows (the same ``stratified_split``), but the kept rows are moved to the front
+    of the array they are in, chunk by chunk, instead of being copied out: peak memory is
+    the training array plus the validation rows, not twice the training array. The
+    returned training images are a view of ``train.x``, which is overwritten.
+    """
+    keep, held = stratified_split(train.y, fraction, seed)
+    val = train.subset(held)
+    x = train.x
+    step = max(1, CHUNK_BYTES // max(1, x[:1].nbytes))
+    for start in range(0, len(keep), step):
+        block = keep[start : start + step]
+        # keep is ascending, so keep[i] >= i: a row only ever moves towards the front, onto
+        # a row already moved or held out, never onto one that has yet to move.
+        x[start : start + len(block)] = x[block]
+    return Split(x[: len(keep)], train.y[keep]), val
+
+
+def load_dataset(
+    spec: DatasetSpec,
+    validation_split: float,
+    *,
+    storage: StorageSpec | None,
+    prepare: Callable[[DatasetSpec], Prepared],
+    options: dict[str, Any],
+    default_size: int,
+) -> Splits:
+    """The shared ``load`` of prepared datasets: from the store, or prepared on the fly."""
+    if spec.prepared:
+        store = open_prepared_store(spec.prepared, storage)
+        parts, manifest = read_prepared(store, spec.name)
+        check_matches(spec, manifest, options, default_size)
+        meta = {k: v for k, v in manifest.items() if k != "splits"}
+        meta["prepared"] = store.uri
+    elif spec.input:
+        prep = prepare(spec)
+        parts = prep.parts()
+        meta = {k: v for k, v in prep.describe().items() if k != "splits"}
+        meta["prepared"] = None
+        del prep  # the split copies are all that is needed from here on
+    else:
+        raise BadInput(
+            f"datasets[{spec.key}]: set input (the raw folder, see inputs/README.md)"
+            " or prepared (a URI written by `early-repair prepare`)"
+        )
+    try:
+        train, val = hold_out_in_place(parts["train"], validation_split, spec.split_seed)
+    except ValueError as e:  # sklearn: too few images per class to stratify
+        raise BadInput(
+            f"datasets[{spec.key}]: cannot hold out a stratified validation split"
+            f" of {validation_split:g} from {len(parts['train'])} training images"
+            f" ({e})"
+        ) from e
+    return Splits(
+        train=train,
+        val=val,
+        repair=parts["repair"],
+        test=parts["test"],
+        num_classes=int(meta["num_classes"]),
+        meta=meta,
+    )
+
+
+# dataset name -> "module:function(spec, *, progress=None, workers=1) -> Prepared"
+PREPARERS: dict[str, str] = {
+    "gtsrb": "trainer_image.data.gtsrb:prepare",
+    "rsna": "trainer_image.data.rsna:prepare",
+}
+
+
+def prepare_to_store(
+    spec: DatasetSpec,
+    output: str,
+    *,
+    storage: StorageSpec | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    workers: int = 1,
+) -> tuple[str, dict[str, Any]]:
+    """``early-repair prepare``: read the raw folder once, write the splits; (uri, manifest)."""
+    from trainer_image.data import resolve
+
+    if spec.name not in PREPARERS:
+        raise BadInput(
+            f"prepare: no preparation for dataset {spec.name!r}; use one of {sorted(PREPARERS)}"
+        )
+    if not spec.input:
+        raise BadInput("prepare: --input is required (the raw dataset folder)")
+    store = open_prepared_store(output, storage)
+    check_output(store, spec.name, overwrite)
+    # Read everything before writing anything: a bad raw folder leaves the output untouched.
+    prep = resolve(PREPARERS[spec.name])(spec, progress=progress, workers=workers)
+    try:
+        manifest = write_prepared(prep, store)
+    except OSError as e:
+        raise StoreError(f"{store.uri}: cannot write prepared splits ({e})") from e
+    return store.uri, manifest
