@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.exceptions import TyperException
@@ -66,7 +66,7 @@ def run(
     workers: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Runs at once [default: CPUs / training.num_threads].", show_default=False
+            min=1, help="Runs at once (default: CPUs / training.num_threads).", show_default=False
         ),
     ] = None,
     endpoint_url: Annotated[
@@ -97,7 +97,7 @@ def trainer(
     run_index: Annotated[
         int | None,
         typer.Option(
-            help="Which run of the sweep [default: $JOB_COMPLETION_INDEX].", show_default=False
+            help="Which run of the sweep (default: $JOB_COMPLETION_INDEX).", show_default=False
         ),
     ] = None,
 ) -> None:
@@ -138,6 +138,22 @@ EndpointOpt = Annotated[
     ),
 ]
 SweepArg = Annotated[str, typer.Argument(help="Sweep name (the spec's `name`).")]
+LocalOpt = Annotated[
+    bool, typer.Option("--local", help="A sweep started with `early-repair run` on this machine.")
+]
+
+
+def _status_backend(
+    local: bool, namespace: str | None, context: str | None, endpoint_url: str | None
+) -> Any:
+    """The backend that answers status/logs for a sweep: this machine's or the cluster's."""
+    if local:
+        from orchestrator.backends.local import LocalBackend
+
+        return LocalBackend()
+    from orchestrator.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(namespace=namespace, context=context, endpoint_url=endpoint_url)
 
 
 def _runs_table(title: str, rows: list[list[str]], header: list[str]) -> object:
@@ -253,15 +269,15 @@ def k8s_status(
         bool, typer.Option("--json", help="JSON on stdout (one line per change with --watch).")
     ] = False,
     endpoint_url: EndpointOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """One row per run: state, restarts, node, progress. Exit 1 if a run failed or was cancelled."""
     from rich.console import Console
 
-    from orchestrator.backends.kubernetes import KubernetesBackend
     from orchestrator.progress import describe
 
-    backend = KubernetesBackend(namespace=namespace, context=context, endpoint_url=endpoint_url)
-    ns = backend.namespace or "early-repair"
+    backend = _status_backend(local, namespace, context, endpoint_url)
+    ns = "local" if local else backend.namespace or "early-repair"
 
     def document(states: list) -> dict:
         return {
@@ -329,17 +345,16 @@ def k8s_status(
 def k8s_logs(
     sweep: SweepArg,
     run: Annotated[
-        str | None, typer.Option(help="Run name or index [default: every run, one after another].")
+        str | None, typer.Option(help="Run name or index (default: every run, one after another).")
     ] = None,
     follow: Annotated[bool, typer.Option(help="Stream the run's log as it grows.")] = False,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     endpoint_url: EndpointOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """A run's log from its pod, or from the store once the pod is gone."""
-    from orchestrator.backends.kubernetes import KubernetesBackend
-
-    backend = KubernetesBackend(namespace=namespace, context=context, endpoint_url=endpoint_url)
+    backend = _status_backend(local, namespace, context, endpoint_url)
     for line in backend.logs(sweep, run, follow=follow):
         print(line, flush=follow)
 
@@ -349,9 +364,18 @@ def k8s_cancel(
     sweep: SweepArg,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Delete a sweep's Job (and so its pods) and ConfigMap; results stay in the store."""
     from orchestrator.backends.kubernetes import KubernetesBackend
+
+    if local:
+        from orchestrator.backends.local import LocalBackend
+
+        LocalBackend().cancel(sweep)
+        err(f"cancelled local sweep {sweep!r}; results are kept, `run` again to resume")
+        print(json.dumps({"sweep": sweep, "backend": "local", "cancelled": True}, indent=2))
+        return
 
     backend = KubernetesBackend(namespace=namespace, context=context)
     deleted = backend.delete_sweep(sweep)

@@ -305,9 +305,8 @@ def visible_devices(nvml: Nvml, env: Mapping[str, str], log: Log | None = None) 
     else:
         source = f"NVIDIA_VISIBLE_DEVICES={nvidia}"
         entries = [e.strip() for e in nvidia.split(",") if e.strip()]
-        seen = all_devices(nvml)
         if all(e.isdigit() for e in entries) and nvml.device_count() == len(entries):
-            base = seen  # the container runtime already narrowed and renumbered them
+            base = all_devices(nvml)  # the container runtime already narrowed and renumbered
         else:
             base = []
             for e in entries:

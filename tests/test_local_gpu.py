@@ -1,17 +1,29 @@
-"""GPU-aware local scheduling: discovery, the packing planner and GpuPool, on a fake NVML."""
+"""GPU-aware local scheduling on a fake NVML: discovery, the packing planner, GpuPool, and
+the local backend placing real trainer processes."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB, no_driver
+from rich.console import Console
 
+import orchestrator.gpus
+from orchestrator.backends.base import RunState
+from orchestrator.backends.local import LocalBackend
 from orchestrator.errors import BadInput
 from orchestrator.gpus import GpuInfo, GpuPool, discover, pack
-from orchestrator.spec import ResourcesSpec
+from orchestrator.spec import ResourcesSpec, parse_spec
 
 UUIDS = [f"GPU-{i}{i}{i}{i}bbbb-0000-1111-2222-33334444555{i}" for i in range(4)]
 
@@ -163,3 +175,127 @@ def test_mig_devices_are_packed_by_their_own_memory() -> None:
     a, b = pool.acquire("a", timeout=5), pool.acquire("b", timeout=5)
     assert a.env == b.env == {"CUDA_VISIBLE_DEVICES": migs[0].uuid}
     assert pool.try_acquire("c") is None
+
+
+# --- the local backend ------------------------------------------------------------------------
+
+SPEC: dict[str, Any] = {
+    "name": "packed",
+    "datasets": ["digits"],
+    "models": ["small_cnn"],
+    "seeds": [1, 2, 3],
+    "training": {"device": "auto", "max_epochs": 1, "num_threads": 1},
+    "repair": {"classes": [3], "particles": 4, "iterations": 1},
+    "resources": {"gpus": 1, "vram_estimate": "4GiB"},
+}
+
+
+def two_gpus() -> FakeNvml:
+    """Room for two 4 GiB runs on GPU 0 (9 GiB free) and none on GPU 1 (3 GiB free)."""
+    return FakeNvml(
+        [FakeGpu(UUIDS[0], total=16 * GiB, used=7 * GiB), FakeGpu(UUIDS[1], used=77 * GiB)]
+    )
+
+
+def recording_python(tmp_path: Path) -> tuple[str, Path]:
+    """An interpreter for the backend that notes each trainer's GPU env and lifetime.
+
+    It runs the real trainer (``python -m orchestrator.cli trainer ...``) and writes
+    ``<run index>.json`` with CUDA_VISIBLE_DEVICES and the process's start and end.
+    """
+    records = tmp_path / "records"
+    records.mkdir()
+    recorder = tmp_path / "recorder.py"
+    recorder.write_text(
+        "import json, os, subprocess, sys, time\n"
+        "start = time.time()\n"
+        "code = subprocess.call([sys.executable, *sys.argv[1:]])\n"
+        "index = sys.argv[sys.argv.index('--run-index') + 1]\n"
+        "record = {'cvd': os.environ.get('CUDA_VISIBLE_DEVICES'), 'start': start,"
+        " 'end': time.time(), 'code': code}\n"
+        f"open(os.path.join({str(records)!r}, index + '.json'), 'w').write(json.dumps(record))\n"
+        "sys.exit(code)\n"
+    )
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{recorder}" "$@"\n')
+    python.chmod(0o755)
+    return str(python), records
+
+
+@pytest.mark.slow
+def test_local_backend_packs_runs_by_free_memory(tmp_path: Path) -> None:
+    python, records = recording_python(tmp_path)
+    console = Console(file=io.StringIO(), width=200)
+    backend = LocalBackend(
+        workers=3, nvml=two_gpus(), python=python, console=console, state_root=tmp_path / "st"
+    )
+    spec = parse_spec({**SPEC, "results": str(tmp_path / "results")})
+    out = backend.submit(spec)
+    assert [r.state for r in out.runs] == [RunState.SUCCEEDED] * 3, out.summary()
+
+    seen = [json.loads((records / f"{i}.json").read_text()) for i in range(3)]
+    assert [r["cvd"] for r in seen] == [UUIDS[0]] * 3  # GPU 1 has no room for 4 GiB
+    # Three workers, but memory for two: the last run starts only after another ended.
+    spans = sorted((r["start"], r["end"]) for r in seen)
+    assert spans[2][0] >= min(spans[0][1], spans[1][1])
+    text = console.file.getvalue()
+    assert text.count("waits for GPU memory") == 1
+    assert text.count(f"on GPU 0 ({UUIDS[0]})") == 3
+    for run in spec.runs():
+        assert (tmp_path / "results" / "packed" / run.name / "_SUCCESS").exists()
+    assert backend._gpus is not None and backend._gpus.promised() == [0, 0]
+
+
+def test_local_backend_cpu_fallback(tmp_path: Path) -> None:
+    spec = parse_spec({**SPEC, "results": str(tmp_path / "results")})
+    run = spec.runs()[0]
+    # No NVML: the child's environment is left as it is, and `auto` picks the CPU.
+    backend = LocalBackend(
+        nvml=no_driver(), console=Console(file=io.StringIO()), state_root=tmp_path
+    )
+    backend.submit(spec, dry_run=True)
+    with backend._env_for(run, workers=1) as env:
+        assert env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+    # resources.gpus 0: CUDA is kept away from every GPU, and NVML is never asked.
+    nvml = two_gpus()
+    cpu = parse_spec({**SPEC, "resources": {"gpus": 0}, "results": str(tmp_path / "r")})
+    backend = LocalBackend(nvml=nvml, console=Console(file=io.StringIO()), state_root=tmp_path)
+    backend.submit(cpu, dry_run=True)
+    with backend._env_for(cpu.runs()[0], workers=1) as env:
+        assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert nvml.inits == 0
+
+
+def test_local_backend_gives_each_run_its_own_slot(tmp_path: Path) -> None:
+    spec = parse_spec({**SPEC, "resources": {"gpus": 1, "vram_estimate": "8GiB"}})
+    backend = LocalBackend(nvml=box(), console=Console(file=io.StringIO()), state_root=tmp_path)
+    backend.submit(spec, dry_run=True)
+    runs = spec.runs()
+    with (
+        backend._env_for(runs[0], workers=3) as a,
+        backend._env_for(runs[1], workers=3) as b,
+        backend._env_for(runs[2], workers=3) as c,
+    ):
+        # 40 GiB free on GPU 3 and 20 GiB on GPU 0; GPU 1 (9) fits one, GPU 2 (3) none.
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in (a, b, c)] == [UUIDS[3], UUIDS[0], UUIDS[1]]
+        assert backend._gpus is not None
+        assert backend._gpus.promised() == [8 * GiB, 8 * GiB, 0, 8 * GiB]
+    assert backend._gpus.promised() == [0, 0, 0, 0]  # released when the runs end
+
+
+def test_run_that_no_gpu_can_hold_is_bad_input_and_creates_nothing(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(orchestrator.gpus, "PyNvml", two_gpus)  # the real NVML's seam
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
+    path = tmp_path / "sweep.yaml"
+    spec = {**SPEC, "resources": {"gpus": 1, "vram_estimate": "12GiB"}}
+    path.write_text(yaml.safe_dump({**spec, "results": str(tmp_path / "results")}))
+
+    r = cli("run", path)
+    assert r.code == 2
+    assert r.err.startswith("error: resources.vram_estimate: a run needs 12.0GiB")
+    assert "9.0GiB" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()

@@ -40,6 +40,8 @@ from rich.progress import (
 from orchestrator import results as keys
 from orchestrator.backends.base import RunState, RunStatus, SubmitResult
 from orchestrator.errors import BadInput
+from orchestrator.gpus import GpuPool
+from orchestrator.nvml import Nvml
 from orchestrator.progress import describe, sweep_progress
 from orchestrator.spec import RunSpec, SweepSpec, parse_spec
 from orchestrator.store import FileStore, KeyMissing, Store, open_store, read_json
@@ -245,6 +247,7 @@ class LocalBackend:
         python: str = sys.executable,
         poll_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
+        nvml: Nvml | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise BadInput(f"--workers must be at least 1, got {workers}")
@@ -259,6 +262,8 @@ class LocalBackend:
         self._cancelled = threading.Event()
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._state: dict[str, Any] = {}
+        self.nvml = nvml  # None: the real NVML, asked once per submit
+        self._gpus: GpuPool | None = None
 
     # --- state file -------------------------------------------------------------------
 
@@ -299,12 +304,26 @@ class LocalBackend:
         """The child's environment, held for the run's lifetime (a GPU slot hooks in here)."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        if run.resources.gpus == 0:
-            env["CUDA_VISIBLE_DEVICES"] = ""
         if run.training.num_threads is None:
             # torch would take every core in every run; share them out instead.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-        yield env
+        # GPU memory is promised until the run's process has ended (orchestrator.gpus);
+        # the slot sets CUDA_VISIBLE_DEVICES (GPU UUIDs, or "" when resources.gpus is 0).
+        pool = self._gpus if self._gpus is not None else GpuPool([], run.resources)
+        slot = pool.try_acquire(run.name)
+        if slot is None:
+            self._say(f"{run.name} waits for GPU memory held by other runs of this sweep")
+            slot = pool.acquire(run.name)
+        if slot.gpus:
+            self._say(f"{run.name} on {slot.where}")
+        env.update(slot.env)
+        try:
+            yield env
+        finally:
+            pool.release(slot)
+
+    def _say(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
 
     # --- submit -------------------------------------------------------------------------
 
@@ -325,6 +344,8 @@ class LocalBackend:
         """Run every run of the sweep; returns when all have ended."""
         runs = spec.runs()
         store = self.check(spec)
+        # Before anything is created: find the GPUs; a run none can hold is bad input.
+        self._gpus = GpuPool.discover(spec.resources, nvml=self.nvml, log=self._say)
         out = LocalSubmitResult(
             sweep=spec.name,
             results=store.uri,
@@ -529,6 +550,15 @@ class LocalBackend:
                 message = f"exit {rec['exit_code']}; {message}"
             out.append(RunStatus(run.index, run.name, st, message=message, progress=p))
         return out
+
+    def watch(self, sweep: str) -> Iterator[list[RunStatus]]:
+        """``status`` every ``poll_s`` seconds while the sweep's processes are alive."""
+        while True:
+            states = self.status(sweep)
+            yield states
+            if self.live_state(sweep) is None or all(s.state.terminal for s in states):
+                return
+            self.sleep(self.poll_s)
 
     def logs(self, sweep: str, run: str | None = None, *, follow: bool = False) -> Iterator[str]:
         """The archived trainer logs (``<run>/logs/trainer.log``), prefixed with the run name."""
