@@ -543,6 +543,12 @@ class KubernetesBackend:
         def done() -> bool:
             return all(s.state.terminal for s in last)
 
+        def settle() -> tuple[list[list[RunStatus]], bool]:
+            """What to yield after the Job or its pods may have moved, and whether to stop."""
+            if not self._refresh_job(found):
+                return [_cancelled(last)], True
+            return ([last] if changed() else []), done()
+
         if found.job is None:  # nothing to watch: the store's word is all there is
             changed()
             yield last
@@ -553,12 +559,9 @@ class KubernetesBackend:
                     items, listed_rv = self._pods(found)
                     pods = {_meta(p)["name"]: p for p in items}
                     rv = listed_rv or ""
-                    if not self._refresh_job(found):
-                        yield _cancelled(last)
-                        return
-                    if changed():
-                        yield last
-                    if done():
+                    out, stop = settle()
+                    yield from out
+                    if stop:
                         return
                 stream = k8s_watch.Watch(return_type="object").stream(
                     self.core.list_namespaced_pod,
@@ -580,20 +583,14 @@ class KubernetesBackend:
                         pods.pop(name, None)
                     elif name and self._own_pods(found, [obj]):
                         pods[name] = obj
-                    if not self._refresh_job(found):
-                        yield _cancelled(last)
-                        return
-                    if changed():
-                        yield last
-                    if done():
+                    out, stop = settle()
+                    yield from out
+                    if stop:
                         return
                 # The server ended the watch (timeoutSeconds): look again, then watch on.
-                if not self._refresh_job(found):
-                    yield _cancelled(last)
-                    return
-                if changed():
-                    yield last
-                if done():
+                out, stop = settle()
+                yield from out
+                if stop:
                     return
             except ApiException as e:
                 if e.status == 410:
