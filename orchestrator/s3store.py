@@ -71,7 +71,8 @@ R = TypeVar("R")
 
 # Total attempts per request (first try included) unless AWS_MAX_ATTEMPTS or the profile's
 # max_attempts says otherwise. Adaptive mode backs off 0-50 ms x 2^i on errors and
-# 0-1 s x 2^i (capped at 20 s) on throttling, so 8 attempts ride out a minute of SlowDown.
+# 0-1 s x 2^i (capped at 20 s) on throttling, so 8 attempts ride out up to about a minute
+# of SlowDown before giving up.
 DEFAULT_MAX_ATTEMPTS = 8
 # Threads for read_many/list/delete. The work is waiting on the network, not the CPU.
 DEFAULT_WORKERS = 32
@@ -285,28 +286,28 @@ class S3Store:
             core = botocore.session.get_session()
             # Honour AWS_MAX_ATTEMPTS / the profile's max_attempts; ours is only the default.
             configured = core.get_config_variable("max_attempts")
+            if self.max_attempts is None and configured:
+                self._attempts = int(configured)
+            config = Config(
+                retries={"mode": "adaptive", "total_max_attempts": self._attempts},
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                max_pool_connections=self.max_workers + self.transfer_concurrency,
+                tcp_keepalive=True,
+                s3={"addressing_style": self.addressing_style},
+            )
             session = boto3.session.Session(botocore_session=core, region_name=self.region)
+            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
         except ProfileNotFound as e:
             raise BadInput(
                 f"{self.uri}: AWS_PROFILE names a profile that is not in the AWS config"
                 " files; fix AWS_PROFILE or ~/.aws/config"
             ) from e
-        if self.max_attempts is None and configured:
-            self._attempts = int(configured)
-        config = Config(
-            retries={"mode": "adaptive", "total_max_attempts": self._attempts},
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_pool_connections=self.max_workers + self.transfer_concurrency,
-            tcp_keepalive=True,
-            s3={"addressing_style": self.addressing_style},
-        )
-        try:
-            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
-        except ValueError as e:  # an AWS_ENDPOINT_URL that botocore cannot use
+        except ValueError as e:  # e.g. AWS_ENDPOINT_URL=minio:9000, AWS_MAX_ATTEMPTS=many
+            detail = " ".join(_redact(word) for word in str(e).split())[:200]
             raise BadInput(
-                f"{self.uri}: the S3 endpoint URL is not valid ({e}); write http(s)://host[:port]"
-                " in --endpoint-url, storage.endpoint_url or AWS_ENDPOINT_URL"
+                f"{self.uri}: the AWS configuration is not usable ({detail}); check"
+                " AWS_ENDPOINT_URL (http(s)://host[:port]), AWS_MAX_ATTEMPTS and ~/.aws/config"
             ) from e
 
     @property
@@ -375,12 +376,12 @@ class S3Store:
             )
         if isinstance(root, BotoConnectionError | ConnectionClosedError | ReadTimeoutError):
             what = (
-                f"no answer within {self.read_timeout:g} s"
+                f"no answer within {self.read_timeout:g} s from"
                 if isinstance(root, ReadTimeoutError)
-                else "cannot connect"
+                else "cannot connect to"
             )
             return StoreUnavailable(
-                f"{where}: {what} to the S3 endpoint {endpoint} after {self._attempts}"
+                f"{where}: {what} the S3 endpoint {endpoint} after {self._attempts}"
                 f" attempts ({type(root).__name__}); check --endpoint-url,"
                 " storage.endpoint_url or AWS_ENDPOINT_URL and that the server is up"
             )
@@ -391,8 +392,6 @@ class S3Store:
             )
         if isinstance(root, ClientError):
             return self._client_error(root, op, key, where, endpoint)
-        if isinstance(root, BotoCoreError):
-            return StoreError(f"{where}: S3 {op} failed ({type(root).__name__})")
         return StoreError(f"{where}: S3 {op} failed ({type(root).__name__})")
 
     def _client_error(

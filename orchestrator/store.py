@@ -28,6 +28,10 @@ class KeyMissing(StoreError):
 class Store(Protocol):
     uri: str
 
+    def check(self) -> None:
+        """Fail now with a one-line ``BadInput``/``StoreError`` if the store is unusable."""
+        ...
+
     def exists(self, key: str) -> bool: ...
 
     def read_bytes(self, key: str) -> bytes:
@@ -67,6 +71,10 @@ class FileStore:
 
     def _path(self, key: str) -> Path:
         return self.root / _clean_key(key)
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"results: {self.root} is a file; pass a folder, file:// or s3:// URI")
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -328,11 +328,6 @@ def test_run_with_a_malformed_uri_creates_nothing(cli, tmp_path: Path) -> None:
     assert set(tmp_path.rglob("*")) - before == {tmp_path / "quickstart-s3.yaml"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalBackend.check() does not call S3Store.check() yet: a missing bucket is"
-    " found by each trainer (exit 1 for the sweep) instead of up front (exit 2)",
-)
 def test_run_into_a_missing_bucket_is_bad_input(cli, s3_bucket: S3Target, tmp_path: Path) -> None:
     err = one_line_error(
         cli(

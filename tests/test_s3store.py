@@ -217,6 +217,21 @@ def test_endpoint_from_aws_endpoint_url_and_explicit_override(
         open_store(s3_bucket.uri("results"), max_attempts=1).read_bytes("k")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AWS_ENDPOINT_URL", "minio:9000"), ("AWS_MAX_ATTEMPTS", "many"), ("AWS_PROFILE", "nope")],
+)
+def test_unusable_aws_configuration_is_bad_input(
+    s3_env: None, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    store = open_store("s3://bucket/results")  # lazy: nothing is read yet
+    with pytest.raises(BadInput) as info:
+        store.read_bytes("a.json")
+    text = one_line_without_secret(info.value)
+    assert text.startswith("s3://bucket/results: ") and variable in text
+
+
 def test_injected_client_is_used(s3_bucket: S3Target) -> None:
     client = s3_bucket.client()
     store = S3Store.from_uri(s3_bucket.uri("injected"), client=client)
@@ -520,6 +535,7 @@ def records(n: int) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow  # 15-25 s: adaptive mode slows down after each SlowDown, as it should
 def test_store_operations_survive_faults(s3_bucket: S3Target, tmp_path: Path) -> None:
     data = records(120)
     ckpt = tmp_path / "ckpt.pt"

@@ -56,6 +56,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
+    def check(self) -> None:
+        pass  # always usable
+
     def exists(self, key: str) -> bool:
         return key in self.objects
 

@@ -330,8 +330,7 @@ class LocalBackend:
     def check(self, spec: SweepSpec) -> Store:
         """Everything that can be checked before anything is created; returns the store."""
         store = self._store or store_for(spec)
-        if isinstance(store, FileStore) and store.root.exists() and not store.root.is_dir():
-            raise BadInput(f"results: {store.root} is a file; pass a folder, file:// or s3:// URI")
+        store.check()  # a file for a folder, a missing bucket, bad credentials: exit 2 now
         running = self.live_state(spec.name)
         if running:
             raise BadInput(
