@@ -75,10 +75,14 @@ def run(
 ) -> None:
     """Run every run of a sweep on this machine; print where the results are."""
     from orchestrator.backends.local import LocalBackend
+    from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec, parse_spec
 
     sweep = load_spec(spec, results=results)
     if endpoint_url is not None:
+        if not sweep.results.lower().startswith("s3://"):
+            # As in `aggregate`: silently ignoring it would hide a results URI typo.
+            raise BadInput(f"--endpoint-url applies to s3:// results only, not {sweep.results}")
         data = sweep.model_dump(mode="json")
         data["storage"] = {**data["storage"], "endpoint_url": endpoint_url}
         sweep = parse_spec(data, "--endpoint-url")
@@ -274,10 +278,11 @@ def k8s_status(
     """One row per run: state, restarts, node, progress. Exit 1 if a run failed or was cancelled."""
     from rich.console import Console
 
+    from orchestrator.backends.kubernetes import DEFAULT_NAMESPACE
     from orchestrator.progress import describe
 
     backend = _status_backend(local, namespace, context, endpoint_url)
-    ns = "local" if local else backend.namespace or "early-repair"
+    ns = "local" if local else backend.namespace or DEFAULT_NAMESPACE
 
     def document(states: list) -> dict:
         return {
@@ -367,7 +372,7 @@ def k8s_cancel(
     local: LocalOpt = False,
 ) -> None:
     """Delete a sweep's Job (and so its pods) and ConfigMap; results stay in the store."""
-    from orchestrator.backends.kubernetes import KubernetesBackend
+    from orchestrator.backends.kubernetes import DEFAULT_NAMESPACE, KubernetesBackend
 
     if local:
         from orchestrator.backends.local import LocalBackend
@@ -380,7 +385,7 @@ def k8s_cancel(
     backend = KubernetesBackend(namespace=namespace, context=context)
     deleted = backend.delete_sweep(sweep)
     err(f"cancelled sweep {sweep!r}: deleted {', '.join(deleted)}; results are kept")
-    ns = backend.namespace or "early-repair"
+    ns = backend.namespace or DEFAULT_NAMESPACE
     print(json.dumps({"sweep": sweep, "namespace": ns, "deleted": deleted}, indent=2))
 
 
@@ -535,8 +540,13 @@ def prepare(
     logger = logging.getLogger("trainer_image")
     logger.addHandler(handler)
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    # Off when stderr is not a terminal: a transient bar there only leaves a blank line,
+    # which would make a bad-input error two lines instead of one.
+    bar_off = not console.is_terminal
     try:
-        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+        with Progress(
+            *columns, TimeRemainingColumn(), console=console, transient=True, disable=bar_off
+        ) as bar:
             task = bar.add_task(f"reading {dataset}", total=None)
             uri, manifest = prepare_to_store(
                 spec,

@@ -69,7 +69,8 @@ RUNS_ANNOTATION = "early-repair/runs"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Set by the Job controller on every pod of an Indexed Job (label since 1.28, GA).
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+# Every object and pod of one submitted sweep carries its object name here.
+INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 APP_NAME = "early-repair"
 CONTAINER = "trainer"
@@ -88,13 +89,9 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[mkMGTPE]|[eE][+-]?\d+)?$")
 
 
-def spec_hash(spec: SweepSpec) -> str:
-    return spec.spec_hash()
-
-
 def object_name(spec: SweepSpec) -> str:
     """``<sweep>-<8 hex>``: the ConfigMap's and the Job's name (DNS-1123 label)."""
-    return f"{spec.name}-{spec_hash(spec)[:HASH_CHARS]}"
+    return f"{spec.name}-{spec.spec_hash()[:HASH_CHARS]}"
 
 
 def label_value(value: str) -> str:
@@ -114,7 +111,7 @@ def labels(spec: SweepSpec, component: str) -> dict[str, str]:
     """The recommended ``app.kubernetes.io`` labels plus the sweep label."""
     return {
         "app.kubernetes.io/name": APP_NAME,
-        "app.kubernetes.io/instance": object_name(spec),
+        INSTANCE_LABEL: object_name(spec),
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": APP_NAME,
         "app.kubernetes.io/version": label_value(__version__),
@@ -170,7 +167,7 @@ def render_configmap(spec: SweepSpec) -> dict[str, Any]:
             "name": object_name(spec),
             "namespace": spec.kubernetes.namespace,
             "labels": labels(spec, "sweep-config"),
-            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec)},
+            "annotations": {SPEC_HASH_ANNOTATION: spec.spec_hash()},
         },
         # The pods mount it; immutable keeps the kubelet from watching it and guarantees that
         # every index of the Job reads the same sweep.
@@ -338,7 +335,7 @@ def render_job(spec: SweepSpec) -> dict[str, Any]:
             "namespace": k8s.namespace,
             "labels": meta_labels,
             "annotations": {
-                SPEC_HASH_ANNOTATION: spec_hash(spec),
+                SPEC_HASH_ANNOTATION: spec.spec_hash(),
                 RESULTS_ANNOTATION: spec.results,
                 RUNS_ANNOTATION: str(runs),
             },

@@ -648,11 +648,6 @@ def write_report(
     return [md, page, *figs]
 
 
-def figure_count(n_pairs: int, max_figures: int = DEFAULT_MAX_FIGURES) -> int:
-    """PNG files a report draws: two overview figures plus two per drawn (run, class) pair."""
-    return 2 + 2 * min(n_pairs, max_figures) if n_pairs else 1
-
-
 def publish(
     agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGURES
 ) -> list[Path]:

@@ -18,14 +18,11 @@ the two sides cannot drift apart.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 SCHEMA_VERSION = 1
-
-EPOCH_DIR = re.compile(r"^epoch_(\d{3,})$")
 
 
 def sweep_json(sweep: str) -> str:

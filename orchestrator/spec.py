@@ -408,8 +408,9 @@ def load_spec(path: str | Path, **overrides: Any) -> SweepSpec:
         text = p.read_text()
     except FileNotFoundError as e:
         raise BadInput(f"{p}: no such file; pass the path of a sweep YAML file") from e
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise BadInput(f"{p}: cannot read the sweep file ({type(e).__name__})") from e
+    except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, a symlink loop, ...
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise BadInput(f"{p}: cannot read the sweep file ({why})") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -14,10 +14,13 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from orchestrator.errors import BadInput, StoreError
+
+if TYPE_CHECKING:
+    from orchestrator.spec import StorageSpec
 
 
 class KeyMissing(StoreError):
@@ -164,6 +167,16 @@ def open_store(uri: str, **s3_options: Any) -> Store:
 
         return S3Store.from_uri(uri, **s3_options)
     raise BadInput(f"{uri}: unsupported URI scheme {parsed.scheme!r}; use a path, file:// or s3://")
+
+
+def open_results(uri: str, storage: StorageSpec, *, endpoint_url: str | None = None) -> Store:
+    """The store a spec's ``results`` names, with its ``storage`` settings (S3 endpoint,
+    region, addressing style); ``endpoint_url`` overrides the spec's, e.g. to reach from a
+    laptop the MinIO that pods know by an in-cluster address."""
+    options = storage.model_dump()
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    return open_store(uri, **options)
 
 
 def read_json(store: Store, key: str) -> Any:

@@ -27,7 +27,7 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def one_line_exit_2(r, *needles: str) -> str:
     assert r.code == 2, (r.code, r.err)
     assert "Traceback" not in r.err and "Traceback" not in r.out
-    lines = r.err.strip().splitlines()
+    lines = r.err.splitlines()  # not stripped: a stray blank line is a second line too
     assert len(lines) == 1, r.err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
@@ -84,6 +84,14 @@ def test_a_folder_is_not_a_spec(cli, tmp_path: Path) -> None:
     nothing_created(tmp_path)
 
 
+def test_an_unopenable_spec_path_is_bad_input(cli, tmp_path: Path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)  # opening it fails with ELOOP, an OSError of no common subclass
+    one_line_exit_2(cli("plan", loop), "loop.yaml", "cannot read")
+    one_line_exit_2(cli("run", loop, "--results", tmp_path / "results"), "cannot read")
+    nothing_created(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("flags", "needles"),
     [
@@ -94,6 +102,7 @@ def test_a_folder_is_not_a_spec(cli, tmp_path: Path) -> None:
         (["--results", "ftp://host/x"], ["unsupported URI scheme", "ftp"]),
         (["--results", "file://host/x"], ["file:// URIs take no host"]),
         (["--endpoint-url", "http://127.0.0.1:9", "--results", "s3://"], ["s3://"]),
+        (["--endpoint-url", "http://127.0.0.1:9"], ["--endpoint-url", "s3://", "results"]),
     ],
 )
 def test_bad_flags_exit_2(cli, tmp_path: Path, flags: list[str], needles: list[str]) -> None:
@@ -139,3 +148,11 @@ def test_trainer_with_a_bad_spec_exits_2(cli, tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(GOOD.replace("seeds: [1]", "seeds: [-1]"))
     one_line_exit_2(cli("trainer", "--sweep", path, "--run-index", "0"), "seeds.0")
+
+
+def test_prepare_with_a_missing_input_folder_is_one_line(cli, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    r = cli("prepare", "gtsrb", "--input", tmp_path / "nope", "--output", out)
+    one_line_exit_2(r, str(tmp_path / "nope"), "no such folder")
+    assert r.out == "" and not out.exists()
+    nothing_created(tmp_path)

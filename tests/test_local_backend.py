@@ -195,6 +195,38 @@ def test_a_sweep_already_running_is_refused(tmp_path: Path, cache: Path) -> None
     assert LocalBackend().submit(spec, dry_run=True).runs
 
 
+def test_a_sweep_another_process_has_claimed_is_refused(tmp_path: Path, cache: Path) -> None:
+    """Two `run`s started at the same moment both pass the state-file check; the lock that
+    the first one takes is what stops the second before it writes or starts anything."""
+    spec = parse_spec({**SPEC, "results": str(tmp_path / "results")})
+    backend = LocalBackend()
+    lock = backend.log_dir(SWEEP) / "run.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_CREAT | os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert backend.live_state(SWEEP) is None  # no state file: the check alone would pass
+        with pytest.raises(BadInput, match=f"sweep '{SWEEP}' is already running"):
+            backend.submit(spec)
+        assert not backend.state_file(SWEEP).exists()
+        assert not (backend.log_dir(SWEEP) / "sweep.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_cancel_stops_runs_left_behind_by_a_killed_run_process(cache: Path) -> None:
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

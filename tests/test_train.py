@@ -168,6 +168,30 @@ def test_train_wires_a_controlled_val_loss_sequence_to_checkpoints(
     assert not torch.equal(states[5]["head.weight"], states[4]["head.weight"])
 
 
+def test_non_default_checkpoint_flags_hand_over_each_epochs_own_weights(
+    splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every=3 and no epoch 1, the handed-over set is the reported set and every
+    checkpoint holds its own epoch's weights (only the convergence one comes from memory)."""
+    losses = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.55, 0.56, 0.57, 0.58, 0.59]
+    states: list[dict[str, torch.Tensor]] = []
+
+    def fake_evaluate(model: torch.nn.Module, split: Split, device: torch.device):
+        states.append(cpu_state(model))
+        return losses[len(states) - 1], 0.5
+
+    monkeypatch.setattr(train_mod, "_evaluate", fake_evaluate)
+    handed: dict[int, dict[str, torch.Tensor]] = {}
+    cfg = TrainingSpec(
+        max_epochs=20, checkpoint_every=4, checkpoint_first=False, batch_size=256, num_threads=1
+    )
+    result = train(_model(3), splits, cfg, 3, torch.device("cpu"), on_checkpoint=handed.__setitem__)
+    assert (result.epochs_trained, result.convergence_epoch) == (11, 6)
+    assert result.checkpoint_epochs == [4, 6, 8] == sorted(handed)
+    for epoch, state in handed.items():
+        assert all(torch.equal(t, states[epoch - 1][k]) for k, t in state.items()), epoch
+
+
 def test_training_learns_and_is_deterministic_per_seed(splits: Splits) -> None:
     cfg = TrainingSpec(max_epochs=4, batch_size=16, num_threads=1)
     cpu = torch.device("cpu")

@@ -28,6 +28,23 @@ def test_hand_computed_three_class_example() -> None:
     assert 0.5 < m["auc_macro"] <= 1.0
 
 
+def test_auc_is_the_unweighted_mean_of_one_vs_rest_aucs() -> None:
+    # PAPER.md: macro one-vs-rest. Each class's AUC by counting (positive, negative) pairs
+    # (Mann-Whitney); unequal supports make a weighted average or one-vs-one differ.
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), [5, 9, 14, 22])
+    logits = rng.normal(size=(len(y), 4))
+    logits[np.arange(len(y)), y] += 1.0
+    probs = softmax(logits)
+    per_class = []
+    for c in range(4):
+        pos, neg = probs[y == c, c], probs[y != c, c]
+        per_class.append(float(np.mean(pos[:, None] > neg[None, :])))
+    m = classification_metrics(logits, y, 4)
+    assert m["auc_macro"] == pytest.approx(np.mean(per_class), abs=1e-12)
+    assert abs(np.mean(per_class) - np.average(per_class, weights=[5, 9, 14, 22])) > 1e-3
+
+
 def test_absent_class_gives_none_accuracy_and_undefined_auc() -> None:
     y = np.array([0, 0, 1, 1])
     m = classification_metrics(onehot_logits([0, 1, 1, 1], 3), y, 3)

@@ -42,7 +42,7 @@ from orchestrator import results as keys
 from orchestrator.errors import BadInput, EarlyRepairError, RunFailed
 from orchestrator.results import MetricsRecord, RunInfo, TrainSummary
 from orchestrator.spec import RunSpec, SweepSpec, load_spec
-from orchestrator.store import Store, open_store, write_json
+from orchestrator.store import Store, open_results, write_json
 from trainer_image.data import Splits, load_splits
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
@@ -110,15 +110,6 @@ def select_run(spec: SweepSpec, run_index: int) -> RunSpec:
             f" 0..{len(runs) - 1}"
         )
     return runs[run_index]
-
-
-def open_run_store(run: RunSpec) -> Store:
-    s3 = {
-        k: v
-        for k, v in run.storage.model_dump().items()
-        if k in ("endpoint_url", "region", "addressing_style") and v is not None
-    }
-    return open_store(run.results, **s3)
 
 
 class RunJob:
@@ -616,7 +607,7 @@ def run_trainer(
     """Run (or resume) run ``run_index`` of the sweep in ``sweep_file`` (YAML or JSON)."""
     spec = load_spec(sweep_file)
     run = select_run(spec, run_index)
-    store = store if store is not None else open_run_store(run)
+    store = store if store is not None else open_results(run.results, run.storage)
     with ExitStack() as stack:
         if workdir is None:
             tmp = tempfile.TemporaryDirectory(prefix=f"early-repair-{run.name}-")

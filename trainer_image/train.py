@@ -82,6 +82,16 @@ class EarlyStopping:
         return lowest
 
 
+def periodic(epoch: int, every: int, first: bool = True) -> bool:
+    """Whether ``epoch`` is kept regardless of where training converges (1, every k-th).
+
+    The one rule behind both the checkpoints ``train`` hands over as it goes and the final
+    set: were they two rules, a drift between them would hand the convergence weights over
+    as some other epoch's checkpoint.
+    """
+    return (first and epoch == 1) or epoch % every == 0
+
+
 def checkpoint_epochs(
     last_epoch: int,
     convergence_epoch: int,
@@ -91,17 +101,10 @@ def checkpoint_epochs(
     convergence: bool = True,
 ) -> list[int]:
     """The paper's checkpoint set: {1} U {every k-th epoch <= last} U {convergence}."""
-    epochs = set(range(every, last_epoch + 1, every))
-    if first and last_epoch >= 1:
-        epochs.add(1)
+    epochs = {e for e in range(1, last_epoch + 1) if periodic(e, every, first)}
     if convergence:
         epochs.add(convergence_epoch)
     return sorted(epochs)
-
-
-def periodic_checkpoint(epoch: int, cfg: TrainingSpec) -> bool:
-    """Whether ``epoch`` is kept regardless of where training converges."""
-    return (cfg.checkpoint_first and epoch == 1) or epoch % cfg.checkpoint_every == 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -256,7 +259,7 @@ def train(
             best_state = cpu_state(model)
         if on_epoch:
             on_epoch(row)
-        if periodic_checkpoint(epoch, cfg):
+        if periodic(epoch, cfg.checkpoint_every, cfg.checkpoint_first):
             saved.add(epoch)
             if on_checkpoint:
                 on_checkpoint(epoch, cpu_state(model))

@@ -41,12 +41,12 @@ from orchestrator.backends.k8s_state import IndexRun, pod_index, run_states
 from orchestrator.errors import EXIT_FAILED, BadInput, EarlyRepairError
 from orchestrator.manifests import (
     CONTAINER,
+    INSTANCE_LABEL,
     RUNS_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     SWEEP_KEY,
     object_name,
     render_sweep,
-    spec_hash,
     sweep_selector,
     with_namespace,
 )
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 DEFAULT_NAMESPACE = KubernetesSpec().namespace
-INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
 class ClusterError(EarlyRepairError):
@@ -287,7 +286,7 @@ class KubernetesBackend:
     ) -> SubmitResult:
         spec = with_namespace(spec, self.namespace)
         configmap, job = render_sweep(spec)
-        ns, name, digest = spec.kubernetes.namespace, object_name(spec), spec_hash(spec)
+        ns, name, digest = spec.kubernetes.namespace, object_name(spec), spec.spec_hash()
         selector = sweep_selector(spec.name)
         kinds = (
             (
@@ -478,15 +477,9 @@ class KubernetesBackend:
     def _open_store(self, spec: SweepSpec) -> Any:
         if self._store_opener is not None:
             return self._store_opener(spec)
-        from orchestrator.store import open_store
+        from orchestrator.store import open_results
 
-        st = spec.storage
-        return open_store(
-            spec.results,
-            endpoint_url=self.endpoint_url or st.endpoint_url,
-            region=st.region,
-            addressing_style=st.addressing_style,
-        )
+        return open_results(spec.results, spec.storage, endpoint_url=self.endpoint_url)
 
     def _pods(self, found: Sweep) -> tuple[list[dict[str, Any]], str | None]:
         """The Job's pods and the list's resourceVersion."""

@@ -44,7 +44,7 @@ from orchestrator.gpus import GpuPool
 from orchestrator.nvml import Nvml
 from orchestrator.progress import describe, sweep_progress
 from orchestrator.spec import RunSpec, SweepSpec, parse_spec
-from orchestrator.store import FileStore, KeyMissing, Store, open_store, read_json
+from orchestrator.store import FileStore, KeyMissing, Store, open_results, read_json
 
 STATE_VERSION = 1
 
@@ -60,11 +60,6 @@ def default_workers(spec: SweepSpec, n_runs: int, cpus: int | None = None) -> in
     cpus = cpus or os.cpu_count() or 1
     per_run = spec.training.num_threads or cpus
     return max(1, min(n_runs, cpus // per_run))
-
-
-def store_for(spec: SweepSpec) -> Store:
-    s3 = {k: v for k, v in spec.storage.model_dump().items() if v is not None}
-    return open_store(spec.results, **s3)
 
 
 def _proc_start(pid: int) -> str | None:
@@ -329,7 +324,7 @@ class LocalBackend:
 
     def check(self, spec: SweepSpec) -> Store:
         """Everything that can be checked before anything is created; returns the store."""
-        store = self._store or store_for(spec)
+        store = self._store or open_results(spec.results, spec.storage)
         store.check()  # a file for a folder, a missing bucket, bad credentials: exit 2 now
         running = self.live_state(spec.name)
         if running:
@@ -366,6 +361,33 @@ class LocalBackend:
         started = time.perf_counter()
         logs = self.log_dir(spec.name)
         logs.mkdir(parents=True, exist_ok=True)
+        claim = self._claim(spec.name, logs)
+        try:
+            out.runs = self._run_all(spec, runs, store, workers, logs)
+        finally:
+            os.close(claim)
+        out.seconds = time.perf_counter() - started
+        return out
+
+    def _claim(self, sweep: str, logs: Path) -> int:
+        """Lock the sweep for this process (released when it ends, even by a crash), so two
+        `run`s of one sweep started at the same moment cannot both pass ``check``."""
+        import fcntl
+
+        fd = os.open(logs / "run.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise BadInput(
+                f"sweep {sweep!r} is already running on this machine; wait for it or cancel"
+                " it first"
+            ) from e
+        return fd
+
+    def _run_all(
+        self, spec: SweepSpec, runs: list[RunSpec], store: Store, workers: int, logs: Path
+    ) -> list[RunStatus]:
         spec_file = logs / "sweep.json"
         effective = spec
         if isinstance(store, FileStore) and spec.results != store.uri:
@@ -394,14 +416,12 @@ class LocalBackend:
                     pool.submit(self._run_one, run, spec_file, logs, workers, display)
                     for run in runs
                 ]
-                out.runs = [f.result() for f in futures]
+                return [f.result() for f in futures]
         finally:
             restore()
             with self._lock:
                 self._state["pid"] = None  # ended: nothing for `cancel` to stop
             self._save_state()
-        out.seconds = time.perf_counter() - started
-        return out
 
     def _trap_signals(self) -> Callable[[], None]:
         """SIGTERM/SIGINT stop the sweep cleanly: children terminated, no new runs started."""
@@ -513,9 +533,11 @@ class LocalBackend:
         if store is None:
             if spec is None:
                 raise BadInput(
-                    f"sweep {sweep!r} was not run on this machine; pass its results location"
+                    f"sweep {sweep!r} was not run on this machine (no record in"
+                    f" {self.state_root}); check the name, or drop --local for a cluster sweep"
                 )
-            store = store_for(spec)  # with the S3 endpoint and region it ran with
+            # With the S3 endpoint and region it ran with.
+            store = open_results(spec.results, spec.storage)
         if spec is None:
             try:
                 spec = parse_spec(read_json(store, keys.sweep_json(sweep)), "sweep.json")

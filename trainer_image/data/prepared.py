@@ -46,7 +46,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import BadInput, StoreError
 from orchestrator.spec import DatasetSpec, StorageSpec
-from orchestrator.store import KeyMissing, Store, open_store
+from orchestrator.store import KeyMissing, Store, open_results
 from trainer_image.data import Split, Splits, stratified_split
 
 log = logging.getLogger(__name__)
@@ -316,11 +316,6 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def open_prepared_store(uri: str, storage: StorageSpec | None = None) -> Store:
-    opts = storage.model_dump() if storage is not None else {}
-    return open_store(uri, **opts)
-
-
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -521,7 +516,7 @@ def load_dataset(
 ) -> Splits:
     """The shared ``load`` of prepared datasets: from the store, or prepared on the fly."""
     if spec.prepared:
-        store = open_prepared_store(spec.prepared, storage)
+        store = open_results(spec.prepared, storage or StorageSpec())
         parts, manifest = read_prepared(store, spec.name)
         check_matches(spec, manifest, options, default_size)
         meta = {k: v for k, v in manifest.items() if k != "splits"}
@@ -580,7 +575,7 @@ def prepare_to_store(
         )
     if not spec.input:
         raise BadInput("prepare: --input is required (the raw dataset folder)")
-    store = open_prepared_store(output, storage)
+    store = open_results(output, storage or StorageSpec())
     check_output(store, spec.name, overwrite)
     # Read everything before writing anything: a bad raw folder leaves the output untouched.
     prep = resolve(PREPARERS[spec.name])(spec, progress=progress, workers=workers)
