@@ -576,8 +576,7 @@ def switch_points(
     Every class a run repairs gets a row per alpha, also when it has no record yet (then it
     is incomplete), so ``alphas`` is needed when ``qual`` may be empty.
     """
-    if after_convergence not in ("exclude", "include"):
-        raise BadInput(f"--after-convergence {after_convergence!r}: use exclude or include")
+    _check_mode(after_convergence)
     keys = ["run", "repair_class", "alpha"]
     alphas = tuple(sorted(qual["alpha"].unique())) if alphas is None else alphas
     expected = runs.explode("repair_classes").dropna(subset=["repair_classes"])
@@ -715,6 +714,11 @@ def switch_points(
     return sp.reset_index(drop=True)
 
 
+def _check_mode(after_convergence: str) -> None:
+    if after_convergence not in ("exclude", "include"):
+        raise BadInput(f"--after-convergence {after_convergence!r}: use exclude or include")
+
+
 def pattern_names(after_convergence: AfterConvergence) -> list[str]:
     return [PRE, POST, AFTER] if after_convergence == "include" else [PRE, POST]
 
@@ -776,8 +780,7 @@ def aggregate(
 ) -> Aggregation:
     """Load one sweep and compute every table; never writes anything."""
     alphas = check_alphas(alphas)
-    if after_convergence not in ("exclude", "include"):
-        raise BadInput(f"--after-convergence {after_convergence!r}: use exclude or include")
+    _check_mode(after_convergence)
     loaded = load(store, sweep)
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")

@@ -30,7 +30,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +53,7 @@ from trainer_image.train import (
     resolve_device,
     train,
 )
+from trainer_image.versions import package_versions
 
 log = logging.getLogger("trainer_image")
 
@@ -77,13 +77,11 @@ def _now() -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("early-repair", "numpy", "scikit-learn", "pandas"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **package_versions("early-repair", "numpy", "scikit-learn", "pandas"),
+    }
 
 
 def _device_label(device: torch.device) -> str:
@@ -243,13 +241,7 @@ class RunJob:
             summary = self.train_step()
         else:
             log.info("step train: done before (summary.json exists); skipped")
-            self.event(
-                "trained",
-                skipped=True,
-                epochs=summary.epochs_trained,
-                convergence_epoch=summary.convergence_epoch,
-                checkpoints=summary.checkpoint_epochs,
-            )
+            self.trained_event(summary, skipped=True)
         self.archive_log()
         total = len(summary.checkpoint_epochs) * (1 + len(self.run.repair_classes))
         n = 0
@@ -384,15 +376,18 @@ class RunJob:
             result.best_val_loss,
             result.checkpoint_epochs,
         )
-        self.event(
-            "trained",
-            skipped=False,
-            epochs=result.epochs_trained,
-            convergence_epoch=result.convergence_epoch,
-            checkpoints=result.checkpoint_epochs,
-        )
+        self.trained_event(summary, skipped=False)
         self.write_run_info()
         return summary
+
+    def trained_event(self, summary: TrainSummary, *, skipped: bool) -> None:
+        self.event(
+            "trained",
+            skipped=skipped,
+            epochs=summary.epochs_trained,
+            convergence_epoch=summary.convergence_epoch,
+            checkpoints=summary.checkpoint_epochs,
+        )
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.workdir / "checkpoints" / f"epoch_{epoch:03d}.pt"

@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +47,7 @@ from orchestrator.errors import BadInput, StoreError
 from orchestrator.spec import DatasetSpec, StorageSpec
 from orchestrator.store import KeyMissing, Store, open_results
 from trainer_image.data import Split, Splits, stratified_split
+from trainer_image.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -298,22 +298,12 @@ class Prepared:
             "images": len(self.y),
             "skipped": self.skipped.report(),
             "notes": self.notes,
-            "tool": tool_versions(),
+            "tool": package_versions("early-repair", "numpy", "pillow", "pydicom"),
             "splits": {
                 name: {"count": len(self.index[name]), "class_counts": counts[name]}
                 for name in SPLITS
             },
         }
-
-
-def tool_versions() -> dict[str, str]:
-    out = {}
-    for dist in ("early-repair", "numpy", "pillow", "pydicom"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "missing"
-    return out
 
 
 def _sha256(path: Path) -> str:
