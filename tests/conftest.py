@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from paths import REPO
 
 # The moto S3 server fixtures (moto_endpoint, s3_env, s3_bucket) for every test module.
 pytest_plugins = ["s3_server"]

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
-from orchestrator import results as keys
 from orchestrator.errors import BadInput, EarlyRepairError, RunFailed
-from orchestrator.results import MetricsRecord, RunInfo, TrainSummary
+from orchestrator.results import layout as keys
+from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary
 from orchestrator.spec import RunSpec, SweepSpec, load_spec
 from orchestrator.store import Store, open_results, write_json
 from trainer_image.data import Splits, load_splits

@@ -6,7 +6,7 @@ plugin hands a pod whole GPUs, yet nodes are still shared (time-slicing, MPS, ne
 outside Kubernetes), and locally several runs are packed onto one GPU. A run that starts
 without the memory it needs dies of an out-of-memory error minutes later; waiting first
 is cheaper. So the trainer calls ``wait_for_gpus(run.resources)`` before touching CUDA:
-it finds the devices this process may use (``orchestrator.nvml``), then polls NVML with
+it finds the devices this process may use (``orchestrator.gpu.nvml``), then polls NVML with
 exponential backoff until each has at least ``min_free_vram`` free and, when set, at most
 ``max_used_vram`` in use. When ``guard_timeout_s`` runs out it raises ``GuardTimeout``,
 exit code 75 (EX_TEMPFAIL), which the Job's podFailurePolicy retries rather than treating
@@ -30,7 +30,7 @@ from typing import Literal
 from pydantic import ByteSize
 
 from orchestrator.errors import BadInput, GuardTimeout, RunFailed
-from orchestrator.nvml import (
+from orchestrator.gpu.nvml import (
     Device,
     Log,
     Memory,

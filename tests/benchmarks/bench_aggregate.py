@@ -22,10 +22,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import aggregate as ag  # noqa: E402
-from orchestrator import report, results  # noqa: E402
-from orchestrator.results import MetricsRecord, RunInfo, TrainSummary  # noqa: E402
-from orchestrator.store import FileStore  # noqa: E402
+from orchestrator.analysis import report, results  # noqa: E402
+from orchestrator.analysis import tables as ag  # noqa: E402
+from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary  # noqa: E402
+from orchestrator.store.file import FileStore  # noqa: E402
 
 TARGET_S = 5.0  # "a few seconds on 2 cores"
 EPOCHS = (1, 5, 10, 15, 20, 25, 30, 12)  # the paper's checkpoints plus a convergence epoch

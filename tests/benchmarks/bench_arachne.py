@@ -97,7 +97,7 @@ def peak_rss_mib() -> float:
 
 
 def _child(kind: str, threads: int, device_name: str, ref_evals: int, q: Any) -> None:
-    sys.path.insert(0, str(TESTS))
+    sys.path.insert(0, str(TESTS / "support"))
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     from arachne_reference import reference_scores

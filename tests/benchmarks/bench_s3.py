@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "support"))
 sys.path.insert(0, str(TESTS.parent))
 
 from s3_server import (  # noqa: E402
@@ -46,7 +46,7 @@ from s3_server import (  # noqa: E402
     moto_subprocess,
 )
 
-from orchestrator.s3store import S3Store  # noqa: E402
+from orchestrator.store.s3 import S3Store  # noqa: E402
 
 BUCKET = "bench"
 SWEEP = "bench-sweep"

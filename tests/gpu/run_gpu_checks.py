@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from orchestrator.errors import EXIT_GUARD_TIMEOUT, GuardTimeout  # noqa: E402
-from orchestrator.gpus import GpuPool, discover, human  # noqa: E402
-from orchestrator.nvml import NvmlUnavailable, PyNvml  # noqa: E402
+from orchestrator.gpu.nvml import NvmlUnavailable, PyNvml  # noqa: E402
+from orchestrator.gpu.packing import GpuPool, discover, human  # noqa: E402
 from orchestrator.spec import ResourcesSpec  # noqa: E402
 from trainer_image.guard import wait_for_gpus  # noqa: E402
 

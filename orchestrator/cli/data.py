@@ -1,0 +1,130 @@
+"""Commands about data and specs: ``prepare`` (raw dataset -> splits) and ``schema``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.app import app
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the sweep spec."""
+    from orchestrator.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[
+        str, typer.Argument(help="Dataset to prepare: gtsrb or rsna.", show_default=False)
+    ],
+    input_dir: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="Raw dataset folder as distributed (inputs/README.md).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        str,
+        typer.Option(help="Where the splits go: a path, file:// or s3:// URI.", show_default=False),
+    ],
+    image_size: Annotated[
+        int | None, typer.Option(help="Side of the square images (default: gtsrb 32, rsna 160).")
+    ] = None,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Seed of the stratified split (default: 42).")
+    ] = None,
+    max_bad_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of unreadable/unlabelled files tolerated (default: 0.01)."),
+    ] = None,
+    crop_roi: Annotated[
+        bool, typer.Option("--crop-roi", help="gtsrb: crop to the ROI first (the paper did not).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace splits already at --output.")
+    ] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint, e.g. MinIO's URL.")] = None,
+    region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Threads decoding images (default: CPUs, at most 8)."),
+    ] = None,
+) -> None:
+    """Read a raw dataset once and write its prepared train/repair/test splits to a store."""
+    import logging
+    import os
+
+    from pydantic import ValidationError
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    from orchestrator.errors import BadInput
+    from orchestrator.spec import DatasetSpec, StorageSpec, describe_error
+    from trainer_image.data.prepared import PREPARERS, SPLITS, prepare_to_store
+
+    if dataset not in PREPARERS:
+        raise BadInput(
+            f"prepare: no preparation for dataset {dataset!r}; use one of {sorted(PREPARERS)}"
+        )
+    fields = {
+        "name": dataset,
+        "input": str(input_dir),
+        "image_size": image_size,
+        "split_seed": split_seed,
+        "max_bad_fraction": max_bad_fraction,
+        "options": {"crop_roi": True} if crop_roi else {},
+    }
+    try:
+        spec = DatasetSpec.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        raise BadInput(describe_error(e, "prepare")) from e
+    console = Console(stderr=True)
+    # The readers log skipped files; show them here once, without configuring the root logger.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("trainer_image")
+    logger.addHandler(handler)
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    # Off when stderr is not a terminal: a transient bar there only leaves a blank line,
+    # which would make a bad-input error two lines instead of one.
+    bar_off = not console.is_terminal
+    try:
+        with Progress(
+            *columns, TimeRemainingColumn(), console=console, transient=True, disable=bar_off
+        ) as bar:
+            task = bar.add_task(f"reading {dataset}", total=None)
+            uri, manifest = prepare_to_store(
+                spec,
+                output,
+                storage=StorageSpec(endpoint_url=endpoint_url, region=region),
+                overwrite=overwrite,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                workers=workers or min(8, os.cpu_count() or 1),
+            )
+    finally:
+        logger.removeHandler(handler)
+    n = manifest["num_classes"]
+    table = Table(title=f"{dataset} {'x'.join(map(str, manifest['image_shape']))} -> {uri}")
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    labels = [f"class {c}" for c in range(n)] if n <= 10 else ["per class (min..max)"]
+    for label in labels:
+        table.add_column(label, justify="right")
+    for name in SPLITS:
+        part = manifest["splits"][name]
+        counts = part["class_counts"]
+        cells = [str(c) for c in counts] if n <= 10 else [f"{min(counts)}..{max(counts)}"]
+        table.add_row(name, str(part["count"]), *cells)
+    console.print(table)
+    print(uri)

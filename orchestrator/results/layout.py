@@ -1,0 +1,139 @@
+"""The result layout in the store (a DESIGN.md contract): building keys and reading them back.
+
+Keys are relative to the results root (the spec's ``results`` URI):
+
+    <sweep>/sweep.json
+    <sweep>/<run>/run.json
+    <sweep>/<run>/train/history.csv
+    <sweep>/<run>/train/summary.json
+    <sweep>/<run>/checkpoints/epoch_NNN.pt
+    <sweep>/<run>/epoch_NNN/base/metrics.json
+    <sweep>/<run>/epoch_NNN/repair/class_C/{metrics.json,patch.json,search.csv}
+    <sweep>/<run>/logs/trainer.log
+    <sweep>/<run>/_SUCCESS
+
+The trainer writes them, the aggregator and ``status`` read them; both go through here so
+the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+
+def sweep_json(sweep: str) -> str:
+    return f"{sweep}/sweep.json"
+
+
+def run_prefix(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}"
+
+
+def run_json(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}/run.json"
+
+
+def history_csv(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}/train/history.csv"
+
+
+def summary_json(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}/train/summary.json"
+
+
+def checkpoint(sweep: str, run: str, epoch: int) -> str:
+    return f"{sweep}/{run}/checkpoints/epoch_{epoch:03d}.pt"
+
+
+def epoch_dir(sweep: str, run: str, epoch: int) -> str:
+    return f"{sweep}/{run}/epoch_{epoch:03d}"
+
+
+def base_metrics(sweep: str, run: str, epoch: int) -> str:
+    return f"{epoch_dir(sweep, run, epoch)}/base/metrics.json"
+
+
+def repair_dir(sweep: str, run: str, epoch: int, cls: int) -> str:
+    return f"{epoch_dir(sweep, run, epoch)}/repair/class_{cls}"
+
+
+def repair_metrics(sweep: str, run: str, epoch: int, cls: int) -> str:
+    return f"{repair_dir(sweep, run, epoch, cls)}/metrics.json"
+
+
+def repair_patch(sweep: str, run: str, epoch: int, cls: int) -> str:
+    return f"{repair_dir(sweep, run, epoch, cls)}/patch.json"
+
+
+def repair_search(sweep: str, run: str, epoch: int, cls: int) -> str:
+    return f"{repair_dir(sweep, run, epoch, cls)}/search.csv"
+
+
+def log(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}/logs/trainer.log"
+
+
+def success(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}/_SUCCESS"
+
+
+# --- reading keys back ------------------------------------------------------------------
+# The inverse of the builders above, in one place, so that readers (the aggregator,
+# `status`) never match paths by hand.
+
+Kind = Literal[
+    "sweep_json", "run_json", "success", "summary", "history", "checkpoint", "base", "repair", "log"
+]
+
+_RUN_FILES: dict[str, Kind] = {
+    "run.json": "run_json",
+    "_SUCCESS": "success",
+    "train/summary.json": "summary",
+    "train/history.csv": "history",
+    "logs/trainer.log": "log",
+}
+_EPOCH_KEY = re.compile(
+    r"^(?:checkpoints/epoch_(?P<ckpt>\d{3,})\.pt"
+    r"|epoch_(?P<epoch>\d{3,})/(?:(?P<base>base)|repair/class_(?P<cls>\d+))/metrics\.json)$"
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    """What one key of the layout names; ``sweep`` is None for keys relative to a sweep."""
+
+    kind: Kind
+    sweep: str | None
+    run: str | None = None
+    epoch: int | None = None
+    repair_class: int | None = None
+
+
+def parse(key: str, *, root: bool = True) -> Key | None:
+    """The ``Key`` a store key names, or None for keys outside the layout.
+
+    ``root``: keys are relative to a results root (``<sweep>/<run>/...``); otherwise to one
+    sweep's folder (``<run>/...``). The two never read the same key the same way.
+    """
+    sweep: str | None = None
+    if root:
+        sweep, sep, key = key.partition("/")
+        if not sep or not sweep:
+            return None
+    if key == "sweep.json":
+        return Key("sweep_json", sweep)
+    run, sep, rel = key.partition("/")
+    if not sep or not run or run == "sweep.json":
+        return None
+    if kind := _RUN_FILES.get(rel):
+        return Key(kind, sweep, run)
+    m = _EPOCH_KEY.match(rel)
+    if m is None:
+        return None
+    if m["ckpt"] is not None:
+        return Key("checkpoint", sweep, run, int(m["ckpt"]))
+    if m["base"]:
+        return Key("base", sweep, run, int(m["epoch"]))
+    return Key("repair", sweep, run, int(m["epoch"]), int(m["cls"]))

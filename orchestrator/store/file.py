@@ -1,0 +1,112 @@
+"""A results store in a folder of the local file system (a path or ``file://`` URI).
+
+Writes go to a temporary name in the same folder and are renamed into place, so a reader
+sees the old file or the whole new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from orchestrator.errors import BadInput, StoreError
+from orchestrator.store.base import KeyMissing, clean_key
+
+
+class FileStore:
+    """A folder on the local file system (a plain path or ``file://`` URI)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.uri = str(self.root)
+
+    @classmethod
+    def from_uri(cls, uri: str, **_s3_options: Any) -> FileStore:
+        """A plain path or ``file:///absolute/path``; S3 options do not apply here."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            return cls(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise BadInput(f"{uri}: file:// URIs take no host; write file:///absolute/path")
+        return cls(parsed.path)
+
+    def _path(self, key: str) -> Path:
+        return self.root / clean_key(key)
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"results: {self.root} is a file; pass a folder, file:// or s3:// URI")
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise KeyMissing(f"{self.uri}/{key}: not found") from e
+
+    def _atomic(self, key: str, fill: Any) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._atomic(key, lambda f: f.write(data))
+
+    def upload_file(self, key: str, path: Path) -> None:
+        def fill(f: Any) -> None:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+
+        self._atomic(key, fill)
+
+    def download_file(self, key: str, path: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise KeyMissing(f"{self.uri}/{key}: not found")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, path)
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return [prefix] if base.is_file() else []
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.endswith(".tmp") and name.startswith("."):
+                    continue  # an atomic write in flight, not an object
+                out.append(Path(dirpath, name).relative_to(self.root).as_posix())
+        return sorted(out)
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+        out: dict[str, bytes | Exception] = {}
+        for key in keys:
+            try:
+                out[key] = self.read_bytes(key)
+            except (StoreError, OSError) as e:
+                out[key] = e
+        return out
+
+    def delete_prefix(self, prefix: str) -> None:
+        target = self._path(prefix)
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()

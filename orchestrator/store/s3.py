@@ -1,0 +1,599 @@
+"""S3 and S3-compatible object storage (AWS S3, MinIO, Ceph RGW, ...) behind the Store protocol.
+
+On a cluster, pods are ephemeral: whatever a run produces must reach object storage,
+survive restarts, and be readable by the aggregator from a laptop. ``S3Store`` gives the
+trainer and the aggregator the same ``Store`` protocol as the file store, with boto3:
+
+- configuration comes from the standard AWS chain (environment variables including
+  ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, config and credentials files, profiles,
+  IRSA/web identity, instance roles); an explicit endpoint URL or region wins over it;
+- transient failures (500, 503 SlowDown, dropped connections, timeouts) are retried by
+  botocore's own retry machinery in adaptive mode - there is no retry loop here;
+- files go through boto3's managed transfer (multipart above a threshold, ranged and
+  retried downloads written to a temporary name first);
+- bulk reads and listings fan out on a thread pool around ONE client (botocore clients
+  are thread-safe, resources and sessions are not), so aggregating a large sweep is
+  bounded by bandwidth rather than by round trips.
+
+Every object appears whole or not at all: a PUT is atomic by S3 semantics, and a multipart
+upload stays invisible until CompleteMultipartUpload (a failed one is aborted by the
+transfer manager; one interrupted by a crash never becomes an object - a bucket lifecycle
+rule ``AbortIncompleteMultipartUpload`` reclaims its parts). Reads are checked against
+Content-Length and, where the server stores one, the object's checksum, so a body cut
+short is an error, never a shorter record.
+
+Failures become one-line ``StoreError``/``BadInput`` messages (exit code 2) that name the
+URI and the fix and never contain a secret.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse, urlunparse
+
+from boto3.exceptions import Boto3Error, RetriesExceededError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
+
+from orchestrator.errors import BadInput, EarlyRepairError, StoreError
+from orchestrator.store.base import KeyMissing, clean_key
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
+
+# botocore builds client classes at run time; there is no static type to name.
+S3Client = Any
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Total attempts per request (first try included) unless AWS_MAX_ATTEMPTS or the profile's
+# max_attempts says otherwise. Adaptive mode backs off 0-50 ms x 2^i on errors and
+# 0-1 s x 2^i (capped at 20 s) on throttling, so 8 attempts ride out up to about a minute
+# of SlowDown before giving up.
+DEFAULT_MAX_ATTEMPTS = 8
+# Threads for read_many/list/delete. The work is waiting on the network, not the CPU.
+DEFAULT_WORKERS = 32
+MiB = 1 << 20
+# S3's rules for bucket names (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html); MinIO applies the same ones.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+_BUCKET_RULES = (
+    "3-63 characters: lower-case letters, digits, '.' and '-', starting and ending with a"
+    " letter or digit"
+)
+
+# A key or bucket that is not there. HEAD answers carry no body, hence the bare statuses.
+_MISSING_KEY = {"NoSuchKey", "NotFound", "404"}
+_KEY_OPS = {"head", "get", "download"}  # operations on one key, where 404 means no such key
+_AUTH_CODES = {
+    "InvalidAccessKeyId": "the access key id is not known to the server; check"
+    " AWS_ACCESS_KEY_ID (or the profile in AWS_PROFILE)",
+    "SignatureDoesNotMatch": "the secret access key does not belong to the access key id;"
+    " check AWS_SECRET_ACCESS_KEY (or the profile in AWS_PROFILE)",
+    "AccessDenied": "access denied; give these credentials read and write access to the"
+    " bucket and prefix (s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject)",
+    "AllAccessDisabled": "all access to this bucket has been disabled; use another bucket",
+    "403": "access denied (HTTP 403); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and that"
+    " they may read and write the bucket",
+    "Forbidden": "access denied (HTTP 403); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and"
+    " that they may read and write the bucket",
+    "ExpiredToken": "the session token has expired; refresh the credentials"
+    " (AWS_SESSION_TOKEN, `aws sso login`, or the pod's role)",
+    "InvalidToken": "the session token is not valid; check AWS_SESSION_TOKEN",
+    "TokenRefreshRequired": "the session token must be refreshed; renew the credentials",
+}
+_REGION_CODES = {
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+    "301",
+}
+# A body that broke off mid-stream: the managed download refetches it with its own retries.
+_STREAM_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError)
+
+
+class StoreUnavailable(StoreError):
+    """The store as a whole cannot be used (credentials, bucket, endpoint): retrying other
+    keys cannot help, so bulk operations stop at the first one."""
+
+
+def _redact(url: str) -> str:
+    """``url`` without any user:password@ part, for messages."""
+    parsed = urlparse(url)
+    if parsed.username is None and parsed.password is None:
+        return url
+    host = parsed.hostname or ""
+    if parsed.port:
+        host = f"{host}:{parsed.port}"
+    return urlunparse(parsed._replace(netloc=f"***@{host}"))
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix"); BadInput when malformed."""
+    shown = _redact(uri)
+    parsed = urlparse(uri.strip())
+    if parsed.scheme.lower() != "s3":
+        raise BadInput(f"{shown}: not an S3 URI; write s3://bucket/prefix")
+    if parsed.username is not None or parsed.password is not None:
+        raise BadInput(
+            f"{shown}: credentials do not belong in the URI; set AWS_ACCESS_KEY_ID and"
+            " AWS_SECRET_ACCESS_KEY (or a profile) instead"
+        )
+    if parsed.query or parsed.fragment or parsed.params:
+        raise BadInput(
+            f"{shown}: an S3 URI takes no '?', ';' or '#' part; write s3://bucket/prefix"
+        )
+    bucket = parsed.netloc
+    if not bucket:
+        raise BadInput(f"{shown}: the URI names no bucket; write s3://bucket/prefix")
+    if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
+        raise BadInput(f"{shown}: {bucket!r} is not a valid bucket name ({_BUCKET_RULES})")
+    try:
+        prefix = clean_key(parsed.path)
+    except ValueError as e:
+        raise BadInput(f"{shown}: the prefix may not contain '..'") from e
+    return bucket, prefix
+
+
+def _check_endpoint(url: str) -> str:
+    parsed = urlparse(url)
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+    except ValueError:
+        ok = False
+    if not ok or parsed.path not in ("", "/") or parsed.query:
+        raise BadInput(
+            f"endpoint URL {_redact(url)!r} is not valid: write http(s)://host[:port], e.g."
+            " http://minio.minio.svc:9000 (storage.endpoint_url or --endpoint-url)"
+        )
+    return url.rstrip("/")
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The botocore error under boto3's transfer wrappers (S3UploadFailedError, ...)."""
+    seen: set[int] = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        if (
+            isinstance(e, RetriesExceededError | TransferRetriesExceeded)
+            and e.last_exception is not None
+        ):
+            e = e.last_exception
+        elif isinstance(e, Boto3Error) and (e.__cause__ or e.__context__):
+            e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        else:
+            break
+    return e
+
+
+class S3Store:
+    """A bucket and key prefix: ``S3Store.from_uri("s3://bucket/prefix", endpoint_url=...)``.
+
+    Nothing touches the network (or even creates a client) until the first operation;
+    tests and callers that already hold a client pass it as ``client``.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        addressing_style: str = "auto",
+        client: S3Client | None = None,
+        max_attempts: int | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_workers: int = DEFAULT_WORKERS,
+        multipart_threshold: int = 8 * MiB,
+        multipart_chunksize: int = 8 * MiB,
+        transfer_concurrency: int = 8,
+    ) -> None:
+        if addressing_style not in ("auto", "path", "virtual"):
+            raise BadInput(
+                f"storage.addressing_style {addressing_style!r} is not valid: use auto, path"
+                " or virtual"
+            )
+        if max_attempts is not None and max_attempts < 1:
+            raise BadInput(f"S3 max_attempts must be at least 1, not {max_attempts}")
+        if max_workers < 1:
+            raise BadInput(f"S3 max_workers must be at least 1, not {max_workers}")
+        self.bucket = bucket
+        self.prefix = clean_key(prefix)
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.endpoint_url = _check_endpoint(endpoint_url) if endpoint_url else None
+        self.region = region or None
+        self.addressing_style = addressing_style
+        self.max_attempts = max_attempts
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_workers = max_workers
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunksize = multipart_chunksize
+        self.transfer_concurrency = transfer_concurrency
+        self._client = client
+        self._attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
+        self._lock = threading.Lock()
+        self._transfer: TransferConfig | None = None
+
+    @classmethod
+    def from_uri(
+        cls,
+        uri: str,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        addressing_style: str = "auto",
+        client: S3Client | None = None,
+        **options: Any,
+    ) -> S3Store:
+        """``options``: max_attempts, timeouts, max_workers, multipart sizes (see __init__)."""
+        bucket, prefix = parse_s3_uri(uri)
+        return cls(
+            bucket,
+            prefix,
+            endpoint_url=endpoint_url,
+            region=region,
+            addressing_style=addressing_style,
+            client=client,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.uri!r}, endpoint_url={self.endpoint_url!r})"
+
+    # -- the client, created once and shared by every thread -----------------------------
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> S3Client:
+        import boto3
+        import botocore.session
+        from botocore.config import Config
+
+        try:
+            core = botocore.session.get_session()
+            # Honour AWS_MAX_ATTEMPTS / the profile's max_attempts; ours is only the default.
+            configured = core.get_config_variable("max_attempts")
+            if self.max_attempts is None and configured:
+                self._attempts = int(configured)
+            config = Config(
+                retries={"mode": "adaptive", "total_max_attempts": self._attempts},
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                max_pool_connections=self.max_workers + self.transfer_concurrency,
+                tcp_keepalive=True,
+                s3={"addressing_style": self.addressing_style},
+            )
+            session = boto3.session.Session(botocore_session=core, region_name=self.region)
+            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        except ProfileNotFound as e:
+            raise BadInput(
+                f"{self.uri}: AWS_PROFILE names a profile that is not in the AWS config"
+                " files; fix AWS_PROFILE or ~/.aws/config"
+            ) from e
+        except ValueError as e:  # e.g. AWS_ENDPOINT_URL=minio:9000, AWS_MAX_ATTEMPTS=many
+            detail = " ".join(_redact(word) for word in str(e).split())[:200]
+            raise BadInput(
+                f"{self.uri}: the AWS configuration is not usable ({detail}); check"
+                " AWS_ENDPOINT_URL (http(s)://host[:port]), AWS_MAX_ATTEMPTS and ~/.aws/config"
+            ) from e
+
+    @property
+    def transfer_config(self) -> TransferConfig:
+        if self._transfer is None:
+            from boto3.s3.transfer import TransferConfig
+
+            self._transfer = TransferConfig(
+                multipart_threshold=self.multipart_threshold,
+                multipart_chunksize=self.multipart_chunksize,
+                max_concurrency=self.transfer_concurrency,
+            )
+        return self._transfer
+
+    def close(self) -> None:
+        """Release the client's connections (it is recreated on the next use)."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> S3Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        k = clean_key(key)
+        if not k:
+            raise BadInput(f"{self.uri}: an empty key names no object")
+        return f"{self.prefix}/{k}" if self.prefix else k
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _dir(self, prefix: str) -> str:
+        """The S3 key prefix of a 'folder' below the root: '' or ending with '/'."""
+        p = clean_key(prefix)
+        parts = [x for x in (self.prefix, p) if x]
+        return "/".join(parts) + "/" if parts else ""
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _endpoint(self) -> str:
+        url = self._client.meta.endpoint_url if self._client is not None else self.endpoint_url
+        return _redact(url) if url else "the default AWS S3 endpoint"
+
+    def _error(self, e: BaseException, op: str, key: str | None = None) -> EarlyRepairError:
+        """Our one-line error for a boto3/botocore failure; never includes credentials."""
+        where = f"{self.uri}/{key}" if key else self.uri
+        root = _root_cause(e)
+        endpoint = self._endpoint()
+        if isinstance(root, NoCredentialsError | PartialCredentialsError):
+            return StoreUnavailable(
+                f"{where}: no AWS credentials found ({type(root).__name__}); set"
+                " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the pod"
+                " a role (IRSA)"
+            )
+        if isinstance(root, CredentialRetrievalError):
+            return StoreUnavailable(
+                f"{where}: the AWS credential provider failed ({type(root).__name__}); check"
+                " the profile's credential_process, SSO login or the pod's role"
+            )
+        if isinstance(root, BotoConnectionError | ConnectionClosedError | ReadTimeoutError):
+            what = (
+                f"no answer within {self.read_timeout:g} s from"
+                if isinstance(root, ReadTimeoutError)
+                else "cannot connect to"
+            )
+            return StoreUnavailable(
+                f"{where}: {what} the S3 endpoint {endpoint} after {self._attempts}"
+                f" attempts ({type(root).__name__}); check --endpoint-url,"
+                " storage.endpoint_url or AWS_ENDPOINT_URL and that the server is up"
+            )
+        if isinstance(root, IncompleteReadError | ResponseStreamingError):
+            return StoreError(
+                f"{where}: the connection broke while reading the object"
+                f" ({type(root).__name__}) even after retries; try again"
+            )
+        if isinstance(root, ClientError):
+            return self._client_error(root, op, key, where, endpoint)
+        return StoreError(f"{where}: S3 {op} failed ({type(root).__name__})")
+
+    def _client_error(
+        self, e: ClientError, op: str, key: str | None, where: str, endpoint: str
+    ) -> EarlyRepairError:
+        err = e.response.get("Error", {})
+        meta = e.response.get("ResponseMetadata", {})
+        code = str(err.get("Code") or meta.get("HTTPStatusCode") or "unknown")
+        status = meta.get("HTTPStatusCode")
+        attempts = int(meta.get("RetryAttempts", 0)) + 1
+        if op in _KEY_OPS and code in _MISSING_KEY:
+            return KeyMissing(f"{where}: not found")
+        if code in ("NoSuchBucket", "404"):
+            return StoreUnavailable(
+                f"{where}: bucket {self.bucket!r} does not exist at {endpoint}; create it"
+                f" (`aws s3 mb s3://{self.bucket}` or `mc mb`) or fix the results URI"
+            )
+        if code in _AUTH_CODES:
+            return StoreUnavailable(f"{where}: {_AUTH_CODES[code]} ({code} from {endpoint})")
+        if code in _REGION_CODES:
+            return StoreUnavailable(
+                f"{where}: the bucket lives in another region ({code}); set storage.region"
+                " or AWS_REGION to the bucket's region"
+            )
+        if code == "InvalidBucketName":
+            return BadInput(
+                f"{where}: {self.bucket!r} is not a valid bucket name ({_BUCKET_RULES})"
+            )
+        retried = f" after {attempts} attempts" if attempts > 1 else ""
+        message = " ".join(str(err.get("Message", "")).split())[:200]
+        detail = f": {message}" if message else ""
+        return StoreError(
+            f"{where}: S3 {op} failed{retried} with {code} (HTTP {status}){detail}; if the"
+            " server is overloaded or failing, try again later"
+        )
+
+    @contextmanager
+    def _translated(self, op: str, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except EarlyRepairError:
+            raise
+        except (BotoCoreError, ClientError, Boto3Error, TransferRetriesExceeded) as e:
+            raise self._error(e, op, key) from e
+
+    # -- the thread pool ------------------------------------------------------------------
+
+    def _map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``[fn(x) for x in items]`` on the pool; the first exception cancels the rest."""
+        todo = list(items)
+        if len(todo) <= 1:
+            return [fn(x) for x in todo]
+        self.client  # noqa: B018 - create the client once, before the threads race for it
+        with ThreadPoolExecutor(
+            min(self.max_workers, len(todo)), thread_name_prefix="s3store"
+        ) as pool:
+            futures = [pool.submit(fn, x) for x in todo]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception()), None)
+            if failed is not None:
+                for f in futures:
+                    f.cancel()
+                raise failed.exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
+
+    # -- the Store protocol -----------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail now, with the one-line error, if the bucket cannot be listed with these
+        credentials at this endpoint - before a run creates anything."""
+        with self._translated("list"):
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._dir(""), MaxKeys=1)
+
+    def exists(self, key: str) -> bool:
+        full = self._full(key)
+        try:
+            with self._translated("head", key):
+                self.client.head_object(Bucket=self.bucket, Key=full)
+        except KeyMissing:
+            return False
+        return True
+
+    def read_bytes(self, key: str) -> bytes:
+        full = self._full(key)
+        with self._translated("get", key):
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            try:
+                return response["Body"].read()
+            except _STREAM_ERRORS as e:
+                # The body broke off after the headers, which botocore's retries do not
+                # cover; the managed download refetches with its own stream retries.
+                log.info("%s/%s: body broke off (%s); refetching", self.uri, key, e)
+                buffer = io.BytesIO()
+                self.client.download_fileobj(self.bucket, full, buffer, Config=self.transfer_config)
+                return buffer.getvalue()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        full = self._full(key)
+        with self._translated("put", key):
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data))
+
+    def upload_file(self, key: str, path: Path) -> None:
+        full = self._full(key)
+        path = Path(path)
+        path.stat()  # a missing local file is the caller's OSError, as with FileStore
+        with self._translated("upload", key):
+            self.client.upload_file(str(path), self.bucket, full, Config=self.transfer_config)
+
+    def download_file(self, key: str, path: Path) -> None:
+        full = self._full(key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # s3transfer writes a temporary file next to ``path`` and renames it when complete.
+        with self._translated("download", key):
+            self.client.download_file(self.bucket, full, str(path), Config=self.transfer_config)
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._dir(prefix)
+        with self._translated("list", clean_key(prefix) or None):
+            keys = self._list_under(base)
+        out = sorted(self._rel(k) for k in keys if not k.endswith("/"))
+        p = clean_key(prefix)
+        if not out and p and self.exists(p):
+            return [p]  # like FileStore: a prefix that names one object lists it
+        return out
+
+    def _list_page(self, base: str, delimiter: bool, token: str | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base}
+        if delimiter:
+            kwargs["Delimiter"] = "/"
+        if token:
+            kwargs["ContinuationToken"] = token
+        return self.client.list_objects_v2(**kwargs)
+
+    def _list_all(self, base: str, delimiter: bool = False) -> tuple[list[str], list[str]]:
+        """Every key (and with ``delimiter`` every sub-folder) directly or wholly below base."""
+        keys: list[str] = []
+        folders: list[str] = []
+        token = None
+        while True:
+            page = self._list_page(base, delimiter, token)
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            folders += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return keys, folders
+
+    def _list_under(self, base: str) -> list[str]:
+        """All keys below ``base``: one request when they fit in a page (1,000 keys); else
+        the folders below are found and listed concurrently instead of page after page."""
+        first = self._list_page(base, False, None)
+        keys = [o["Key"] for o in first.get("Contents", [])]
+        if not first.get("IsTruncated"):
+            return keys
+        keys, folders = self._list_all(base, delimiter=True)
+        for _ in range(8):  # a single sub-folder (one sweep): look a level deeper
+            if len(folders) != 1:
+                break
+            more, folders = self._list_all(folders[0], delimiter=True)
+            keys += more
+        for found in self._map(lambda f: self._list_all(f)[0], folders):
+            keys += found
+        return keys
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+        wanted = list(dict.fromkeys(keys))
+        fatal: list[StoreUnavailable] = []
+
+        def one(key: str) -> bytes | Exception:
+            if fatal:  # no point hammering an endpoint we cannot use
+                return fatal[0]
+            try:
+                return self.read_bytes(key)
+            except StoreUnavailable as e:
+                fatal.append(e)
+                return e
+            except (EarlyRepairError, ValueError) as e:
+                return e
+
+        return dict(zip(wanted, self._map(one, wanted), strict=True))
+
+    def delete_prefix(self, prefix: str) -> None:
+        p = clean_key(prefix)
+        with self._translated("list", p or None):
+            doomed = self._list_under(self._dir(p))
+        if p:
+            doomed.append(self._full(p))  # the object the prefix itself may name
+        batches = [doomed[i : i + 1000] for i in range(0, len(doomed), 1000)]
+
+        def delete(batch: list[str]) -> None:
+            with self._translated("delete", p or None):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"{self.uri}/{self._rel(first.get('Key', ''))}: could not delete"
+                    f" ({first.get('Code')}); {len(errors)} objects were left - check the"
+                    " credentials' s3:DeleteObject permission"
+                )
+
+        self._map(delete, batches)

@@ -1,0 +1,215 @@
+"""The explicit Job/Pod -> RunState tables and the store progress, on plain dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.backends.base import RunState
+from orchestrator.backends.kubernetes.state import (
+    JOB_CONDITION_STATE,
+    POD_PHASE_STATE,
+    IndexRun,
+    parse_intervals,
+    run_states,
+)
+from orchestrator.backends.progress import describe, run_progress
+from orchestrator.results import layout as results
+from orchestrator.spec import parse_spec
+
+RUNS = [IndexRun(0, "a"), IndexRun(1, "b"), IndexRun(2, "c")]
+
+
+def job(status: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "j", **meta}, "status": status or {}}
+
+
+def pod(
+    index: int,
+    phase: str,
+    *,
+    created: str = "2026-01-01T00:00:00Z",
+    name: str | None = None,
+    **status: Any,
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name or f"j-{index}-{created[-9:-1]}",
+            "creationTimestamp": created,
+            "labels": {"batch.kubernetes.io/job-completion-index": str(index)},
+        },
+        "spec": {"nodeName": f"n{index}"},
+        "status": {"phase": phase, **status},
+    }
+
+
+def terminated(code: int, message: str = "") -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "trainer",
+            "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": "Error", "message": message}},
+        }
+    ]
+
+
+def one(states: list, i: int) -> tuple[str, str]:
+    return str(states[i].state), states[i].message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, set()),
+        ("", set()),
+        ("3", {3}),
+        ("0-2,5", {0, 1, 2, 5}),
+        ("1,3-4,7-7", {1, 3, 4, 7}),
+        ("x,2", {2}),  # malformed parts are left undecided, not guessed
+    ],
+)
+def test_parse_intervals(text: str | None, expected: set[int]) -> None:
+    assert parse_intervals(text) == expected
+
+
+def test_tables_cover_every_documented_value() -> None:
+    assert set(POD_PHASE_STATE) == {"Pending", "Running", "Succeeded", "Failed", "Unknown"}
+    assert set(JOB_CONDITION_STATE) == {
+        "Complete",
+        "SuccessCriteriaMet",
+        "Failed",
+        "FailureTarget",
+        "Suspended",
+    }
+
+
+def test_index_lists_win_over_pods() -> None:
+    pods = [pod(0, "Running"), pod(1, "Running")]
+    st = run_states(job({"completedIndexes": "0", "failedIndexes": "1"}), pods, RUNS)
+    assert [str(s.state) for s in st] == ["SUCCEEDED", "FAILED", "PENDING"]
+    assert st[2].message == "waiting for a pod"
+
+
+def test_failed_index_says_why_from_the_termination_message() -> None:
+    pods = [pod(1, "Failed", containerStatuses=terminated(2, "x\nerror: datasets.0: bad\n"))]
+    st = run_states(job({"failedIndexes": "1"}), pods, RUNS)
+    assert one(st, 1) == ("FAILED", "exit 2 (Error): error: datasets.0: bad")
+
+
+def test_job_conditions_decide_open_indexes() -> None:
+    deadline = {
+        "type": "Failed",
+        "status": "True",
+        "reason": "DeadlineExceeded",
+        "message": "Job was active longer than specified deadline",
+    }
+    st = run_states(job({"completedIndexes": "0", "conditions": [deadline]}), [], RUNS)
+    assert [str(s.state) for s in st] == ["SUCCEEDED", "FAILED", "FAILED"]
+    assert st[1].message == "DeadlineExceeded: Job was active longer than specified deadline"
+    suspended = {"type": "Suspended", "status": "True", "reason": "JobSuspended"}
+    st = run_states(job({"conditions": [suspended]}), [pod(0, "Failed")], RUNS)
+    assert one(st, 0) == ("PENDING", "suspended: waiting for admission (Kueue) or resume")
+    not_true = {"type": "Failed", "status": "False"}
+    assert str(run_states(job({"conditions": [not_true]}), [], RUNS)[0].state) == "PENDING"
+
+
+def test_a_job_being_deleted_cancels_open_runs() -> None:
+    st = run_states(
+        job({"completedIndexes": "2"}, deletionTimestamp="2026-01-01T00:00:00Z"),
+        [pod(0, "Running")],
+        RUNS,
+    )
+    assert [str(s.state) for s in st] == ["CANCELLED", "CANCELLED", "SUCCEEDED"]
+
+
+def test_pod_phases_and_retries() -> None:
+    disrupted = pod(
+        0,
+        "Failed",
+        conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
+        ],
+    )
+    unschedulable = pod(
+        1,
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    weird = pod(2, "Hibernating")
+    st = run_states(job(), [disrupted, unschedulable, weird], RUNS)
+    assert one(st, 0) == ("PENDING", "retrying: pod was disrupted (not counted)")
+    assert one(st, 1) == (
+        "PENDING",
+        "Unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+    )
+    assert one(st, 2) == ("UNKNOWN", "unknown pod phase 'Hibernating'")
+    st = run_states(job(), [pod(0, "Unknown"), pod(1, "Succeeded")], RUNS)
+    assert one(st, 0) == ("UNKNOWN", "node stopped reporting the pod")
+    assert one(st, 1) == ("SUCCEEDED", "")
+
+
+def test_newest_pod_counts_and_older_ones_are_restarts() -> None:
+    first = pod(0, "Failed", created="2026-01-01T00:00:01Z", containerStatuses=terminated(1))
+    second = pod(0, "Failed", created="2026-01-01T00:00:02Z", containerStatuses=terminated(75))
+    third = pod(0, "Running", created="2026-01-01T00:00:03Z")
+    third["spec"]["nodeName"] = "newest"
+    st = run_states(job(), [third, first, second], RUNS)
+    assert (str(st[0].state), st[0].restarts, st[0].node) == ("RUNNING", 2, "newest")
+    st = run_states(job(), [first, second], RUNS)
+    assert one(st, 0) == ("PENDING", "retrying: exit 75 (Error)")
+
+
+def test_a_vanished_job_leaves_the_store_as_witness() -> None:
+    st = run_states(None, [], RUNS, {"a": {"done": True}, "b": {"done": False}})
+    assert [s.state for s in st] == [RunState.SUCCEEDED, RunState.UNKNOWN, RunState.UNKNOWN]
+    assert st[1].message.startswith("Job is gone")
+
+
+def test_progress_from_keys_uses_the_result_layout() -> None:
+    spec = parse_spec(
+        {
+            "name": "s",
+            "datasets": ["digits"],
+            "models": ["small_cnn"],
+            "seeds": [1],
+            "repair": {"classes": [3, 8]},
+        },
+        "test",
+    )
+    (run,) = spec.runs()
+    keys = {
+        results.checkpoint("s", run.name, 1),
+        results.checkpoint("s", run.name, 10),
+        results.base_metrics("s", run.name, 1),
+        results.repair_metrics("s", run.name, 1, 3),
+        results.repair_patch("s", run.name, 1, 8),  # not a finished repair
+        results.checkpoint("s", run.name + "x", 99),  # another run's key
+        f"s/{run.name}/epoch_1/base/metrics.json",  # not the layout's name
+    }
+    p = run_progress(keys, run)
+    assert p == {
+        "epoch": 10,
+        "trained": False,
+        "evaluated": 1,
+        "checkpoints": None,
+        "repairs_done": 1,
+        "repairs_total": None,
+        "done": False,
+    }
+    assert describe(p) == "epoch 10, eval 1/?, repairs 1/?"
+    keys.add(results.summary_json("s", run.name))
+    p = run_progress(keys, run, {"checkpoint_epochs": [1, 5, 10]})
+    assert (p["trained"], p["checkpoints"], p["repairs_total"]) == (True, 3, 6)
+    assert describe(p) == "trained, eval 1/3, repairs 1/6"
+    keys.add(results.success("s", run.name))
+    assert describe(run_progress(keys, run)) == "done"
+    assert describe({}) == ""
+    assert describe({"error": "store not readable: x"}) == "? (store not readable: x)"

@@ -1,0 +1,236 @@
+"""`early-repair aggregate` as a user runs it: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from aggregate_tree import RunTree, paper_table1_runs, pattern_run, write_tree
+
+from orchestrator.results import layout as results
+from orchestrator.store.file import FileStore
+
+OUTPUTS = [
+    "records.parquet",
+    "records.csv",
+    "quality.csv",
+    "switch_points.csv",
+    "patterns.csv",
+    "runs.csv",
+    "problems.csv",
+    "report.md",
+    "report.html",
+    "figures/table1.png",
+    "figures/overview.png",
+]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A small clean sweep: three runs, one class, every pattern once (include mode)."""
+    store = FileStore(tmp_path / "results")
+    write_tree(
+        store,
+        "sw",
+        [
+            pattern_run("r-pre", "pre", seed=1),
+            pattern_run("r-post", "post", seed=2),
+            pattern_run("r-after", "after", seed=3),
+        ],
+    )
+    return tmp_path / "results"
+
+
+def test_aggregate_writes_every_output_and_prints_the_folder(cli, tree: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    r = cli("aggregate", tree, "--out", out)
+    assert r.code == 0, r.err
+    assert r.out == f"{out.absolute()}\n"
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    for run in ("r-pre", "r-post", "r-after"):
+        assert (out / "figures" / f"fig3_{run}_class3.png").is_file()
+        assert (out / "figures" / f"fig4_{run}_class3.png").is_file()
+    assert "Table 1" in r.err and "pre-convergence" in r.err
+    table = pd.read_csv(out / "patterns.csv")
+    top = table[table.scope == "dataset"]
+    assert top["pre-convergence"].tolist() == [1, 1, 1]
+    assert top["post-convergence"].tolist() == [2, 2, 2]  # the after-run counts as post
+    assert "after-convergence" not in table.columns
+
+
+def test_after_convergence_include_and_alphas(cli, tree: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    r = cli(
+        "aggregate",
+        tree,
+        "--out",
+        out,
+        "--after-convergence",
+        "include",
+        "--alpha",
+        "0.7",
+        "--alpha",
+        "0.3",
+    )
+    assert r.code == 0, r.err
+    q = pd.read_csv(out / "quality.csv")
+    assert sorted(q["alpha"].unique()) == [0.3, 0.7]
+    sp = pd.read_csv(out / "switch_points.csv")
+    got = sp[sp.alpha == 0.3].set_index("run")["pattern"].to_dict()
+    assert got == {
+        "r-pre": "pre-convergence",
+        "r-post": "post-convergence",
+        "r-after": "after-convergence",
+    }
+    assert "after-convergence" in (out / "report.md").read_text()
+
+
+def test_default_out_is_report_sweep_in_the_working_dir(cli, tree: Path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cli("aggregate", f"file://{tree}")
+    assert r.code == 0, r.err
+    assert r.out.strip() == str(tmp_path / "report" / "sw")
+    assert (tmp_path / "report" / "sw" / "report.html").is_file()
+
+
+def damage(tree: Path) -> str:
+    key = results.repair_metrics("sw", "r-pre", 5, 3)
+    (tree / key).write_text('{"schema_version": 1, "sweep": "sw", "ru')
+    return key
+
+
+def test_damaged_results_are_reported_not_fatal(cli, tree: Path, tmp_path: Path):
+    key = damage(tree)
+    out = tmp_path / "out"
+    r = cli("aggregate", tree, "--out", out)
+    assert r.code == 0, r.err
+    problems = pd.read_csv(out / "problems.csv")
+    assert problems.loc[problems.kind == "damaged", "key"].tolist() == [key]
+    # the damaged record, and its (run, class) now compared without epoch 5
+    assert problems["kind"].tolist() == ["damaged", "partial"]
+    assert "2 incomplete or damaged result(s)" in r.err
+    assert key in (out / "report.md").read_text()
+
+
+def test_strict_makes_damage_bad_input_and_creates_nothing(cli, tree: Path, tmp_path: Path):
+    key = damage(tree)
+    out = tmp_path / "out"
+    r = cli("aggregate", tree, "--out", out, "--strict")
+    assert r.code == 2
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "2 incomplete or damaged result(s) (damaged: 1, partial: 1)" in lines[0]
+    assert key in lines[0] and "drop --strict" in lines[0]
+    assert "Traceback" not in r.err and r.out == ""
+    assert not out.exists()
+
+
+def test_strict_on_unfinished_run_and_on_clean_tree(cli, tree: Path, tmp_path: Path):
+    assert cli("aggregate", tree, "--out", tmp_path / "a", "--strict").code == 0
+    write_tree(
+        FileStore(tree),
+        "sw",
+        [
+            RunTree(
+                run="r-late",
+                convergence=5,
+                epochs=[1],
+                classes=[3],
+                repaired={},
+                summary=False,
+                success=False,
+                seed=9,
+            )
+        ],
+    )
+    r = cli("aggregate", tree, "--out", tmp_path / "b", "--strict")
+    assert r.code == 2 and "unfinished-run: 1" in r.err and "incomplete: 1" in r.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{empty}"], "no results found"),
+        (["{missing}"], "no results found"),
+        (["ftp://host/x"], "unsupported URI scheme 'ftp'"),
+        (["   "], "results URI is empty"),
+        (["{tree}", "--alpha", "1.5"], "--alpha 1.5"),
+        (["{tree}", "--alpha", "x"], "--alpha"),
+        (["{tree}", "--after-convergence", "later"], "--after-convergence 'later'"),
+        (["{tree}", "--endpoint-url", "http://127.0.0.1:9"], "applies to s3:// URIs only"),
+        (["{tree}", "--sweep", "nope"], "no sweep 'nope' here; found: sw"),
+        (["{tree}", "--out", "{file}"], "is a file; pass a folder"),
+        (["{tree}", "--max-figures", "-1"], "--max-figures"),
+    ],
+)
+def test_bad_input_is_exit_2_with_one_line(cli, tree: Path, tmp_path: Path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("x")
+    fill = {
+        "empty": tmp_path / "empty",
+        "missing": tmp_path / "missing",
+        "tree": tree,
+        "file": tmp_path / "afile",
+    }
+    r = cli("aggregate", *[a.format(**fill) for a in args])
+    assert r.code == 2, (r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert message in lines[0]
+    assert "Traceback" not in r.err and r.out == ""
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_figure_cap_and_stale_figures(cli, tmp_path: Path):
+    store = FileStore(tmp_path / "results")
+    write_tree(store, "paper", paper_table1_runs())  # 20 (run, class) pairs, 2 datasets
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "mine.png").write_bytes(b"a user's file")
+    (out / "figures" / "fig3_gone_class1.png").write_bytes(b"from an earlier aggregate")
+    r = cli("aggregate", tmp_path / "results", "--out", out, "--max-figures", "4")
+    assert r.code == 0, r.err
+    figs = sorted(p.name for p in (out / "figures").glob("fig*.png"))
+    # one pair from each (dataset, model, class) group before any group gets a second seed
+    assert figs == sorted(
+        f"fig{n}_{run}_class{c}.png"
+        for n in (3, 4)
+        for run, c in [
+            ("gtsrb-vgg16-s1024", 20),
+            ("gtsrb-vgg16-s1024", 27),
+            ("gtsrb-vgg16-s1024", 30),
+            ("rsna-densenet121-s1024", 1),
+        ]
+    )
+    assert (out / "figures" / "mine.png").read_bytes() == b"a user's file"
+    assert "Drawn for 4 of 20 (run, class) pairs" in (out / "report.md").read_text()
+    r = cli("aggregate", tmp_path / "results", "--out", out, "--max-figures", "0")
+    assert r.code == 0
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
+        "mine.png",
+        "overview.png",
+        "table1.png",
+    ]
+
+
+def test_cli_import_stays_light_and_modules_never_import_torch(repo: Path):
+    code = (
+        "import sys, orchestrator.cli;"
+        "heavy = [m for m in ('pandas', 'matplotlib', 'orchestrator.analysis.tables', 'torch')"
+        " if m in sys.modules];"
+        "import orchestrator.analysis.tables, orchestrator.analysis.report;"
+        "print(json.dumps([heavy, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import json;" + code],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out) == [[], False]

@@ -1,0 +1,8 @@
+"""Paths of the repository that tests read (presets, charts, golden files)."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
+GOLDEN = TESTS / "golden"
+QUICKSTART = REPO / "settings" / "quickstart.yaml"

@@ -1,0 +1,178 @@
+"""Arachne on a really trained model: the quickstart (settings/quickstart.yaml) - its
+model, data, training settings (epochs capped to stay fast), first seed, repair settings and
+classes - trained with the trainer's own loop and repaired at every checkpoint. Checks that
+repair fixes something real, that RR/BR agree with predictions of the patched full model,
+and that checkpoint + patch.json rebuild exactly the searched model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from paths import REPO
+
+from orchestrator.spec import SweepSpec, load_spec
+from trainer_image.data import Splits, load_splits
+from trainer_image.models import Repairable, build_model
+from trainer_image.repair.arachne import SwarmFitness, repair
+from trainer_image.repair.base import (
+    PatchedWeight,
+    RepairResult,
+    TargetSplit,
+    apply_patch,
+    repair_seed,
+)
+from trainer_image.train import train
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+
+MAX_EPOCHS = 15
+
+
+@pytest.fixture(scope="module")
+def quickstart() -> SweepSpec:
+    return load_spec(REPO / "settings" / "quickstart.yaml")
+
+
+def build(spec: SweepSpec) -> Repairable:
+    return build_model(spec.models[0], in_channels=1, num_classes=10, image_size=8)
+
+
+@pytest.fixture(scope="module")
+def trained(quickstart: SweepSpec, tmp_path_factory) -> tuple[Splits, dict[int, Path]]:
+    """Checkpoints (epoch -> saved state file) of the quickstart's first run."""
+    spec = quickstart
+    assert spec.datasets[0].name == "digits"
+    cfg = spec.training.model_copy(update={"max_epochs": min(MAX_EPOCHS, spec.training.max_epochs)})
+    splits = load_splits(spec.datasets[0], cfg.validation_split)
+    torch.manual_seed(spec.seeds[0])
+    model = build(spec)
+    folder = tmp_path_factory.mktemp("checkpoints")
+    saved: dict[int, Path] = {}
+
+    def keep(epoch: int, state: dict[str, torch.Tensor]) -> None:
+        saved[epoch] = folder / f"epoch_{epoch:03d}.pt"
+        torch.save(state, saved[epoch])
+
+    train(model, splits, cfg, spec.seeds[0], CPU, on_checkpoint=keep)
+    return splits, saved
+
+
+def load(spec: SweepSpec, path: Path) -> Repairable:
+    model = build(spec)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def predict(model: Repairable, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(x)).argmax(1).numpy()
+
+
+def repair_checkpoint(
+    spec: SweepSpec, splits: Splits, path: Path, epoch: int, cls: int
+) -> tuple[Repairable, torch.Tensor, TargetSplit, RepairResult]:
+    model = load(spec, path)
+    x = torch.as_tensor(splits.repair.x)
+    with torch.no_grad():
+        feats = model.penultimate(x)
+    split = TargetSplit(y=splits.repair.y, pred=predict(model, splits.repair.x))
+    seed = repair_seed(spec.repair.seed, spec.seeds[0], epoch, cls)
+    y = torch.as_tensor(splits.repair.y)
+    return model, feats, split, repair(model.head, feats, y, split, cls, spec.repair, seed)
+
+
+def test_repair_fixes_something_real_for_every_quickstart_class(quickstart, trained) -> None:
+    splits, saved = trained
+    classes = quickstart.classes_for(quickstart.datasets[0])
+    assert classes and len(saved) >= 3
+    best_rr: dict[int, float] = {}
+    for epoch, path in sorted(saved.items()):
+        for cls in classes:
+            model, _, split, res = repair_checkpoint(quickstart, splits, path, epoch, cls)
+            if res.status == "nothing_to_repair":
+                assert split.negatives(cls).size == 0
+                continue
+            # RR and BR recomputed independently: patch the full model, predict the images.
+            model.head = apply_patch(model.head, res.patch)
+            pred = predict(model, splits.repair.x)
+            neg, pos = split.negatives(cls), split.positives()
+            assert res.n_neg == neg.size
+            assert res.n_patched == int((pred[neg] == cls).sum())
+            assert res.rr == pytest.approx(100.0 * np.mean(pred[neg] == cls))
+            assert res.br == pytest.approx(100.0 * np.mean(pred[pos] != split.y[pos]))
+            # Per-class accuracy of the target class on the repair set moves by exactly
+            # the fixed negatives minus the broken positives of that class.
+            of_cls = split.y == cls
+            before = int(split.correct[of_cls].sum())
+            broken = int(((pred != split.y) & split.correct & of_cls).sum())
+            assert int((pred[of_cls] == cls).sum()) == before + res.n_patched - broken
+            best_rr[cls] = max(best_rr.get(cls, 0.0), res.rr)
+    assert set(best_rr) == set(classes)
+    assert all(rr > 0 for rr in best_rr.values()), best_rr
+
+
+def test_checkpoint_plus_patch_json_rebuilds_the_searched_model(
+    quickstart, trained, tmp_path
+) -> None:
+    splits, saved = trained
+    epoch = min(saved)  # epoch 1: many negatives, a real search
+    cls = quickstart.classes_for(quickstart.datasets[0])[0]
+    model, feats, split, res = repair_checkpoint(quickstart, splits, saved[epoch], epoch, cls)
+    assert res.status == "repaired" and res.patch
+    (tmp_path / "patch.json").write_text(json.dumps(res.patch_json()))
+
+    # Rebuild from files only: fresh model, checkpoint weights, patch after a JSON round trip.
+    doc = json.loads((tmp_path / "patch.json").read_text())
+    assert doc["target_class"] == cls and doc["status"] == "repaired"
+    patch = [PatchedWeight(**w) for w in doc["weights"]]
+    assert patch == res.patch
+    rebuilt = load(quickstart, saved[epoch])
+    rebuilt.head = apply_patch(rebuilt.head, patch)
+    pred = predict(rebuilt, splits.repair.x)
+
+    # The search's own predictions for the best patch, on the negatives and all positives.
+    neg, pos = split.negatives(cls), split.positives()
+    y = torch.as_tensor(splits.repair.y)
+    rows = np.array([p.row for p in patch])
+    cols = np.array([p.col for p in patch])
+    search = SwarmFitness(
+        model.head.weight,
+        model.head.bias,
+        feats[neg],
+        feats[pos],
+        y[pos],
+        cls,
+        rows,
+        cols,
+        CPU,
+        2**28,
+    )
+    searched = search.predict(torch.tensor([[p.new for p in patch]], dtype=torch.float64))[0]
+    np.testing.assert_array_equal(pred[np.concatenate([neg, pos])], searched.numpy())
+    assert res.n_patched == int((pred[neg] == cls).sum())
+    # Weights outside the patch are untouched.
+    original = load(quickstart, saved[epoch])
+    changed = (rebuilt.head.weight != original.head.weight).nonzero().tolist()
+    assert set(map(tuple, changed)) <= {(p.row, p.col) for p in patch}
+    assert torch.equal(rebuilt.body[0].weight, original.body[0].weight)
+
+
+def test_repair_works_under_deterministic_algorithms(quickstart, trained) -> None:
+    # The trainer turns on torch.use_deterministic_algorithms; the search must run under it.
+    splits, saved = trained
+    epoch = min(saved)
+    cls = quickstart.classes_for(quickstart.datasets[0])[0]
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        a = repair_checkpoint(quickstart, splits, saved[epoch], epoch, cls)[3]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    b = repair_checkpoint(quickstart, splits, saved[epoch], epoch, cls)[3]
+    assert a.patch == b.patch and a.rr == b.rr

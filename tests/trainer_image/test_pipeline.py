@@ -1,0 +1,389 @@
+"""The trainer entrypoint on real digits: layout, records, determinism (must-show 3),
+resuming after a kill without redoing finished steps (must-show 6), Store-protocol only."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.errors import BadInput
+from orchestrator.results import layout as keys
+from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary
+from orchestrator.spec import parse_spec
+from orchestrator.store import KeyMissing, Store, open_store
+from orchestrator.store.file import FileStore
+from trainer_image.data import load_splits
+from trainer_image.entrypoint import run_trainer
+from trainer_image.metrics import classification_metrics
+from trainer_image.models import build_model
+from trainer_image.repair.base import PatchedWeight, apply_patch
+
+torch.set_num_threads(1)
+
+SWEEP, RUN = "trainer-test", "digits-small-cnn-s1"
+# Six epochs of the paper's procedure: checkpoints 1, 5, 6. With seed 1 class 6 has no
+# misclassified repair inputs at any checkpoint (nothing to repair); class 3 has many.
+TINY: dict[str, Any] = {
+    "name": SWEEP,
+    "datasets": ["digits"],
+    "models": ["small_cnn"],
+    "seeds": [1],
+    "training": {"max_epochs": 6, "device": "cpu", "num_threads": 1},
+    "repair": {"classes": [3, 6], "particles": 20, "iterations": 10},
+}
+TIMING = {"seconds"}
+WHERE = {"results", "storage"}  # where a store lives, not what was computed
+
+
+class MemoryStore:
+    """A second, non-file implementation of the Store protocol: nothing on disk."""
+
+    uri = "memory://test"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def check(self) -> None:
+        pass  # always usable
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError as e:
+            raise KeyMissing(key) from e
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.objects[key] = bytes(data)
+
+    def upload_file(self, key: str, path: Path) -> None:
+        self.objects[key] = Path(path).read_bytes()
+
+    def download_file(self, key: str, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(self.read_bytes(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+        out: dict[str, bytes | Exception] = {}
+        for k in keys:
+            try:
+                out[k] = self.read_bytes(k)
+            except KeyMissing as e:
+                out[k] = e
+        return out
+
+    def delete_prefix(self, prefix: str) -> None:
+        for k in self.list(prefix):
+            del self.objects[k]
+
+
+def write_spec(path: Path, results: Path | str, **changes: Any) -> Path:
+    data = {**TINY, **changes, "results": str(results)}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def comparable(store: Store, prefix: str = f"{SWEEP}/") -> dict[str, Any]:
+    """Every result object, minus timing fields, logs and where the store lives."""
+    out: dict[str, Any] = {}
+    for key in store.list(prefix):
+        blob = store.read_bytes(key)
+        if key.endswith("trainer.log") or key.endswith("_SUCCESS"):
+            out[key] = "present"
+        elif key.endswith(".pt"):
+            state = torch.load(io.BytesIO(blob), weights_only=True)
+            out[key] = {k: v.numpy().tobytes() for k, v in state.items()}
+        elif key.endswith("history.csv"):
+            out[key] = pd.read_csv(io.BytesIO(blob)).drop(columns="seconds").to_dict("records")
+        elif key.endswith(".json"):
+            data = json.loads(blob)
+            if key.endswith("run.json"):
+                data = {k: v for k, v in data["run"].items() if k not in WHERE}
+            elif key.endswith("sweep.json"):
+                data = {k: v for k, v in data.items() if k not in WHERE}
+            else:
+                data = {k: v for k, v in data.items() if k not in TIMING}
+            out[key] = data
+        else:
+            out[key] = blob
+    return out
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of TINY into a folder store."""
+    base = tmp_path_factory.mktemp("reference")
+    spec = write_spec(base / "sweep.json", base / "results")
+    run_trainer(spec, 0)
+    return base / "results"
+
+
+def expected_keys(checkpoints: list[int], classes: list[int]) -> set[str]:
+    want = {
+        keys.sweep_json(SWEEP),
+        keys.run_json(SWEEP, RUN),
+        keys.history_csv(SWEEP, RUN),
+        keys.summary_json(SWEEP, RUN),
+        keys.log(SWEEP, RUN),
+        keys.success(SWEEP, RUN),
+    }
+    for e in checkpoints:
+        want |= {keys.checkpoint(SWEEP, RUN, e), keys.base_metrics(SWEEP, RUN, e)}
+        for c in classes:
+            want |= {
+                keys.repair_metrics(SWEEP, RUN, e, c),
+                keys.repair_patch(SWEEP, RUN, e, c),
+                keys.repair_search(SWEEP, RUN, e, c),
+            }
+    return want
+
+
+def test_layout_and_records_match_the_design(reference: Path) -> None:
+    store = FileStore(reference)
+    summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(SWEEP, RUN)))
+    assert summary.checkpoint_epochs == [1, 5, 6] and summary.convergence_epoch == 6
+    assert set(store.list()) == expected_keys([1, 5, 6], [3, 6])
+
+    history = pd.read_csv(reference / keys.history_csv(SWEEP, RUN))
+    assert list(history.columns) == ["epoch", "loss", "acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert summary.best_val_loss == history["val_loss"].min()
+
+    info = RunInfo.model_validate_json(store.read_bytes(keys.run_json(SWEEP, RUN)))
+    assert info.finished and info.device == "cpu" and info.run["name"] == RUN
+    assert {"train", "evaluate", "repair", "total"} <= set(info.timings)
+    assert "torch" in info.versions
+
+    splits = load_splits(parse_spec({**TINY}).datasets[0], 0.2)
+    for epoch in summary.checkpoint_epochs:
+        base = MetricsRecord.model_validate_json(
+            store.read_bytes(keys.base_metrics(SWEEP, RUN, epoch))
+        )
+        assert (base.kind, base.epoch, base.convergence_epoch) == ("base", epoch, 6)
+        assert base.rr is None and base.method is None
+
+        # Nothing to repair: same test metrics as the base model, no search.
+        none = MetricsRecord.model_validate_json(
+            store.read_bytes(keys.repair_metrics(SWEEP, RUN, epoch, 6))
+        )
+        assert (none.kind, none.repair_class, none.method) == ("repaired", 6, "arachne")
+        assert none.rr is None and none.fitness is None and none.iterations == 0
+        assert none.n_neg == 0 and none.accuracy == base.accuracy
+        patch6 = json.loads(store.read_bytes(keys.repair_patch(SWEEP, RUN, epoch, 6)))
+        assert patch6 == {"target_class": 6, "status": "nothing_to_repair", "weights": []}
+
+        # A real repair: its recorded test metrics are those of checkpoint + patch.
+        rec = MetricsRecord.model_validate_json(
+            store.read_bytes(keys.repair_metrics(SWEEP, RUN, epoch, 3))
+        )
+        assert rec.n_neg > 0 and rec.iterations > 0 and rec.fitness is not None
+        assert 0.0 <= rec.rr <= 100.0 and 0.0 <= rec.br <= 100.0
+        patch = json.loads(store.read_bytes(keys.repair_patch(SWEEP, RUN, epoch, 3)))
+        assert patch["status"] == "repaired" and patch["weights"]
+        search = pd.read_csv(reference / keys.repair_search(SWEEP, RUN, epoch, 3))
+        assert len(search) == rec.iterations + 1  # the initial swarm is iteration 0
+
+        model = build_model(parse_spec(TINY).models[0], 1, 10, 8)
+        state = torch.load(reference / keys.checkpoint(SWEEP, RUN, epoch), weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        head = apply_patch(model.head, [PatchedWeight(**w) for w in patch["weights"]])
+        with torch.no_grad():
+            x = torch.from_numpy(splits.test.x)
+            base_logits = model(x)
+            fixed_logits = head(model.penultimate(x))
+        assert classification_metrics(base_logits, splits.test.y, 10) == {
+            k: getattr(base, k)
+            for k in ("accuracy", "per_class_accuracy", "f1_macro", "recall_macro", "auc_macro")
+        }
+        recomputed = classification_metrics(fixed_logits, splits.test.y, 10)
+        assert recomputed["accuracy"] == rec.accuracy
+        assert recomputed["per_class_accuracy"] == rec.per_class_accuracy
+
+
+def test_same_spec_twice_gives_identical_results(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write_spec(tmp_path / "sweep.json", tmp_path / "again")
+    run_trainer(spec, 0)
+    assert comparable(FileStore(tmp_path / "again")) == comparable(FileStore(reference))
+
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4, 5, 6]
+    steps = [(e["step"], e["epoch"], e.get("class")) for e in events if e["event"] == "step"]
+    assert steps == [
+        (s, e, c) for e in (1, 5, 6) for s, c in (("base", None), ("repair", 3), ("repair", 6))
+    ]
+    assert all(e["run"] == RUN for e in events)
+
+
+def test_only_the_store_protocol_is_used(reference: Path, tmp_path: Path) -> None:
+    store = MemoryStore()
+    spec = write_spec(tmp_path / "sweep.json", tmp_path / "never-created")
+    run_trainer(spec, 0, store=store, workdir=tmp_path / "scratch")
+    assert not (tmp_path / "never-created").exists()
+    assert comparable(store) == comparable(FileStore(reference))
+    log = store.read_bytes(keys.log(SWEEP, RUN)).decode()
+    assert "step train" in log and "run digits-small-cnn-s1 complete" in log
+
+
+def test_results_in_s3_equal_results_in_a_folder(
+    reference: Path, tmp_path: Path, s3_bucket
+) -> None:
+    uri = s3_bucket.uri("runs")
+    storage = {"endpoint_url": s3_bucket.endpoint_url}
+    run_trainer(write_spec(tmp_path / "sweep.json", uri, storage=storage), 0)
+    store = open_store(uri, endpoint_url=s3_bucket.endpoint_url)
+    assert comparable(store) == comparable(FileStore(reference))
+
+
+def test_rerunning_a_complete_run_touches_nothing(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "results"
+    shutil.copytree(reference, root)
+    before = mtimes(root)
+    run_trainer(write_spec(tmp_path / "sweep.json", root), 0)
+    after = mtimes(root)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {keys.log(SWEEP, RUN)}
+    assert "already complete" in (root / keys.log(SWEEP, RUN)).read_text()
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert events == [{"event": "done", "run": RUN, "index": 0, "skipped": True, "seconds": 0.0}]
+
+
+def test_a_new_repair_class_computes_only_what_is_missing(reference: Path, tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    shutil.copytree(reference, root)
+    before = mtimes(root)
+    spec = write_spec(
+        tmp_path / "sweep.json", root, repair={**TINY["repair"], "classes": [3, 6, 8]}
+    )
+    run_trainer(spec, 0)
+    after = mtimes(root)
+    assert set(after) == expected_keys([1, 5, 6], [3, 6, 8])
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {
+        keys.run_json(SWEEP, RUN),
+        keys.log(SWEEP, RUN),
+        keys.success(SWEEP, RUN),
+    }
+
+
+def test_results_of_another_experiment_are_refused(reference: Path, tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    shutil.copytree(reference, root)
+    before = mtimes(root)
+    spec = write_spec(tmp_path / "sweep.json", root, training={**TINY["training"], "lr": 0.05})
+    with pytest.raises(
+        BadInput, match=r"run\.json: this run was started with a different training"
+    ):
+        run_trainer(spec, 0)
+    after = mtimes(root)
+    assert {k for k in before if before[k] != after[k]} <= {keys.log(SWEEP, RUN)}
+
+
+def test_bad_run_index_names_the_range(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "sweep.json", tmp_path / "r", seeds=[1, 2])
+    with pytest.raises(
+        BadInput, match=r"run index 2 is out of range: sweep 'trainer-test' has runs 0\.\.1"
+    ):
+        run_trainer(spec, 2)
+    assert not (tmp_path / "r").exists()
+
+
+# --- must-show 6: kill the trainer mid-run, run it again --------------------------------
+
+# Five classes with full-length searches make the repair phase last a few seconds, so
+# the kill lands after the first base metrics and before the run completes.
+SLOW_REPAIR = {"classes": [0, 1, 2, 3, 4], "particles": 100, "iterations": 50, "patience": 50}
+
+
+@pytest.mark.slow
+def test_killed_trainer_resumes_without_redoing_finished_steps(tmp_path: Path, repo: Path) -> None:
+    root = tmp_path / "results"
+    spec = write_spec(tmp_path / "sweep.json", root, repair=SLOW_REPAIR)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "trainer",
+            "--sweep",
+            str(spec),
+            "--run-index",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=repo,
+        env=env,
+    )
+    first_base = root / keys.base_metrics(SWEEP, RUN, 1)
+    deadline = time.monotonic() + 120
+    while not first_base.exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the trainer never wrote its first base metrics"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # a crash: no cleanup, no final log upload
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (root / keys.success(SWEEP, RUN)).exists(), "killed too late to prove anything"
+    done_before = mtimes(root)
+    assert keys.summary_json(SWEEP, RUN) in done_before
+    repairs_before = [k for k in done_before if k.endswith("metrics.json") and "/repair/" in k]
+    assert len(repairs_before) < 15
+
+    run_trainer(spec, 0)
+
+    after = mtimes(root)
+    assert keys.success(SWEEP, RUN) in after
+    finished = [
+        keys.summary_json(SWEEP, RUN),
+        keys.history_csv(SWEEP, RUN),
+        keys.base_metrics(SWEEP, RUN, 1),
+        *(keys.checkpoint(SWEEP, RUN, e) for e in (1, 5, 6)),
+        *repairs_before,
+    ]
+    for key in finished:
+        assert after[key] == done_before[key], f"{key} was redone"
+    log = (root / keys.log(SWEEP, RUN)).read_text()
+    assert "epoch 6/6" in log  # the first attempt's lines survived the kill
+    assert "step train: done before (summary.json exists); skipped" in log
+    assert log.count("step train: small_cnn") == 1  # trained once, in the first attempt
+
+    # And the resumed results equal an uninterrupted run's.
+    clean = write_spec(tmp_path / "clean.json", tmp_path / "clean", repair=SLOW_REPAIR)
+    run_trainer(clean, 0)
+    assert comparable(FileStore(root)) == comparable(FileStore(tmp_path / "clean"))
+    assert np.isfinite(
+        [json.loads((root / k).read_text())["accuracy"] for k in repairs_before]
+    ).all()
