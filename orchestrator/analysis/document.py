@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ class Doc:
     def items(self, lines: list[str]) -> None:
         self.blocks.append(("ul", lines))
 
-    def table(self, df: pd.DataFrame, note: str = "") -> None:
-        self.blocks.append(("table", (df, note)))
+    def table(self, df: pd.DataFrame, note: str = "", name: str = "") -> None:
+        """``name``: the HTML table's id (for readers' links and the browser tests)."""
+        self.blocks.append(("table", (df, note, name)))
 
     def images(self, paths: list[tuple[Path, str]]) -> None:
         self.blocks.append(("img", paths))
@@ -52,7 +54,7 @@ class Doc:
             elif kind == "ul":
                 out += [f"- {line}" for line in value] + [""]
             elif kind == "table":
-                df, note = value
+                df, note, _ = value
                 out += [_md_table(df), ""] + ([note, ""] if note else [])
             elif kind == "img":
                 for path, alt in value:
@@ -66,14 +68,14 @@ class Doc:
         body = [f"<h1>{html.escape(self.title)}</h1>"]
         for kind, value in self.blocks:
             if kind == "h":
-                body.append(f"<h2>{html.escape(value)}</h2>")
+                body.append(f'<h2 id="{_slug(value)}">{html.escape(value)}</h2>')
             elif kind == "p":
                 body.append(f"<p>{_inline(value)}</p>")
             elif kind == "ul":
                 body.append("<ul>" + "".join(f"<li>{_inline(v)}</li>" for v in value) + "</ul>")
             elif kind == "table":
-                df, note = value
-                body.append(_html_table(df))
+                df, note, name = value
+                body.append(_html_table(df, name))
                 if note:
                     body.append(f'<p class="note">{_inline(note)}</p>')
             elif kind in ("img", "pair"):
@@ -137,7 +139,11 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _html_table(df: pd.DataFrame) -> str:
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _html_table(df: pd.DataFrame, name: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
 
     def td(v: Any) -> str:
@@ -145,4 +151,5 @@ def _html_table(df: pd.DataFrame) -> str:
         return f'<td class="n">{_cell(v)}</td>' if numeric else f"<td>{html.escape(_cell(v))}</td>"
 
     rows = "".join("<tr>" + "".join(td(v) for v in r) + "</tr>" for r in df.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    ident = f' id="{html.escape(name)}"' if name else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"

@@ -134,7 +134,8 @@ def effect_table(eff: pd.DataFrame) -> pd.DataFrame:
     out["seconds"] = first["seconds"].round(2)
     for alpha in sorted(eff["alpha"].unique()):
         out[f"Δ Qual α={alpha:g} (pp)"] = wide[alpha].reindex(out.index).map(_pct)
-    out["flag"] = worse.reindex(out.index).fillna("").map(lambda s: f"⚠ {s}" if s else "")
+    flags = worse.reindex(out.index).astype(object)
+    out["flag"] = flags.where(flags.notna(), "").map(lambda s: f"⚠ {s}" if s else "")
     out = out.reset_index().drop(columns=["run", "epoch"])
     return out.rename(columns={"repair_class": "class"})
 
@@ -328,9 +329,7 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
     doc.h("Headline")
     if agg.sentences:
         doc.items(agg.sentences)
-        doc.table(
-            *_capped(headline_table(agg.headline, ref), "headline.csv"),
-        )
+        doc.table(*_capped(headline_table(agg.headline, ref), "headline.csv"), name="headline")
         doc.p(
             f"Per (dataset, model, method, class, α): in how many seeds the best repaired"
             f" checkpoint came before {ref}; the mean per-seed gain of the best earlier repair"
@@ -370,7 +369,7 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
         doc.images(effect_figs)
     table, note = _capped(effect_table(agg.effects), "effects.csv")
     if len(table):
-        doc.table(table, note)
+        doc.table(table, note, name="effects")
     if capped_note:
         doc.p(capped_note)
 
@@ -583,15 +582,21 @@ def terminal_summary(agg: ag.Aggregation, max_rows: int = 30) -> list[Any]:
 
     out: list[Any] = [Text(f"Headline - sweep {agg.sweep} (rules: {agg.rules})", style="bold")]
     out += [Text(f"• {s}") for s in agg.sentences] or [Text("No unit could be compared yet.")]
-    head = headline_table(agg.headline, agg.reference_name)
+    head = agg.headline
     if len(head):
-        table = Table(title="per group (gain in percentage points of Qual)")
-        for col in head.columns:
-            table.add_column(
-                str(col), justify="left" if col in ("dataset", "model", "method") else "right"
-            )
+        several = head["method"].nunique() > 1
+        ref = "conv." if agg.rules == "text" else "last"
+        table = Table(title=f"per group: earlier repair vs repair at {agg.reference_name}")
+        for col in ("group", "α", "won", "hurt", "gain pp [95% CI]", "p (n)", f"best−{ref}"):
+            table.add_column(col, justify="left" if col == "group" else "right")
         for r in head.head(max_rows).itertuples(index=False):
-            table.add_row(*(_text(v) for v in r))
+            group = f"{r.dataset}/{r.model}{'/' + r.method if several else ''} c{r.repair_class}"
+            gain = f"{100 * r.mean_gain:+.2f}" if not pd.isna(r.mean_gain) else ""
+            if not pd.isna(r.gain_low):
+                gain += f" [{100 * r.gain_low:+.2f}, {100 * r.gain_high:+.2f}]"
+            p = "" if pd.isna(r.wilcoxon_p) else f"{r.wilcoxon_p:.2g} ({r.wilcoxon_n})"
+            off = "" if pd.isna(r.mean_offset) else f"{r.mean_offset:+.1f}"
+            table.add_row(group, f"{r.alpha:g}", f"{r.k}/{r.n}", str(r.harm_wins), gain, p, off)
         out.append(table)
         if len(head) > max_rows:
             out.append(Text(f"(first {max_rows} of {len(head)} groups; see headline.csv)"))
