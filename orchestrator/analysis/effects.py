@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from orchestrator.analysis.load import sorted_rows
 from orchestrator.analysis.tables import rounded
 
 CONVERGENCE = "convergence"  # the checkpoint column's name for each seed's convergence epoch
@@ -66,7 +67,7 @@ def effects(q: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     eff["harmed"] = pd.array(delta < 0, dtype="boolean")
     eff.loc[delta.isna().to_numpy(), "harmed"] = pd.NA
     order = ["dataset", "model", "method", "repair_class", "seed", "run", "epoch", "alpha"]
-    return eff[EFFECT_COLUMNS].sort_values(order).reset_index(drop=True)
+    return eff[EFFECT_COLUMNS].take(sorted_rows(eff, order)).reset_index(drop=True)
 
 
 METHOD_COLUMNS = [

@@ -35,6 +35,7 @@ HEADLINE_COLUMNS = [
     "mean_offset",
     "offset_low",
     "offset_high",
+    "n_resamples",
     "text",
 ]
 
@@ -64,10 +65,12 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
     offsets = [g["offset"].to_numpy(dtype=float, na_value=np.nan) for _, g in groups]
     g_ci = stats.mean_cis(gains, seed)
     o_ci = stats.mean_cis(offsets, seed)
+    tests = stats.wilcoxons(gains)
+    n_resamples = stats.resamples(gains)
     rows = []
     for i, (key, g) in enumerate(groups):
         pre = g["pattern"] == PRE
-        p, n_w = stats.wilcoxon(gains[i])
+        p, n_w = tests[i]
         row = dict(zip(GROUP, key, strict=True))
         row.update(
             n=len(g),
@@ -83,6 +86,7 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
             mean_offset=o_ci[i, 0],
             offset_low=o_ci[i, 1],
             offset_high=o_ci[i, 2],
+            n_resamples=n_resamples,
         )
         row["text"] = _row_text(row, reference)
         rows.append(row)

@@ -257,6 +257,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
 
     tables: list[Any] = []
+    parts: list[tuple[str, int]] = []  # (run, rows) in table order
     redo: list[str] = []
     for r in sorted(bundled):
         key = runs[r].files["records"]
@@ -265,15 +266,13 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
             redo.append(r)
         else:
             tables.append(table)
+            parts.append((r, len(table)))
     if redo:  # a damaged records.arrow: read that run's single files after all
         _list_records(store, prefix, redo, runs)
         blobs.update(store.read_many(_single_keys(runs, set(redo))))
     singles = sorted(set(runs) - bundled | set(redo))
-    tables.append(_single_records(runs, singles, blobs, problems))
-
-    import pyarrow as pa
-
-    table = pa.concat_tables(tables)
+    tables.append(_single_records(runs, singles, blobs, problems, parts))
+    table = _with_keys(tables, parts, prefix)
     if name is None:
         name = _sweep_name(uri, sweep_info, table)
         if sweep is not None and sweep != name:
@@ -293,9 +292,8 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     others = {r for r, v in runs.items() if {"run_json", "summary"} & set(v.files)}
     runs_df = _runs_frame(name, records, infos, sums, finished, others | set(infos) | set(sums))
     problems.extend(_run_problems(prefix, records, runs_df, sums))
-    return Loaded(
-        uri, name, prefix, records, runs_df, sweep_info, problems, len(blobs), len(tables) - 1
-    )
+    n_packed = len(tables) - 1
+    return Loaded(uri, name, prefix, records, runs_df, sweep_info, problems, len(blobs), n_packed)
 
 
 def _list_records(store: Store, prefix: str, names: list[str], runs: dict[str, _Run]) -> None:
@@ -328,11 +326,8 @@ def _unpack(
     problems: list[Problem],
     blobs: dict[str, bytes | Exception],
 ) -> Any:
-    """One run's records.arrow as the common table, its packed run files put in ``blobs``;
-    None (and a problem) when it cannot be used."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+    """One run's records.arrow as a table (keys relative to the run folder), its packed run
+    files put in ``blobs``; None (and a problem) when it cannot be used."""
     fallback = "; reading the run's single files instead"
     if isinstance(blob, Exception):
         problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
@@ -345,8 +340,7 @@ def _unpack(
     folder = f"{prefix}{run}/"
     for rel, data in packed.files.items():
         blobs[folder + rel] = data
-    keys = pc.binary_join_element_wise(pa.scalar(folder), packed.table["key"], "")
-    return packed.table.set_column(packed.table.schema.get_field_index("key"), "key", keys)
+    return packed.table
 
 
 def _single_records(
@@ -354,16 +348,36 @@ def _single_records(
     names: list[str],
     blobs: dict[str, bytes | Exception],
     problems: list[Problem],
+    parts: list[tuple[str, int]],
 ) -> Any:
+    """The valid records of runs read file by file, as one table like a records.arrow's
+    (keys relative to the run folder); appends (run, rows) to ``parts``."""
     import pyarrow as pa
 
     rows: list[dict[str, Any]] = []
     for r in names:
+        before = len(rows)
         for key in runs[r].metrics:
             rec = _validate(MetricsRecord, key, r, blobs[key], problems)
             if rec is not None:
-                rows.append({**rec.model_dump(), "key": key})
+                rows.append({**rec.model_dump(), "key": key.split(f"{r}/", 1)[1]})
+        parts.append((r, len(rows) - before))
     return pa.Table.from_pylist(rows, schema=run_records_schema())
+
+
+def _with_keys(tables: list[Any], parts: list[tuple[str, int]], prefix: str) -> Any:
+    """All records in one table; ``key`` the full store key again, plus each record's run
+    folder (``_folder``) and key relative to it (``_rel``) - in one pass, not per run."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.concat_tables(tables)
+    names = np.array([r for r, _ in parts], dtype=object)
+    folder = pa.array(np.repeat(names, [n for _, n in parts]), pa.string())
+    rel = table["key"]
+    full = pc.binary_join_element_wise(pa.scalar(prefix), folder, pa.scalar("/"), rel, "")
+    table = table.set_column(table.schema.get_field_index("key"), "key", full)
+    return table.append_column("_folder", folder).append_column("_rel", rel)
 
 
 def _sweep_name(uri: str, sweep_info: dict[str, Any], table: Any) -> str:
@@ -388,30 +402,39 @@ def _runs_frame(
     finished: set[str],
     others: set[str],
 ) -> pd.DataFrame:
-    by_run = {r: g for r, g in records.groupby("run", sort=False)} if len(records) else {}
+    # Per-run facts from the records in a few grouped passes: a loop of pandas operations
+    # per run would cost seconds for a sweep of thousands of runs.
+    def sets(frame: pd.DataFrame, col: str) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        pairs = frame[["run", col]].dropna().drop_duplicates()
+        for run, value in zip(pairs["run"].to_numpy(), pairs[col].to_numpy(), strict=True):
+            out.setdefault(run, []).append(value)
+        return out
+
+    firsts = records.drop_duplicates("run").set_index("run")[["dataset", "model", "seed"]]
+    first_of = firsts.to_dict("index")
+    n_of = records.groupby("run", sort=False).size().to_dict()
+    classes_of = sets(records, "repair_class")
+    methods_of = sets(records, "method")
+    epochs_of = sets(records[records["kind"] == "base"], "epoch")
+    convs_of = sets(records, "convergence_epoch")
     rows = []
-    for run in sorted(set(by_run) | finished | others):
-        g = by_run.get(run)
+    for run in sorted(set(n_of) | finished | others):
         info = infos.get(run)
         summary = sums.get(run)
         spec = info.run if info else {}
-        first = g.iloc[0] if g is not None else None
+        first = first_of.get(run)
         if first is not None:
             dataset, model, seed = first["dataset"], first["model"], int(first["seed"])
         else:
             dataset = _label(spec.get("dataset"))
             model = _label(spec.get("model"))
             seed = spec.get("seed")
-        classes = set(spec.get("repair_classes") or [])
-        methods = set(_spec_methods(spec))
-        epochs: list[int] = []
-        conv = None
-        if g is not None:
-            classes |= {int(c) for c in g["repair_class"].dropna()}
-            methods |= set(g["method"].dropna())
-            epochs = sorted({int(e) for e in g.loc[g["kind"] == "base", "epoch"]})
-            seen = g["convergence_epoch"].unique()
-            conv = int(seen[0]) if len(seen) == 1 else None
+        classes = set(spec.get("repair_classes") or []) | {int(c) for c in classes_of.get(run, [])}
+        methods = set(_spec_methods(spec)) | set(methods_of.get(run, []))
+        epochs = sorted(int(e) for e in epochs_of.get(run, []))
+        seen = convs_of.get(run, [])
+        conv = int(seen[0]) if len(seen) == 1 else None
         if summary is not None:
             conv = summary.convergence_epoch
             epochs = sorted(set(summary.checkpoint_epochs))
@@ -432,7 +455,7 @@ def _runs_frame(
                 "stopped_early": summary.stopped_early if summary else None,
                 "best_val_loss": summary.best_val_loss if summary else None,
                 "device": info.device if info else None,
-                "n_records": 0 if g is None else len(g),
+                "n_records": n_of.get(run, 0),
             }
         )
     df = pd.DataFrame(
@@ -459,9 +482,19 @@ def _runs_frame(
     df["seed"] = df["seed"].astype("Int64")
     df["convergence_epoch"] = df["convergence_epoch"].astype("Int64")
     df["epochs_trained"] = df["epochs_trained"].astype("Int64")
+    df = plain_strings(df)
     return df.sort_values(["dataset", "model", "seed", "run"], na_position="last").reset_index(
         drop=True
     )
+
+
+def plain_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """String columns as Python objects, not pandas' Arrow-backed ``str``: the tables take,
+    merge and group rows many times, and each of those converts Arrow strings again."""
+    for col in df.columns:
+        if pd.api.types.is_string_dtype(df[col].dtype) and df[col].dtype != object:
+            df[col] = df[col].astype(object)
+    return df
 
 
 def _spec_methods(spec: dict[str, Any]) -> list[str]:
@@ -486,7 +519,12 @@ def _run_problems(
     prefix: str, records: pd.DataFrame, runs: pd.DataFrame, sums: dict[str, TrainSummary | None]
 ) -> list[Problem]:
     out = []
-    seen = records.groupby("run")["convergence_epoch"].unique() if len(records) else {}
+    seen: dict[str, list[int]] = {}
+    pairs = records[["run", "convergence_epoch"]].drop_duplicates()
+    for run, conv in zip(
+        pairs["run"].to_numpy(), pairs["convergence_epoch"].to_numpy(), strict=True
+    ):
+        seen.setdefault(run, []).append(int(conv))
     for row in runs.itertuples(index=False):
         where = f"{prefix}{row.run}"
         if not row.complete:
@@ -568,9 +606,8 @@ def _records_frame(
     ]
     nonfinite = {n: _not_finite(table.column(n), pc) for n in floats}
     df = table.drop_columns(["per_class_accuracy"]).to_pandas()
+    df = plain_strings(df)
     df["n_classes"] = lengths.astype("int64")
-    parts = df["key"].str.slice(len(prefix)).str.split("/", n=1)
-    df["_folder"], df["_rel"] = parts.str[0], parts.str[1]
     repaired = df["kind"] == "repaired"
     df.loc[repaired & df["method"].isna(), "method"] = DEFAULT_METHOD
     acc = pd.DataFrame(matrix, columns=[f"acc_class_{c}" for c in range(matrix.shape[1])])
@@ -590,11 +627,22 @@ def _records_frame(
         df[col] = df[col].astype("int64")
     df = df[RECORD_COLUMNS + list(acc.columns)]
     # Base before repaired, classes and epochs ascending: the order people read them in.
-    order = df["kind"].map({"base": 0, "repaired": 1})
-    df = df.assign(_o=order).sort_values(
-        ["dataset", "model", "run", "_o", "method", "repair_class", "epoch"], na_position="first"
-    )
-    return df.drop(columns="_o").reset_index(drop=True)
+    by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
+    return df.take(sorted_rows(df, by)).reset_index(drop=True)
+
+
+def sorted_rows(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
+    """The row order that sorts ``frame`` by ``by`` (missing values first; strings in
+    code point order), from integer codes: sorting by string columns directly is what
+    makes large sweeps slow. Stable, so equal keys keep their order."""
+    keys = []
+    for col in reversed(by):
+        values = frame[col]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            keys.append(values.to_numpy(dtype=float, na_value=-np.inf))
+        else:
+            keys.append(pd.factorize(values, sort=True)[0])  # missing -> -1, first
+    return np.lexsort(keys) if keys else np.arange(len(frame))
 
 
 def _check(

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import figures as fg
+from orchestrator.analysis import stats
 from orchestrator.analysis import tables as ag
 from orchestrator.analysis.document import Doc
 from orchestrator.analysis.effects import CONVERGENCE
@@ -225,6 +226,13 @@ def _rules_lines(agg: ag.Aggregation) -> list[str]:
     ]
 
 
+def _resamples(agg: ag.Aggregation) -> str:
+    n = int(agg.headline["n_resamples"].iloc[0]) if len(agg.headline) else stats.N_RESAMPLES
+    if n == stats.N_RESAMPLES:
+        return str(n)
+    return f"{n} (fewer than the usual {stats.N_RESAMPLES}: this sweep has that many units)"
+
+
 def _definitions(agg: ag.Aggregation) -> list[str]:
     return [
         "`Qual(α, c) = α·Acc_c + (1 − α)·Acc_total` on the test set, accuracies as fractions"
@@ -238,7 +246,7 @@ def _definitions(agg: ag.Aggregation) -> list[str]:
         "`gain` = best Qual − Qual of the repaired reference checkpoint (≥ 0). The headline's"
         " gain is `earlier_gain` = best repaired Qual strictly before the reference − repaired"
         " Qual at the reference (any sign), per seed; its mean has a 95% percentile bootstrap"
-        f" CI (`scipy.stats.bootstrap`, 9999 resamples, seed {agg.bootstrap_seed},"
+        f" CI (`scipy.stats.bootstrap`, {_resamples(agg)} resamples, seed {agg.bootstrap_seed},"
         " `--bootstrap-seed`) and a two-sided Wilcoxon signed-rank test across seeds"
         " (zero differences dropped; `n` = the non-zero ones). No CI or test with n < 2.",
         "Repair's effect: Δ = repaired − unrepaired model of the same checkpoint; a repair"

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.load import Loaded, join_epochs, load
+from orchestrator.analysis.load import Loaded, join_epochs, load, plain_strings, sorted_rows
 from orchestrator.analysis.problems import INCOMPLETE, PARTIAL, Problem, problems_frame
 from orchestrator.errors import BadInput
 from orchestrator.results.layout import DEFAULT_METHOD
@@ -102,43 +102,45 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
     pairs = runs[["run", "repair_classes"]].explode("repair_classes").dropna()
     pairs = pairs.rename(columns={"repair_classes": "repair_class"})
     pairs["repair_class"] = pairs["repair_class"].astype("int64")
-    pos = records.reset_index(drop=True).assign(_row=np.arange(len(records)))
+    cols = ["sweep", "dataset", "model", "run", "seed", "epoch", "kind", "method", "accuracy"]
+    pos = records[[*cols, "repair_class"]].reset_index(drop=True)
+    pos["_row"] = np.arange(len(pos))
     base = pos[pos["kind"] == "base"].drop(columns="repair_class").merge(pairs, on="run")
-    rep = pos[pos["kind"] == "repaired"]
-    models = pd.concat([base, rep], ignore_index=True)
+    models = pd.concat([base, pos[pos["kind"] == "repaired"]], ignore_index=True)
     cls = models["repair_class"].to_numpy(dtype="int64")
     rows = models["_row"].to_numpy(dtype="int64")
     inside = cls < acc.shape[1]
     acc_c = np.full(len(models), np.nan)
     acc_c[inside] = acc[rows[inside], cls[inside]]
-    conv = models["run"].map(runs.set_index("run")["convergence_epoch"]).astype("Int64")
-    frame = pd.DataFrame(
-        {
-            "sweep": models["sweep"],
-            "dataset": models["dataset"],
-            "model": models["model"],
-            "run": models["run"],
-            "seed": models["seed"],
-            "epoch": models["epoch"],
-            "convergence_epoch": conv,
-            "kind": models["kind"],
-            "method": models["method"].where(models["kind"] == "repaired"),
-            "repair_class": models["repair_class"].astype("int64"),
-            "acc_class": acc_c,
-            "accuracy": models["accuracy"].astype(float),
-        }
+    models["convergence_epoch"] = (
+        models["run"].map(runs.set_index("run")["convergence_epoch"]).astype("Int64")
     )
+    models["repair_class"] = cls
+    models["acc_class"] = acc_c
+    models["accuracy"] = models["accuracy"].astype(float)
+    frame = models[
+        [
+            "sweep",
+            "dataset",
+            "model",
+            "run",
+            "seed",
+            "epoch",
+            "convergence_epoch",
+            "kind",
+            "method",
+            "repair_class",
+            "acc_class",
+            "accuracy",
+        ]
+    ]
     n = len(frame)
     a = np.asarray(alphas, dtype=float)
-    out = frame.loc[np.tile(np.arange(n), len(a))].reset_index(drop=True)
+    out = frame.take(np.tile(np.arange(n), len(a))).reset_index(drop=True)
     out.insert(10, "alpha", np.repeat(a, n))
     out["qual"] = out["alpha"] * out["acc_class"] + (1 - out["alpha"]) * out["accuracy"]
-    order = out["kind"].map({"base": 0, "repaired": 1})
-    out = out.assign(_o=order).sort_values(
-        ["dataset", "model", "run", "repair_class", "alpha", "_o", "method", "epoch"],
-        na_position="first",
-    )
-    return out.drop(columns="_o").reset_index(drop=True)
+    by = ["dataset", "model", "run", "repair_class", "alpha", "kind", "method", "epoch"]
+    return out.take(sorted_rows(out, by)).reset_index(drop=True)
 
 
 # --- switch points ----------------------------------------------------------------------
@@ -291,7 +293,7 @@ def switch_points(
         "note",
     ]
     order = ["dataset", "model", "method", "repair_class", "alpha", "seed", "run"]
-    return sp[cols].sort_values(order).reset_index(drop=True)
+    return sp[cols].take(sorted_rows(sp, order)).reset_index(drop=True)
 
 
 def _status(
@@ -302,21 +304,32 @@ def _status(
     after_convergence: AfterConvergence,
 ) -> pd.DataFrame:
     """(status, missing epochs, note) per (run, method, class): the same for every alpha."""
-    present = rep.groupby(UNIT)["epoch"].agg(set).to_dict()
-    undefined = rep[rep["qual"].isna()].groupby(UNIT)["epoch"].agg(set).to_dict()
+    one = rep[rep["alpha"] == rep["alpha"].min()] if len(rep) else rep  # alike per alpha
+    present = _epoch_sets(one)
+    undefined = _epoch_sets(one[one["qual"].isna()])
     info = runs.set_index("run")
+    conv_of = info["convergence_epoch"].to_dict()
+    epochs_of = info["checkpoint_epochs"].map(set).to_dict()
+    complete = info["complete"].to_dict()
     rows = []
     for run, method, cls in expected[UNIT].drop_duplicates().itertuples(index=False):
         have = present.get((run, method, cls), set())
         bad = undefined.get((run, method, cls), set())
-        conv = info.at[run, "convergence_epoch"]
-        epochs = set(info.at[run, "checkpoint_epochs"])
-        state = _unit_status(rules, after_convergence, cls, conv, epochs, have, bad)
-        if state[0] != INCOMPLETE and not info.at[run, "complete"]:
+        state = _unit_status(rules, after_convergence, cls, conv_of[run], epochs_of[run], have, bad)
+        if state[0] != INCOMPLETE and not complete[run]:
             note = "; ".join(n for n in (state[2], "run not finished (no _SUCCESS)") if n)
             state = (PARTIAL, state[1], note)
         rows.append((run, method, cls, *state))
-    return pd.DataFrame(rows, columns=[*UNIT, "status", "missing_epochs", "note"])
+    return plain_strings(pd.DataFrame(rows, columns=[*UNIT, "status", "missing_epochs", "note"]))
+
+
+def _epoch_sets(frame: pd.DataFrame) -> dict[tuple[str, str, int], set[int]]:
+    out: dict[tuple[str, str, int], set[int]] = {}
+    for run, method, cls, epoch in (
+        frame[[*UNIT, "epoch"]].drop_duplicates().itertuples(index=False)
+    ):
+        out.setdefault((run, method, cls), set()).add(epoch)
+    return out
 
 
 def _unit_status(

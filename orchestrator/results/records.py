@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import cache
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -129,6 +130,7 @@ def _arrow_type(annotation: Any) -> Any:
     return {int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[base]
 
 
+@cache
 def run_records_schema() -> Any:
     """The Arrow schema of ``records.arrow``: every ``MetricsRecord`` field, then ``key``."""
     import pyarrow as pa

@@ -113,9 +113,10 @@ class FileStore:
             i = inner.find(delimiter)
             return None if i < 0 else lead + inner[: i + len(delimiter)]
 
+        skip = len(str(base)) + 1
         for dirpath, dirs, files in os.walk(base):
-            inner_dir = Path(dirpath).relative_to(base).as_posix()
-            inner_dir = "" if inner_dir == "." else f"{inner_dir}/"
+            inner_dir = dirpath[skip:].replace(os.sep, "/")
+            inner_dir = f"{inner_dir}/" if inner_dir else ""
             keep = []
             for d in dirs:
                 entry = rolled(f"{inner_dir}{d}/")
