@@ -27,7 +27,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from orchestrator.analysis import stats
 from orchestrator.analysis.problems import INCOMPLETE
@@ -235,13 +235,24 @@ def _band(ax: Any, b: pd.DataFrame, colour: str, label: str, style: str = "-") -
     )
 
 
-def _panels(alphas: list[float], title: str) -> tuple[Figure, np.ndarray]:
+def _panels(alphas: list[float], title: str, rows: int = 1) -> tuple[Figure, np.ndarray]:
+    """One column per alpha (``rows`` rows, each sharing its y axis); room below for the
+    legend, so that it covers nothing."""
     n = max(len(alphas), 1)
-    fig = Figure(figsize=(3.3 * n + 0.6, 3.6))
-    fig.subplots_adjust(left=0.2 / n + 0.04, right=0.99, bottom=0.3, top=0.84, wspace=0.25)
-    axes = np.atleast_1d(fig.subplots(1, n, sharey=True, squeeze=False)[0])
+    height = 3.6 + 2.3 * (rows - 1)
+    fig = Figure(figsize=(3.3 * n + 0.6, height))
+    bottom = 1.05 / height
+    fig.subplots_adjust(
+        left=0.2 / n + 0.04,
+        right=0.99,
+        bottom=bottom,
+        top=1 - 0.55 / height,
+        wspace=0.25,
+        hspace=0.45,
+    )
+    axes = fig.subplots(rows, n, sharey="row", squeeze=False)
     fig.suptitle(title, fontsize=10)
-    return fig, axes
+    return fig, axes if rows > 1 else axes[0]
 
 
 def seeds_figure(
@@ -255,22 +266,34 @@ def seeds_figure(
     colours = method_colours(methods)
     n_seeds = d["seed"].nunique()
     title = f"{dataset} / {model}, class {cls}: Qual over epochs, mean of {n_seeds} seed(s)"
-    fig, axes = _panels(alphas, title)
+    fig, grid = _panels(alphas, title, rows=2)
     rep = _bands(d[d["kind"] == "repaired"], "pct", ["method", "alpha"], seed)
     base = _bands(d[d["kind"] == "base"], "pct", ["alpha"], seed)
     convs = d.drop_duplicates("run")["convergence_epoch"]
-    for ax, alpha in zip(axes, alphas, strict=False):
-        _band(ax, base[base["alpha"] == alpha], UNREPAIRED_COLOUR, "unrepaired", "--")
-        for m in methods:
-            part = rep[(rep["method"] == m) & (rep["alpha"] == alpha)]
-            _band(ax, part, colours[m], f"repaired ({m})")
-        _convergence_rug(ax, convs)
-        integer_epochs(ax)
-        ax.set_title(f"α = {alpha:g}", fontsize=9)
-        ax.set_xlabel("checkpoint epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"Qual(α, {cls}) (%)")
-    handles, _ = axes[0].get_legend_handles_labels()
+    # The second row zooms on the converged range, where repaired and unrepaired differ by
+    # a point or two: from the lowest mean after the first checkpoint up.
+    later = pd.concat([rep, base])
+    later = later[later["epoch"] > later["epoch"].min()]
+    low = np.nanmin(later["mean"]) if len(later) else np.nan
+    high = np.nanmax(pd.concat([later["mean"], later["high"]])) if len(later) else np.nan
+    for row, axes in enumerate(grid):
+        for ax, alpha in zip(axes, alphas, strict=False):
+            _band(ax, base[base["alpha"] == alpha], UNREPAIRED_COLOUR, "unrepaired", "--")
+            for m in methods:
+                part = rep[(rep["method"] == m) & (rep["alpha"] == alpha)]
+                _band(ax, part, colours[m], f"repaired ({m})")
+            _convergence_rug(ax, convs)
+            integer_epochs(ax)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(f"α = {alpha:g}", fontsize=9)
+            else:
+                ax.set_xlabel("checkpoint epoch")
+                if np.isfinite(low) and np.isfinite(high):
+                    pad = max(0.3, 0.1 * (high - low))
+                    ax.set_ylim(low - pad, high + pad)
+        axes[0].set_ylabel(f"Qual(α, {cls}) (%)" if row == 0 else "zoom (%)")
+    handles, _ = grid[0][0].get_legend_handles_labels()
     handles += [
         Patch(color="#888", alpha=0.3, label="95% bootstrap CI over seeds"),
         Line2D(
@@ -323,7 +346,12 @@ def effect_figure(
         ax.set_title(f"α = {alpha:g}", fontsize=9)
         ax.set_xlabel("checkpoint epoch")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Δ Qual (percentage points)")
+    for ax in axes:
+        # symmetric log: the +50 pp of an early checkpoint and the -1 pp of a converged one
+        # both stay readable
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[0].set_ylabel("Δ Qual (pp, symmetric log scale)")
     handles, _ = axes[0].get_legend_handles_labels()
     handles += [
         Line2D([], [], marker="o", linestyle="", color="#888", label="one seed"),

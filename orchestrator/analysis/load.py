@@ -209,7 +209,8 @@ class _Run:
     metrics: list[str] = field(default_factory=list)  # keys read one by one
 
 
-def _scan(keys: list[str], prefix: str, runs: dict[str, _Run], *, records: bool) -> None:
+def _scan(keys: list[str], prefix: str, runs: dict[str, _Run]) -> None:
+    """Sort listed keys into their runs: metrics keys, and the run's own files by kind."""
     root = bool(prefix)
     for key in keys:
         if not key.startswith(prefix) or (where := layout.run_folder(key, root=root)) is None:
@@ -219,8 +220,7 @@ def _scan(keys: list[str], prefix: str, runs: dict[str, _Run], *, records: bool)
         if k is None:
             continue
         if k.kind in ("base", "repair"):
-            if records:
-                run.metrics.append(key)
+            run.metrics.append(key)
         elif k.kind in ("run_json", "summary", "success", "records"):
             run.files[k.kind] = key
 
@@ -234,7 +234,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     uri = store.uri
     listing, (name, prefix) = _list(store, sweep)
     runs: dict[str, _Run] = {}
-    _scan(listing, prefix, runs, records=True)  # a full listing already holds the records
+    _scan(listing, prefix, runs)  # (a full listing, the last resort, holds the records too)
     finished = {r for r, v in runs.items() if "success" in v.files}
     bundled = {r for r in finished if "records" in runs[r].files} if packed else set()
     _list_records(
@@ -305,7 +305,7 @@ def _list_records(store: Store, prefix: str, names: list[str], runs: dict[str, _
     else:
         keys = [k for r in sorted(names) for k in store.list(f"{prefix}{r}/")]
     picked: dict[str, _Run] = {}
-    _scan(keys, prefix, picked, records=True)
+    _scan(keys, prefix, picked)
     for r in names:
         runs[r].metrics = picked[r].metrics if r in picked else []
 

@@ -294,6 +294,14 @@ def main() -> None:
                 s3 = s3_store(endpoint, remote)
                 s3_packed = measure(where, "records.arrow per run", s3, remote, True)
                 same_tables(packed, s3_packed)
+                # The floor on this machine: as many bare GETs of empty objects (_SUCCESS)
+                tiny = [layout.success(SWEEP, r) for r in packed.loaded.runs["run"]]
+                t_floor, _ = timed(lambda: s3.read_many(tiny))
+                print(
+                    f"  (floor: {len(tiny):,} GETs of empty objects alone take {t_floor:.2f} s"
+                    f" here, {len(tiny) / t_floor:,.0f} requests/s)",
+                    flush=True,
+                )
                 if not args.no_s3_per_file:
                     s3_plain = measure(where, "one file per record", s3, remote, False)
                     same_tables(s3_plain, s3_packed)

@@ -252,3 +252,26 @@ def test_layout_parses_both_repair_layouts() -> None:
     assert layout.run_folder("sw/r/epoch_") == ("sw", "r")
     assert layout.run_folder("r/epoch_", root=False) == (None, "r")
     assert layout.run_folder("sw/sweep.json") is None
+
+
+def test_write_run_records_packs_what_the_run_left_and_refuses_damage(tmp_path: Path) -> None:
+    """The trainer's last step: every record of the run in one object - or none at all when
+    one of them is damaged, so the aggregator reads the files and reports it."""
+    from orchestrator.results.consolidate import write_run_records
+
+    store = FileStore(tmp_path / "results")
+    t = pattern_run("r", "pre")
+    write_tree(store, "sw", [t])
+    key = write_run_records(store, "sw", "r")
+    assert key == layout.records("sw", "r")
+    packed = load_run_records(store.read_bytes(key))
+    singles = sorted(k for k in store.list("sw/r") if k.endswith("metrics.json"))
+    assert sorted(f"sw/r/{k}" for k in packed.keys) == singles
+    by_key = dict(zip(packed.keys, packed.records(), strict=True))
+    for k in singles:
+        assert by_key[k.removeprefix("sw/r/")] == json.loads(store.read_bytes(k))
+    assert packed.files["run.json"] == store.read_bytes("sw/r/run.json")
+    assert packed.files["train/summary.json"] == store.read_bytes("sw/r/train/summary.json")
+    store.write_bytes(layout.base_metrics("sw", "r", 5), b'{"schema_version": 1, "sw')
+    assert write_run_records(store, "sw", "r") is None
+    assert not store.exists(key)  # the old records.arrow is gone too
