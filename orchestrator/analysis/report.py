@@ -169,12 +169,13 @@ def _switch_table(sp: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
-def methods_table(meth: pd.DataFrame) -> pd.DataFrame:
-    """Methods side by side at each seed's convergence checkpoint, alphas as columns."""
-    conv = meth[meth["checkpoint"] == CONVERGENCE]
+def methods_table(meth: pd.DataFrame, every_checkpoint: bool) -> pd.DataFrame:
+    """Methods side by side per (dataset, model, class, checkpoint), alphas as columns; only
+    each seed's convergence checkpoint unless ``every_checkpoint``."""
+    conv = meth if every_checkpoint else meth[meth["checkpoint"] == CONVERGENCE]
     if conv.empty:
         return pd.DataFrame()
-    keys = ["dataset", "model", "repair_class", "method"]
+    keys = ["dataset", "model", "repair_class", "checkpoint", "method"]
     first = conv.drop_duplicates(keys).set_index(keys)
     out = pd.DataFrame(index=first.index)
     out["n seeds"] = first["n"]
@@ -438,8 +439,9 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
     methods = sorted(agg.effects["method"].unique()) if len(agg.effects) else []
     if len(methods) > 1:
         doc.p(
-            "Mean over seeds at each seed's convergence checkpoint; methods.csv has every"
-            " checkpoint. Qual gain = repaired − unrepaired Qual."
+            "Mean over seeds per checkpoint epoch and at each seed's convergence checkpoint"
+            " (`convergence`); Qual gain = repaired − unrepaired Qual. The seed-aggregated"
+            " figures above overlay the methods' Qual curves."
         )
     else:
         only = methods[0] if methods else DEFAULT_METHOD
@@ -448,7 +450,7 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
             " mean effect at each seed's convergence checkpoint is below; methods.csv has every"
             " checkpoint."
         )
-    table = methods_table(agg.methods)
+    table = methods_table(agg.methods, every_checkpoint=len(methods) > 1)
     if len(table):
         doc.table(*_capped(table, "methods.csv"))
 

@@ -244,7 +244,7 @@ def switch_points(
         default="",
     )
     keep = sp["status"] != INCOMPLETE
-    sp["pattern"] = pd.Series(pattern, index=sp.index).where(keep, "")
+    sp["pattern"] = pd.Series(pattern, index=sp.index, dtype=object).where(keep, "")
     for col in ("best_epoch", "best_qual", "best_earlier_qual"):
         sp[col] = sp[col].where(keep)
     sp["n_compared"] = sp["n_compared"].where(keep, 0)
@@ -293,7 +293,7 @@ def switch_points(
         "note",
     ]
     order = ["dataset", "model", "method", "repair_class", "alpha", "seed", "run"]
-    return sp[cols].take(sorted_rows(sp, order)).reset_index(drop=True)
+    return plain_strings(sp[cols].take(sorted_rows(sp, order)).reset_index(drop=True))
 
 
 def _status(

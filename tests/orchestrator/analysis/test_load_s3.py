@@ -1,5 +1,6 @@
 """Aggregating from S3 (moto in server mode on loopback, real HTTP through boto3) takes the
-same code path as a local folder and gives the same tables."""
+same code path as a local folder and gives the same tables - also when the S3 side is read
+from one records.arrow per finished run and the local side file by file."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ def test_s3_and_local_give_the_same_tables(cli, s3_bucket: S3Target, tmp_path: P
     runs = paper_table1_runs()
     write_tree(FileStore(tmp_path / "local"), "paper", runs)
     s3 = S3Store.from_uri(s3_bucket.uri("team/results"), endpoint_url=s3_bucket.endpoint_url)
-    write_tree(s3, "paper", runs)
+    write_tree(s3, "paper", paper_table1_runs(), packed=True)  # one records.arrow per run
     broken = "paper/gtsrb-vgg16-s2048/epoch_005/repair/class_20/metrics.json"
     for store in (FileStore(tmp_path / "local"), s3):
         store.write_bytes(broken, b'{"schema_version": 1, "swe')  # same damage on both sides
+    # packed before the damage: that run's records.arrow would hide it, so it goes
+    s3.delete_prefix("paper/gtsrb-vgg16-s2048/records.arrow")
 
     local = cli("aggregate", tmp_path / "local", "--out", tmp_path / "a", "--max-figures", "1")
     assert local.code == 0, local.err

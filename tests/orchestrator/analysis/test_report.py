@@ -136,3 +136,27 @@ def test_chromium_shows_headline_effect_table_and_seed_figures(paper_report: Pat
     for (l3, t3, w3, _), (l4, t4, _, _) in zip(boxes["fig3"], boxes["fig4"], strict=True):
         assert abs(t3 - t4) < 5 and l4 >= l3 + w3
     assert len(boxes["fig3"]) == MAX_FIGURES
+
+
+def test_report_of_two_repair_methods(tmp_path: Path) -> None:
+    """Methods side by side: per-checkpoint table rows for both, method-named Fig. 3/4."""
+    runs = paper_table1_runs()[5:7]  # two GTSRB seeds, classes 20 27 30
+    for t in runs:
+        for (e, c), v in list(t.repaired.items()):
+            t.repaired[(e, c, "other")] = (v[0] * 0.9, v[1] * 0.9)
+        t.method_level = True
+    store = FileStore(tmp_path / "results")
+    write_tree(store, "two", runs)
+    out = tmp_path / "out"
+    output.publish(ag.aggregate(store), out, max_figures=2)
+    md = (out / "report.md").read_text()
+    assert "| gtsrb | vgg16 | 20 | convergence | arachne |" in md
+    assert "| gtsrb | vgg16 | 20 | convergence | other |" in md
+    assert "| gtsrb | vgg16 | 20 | 5 | other |" in md  # every checkpoint, not only convergence
+    assert "- gtsrb (arachne): over" in md and "- gtsrb (other): over" in md
+    assert "| gtsrb | other | 0.5 |" in md  # Table 1 per method
+    figs = sorted(p.name for p in (out / "figures").glob("fig3_*.png"))
+    assert figs == [
+        "fig3_gtsrb-vgg16-s1024_arachne_class20.png",
+        "fig3_gtsrb-vgg16-s1024_arachne_class27.png",
+    ]
