@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -424,3 +425,85 @@ def load_spec(path: str | Path, **overrides: Any) -> SweepSpec:
 
 def json_schema() -> dict[str, Any]:
     return SweepSpec.model_json_schema()
+
+
+# --- repair methods beyond arachne (issue 13) ---
+# Fields every method shares take their definition (default, bounds, description) from
+# RepairSpec, so the methods cannot drift apart on them.
+_ARACHNE = RepairSpec.model_fields
+
+
+class _RepairCommon(_Strict):
+    """Fields of every repair method: target classes, seed, positives, localisation, memory."""
+
+    classes: list[int] = _ARACHNE["classes"]
+    seed: int = _ARACHNE["seed"]
+    n_positives: int = _ARACHNE["n_positives"]
+    dedup_positives: bool = _ARACHNE["dedup_positives"]
+    grad_factor: int = _ARACHNE["grad_factor"]
+    max_batch_bytes: ByteSize = _ARACHNE["max_batch_bytes"]
+
+
+class ArachneDERepairSpec(_RepairCommon):
+    """Arachne as in its TOSEM 2023 version: differential evolution over the same weights."""
+
+    method: Literal["arachne-de"] = Field(
+        "arachne-de", description="Arachne with differential evolution (TOSEM 2023)."
+    )
+    population: int = Field(
+        100, ge=4, description="Candidates per generation (TOSEM 100); DE/rand/1 needs >= 4."
+    )
+    generations: int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
+    patience: int = Field(
+        10, gt=0, description="Stop after this many generations without a better best."
+    )
+    mutation: tuple[float, float] = Field(
+        (0.5, 1.0),
+        description="The scale factor F is drawn from U(low, high) once per generation.",
+    )
+    recombination: float = Field(
+        0.7, ge=0, le=1, description="Binomial crossover rate (one dimension always crosses)."
+    )
+    patch_aggr: float = Field(
+        10.0,
+        gt=0,
+        description="Weight of the negatives in the fitness N_intact' + patch_aggr x N_patched'.",
+    )
+    update: Literal["batched", "asynchronous"] = Field(
+        "asynchronous",
+        description="asynchronous: TOSEM's order, each trial replaces its target at once and"
+        " later trials of the generation see it. batched: the whole generation is built from"
+        " the previous one and scored at once (faster, a different search).",
+    )
+
+    @field_validator("mutation")
+    @classmethod
+    def _mutation_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"need 0 < low <= high, got [{low}, {high}]")
+        return value
+
+
+class FinetuneRepairSpec(_RepairCommon):
+    """Baseline: gradient descent on the final Linear layer only, near its original weights."""
+
+    method: Literal["finetune"] = Field(
+        "finetune", description="Fine-tune the final layer on the negatives and positives."
+    )
+    steps: int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
+    lr: float = Field(0.1, gt=0, description="Step size of the gradient descent.")
+    neg_weight: float = Field(
+        1.0, ge=0, description="Weight of the negatives' mean cross-entropy in the loss."
+    )
+    pos_weight: float = Field(
+        1.0, ge=0, description="Weight of the sampled positives' mean cross-entropy."
+    )
+    l2: float = Field(
+        0.01, ge=0, description="Penalty l2 x sum (w - w_original)^2 toward the original layer."
+    )
+    weights: Literal["all", "localised"] = Field(
+        "all",
+        description="all: every weight of the final layer moves. localised: only those"
+        " Arachne's fault localisation picks (grad_factor), the others stay fixed.",
+    )

@@ -307,8 +307,23 @@ class SwarmFitness:
         n_intact = correct[:, pos].sum(dim=1)
         loss_neg = nll[:, neg].mean(dim=1)
         loss_pos = nll[:, pos].mean(dim=1) if self.n_pos else torch.zeros_like(loss_neg)
-        fit = fitness_of(n_patched, loss_neg, n_intact, loss_pos)
+        fit = self.fitness(correct, nll, n_patched, loss_neg, n_intact, loss_pos)
         return tuple(t.cpu() for t in (fit, n_patched, n_intact, loss_neg, loss_pos))
+
+    def fitness(
+        self,
+        correct: torch.Tensor,
+        nll: torch.Tensor,
+        n_patched: torch.Tensor,
+        loss_neg: torch.Tensor,
+        n_intact: torch.Tensor,
+        loss_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """Fitness of each particle from its per-input terms (P x N, negatives first).
+
+        The paper's fitness here; other searches over the same weights override it.
+        """
+        return fitness_of(n_patched, loss_neg, n_intact, loss_pos)
 
 
 # --- particle swarm ------------------------------------------------------------------
@@ -386,17 +401,24 @@ def pso(
     return Search(best=gbest_x.cpu(), scores=gbest, iterations=it, history=history)
 
 
+def best_fields(best: SwarmScores) -> dict[str, float]:
+    """The history columns describing the best candidate so far (length-1 scores)."""
+    return {
+        "best_fitness": float(best.fitness[0]),
+        "best_n_patched": int(best.n_patched[0]),
+        "best_n_intact": int(best.n_intact[0]),
+        "best_loss_neg": float(best.loss_neg[0]),
+        "best_loss_pos": float(best.loss_pos[0]),
+    }
+
+
 def _record(
     it: int, best: SwarmScores, swarm: SwarmScores, v: torch.Tensor, improved: bool, stall: int
 ) -> dict[str, float]:
     speed = v.abs()
     return {
         "iteration": it,
-        "best_fitness": float(best.fitness[0]),
-        "best_n_patched": int(best.n_patched[0]),
-        "best_n_intact": int(best.n_intact[0]),
-        "best_loss_neg": float(best.loss_neg[0]),
-        "best_loss_pos": float(best.loss_pos[0]),
+        **best_fields(best),
         "swarm_mean_fitness": float(swarm.fitness.mean()),
         "min_speed": float(speed.min()) if speed.numel() else 0.0,
         "max_speed": float(speed.max()) if speed.numel() else 0.0,
@@ -427,6 +449,181 @@ def repair(
     negatives. Raises BadInput when the layer, the features and the labels do not fit, and
     RunFailed when the checkpoint's weights or activations are not finite (it diverged).
     """
+    problem = set_up(
+        "arachne",
+        head,
+        features,
+        y,
+        split,
+        target_class,
+        seed,
+        device,
+        n_positives=cfg.n_positives,
+        dedup_positives=cfg.dedup_positives,
+        grad_factor=cfg.grad_factor,
+    )
+    if isinstance(problem, RepairResult):
+        return problem
+    evaluator = problem.evaluator(SwarmFitness, int(cfg.max_batch_bytes))
+    w64 = problem.weight.to("cpu", torch.float64)
+    std = float(w64.std(correction=0))
+    wb = float(w64.max() - w64.min())
+    search = pso(evaluator, evaluator.initial, std, wb, cfg, problem.generator, problem.device)
+    patch = problem.localised_patch(search.best)
+    return problem.finish(patch, search.iterations, search.history, paper_fitness)
+
+
+# --- set-up and figures shared by every method that repairs the final layer ----------
+
+FinalFitness = Callable[[torch.Tensor, torch.Tensor, int], float | None]
+Evaluator = TypeVar("Evaluator", bound="SwarmFitness")
+
+
+def paper_fitness(logits: torch.Tensor, labels: torch.Tensor, n_neg: int) -> float:
+    """The paper's fitness of one patched layer from its float64 logits (negatives first)."""
+    pred = logits.argmax(dim=1)
+    neg, pos = slice(0, n_neg), slice(n_neg, None)
+    n_patched = float((pred[neg] == labels[neg]).sum())
+    n_intact = float((pred[pos] == labels[pos]).sum())
+    loss_pos = float(F.cross_entropy(logits[pos], labels[pos])) if len(labels) > n_neg else 0.0
+    return fitness_of(
+        n_patched, float(F.cross_entropy(logits[neg], labels[neg])), n_intact, loss_pos
+    )
+
+
+@dataclass
+class Problem:
+    """One checkpoint x target class, checked and ready for a search of the final layer.
+
+    ``pos`` are the sampled positives the search sees (``positives`` are all of them, for
+    BR); ``loc`` the localised weights, None when the method did not ask for them.
+    ``generator`` has drawn the positives and draws the search's random numbers next.
+    """
+
+    method: str
+    head: nn.Linear
+    features: torch.Tensor
+    target_class: int
+    device: torch.device
+    y: np.ndarray
+    neg: np.ndarray
+    positives: np.ndarray
+    pos: np.ndarray
+    loc: Localisation | None
+    generator: torch.Generator
+    start: float
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight.detach()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.head.bias is None else self.head.bias.detach()
+
+    def search_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features of the negatives, of the sampled positives, and those positives' labels."""
+        neg_t = torch.as_tensor(self.neg, dtype=torch.long)
+        pos_t = torch.as_tensor(self.pos, dtype=torch.long)
+        return self.features[neg_t], self.features[pos_t], torch.as_tensor(self.y[self.pos])
+
+    def evaluator(self, kind: type[Evaluator], max_batch_bytes: int, **extra: float) -> Evaluator:
+        """A vectorised scorer (``SwarmFitness`` or a subclass) of the localised weights."""
+        assert self.loc is not None, "the method did not localise"
+        neg_f, pos_f, pos_y = self.search_inputs()
+        return kind(
+            self.weight,
+            self.bias,
+            neg_f,
+            pos_f,
+            pos_y,
+            self.target_class,
+            self.loc.rows,
+            self.loc.cols,
+            self.device,
+            max_batch_bytes,
+            **extra,
+        )
+
+    def localised_patch(self, values: torch.Tensor) -> list[PatchedWeight]:
+        """Every localised weight with its old value and ``values`` (K,) cast to its dtype."""
+        assert self.loc is not None, "the method did not localise"
+        new = values.to(self.weight.dtype).tolist()
+        w_cpu = self.weight.cpu()
+        return [
+            PatchedWeight(row=int(r), col=int(c), old=float(w_cpu[r, c]), new=float(nv))
+            for r, c, nv in zip(self.loc.rows, self.loc.cols, new, strict=True)
+        ]
+
+    def finish(
+        self,
+        patch: list[PatchedWeight],
+        iterations: int,
+        history: list[dict[str, float]],
+        fitness: FinalFitness,
+    ) -> RepairResult:
+        """The result, its figures computed as a model rebuilt from ``patch`` would."""
+        final = _evaluate_patch(
+            self.head,
+            patch,
+            self.features,
+            self.y,
+            self.neg,
+            self.positives,
+            self.pos,
+            self.target_class,
+            self.device,
+            fitness,
+        )
+        result = RepairResult(
+            target_class=self.target_class,
+            status="repaired",
+            patch=patch,
+            n_neg=int(self.neg.size),
+            n_pos=int(self.pos.size),
+            iterations=iterations,
+            seconds=time.perf_counter() - self.start,
+            history=history,
+            **final,
+        )
+        localised = "" if self.loc is None else f" ({len(self.loc.rows)} localised"
+        localised += "" if self.loc is None else f" of {self.loc.n_candidates})"
+        log.info(
+            "%s class %d: %d negatives, %d positives, %d weights patched%s,"
+            " %d iterations, RR %.1f%%, BR %.1f%%, %.2fs",
+            self.method,
+            self.target_class,
+            result.n_neg,
+            result.n_pos,
+            len(patch),
+            localised,
+            result.iterations,
+            result.rr or 0.0,
+            result.br or 0.0,
+            result.seconds,
+        )
+        return result
+
+
+def set_up(
+    method: str,
+    head: nn.Linear,
+    features: torch.Tensor,
+    y: torch.Tensor,
+    split: TargetSplit,
+    target_class: int,
+    seed: int,
+    device: torch.device | str,
+    n_positives: int,
+    dedup_positives: bool,
+    grad_factor: int | None,
+) -> Problem | RepairResult:
+    """Check the inputs, localise (unless ``grad_factor`` is None), sample the positives.
+
+    Returns the ``nothing_to_repair`` result when the class has no negatives. The positives
+    are the first draw of the generator seeded with ``seed``, so every method given the same
+    seed sees the same positives.
+    """
     start = time.perf_counter()
     dev = _device(device)
     y_np = _check_inputs(head, features, y, split, target_class)
@@ -449,59 +646,24 @@ def repair(
         )
     weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
     generator = torch.Generator().manual_seed(int(seed))
-    neg_t = torch.as_tensor(neg)
-    loc = localise(weight, bias, features[neg_t], target_class, cfg.grad_factor)
-    pos = sample_positives(positives, features, cfg.n_positives, cfg.dedup_positives, generator)
-    pos_t = torch.as_tensor(pos, dtype=torch.long)
-    evaluator = SwarmFitness(
-        weight,
-        bias,
-        features[neg_t],
-        features[pos_t],
-        torch.as_tensor(y_np[pos]),
-        target_class,
-        loc.rows,
-        loc.cols,
-        dev,
-        int(cfg.max_batch_bytes),
-    )
-    w64 = weight.to("cpu", torch.float64)
-    std = float(w64.std(correction=0))
-    wb = float(w64.max() - w64.min())
-    search = pso(evaluator, evaluator.initial, std, wb, cfg, generator, dev)
-
-    new = search.best.to(weight.dtype).tolist()
-    w_cpu = weight.cpu()
-    patch = [
-        PatchedWeight(row=int(r), col=int(c), old=float(w_cpu[r, c]), new=float(nv))
-        for r, c, nv in zip(loc.rows, loc.cols, new, strict=True)
-    ]
-    final = _evaluate_patch(head, patch, features, y_np, neg, positives, pos, target_class, dev)
-    result = RepairResult(
+    loc = None
+    if grad_factor is not None:
+        loc = localise(weight, bias, features[torch.as_tensor(neg)], target_class, grad_factor)
+    pos = sample_positives(positives, features, n_positives, dedup_positives, generator)
+    return Problem(
+        method=method,
+        head=head,
+        features=features,
         target_class=target_class,
-        status="repaired",
-        patch=patch,
-        n_neg=int(neg.size),
-        n_pos=int(pos.size),
-        iterations=search.iterations,
-        seconds=time.perf_counter() - start,
-        history=search.history,
-        **final,
+        device=dev,
+        y=y_np,
+        neg=neg,
+        positives=positives,
+        pos=pos,
+        loc=loc,
+        generator=generator,
+        start=start,
     )
-    log.info(
-        "arachne class %d: %d negatives, %d positives, %d weights localised (of %d),"
-        " %d iterations, RR %.1f%%, BR %.1f%%, %.2fs",
-        target_class,
-        result.n_neg,
-        result.n_pos,
-        len(patch),
-        loc.n_candidates,
-        result.iterations,
-        result.rr or 0.0,
-        result.br or 0.0,
-        result.seconds,
-    )
-    return result
 
 
 def _evaluate_patch(
@@ -514,26 +676,20 @@ def _evaluate_patch(
     pos_used: np.ndarray,
     target_class: int,
     device: torch.device,
+    fitness: FinalFitness,
 ) -> dict[str, float | int | None]:
     """The repaired layer's figures, computed as a model rebuilt from ``patch`` would."""
     patched = apply_patch(head, patch).to(device)
     with torch.no_grad():
         logits = patched(features.to(device, patched.weight.dtype)).to(torch.float64).cpu()
     pred = logits.argmax(dim=1).numpy()
-    y_t = torch.as_tensor(y)
-
-    def mean_ce(idx: np.ndarray) -> float:
-        if idx.size == 0:
-            return 0.0
-        i = torch.as_tensor(idx)
-        return float(F.cross_entropy(logits[i], y_t[i]))
-
+    used = torch.as_tensor(np.concatenate([neg, pos_used]), dtype=torch.long)
+    fit = fitness(logits[used], torch.as_tensor(y)[used], int(neg.size))
     n_patched = int((pred[neg] == target_class).sum())
     n_intact = int((pred[pos_used] == y[pos_used]).sum())
-    fit = fitness_of(float(n_patched), mean_ce(neg), float(n_intact), mean_ce(pos_used))
     broken = (pred[positives] != y[positives]).mean() if positives.size else None
     return {
-        "fitness": float(fit),
+        "fitness": None if fit is None else float(fit),
         "n_patched": n_patched,
         "n_intact": n_intact,
         "rr": 100.0 * n_patched / neg.size,
