@@ -47,7 +47,7 @@ def reference_finetune(
         loss = neg_weight * ce_neg + pos_weight * ce_pos + l2 * penalty
         history.append(
             {
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "n_patched": int((out_neg.argmax(1) == target_class).sum()),
                 "n_intact": int((out_pos.argmax(1) == y_pos).sum()),
             }

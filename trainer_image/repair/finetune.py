@@ -62,10 +62,10 @@ def objective(
     loss = cfg.neg_weight * ce_neg + cfg.pos_weight * ce_pos + cfg.l2 * penalty
     correct = logits.detach().argmax(dim=1) == labels
     terms = {
-        "loss": float(loss),
-        "ce_neg": float(ce_neg),
-        "ce_pos": float(ce_pos),
-        "penalty": float(penalty),
+        "loss": float(loss.detach()),
+        "ce_neg": float(ce_neg.detach()),
+        "ce_pos": float(ce_pos.detach()),
+        "penalty": float(penalty.detach()),
         "n_patched": int(correct[:n_neg].sum()),
         "n_intact": int(correct[n_neg:].sum()),
     }
