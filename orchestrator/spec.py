@@ -492,7 +492,12 @@ class FinetuneRepairSpec(_RepairCommon):
         "finetune", description="Fine-tune the final layer on the negatives and positives."
     )
     steps: int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
-    lr: float = Field(0.1, gt=0, description="Step size of the gradient descent.")
+    lr: float = Field(
+        1.0,
+        gt=0,
+        description="Step size in units of 1/L, L a bound on the loss's curvature that"
+        " scales with the squared feature norm; below 2 every step lowers the loss.",
+    )
     neg_weight: float = Field(
         1.0, ge=0, description="Weight of the negatives' mean cross-entropy in the loss."
     )

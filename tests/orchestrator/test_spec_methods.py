@@ -28,7 +28,7 @@ def test_de_defaults_are_tosems() -> None:
 def test_finetune_defaults() -> None:
     ft = FinetuneRepairSpec()
     assert ft.method == "finetune" and ft.weights == "all"
-    assert (ft.steps, ft.lr, ft.neg_weight, ft.pos_weight, ft.l2) == (100, 0.1, 1.0, 1.0, 0.01)
+    assert (ft.steps, ft.lr, ft.neg_weight, ft.pos_weight, ft.l2) == (100, 1.0, 1.0, 1.0, 0.01)
 
 
 @pytest.mark.parametrize("kind", METHODS)

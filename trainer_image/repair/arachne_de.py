@@ -44,12 +44,12 @@ positives, as the PSO does (raise ``n_positives`` to use all of them).
 
 - ``asynchronous`` (TOSEM's order): targets are visited in order ``0..P-1`` and a trial
   replaces its target at once, so later targets of the same generation draw ``a, b, c``
-  from the partly updated population. To score in batches all the same, the trials of all
-  remaining targets are built from the population as it is and scored together; walking
-  through them in order, the first trial one of whose donors has been replaced since is
-  rebuilt, with those after it, from the population as it is then. Every trial and every
-  decision is the sequential order's; only the number of scoring calls drops (about 5-10
-  per generation instead of P).
+  from the partly updated population. To score in batches all the same, the trials of the
+  next targets are built from the population as it is and scored together; walking through
+  them in order, the first trial one of whose donors has been replaced since is rebuilt,
+  with those after it, from the population as it is then. Every trial and every decision is
+  the sequential order's; only the number of scoring calls drops (a batch reaches about
+  twice as far as the previous run without a stale trial).
 - ``batched``: all trials of a generation are built from the population as it was at the
   start of the generation, scored together as one batch, and replace their targets
   together (classic synchronous DE). Faster, but a different search from TOSEM's.

@@ -24,24 +24,32 @@ def cnn():
     return untrained_cnn()
 
 
-def localised_mask(model, feats, split, cls) -> torch.Tensor:
+def localised(model, feats, split, cls) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Arachne's localised weights as (rows, cols) and as a 0/1 mask like the layer."""
     loc = localise(model.head.weight, model.head.bias, feats[split.negatives(cls)], cls, 20)
+    rows, cols = torch.as_tensor(loc.rows), torch.as_tensor(loc.cols)
     mask = torch.zeros_like(model.head.weight, dtype=torch.float64)
-    mask[torch.as_tensor(loc.rows), torch.as_tensor(loc.cols)] = 1.0
-    return mask
+    mask[rows, cols] = 1.0
+    return rows, cols, mask
 
 
-@pytest.mark.parametrize("weights", ["all", "localised"])
-def test_descent_equals_full_network_descent(cnn, weights: str) -> None:
+# all: the negatives + 90 positives outnumber the 64 features (W itself descends);
+# all-few: 40 inputs, fewer than the features (the D = A X form); localised: K values.
+@pytest.mark.parametrize(
+    ("weights", "n_pos", "n_neg"), [("all", 90, None), ("all-few", 25, 15), ("localised", 90, None)]
+)
+def test_descent_equals_full_network_descent(cnn, weights: str, n_pos: int, n_neg) -> None:
     model, x, y, _, split = cnn
     double = model.double()
     try:
         with torch.no_grad():
             feats = double.penultimate(x.double())
         cls = weakest(split)
-        neg, pos = split.negatives(cls), split.positives()[:90]
-        mask = localised_mask(double, feats, split, cls) if weights == "localised" else None
-        cfg = FinetuneRepairSpec(steps=25, lr=0.3, neg_weight=2.0, pos_weight=0.5, l2=0.05)
+        neg, pos = split.negatives(cls)[:n_neg], split.positives()[:n_pos]
+        assert (len(neg) + len(pos) < feats.shape[1]) == (weights == "all-few")
+        rows, cols, mask = localised(double, feats, split, cls)
+        only = (rows, cols) if weights == "localised" else None
+        cfg = FinetuneRepairSpec(steps=25, lr=1.5, neg_weight=2.0, pos_weight=0.5, l2=0.05)
         w, hist = descend(
             double.head.weight,
             double.head.bias,
@@ -49,12 +57,25 @@ def test_descent_equals_full_network_descent(cnn, weights: str) -> None:
             feats[pos],
             y[pos],
             cls,
-            mask,
+            only,
             cfg,
             CPU,
         )
+        # The step written out: lr / L, L = 0.5 (2 mean_neg |x|^2 + 0.5 mean_pos |x|^2) + 2 l2.
+        sq = (feats**2).sum(1)
+        step = float(1.5 / (0.5 * (2.0 * sq[neg].mean() + 0.5 * sq[pos].mean()) + 2 * 0.05))
         want_w, want = reference_finetune(
-            double, x[neg], cls, x[pos], y[pos], 25, 0.3, 2.0, 0.5, 0.05, mask
+            double,
+            x[neg],
+            cls,
+            x[pos],
+            y[pos],
+            25,
+            step,
+            2.0,
+            0.5,
+            0.05,
+            mask if weights == "localised" else None,
         )
     finally:
         model.float()
@@ -95,7 +116,7 @@ def test_repair_is_deterministic_and_matches_its_descent(cnn) -> None:
 def test_localised_weights_only_move_inside_the_mask(cnn) -> None:
     model, _, y, feats, split = cnn
     cls = weakest(split)
-    mask = localised_mask(model, feats, split, cls)
+    *_, mask = localised(model, feats, split, cls)
     inside = {tuple(rc) for rc in mask.nonzero().tolist()}
     loc = repair(model.head, feats, y, split, cls, FinetuneRepairSpec(weights="localised"), 1)
     every = repair(model.head, feats, y, split, cls, FinetuneRepairSpec(weights="all"), 1)
