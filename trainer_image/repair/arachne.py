@@ -55,6 +55,11 @@ same on CPU and CUDA. The reported ``n_patched``, ``n_intact``, ``fitness``, ``r
 (:func:`~trainer_image.repair.base.apply_patch`) - exactly what a model rebuilt from the
 checkpoint and ``patch.json`` computes; they can differ from the float64 search's best in
 the last digits (``history`` holds the search's own values).
+
+Steps 1-2, the input checks and the final figures are not PSO-specific: :func:`set_up`
+and :class:`Problem` serve every method that repairs the final layer (``arachne_de.py``,
+``finetune.py``), and :class:`SwarmFitness` takes other fitness functions by overriding
+:meth:`SwarmFitness.fitness`.
 """
 
 from __future__ import annotations

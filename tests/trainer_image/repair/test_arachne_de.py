@@ -283,3 +283,18 @@ def test_result_figures_nothing_to_repair_and_bad_input(cnn) -> None:
     assert nothing.status == "nothing_to_repair" and nothing.patch == [] and nothing.rr is None
     with pytest.raises(BadInput, match=r"not an nn\.Linear"):
         repair(torch.nn.Conv2d(3, 6, 1), feats, y, split, cls, cfg, seed=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("update", ["asynchronous", "batched"])
+def test_cuda_search_matches_cpu(cnn, update: str) -> None:
+    model, _, y, feats, split = cnn
+    cls = weakest(split)
+    cfg = ArachneDERepairSpec(population=30, generations=10, update=update)
+    cpu = repair(model.head, feats, y, split, cls, cfg, seed=1, device="cpu")
+    head = torch.nn.Linear(feats.shape[1], 10).cuda()
+    head.load_state_dict(model.head.state_dict())
+    gpu = repair(head, feats.cuda(), y, split, cls, cfg, seed=1, device="cuda")
+    assert [(p.row, p.col) for p in cpu.patch] == [(p.row, p.col) for p in gpu.patch]
+    assert [p.new for p in gpu.patch] == pytest.approx([p.new for p in cpu.patch], abs=1e-5)
+    assert gpu.n_patched == cpu.n_patched and gpu.n_intact == cpu.n_intact

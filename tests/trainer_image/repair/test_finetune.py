@@ -163,3 +163,20 @@ def test_nothing_to_repair(cnn) -> None:
     clean = TargetSplit(y=split.y, pred=split.y)
     res = repair(model.head, feats, y, clean, 0, FinetuneRepairSpec(), seed=0)
     assert res.status == "nothing_to_repair" and res.patch == [] and res.iterations == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("weights", ["all", "localised"])
+def test_cuda_descent_matches_cpu(cnn, weights: str) -> None:
+    model, _, y, feats, split = cnn
+    cls = weakest(split)
+    cfg = FinetuneRepairSpec(steps=30, weights=weights)
+    cpu = repair(model.head, feats, y, split, cls, cfg, seed=1, device="cpu")
+    head = torch.nn.Linear(feats.shape[1], 10).cuda()
+    head.load_state_dict(model.head.state_dict())
+    gpu = repair(head, feats.cuda(), y, split, cls, cfg, seed=1, device="cuda")
+    # Compare the repaired layers: a change within rounding may be patched on one only.
+    got = apply_patch(head, gpu.patch).weight.cpu()
+    want = apply_patch(model.head, cpu.patch).weight
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert gpu.rr == cpu.rr and gpu.br == cpu.br
