@@ -50,7 +50,7 @@ from bench_arachne import (
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "arachne": ("arachne", "RepairSpec", {}),
     "arachne-de": ("arachne_de", "ArachneDERepairSpec", {}),
-    "arachne-de batched": ("arachne_de", "ArachneDERepairSpec", {"update": "batched"}),
+    "arachne-de async": ("arachne_de", "ArachneDERepairSpec", {"update": "asynchronous"}),
     "finetune": ("finetune", "FinetuneRepairSpec", {}),
     "finetune localised": ("finetune", "FinetuneRepairSpec", {"weights": "localised"}),
 }

@@ -22,7 +22,7 @@ def test_de_defaults_are_tosems() -> None:
     assert de.method == "arachne-de"
     assert (de.population, de.generations, de.patience) == (100, 100, 10)
     assert de.mutation == (0.5, 1.0) and de.recombination == 0.7 and de.patch_aggr == 10.0
-    assert de.update == "asynchronous"
+    assert de.update == "batched"  # for speed; "asynchronous" is TOSEM's order
 
 
 def test_finetune_defaults() -> None:
