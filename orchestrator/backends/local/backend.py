@@ -34,6 +34,7 @@ from orchestrator.backends.progress import describe, sweep_progress
 from orchestrator.errors import BadInput
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.gpu.packing import GpuPool
+from orchestrator.results import events
 from orchestrator.results import layout as keys
 from orchestrator.spec import RunSpec, SweepSpec, parse_spec
 from orchestrator.store import KeyMissing, Store, open_results, read_json
@@ -401,11 +402,8 @@ class LocalBackend:
                 proc.terminate()  # cancelled between the check above and the start
             assert proc.stdout is not None
             for line in proc.stdout:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue  # a library printing to stdout; its stderr is in the log
-                if isinstance(ev, dict):
+                ev = events.from_line(line)
+                if ev is not None:  # else a library printing to stdout; stderr is in the log
                     display.event(task, ev, progress)
             code = proc.wait()
             with self._lock:
