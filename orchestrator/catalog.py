@@ -85,9 +85,7 @@ def preparable() -> dict[str, str]:
 def dataset_preparer(name: str) -> str:
     table = preparable()
     if name not in table:
-        raise BadInput(
-            f"prepare: no preparation for dataset {name!r}; use one of {', '.join(sorted(table))}"
-        )
+        raise BadInput(f"prepare: no preparation for dataset {name!r}; use one of {sorted(table)}")
     return table[name]
 
 
