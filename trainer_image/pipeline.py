@@ -83,7 +83,7 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
     for i, epoch in enumerate(summary.checkpoint_epochs):
         ckpt = evaluate_step(job, model, splits, device, summary, epoch, steps.base(i))
         for j, cls in enumerate(run.repair_classes):
-            repair_step(job, ckpt, splits, summary, method, cls, steps.repair(i, j))
+            repair_step(job, epoch, ckpt, splits, summary, method, cls, steps.repair(i, j))
         job.write_run_info()
         job.archive_log()
 
@@ -227,14 +227,13 @@ class Steps:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What the repairs of one checkpoint share; None fields when every repair is done."""
+    """What the repairs of one checkpoint share."""
 
-    epoch: int
-    head: torch.nn.Linear | None = None
-    features: torch.Tensor | None = None  # penultimate activations of the repair set
-    y: torch.Tensor | None = None  # repair-set labels
-    split: TargetSplit | None = None
-    test_features: torch.Tensor | None = None
+    head: torch.nn.Linear
+    features: torch.Tensor  # penultimate activations of the repair set
+    y: torch.Tensor  # repair-set labels
+    split: TargetSplit
+    test_features: torch.Tensor
 
 
 def evaluate_step(
@@ -245,11 +244,11 @@ def evaluate_step(
     summary: TrainSummary,
     epoch: int,
     step: tuple[int, int],
-) -> Checkpoint:
+) -> Checkpoint | None:
     """Base metrics and the target split of a checkpoint; done-key ``base/metrics.json``.
 
-    The checkpoint is loaded whenever a repair of it is still to do: the repairs need its
-    features even when its base metrics exist.
+    The checkpoint is loaded whenever a repair of it is still to do, since the repairs need
+    its features even when its base metrics exist; None when nothing of it is left to do.
     """
     sweep, name, classes = job.sweep, job.name, job.run.repair_classes
     base_key = keys.base_metrics(sweep, name, epoch)
@@ -259,7 +258,7 @@ def evaluate_step(
         log.info(
             "epoch %d: base metrics and %d repair(s) done before; skipped", epoch, len(classes)
         )
-        return Checkpoint(epoch)
+        return None
     with job.timed("evaluate"):
         load_checkpoint(job, model, epoch, device)
         repair_logits, repair_feats = forward_split(model, splits.repair, device, features=True)
@@ -277,7 +276,6 @@ def evaluate_step(
                 np.bincount(split.y[~split.correct], minlength=splits.num_classes).tolist(),
             )
     return Checkpoint(
-        epoch,
         head=model.head,
         features=repair_feats,
         y=torch.from_numpy(splits.repair.y).to(device),
@@ -296,7 +294,8 @@ def load_checkpoint(job: Ledger, model: Repairable, epoch: int, device: torch.de
 
 def repair_step(
     job: Ledger,
-    ckpt: Checkpoint,
+    epoch: int,
+    ckpt: Checkpoint | None,
     splits: Splits,
     summary: TrainSummary,
     method: RepairMethod,
@@ -304,18 +303,16 @@ def repair_step(
     step: tuple[int, int],
 ) -> None:
     """Repair one class of one checkpoint; done-key ``repair/class_C/metrics.json``."""
-    sweep, name, epoch = job.sweep, job.name, ckpt.epoch
+    sweep, name = job.sweep, job.name
     metrics_key = keys.repair_metrics(sweep, name, epoch, cls)
     step_event(job, "repair", epoch, step, skipped=job.done(metrics_key), cls=cls)
     if job.done(metrics_key):
         return
-    assert ckpt.head is not None and ckpt.features is not None and ckpt.y is not None
-    assert ckpt.split is not None and ckpt.test_features is not None
-    cfg, device = job.run.repair, job.device
-    assert device is not None
+    assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
+    cfg = job.run.repair
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
-        result = method(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, device)
+        result = method(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, job.device)
         with torch.no_grad():
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)
         record = metrics_record(
