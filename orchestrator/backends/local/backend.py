@@ -165,6 +165,24 @@ class LocalBackend:
         self.nvml = nvml  # None: the real NVML, asked once per submit
         self._gpus: GpuPool | None = None
 
+    name = "local"
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        workers: int | None = None,
+        namespace: str | None = None,
+        context: str | None = None,
+        endpoint_url: str | None = None,
+    ) -> LocalBackend:
+        """The backend the CLI asks for by name; cluster options are refused, not ignored."""
+        for flag, value in (("--namespace", namespace), ("--context", context)):
+            if value is not None:
+                raise BadInput(f"{flag} applies to a cluster sweep, not to --local")
+        del endpoint_url  # local sweeps read the store recorded when they were started
+        return cls(workers=workers)
+
     # --- state file -------------------------------------------------------------------
 
     def state_file(self, sweep: str) -> Path:
@@ -509,8 +527,10 @@ class LocalBackend:
                 return
             self.sleep(self.poll_s)
 
-    def cancel(self, sweep: str) -> None:
-        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later."""
+    def cancel(self, sweep: str) -> list[str]:
+        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later.
+
+        Returns what was signalled (``pid/N``)."""
         state = self.read_state(sweep) or {}
         if _alive(state.get("pid"), state.get("pid_start")):
             targets = [state["pid"]]  # it terminates its runs and starts no more
@@ -526,3 +546,4 @@ class LocalBackend:
         for pid in targets:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
+        return [f"pid/{pid}" for pid in targets]
