@@ -20,9 +20,17 @@ BACKENDS: dict[str, str] = {
 
 
 def open_backend(name: str, **options: Any) -> Backend:
-    """The backend called ``name``, built from the options it takes (``from_options``)."""
+    """The backend called ``name``, built from the CLI's options (None = not given).
+
+    A given option the backend does not take is refused rather than silently ignored.
+    """
     if name not in BACKENDS:
         raise BadInput(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
     module, _, attr = BACKENDS[name].partition(":")
     cls = getattr(importlib.import_module(module), attr)
-    return cls.from_options(**options)
+    given = {k: v for k, v in options.items() if v is not None}
+    for option in given:
+        if option not in cls.options:
+            flag = "--" + option.replace("_", "-")
+            raise BadInput(f"{flag} does not apply to the {name} backend; leave it out")
+    return cls(**given)

@@ -164,19 +164,8 @@ class KubernetesBackend:
 
     name = "kubernetes"
 
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        workers: int | None = None,
-        namespace: str | None = None,
-        context: str | None = None,
-        endpoint_url: str | None = None,
-    ) -> KubernetesBackend:
-        """The backend the CLI asks for by name (the API client is made on first use)."""
-        if workers is not None:
-            raise BadInput("--workers applies to local runs; set kubernetes.parallelism instead")
-        return cls(namespace=namespace, context=context, endpoint_url=endpoint_url)
+    # The CLI options this backend takes (``open_backend`` refuses the others).
+    options = ("namespace", "context", "endpoint_url")
 
     # --- client -------------------------------------------------------------------------
 

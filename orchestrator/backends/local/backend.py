@@ -167,21 +167,8 @@ class LocalBackend:
 
     name = "local"
 
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        workers: int | None = None,
-        namespace: str | None = None,
-        context: str | None = None,
-        endpoint_url: str | None = None,
-    ) -> LocalBackend:
-        """The backend the CLI asks for by name; cluster options are refused, not ignored."""
-        for flag, value in (("--namespace", namespace), ("--context", context)):
-            if value is not None:
-                raise BadInput(f"{flag} applies to a cluster sweep, not to --local")
-        del endpoint_url  # local sweeps read the store recorded when they were started
-        return cls(workers=workers)
+    # The CLI options this backend takes (``open_backend`` refuses the others).
+    options = ("workers",)
 
     # --- state file -------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ def test_each_name_builds_its_backend_with_the_protocol_methods() -> None:
 def test_unknown_backend_and_options_that_do_not_apply_are_bad_input() -> None:
     with pytest.raises(BadInput, match="unknown backend 'slurm'"):
         open_backend("slurm")
-    with pytest.raises(BadInput, match="--namespace applies to a cluster sweep"):
+    with pytest.raises(BadInput, match="--namespace does not apply to the local backend"):
         open_backend("local", namespace="ns")
-    with pytest.raises(BadInput, match="--workers applies to local runs"):
+    with pytest.raises(BadInput, match="--workers does not apply to the kubernetes backend"):
         open_backend("kubernetes", workers=3)
 
 
