@@ -1,6 +1,5 @@
-"""``python -m orchestrator.cli``: how the local backend starts its trainer processes."""
+"""``python -m orchestrator.cli``: how the local backend starts trainer processes."""
 
-from orchestrator.cli import main
+from orchestrator.cli.app import main
 
-if __name__ == "__main__":
-    main()
+main()

@@ -166,6 +166,11 @@ class LocalBackend:
         self.nvml = nvml  # None: the real NVML, asked once per submit
         self._gpus: GpuPool | None = None
 
+    name = "local"
+
+    # The CLI options this backend takes (``open_backend`` refuses the others).
+    options = ("workers",)
+
     # --- state file -------------------------------------------------------------------
 
     def state_file(self, sweep: str) -> Path:
@@ -507,8 +512,10 @@ class LocalBackend:
                 return
             self.sleep(self.poll_s)
 
-    def cancel(self, sweep: str) -> None:
-        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later."""
+    def cancel(self, sweep: str) -> list[str]:
+        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later.
+
+        Returns what was signalled (``pid/N``)."""
         state = self.read_state(sweep) or {}
         if _alive(state.get("pid"), state.get("pid_start")):
             targets = [state["pid"]]  # it terminates its runs and starts no more
@@ -524,3 +531,4 @@ class LocalBackend:
         for pid in targets:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
+        return [f"pid/{pid}" for pid in targets]
