@@ -38,7 +38,7 @@ MAX_SWEEP_NAME = 40
 MAX_RUN_NAME = 63
 
 # Class counts of the built-in datasets, so class indices can be checked at spec time.
-BUILTIN_DATASETS: dict[str, int] = {"digits": 10, "gtsrb": 43, "rsna": 2}
+BUILTIN_DATASETS: dict[str, int] = {"digits": 10, "mnist5k": 10, "gtsrb": 43, "rsna": 2}
 BUILTIN_MODELS = ("small_cnn", "vgg16", "densenet121")
 
 
@@ -85,8 +85,8 @@ class DatasetSpec(_Strict):
     """One dataset of the grid."""
 
     name: str = Field(
-        description="Built-in dataset (digits, gtsrb, rsna) or an import path 'pkg.module:fn'"
-        " returning prepared splits."
+        description="Built-in dataset (digits, mnist5k, gtsrb, rsna) or an import path"
+        " 'pkg.module:fn' returning prepared splits."
     )
     label: DnsLabel | None = Field(
         None, description="Short name used in run names; derived from `name` when omitted."
@@ -423,4 +423,12 @@ def load_spec(path: str | Path, **overrides: Any) -> SweepSpec:
 
 
 def json_schema() -> dict[str, Any]:
-    return SweepSpec.model_json_schema()
+    """The sweep spec's JSON Schema; pydantic writes draft 2020-12, named by ``$schema``, and
+    ``$id`` names this schema by the version of early-repair that wrote it."""
+    from orchestrator import __version__
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:early-repair:sweep-spec:{__version__}",
+        **SweepSpec.model_json_schema(),
+    }

@@ -68,6 +68,7 @@ def hold_out_validation(train: Split, fraction: float, seed: int) -> tuple[Split
 # Imported lazily so that a digits run never imports pydicom.
 REGISTRY: dict[str, str] = {
     "digits": "trainer_image.data.digits:load",
+    "mnist5k": "trainer_image.data.mnist5k:load",
     "gtsrb": "trainer_image.data.gtsrb:load",
     "rsna": "trainer_image.data.rsna:load",
 }
