@@ -238,6 +238,30 @@ def test_schema_as_json_and_yaml(cli) -> None:
     ]
 
 
+def undescribed(schema: dict[str, Any]) -> list[str]:
+    """``Model.field`` for every property of the spec's schema without a description."""
+    models = {"SweepSpec": schema, **schema.get("$defs", {})}
+    return sorted(
+        f"{model}.{name}"
+        for model, body in models.items()
+        for name, prop in body.get("properties", {}).items()
+        if not prop.get("description")
+    )
+
+
+def test_undescribed_finds_a_field_without_description() -> None:
+    schema = {"properties": {"a": {"description": "x"}, "b": {"type": "int"}}, "$defs": {}}
+    assert undescribed(schema) == ["SweepSpec.b"]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 18: the lead adds the missing descriptions after merging the spec branches",
+)
+def test_every_spec_field_is_described_in_the_schema(cli) -> None:
+    assert undescribed(json.loads(cli("schema").out)) == []
+
+
 # --- the rest of the surface ----------------------------------------------------------
 
 
