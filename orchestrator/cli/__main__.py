@@ -1,5 +1,5 @@
-"""``python -m orchestrator.cli``: how the local backend starts each trainer process."""
+"""``python -m orchestrator.cli``: how the local backend starts trainer processes."""
 
-from orchestrator.cli import main
+from orchestrator.cli.app import main
 
 main()

@@ -33,7 +33,7 @@ def run(
     from dataclasses import asdict
     from functools import partial
 
-    from orchestrator.backends.local.backend import LocalBackend
+    from orchestrator.backends import open_backend
     from orchestrator.cli.cluster import _runs_table
     from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec, parse_spec
@@ -46,7 +46,7 @@ def run(
         data = sweep.model_dump(mode="json")
         data["storage"] = {**data["storage"], "endpoint_url": endpoint_url}
         sweep = parse_spec(data, "--endpoint-url")
-    outcome = LocalBackend(workers=workers).submit(sweep)
+    outcome = open_backend("local", workers=workers).submit(sweep)
     err(outcome.summary())
     doc = {
         "sweep": outcome.sweep,
