@@ -32,6 +32,7 @@ class DatasetEntry:
 
 DATASETS: dict[str, DatasetEntry] = {
     "digits": DatasetEntry("trainer_image.data.digits:load", 10),
+    "mnist5k": DatasetEntry("trainer_image.data.mnist5k:load", 10),
     "gtsrb": DatasetEntry("trainer_image.data.gtsrb:load", 43, "trainer_image.data.gtsrb:prepare"),
     "rsna": DatasetEntry("trainer_image.data.rsna:load", 2, "trainer_image.data.rsna:prepare"),
 }

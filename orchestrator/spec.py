@@ -493,4 +493,12 @@ def load_spec(path: str | Path, **overrides: Any) -> SweepSpec:
 
 
 def json_schema() -> dict[str, Any]:
-    return SweepSpec.model_json_schema()
+    """The sweep spec's JSON Schema; pydantic writes draft 2020-12, named by ``$schema``, and
+    ``$id`` names this schema by the version of early-repair that wrote it."""
+    from orchestrator import __version__
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:early-repair:sweep-spec:{__version__}",
+        **SweepSpec.model_json_schema(),
+    }

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli.app import SpecArg, app, err
+from orchestrator.cli.app import CLUSTER_PANEL, SpecArg, app, err
+from orchestrator.cli.output import Output, OutputOpt, chosen, json_alias, render
 
 NamespaceOpt = Annotated[
     str | None,
-    typer.Option(help="Kubernetes namespace.", show_default="the spec's, else early-repair"),
+    typer.Option(
+        "--namespace",
+        "-n",
+        help="Kubernetes namespace.",
+        show_default="the spec's, else early-repair",
+    ),
 ]
 ContextOpt = Annotated[
     str | None,
@@ -65,6 +71,9 @@ def _where(backend: Any) -> str:
     return backend.namespace or DEFAULT_NAMESPACE
 
 
+_OBJECT_HEADER = ["object", "action"]
+
+
 def _runs_table(title: str, rows: list[list[str]], header: list[str]) -> object:
     from rich.table import Table
 
@@ -76,16 +85,23 @@ def _runs_table(title: str, rows: list[list[str]], header: list[str]) -> object:
     return table
 
 
-@app.command("plan")
+@app.command("plan", rich_help_panel=CLUSTER_PANEL)
 def k8s_plan(
     spec: SpecArg,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write the Kubernetes objects `submit` creates (multi-document YAML)."),
+        typer.Option(
+            help="Write the Kubernetes objects `submit` creates (multi-document YAML) to this"
+            " file; - writes them, and only them, to stdout (for `kubectl apply -f -`).",
+            metavar="FILE",
+        ),
     ] = None,
     namespace: NamespaceOpt = None,
+    output: OutputOpt = None,
 ) -> None:
-    """Expand and check a sweep, print its runs (JSON); --out writes its Job manifests."""
+    """Expand and check a sweep and list its runs; --out writes its Job manifests."""
+    import sys
+
     from rich.console import Console
 
     from orchestrator.backends.kubernetes.manifests import (
@@ -97,6 +113,9 @@ def k8s_plan(
     from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec
 
+    to_stdout = out is not None and str(out) == "-"
+    if to_stdout and output is not None:
+        raise BadInput("--out - prints the objects on stdout: drop -o, or --out to a file")
     sweep = with_namespace(load_spec(spec), namespace)
     runs = sweep.runs()
     doc: dict[str, object] = {
@@ -114,8 +133,15 @@ def k8s_plan(
             for r in runs
         ],
     }
+    rows = [[str(r.index), r.name, r.dataset.key, r.model.key, str(r.seed)] for r in runs]
+    header = ["index", "run", "dataset", "model", "seed"]
+    table = partial(_runs_table, f"{sweep.name}: {len(runs)} runs", rows, header)
     if out is not None:
         objects = render_sweep(sweep)
+        if to_stdout:
+            Console(stderr=True).print(table())
+            sys.stdout.write(to_yaml(objects))
+            return
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(to_yaml(objects))
@@ -125,23 +151,27 @@ def k8s_plan(
         doc["objects"] = [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in objects]
         doc["out"] = str(out)
         err(f"wrote {len(objects)} objects ({object_name(sweep)}) to {out}")
-    rows = [[str(r.index), r.name, r.dataset.key, r.model.key, str(r.seed)] for r in runs]
-    header = ["index", "run", "dataset", "model", "seed"]
-    Console(stderr=True).print(_runs_table(f"{sweep.name}: {len(runs)} runs", rows, header))
-    print(json.dumps(doc, indent=2))
+    render(doc, output, table, table_to_stderr=True)
 
 
-@app.command("submit")
+@app.command("submit", rich_help_panel=CLUSTER_PANEL)
 def k8s_submit(
     spec: SpecArg,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     dry_run: Annotated[
-        bool, typer.Option(help="Server-side dry run: the API server checks, nothing is created.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Server-side dry run: the API server checks, nothing is created."
+        ),
     ] = False,
     replace: Annotated[
-        bool, typer.Option(help="Delete a running sweep of the same name but another spec first.")
+        bool,
+        typer.Option(
+            "--replace", help="Delete a running sweep of the same name but another spec first."
+        ),
     ] = False,
+    output: OutputOpt = None,
 ) -> None:
     """Submit a sweep as an Indexed Job (idempotent: the same spec twice creates it once)."""
     from dataclasses import asdict
@@ -161,7 +191,10 @@ def k8s_submit(
     )
     if not dry_run:
         err(f"follow it: early-repair status {sweep.name} --namespace {ns} --watch")
-    print(json.dumps({**asdict(result), "namespace": ns, "name": object_name(sweep)}, indent=2))
+    doc = {**asdict(result), "namespace": ns, "name": object_name(sweep)}
+    rows = [[obj, action] for action in ("created", "unchanged", "replaced") for obj in doc[action]]
+    title = f"{sweep.name} ({ns}){' - dry run' if dry_run else ''}"
+    render(doc, output, partial(_runs_table, title, rows, _OBJECT_HEADER))
 
 
 _STATE_STYLE = {
@@ -174,15 +207,22 @@ _STATE_STYLE = {
 }
 
 
-@app.command("status")
+@app.command("status", rich_help_panel=CLUSTER_PANEL)
 def k8s_status(
     sweep: SweepArg,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
-    watch: Annotated[bool, typer.Option(help="Follow until every run has ended.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="JSON on stdout (one line per change with --watch).")
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow until every run has ended (json: one line per change; yaml: one"
+            " document per change).",
+        ),
     ] = False,
+    output: OutputOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="Same as -o json.")] = False,
     endpoint_url: EndpointOpt = None,
     local: LocalOpt = False,
     backend_name: BackendOpt = None,
@@ -233,17 +273,15 @@ def k8s_status(
         header = ["index", "run", "state", "restarts", "node", "progress", "message"]
         return _runs_table(title, rows, header)
 
+    fmt = chosen(json_alias(output, as_json))
     console = Console()
     last: list = []
     if not watch:
         last = backend.status(sweep)
-        if as_json:
-            print(json.dumps(document(last), indent=2))
-        else:
-            console.print(table(last))
-    elif as_json:
+        render(document(last), fmt, partial(table, last))
+    elif fmt is not Output.table:
         for last in backend.watch(sweep):
-            print(json.dumps(document(last)), flush=True)
+            render(document(last), fmt, partial(table, last), stream=True)
     elif console.is_terminal:
         from rich.live import Live
 
@@ -257,13 +295,15 @@ def k8s_status(
         raise typer.Exit(1)
 
 
-@app.command("logs")
+@app.command("logs", rich_help_panel=CLUSTER_PANEL)
 def k8s_logs(
     sweep: SweepArg,
     run: Annotated[
         str | None, typer.Option(help="Run name or index (default: every run, one after another).")
     ] = None,
-    follow: Annotated[bool, typer.Option(help="Stream the run's log as it grows.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream the run's log as it grows.")
+    ] = False,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     endpoint_url: EndpointOpt = None,
@@ -276,13 +316,14 @@ def k8s_logs(
         print(line, flush=follow)
 
 
-@app.command("cancel")
+@app.command("cancel", rich_help_panel=CLUSTER_PANEL)
 def k8s_cancel(
     sweep: SweepArg,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     local: LocalOpt = False,
     backend_name: BackendOpt = None,
+    output: OutputOpt = None,
 ) -> None:
     """Stop a sweep: delete its Job (and pods) and ConfigMap, or stop its local runs.
 
@@ -291,7 +332,11 @@ def k8s_cancel(
     stopped = backend.cancel(sweep)
     if backend.name == "local":
         err(f"cancelled local sweep {sweep!r}; results are kept, `run` again to resume")
-        print(json.dumps({"sweep": sweep, "backend": "local", "cancelled": True}, indent=2))
+        doc: dict[str, Any] = {"sweep": sweep, "backend": "local", "cancelled": True}
+        render(doc, output, partial(_runs_table, sweep, [["local", "cancelled"]], _OBJECT_HEADER))
         return
     err(f"cancelled sweep {sweep!r}: deleted {', '.join(stopped)}; results are kept")
-    print(json.dumps({"sweep": sweep, "namespace": _where(backend), "deleted": stopped}, indent=2))
+    ns = _where(backend)
+    doc = {"sweep": sweep, "namespace": ns, "deleted": stopped}
+    rows = [[name, "deleted"] for name in stopped]
+    render(doc, output, partial(_runs_table, f"{sweep} ({ns})", rows, _OBJECT_HEADER))

@@ -332,7 +332,7 @@ def check_output(store: Store, dataset: str, overwrite: bool) -> None:
     """Refuse to replace prepared splits unless asked: nothing already there is lost."""
     if not overwrite and (store.exists(MANIFEST) or store.list("train")):
         raise BadInput(
-            f"{store.uri}: already holds prepared splits; choose another --output"
+            f"{store.uri}: already holds prepared splits; choose another --out"
             f" or pass --overwrite to replace them ({dataset})"
         )
 
@@ -380,7 +380,7 @@ def read_manifest(store: Store, dataset: str) -> dict[str, Any]:
     except KeyMissing as e:
         raise BadInput(
             f"{store.uri}: no {MANIFEST}; write prepared splits there first with"
-            f" `early-repair prepare {dataset} --input DIR --output {store.uri}`"
+            f" `early-repair prepare {dataset} --input DIR --out {store.uri}`"
         ) from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(

@@ -152,7 +152,7 @@ def test_trainer_with_a_bad_spec_exits_2(cli, tmp_path: Path) -> None:
 
 def test_prepare_with_a_missing_input_folder_is_one_line(cli, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    r = cli("prepare", "gtsrb", "--input", tmp_path / "nope", "--output", out)
+    r = cli("prepare", "gtsrb", "--input", tmp_path / "nope", "--out", out)
     one_line_exit_2(r, str(tmp_path / "nope"), "no such folder")
     assert r.out == "" and not out.exists()
     nothing_created(tmp_path)
