@@ -45,7 +45,9 @@ from orchestrator.store import Store, open_results, write_json
 from trainer_image.data import Splits, load_splits
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
+from trainer_image.readiness import build as build_readiness
 from trainer_image.repair.base import RepairResult, TargetSplit, apply_patch, repair_seed
+from trainer_image.resume import TrainState, load_state, save_state
 from trainer_image.train import (
     HISTORY_COLUMNS,
     forward_split,
@@ -241,6 +243,7 @@ class RunJob:
             summary = self.train_step()
         else:
             log.info("step train: done before (summary.json exists); skipped")
+            self.drop_state()  # left over when a kill fell between the two writes
             self.trained_event(summary, skipped=True)
         self.archive_log()
         total = len(summary.checkpoint_epochs) * (1 + len(self.run.repair_classes))
@@ -330,6 +333,15 @@ class RunJob:
         )
         history: list[dict[str, float]] = []
         history_key = keys.history_csv(self.sweep, self.name)
+        state_key, state_path = keys.train_state(self.sweep, self.name), self.workdir / "state.pt"
+        resume = self.read_state(state_key, state_path)
+        if resume is not None:
+            history.extend(resume.history)  # history.csv keeps the epochs trained before
+            log.info("step train: resuming after epoch %d (train/state.pt)", resume.epoch)
+
+        def on_state(state: TrainState) -> None:
+            save_state(state, state_path)
+            self.put_file(state_key, state_path)
 
         def on_epoch(row: dict[str, float]) -> None:
             history.append(row)
@@ -354,8 +366,22 @@ class RunJob:
             torch.save(state, path)
             self.put_file(keys.checkpoint(self.sweep, self.name, epoch), path)
 
+        readiness = (
+            None
+            if cfg.readiness is None
+            else build_readiness(cfg.readiness, [run.repair.method], run.repair_classes)
+        )
         result = train(
-            model, splits, cfg, run.seed, device, on_epoch=on_epoch, on_checkpoint=on_checkpoint
+            model,
+            splits,
+            cfg,
+            run.seed,
+            device,
+            on_epoch=on_epoch,
+            on_checkpoint=on_checkpoint,
+            readiness=readiness,
+            resume=resume,
+            on_state=on_state,
         )
         self.put_bytes(history_key, _csv(result.history))
         summary = TrainSummary(
@@ -365,8 +391,10 @@ class RunJob:
             stopped_early=result.stopped_early,
             best_val_loss=result.best_val_loss,
             seconds=round(result.seconds, 3),
+            readiness=result.readiness,
         )
         self.put_json(keys.summary_json(self.sweep, self.name), summary.model_dump(mode="json"))
+        self.drop_state()
         self.add_time("train", time.perf_counter() - t0)
         log.info(
             "step train: %d epochs%s, convergence epoch %d (val loss %.4f), checkpoints %s",
@@ -379,6 +407,25 @@ class RunJob:
         self.trained_event(summary, skipped=False)
         self.write_run_info()
         return summary
+
+    def read_state(self, key: str, path: Path) -> TrainState | None:
+        """The latest resumable training state in the store, if training was cut short."""
+        if not self.done(key):
+            return None
+        self.store.download_file(key, path)
+        try:
+            return load_state(path)
+        except ValueError as e:
+            raise RunFailed(
+                f"{self.store.uri}/{key} is unreadable ({e}); delete it to train from epoch 1"
+            ) from e
+
+    def drop_state(self) -> None:
+        """summary.json marks training done: its resumable state is of no further use."""
+        key = keys.train_state(self.sweep, self.name)
+        if self.done(key):
+            self.store.delete_prefix(key)
+            self.existing.discard(key)
 
     def trained_event(self, summary: TrainSummary, *, skipped: bool) -> None:
         self.event(
