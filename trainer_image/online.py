@@ -111,18 +111,25 @@ def repair_epoch(
     run_seed: int,
     device: torch.device,
     validation: bool = True,
+    val_features: torch.Tensor | None = None,
     on_result: Callable[[RepairOutcome], Any] | None = None,
 ) -> OnlineEpoch:
     """Repair ``model`` (as it is at ``epoch``; left unchanged) for every class by every method.
 
     Features of the repair, test and (with ``validation``) validation splits are computed
-    once; each repair gets the seed ``repair_seed(method.seed, run_seed, epoch, class)``.
-    ``on_result`` gets each outcome as soon as it exists (to write its records).
+    once - the validation ones only when not given as ``val_features`` (``train`` hands over
+    those of the epoch's own validation pass); each repair gets the seed
+    ``repair_seed(method.seed, run_seed, epoch, class)``. ``on_result`` gets each outcome as
+    soon as it exists (to write its records).
     """
     t0 = time.perf_counter()
     repair_logits, repair_feats = forward_split(model, splits.repair, device, features=True)
     test_logits, test_feats = forward_split(model, splits.test, device, features=True)
-    val_feats = forward_split(model, splits.val, device, features=True)[1] if validation else None
+    val_feats = val_features
+    if validation and val_feats is None:
+        val_feats = forward_split(model, splits.val, device, features=True)[1]
+    elif not validation:
+        val_feats = None
     assert repair_feats is not None and test_feats is not None
     t1 = time.perf_counter()
     num_classes = splits.num_classes

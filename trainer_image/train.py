@@ -182,6 +182,10 @@ def forward_split(
 
 def _evaluate(model: nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
     logits, _ = forward_split(model, split, device)
+    return _loss_acc(logits, split, device)
+
+
+def _loss_acc(logits: torch.Tensor, split: Split, device: torch.device) -> tuple[float, float]:
     y = torch.from_numpy(split.y).to(device)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
@@ -206,9 +210,11 @@ class TrainResult:
     readiness: dict[str, Any] | None = None  # records.ReadinessOutcome, with training.readiness
 
 
-# What ``train`` asks of online repair after every ``repair_every``-th epoch: the repaired
-# models' validation and repair-set figures per (method, class) (see trainer_image.online).
-OnlineRepair = Callable[[int, nn.Module], Mapping[Track, RepairedScores]]
+# What ``train`` asks of online repair after every ``repair_every``-th epoch, given the epoch,
+# the model and the validation split's penultimate features (from the epoch's own validation
+# pass): the repaired models' validation and repair-set figures per (method, class) (see
+# trainer_image.online).
+OnlineRepair = Callable[[int, nn.Module, torch.Tensor], Mapping[Track, RepairedScores]]
 
 
 def train(
@@ -231,10 +237,11 @@ def train(
     convergence checkpoint (and, with ``readiness.action: stop``, the ready epochs) are
     known only later, so their weights are held in memory and handed over last.
 
-    After every ``cfg.repair_every``-th epoch's validation, ``on_repair(epoch, model)``
-    repairs the model (it must not change it; torch's global generator is forked around it,
-    so online repair never changes the training trajectory) and its figures feed the
-    ``readiness`` policy, which every epoch's validation feeds too.
+    After every ``cfg.repair_every``-th epoch's validation (whose pass also yields the
+    validation features), ``on_repair(epoch, model, val_features)`` repairs the model (it
+    must not change it; torch's global generator is forked around it, so online repair
+    never changes the training trajectory) and its figures feed the ``readiness`` policy,
+    which every epoch's validation feeds too.
 
     ``on_state`` gets a ``TrainState`` after every ``cfg.state_every``-th epoch and the last;
     ``resume`` (such a state, for a model built as for a fresh run) goes on after its epoch,
@@ -294,7 +301,7 @@ def train(
         held = dict(resume.held)
         hold(resume.epoch)  # the resumed epoch's own weights are the model's
         epoch, finished, spent = resume.epoch, resume.finished, resume.seconds
-    resumed_after = epoch
+    resumed_after, repair_every = epoch, cfg.repair_every
     while not finished and epoch < cfg.max_epochs:
         epoch += 1
         t0 = time.perf_counter()
@@ -313,7 +320,15 @@ def train(
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
-        val_loss, val_acc = _evaluate(model, splits.val, device)
+        repair_now = on_repair is not None and repair_every is not None
+        repair_now = repair_now and epoch % repair_every == 0
+        val_feats = None
+        if repair_now:
+            # One validation pass serves both: head(body(x)) is exactly model(x).
+            val_logits, val_feats = forward_split(model, splits.val, device, features=True)
+            val_loss, val_acc = _loss_acc(val_logits, splits.val, device)
+        else:
+            val_loss, val_acc = _evaluate(model, splits.val, device)
         row = {
             "epoch": epoch,
             "loss": loss_sum.item() / n,
@@ -330,9 +345,11 @@ def train(
         if is_periodic(epoch) and on_checkpoint:
             on_checkpoint(epoch, cpu_state(model))
         repaired = None
-        if on_repair is not None and cfg.repair_every and epoch % cfg.repair_every == 0:
+        if repair_now:
+            assert on_repair is not None and val_feats is not None
             with torch.random.fork_rng(devices=_cuda_indices(device)):
-                repaired = on_repair(epoch, model)
+                repaired = on_repair(epoch, model, val_feats)
+            del val_feats
         if readiness is not None:
             readiness.observe(Evidence(epoch, val_loss, val_acc, repaired))
         hold(epoch)

@@ -114,6 +114,12 @@ def test_features_are_computed_once_for_every_method_and_class(
     monkeypatch.setattr(online_mod, "forward_split", counting)
     got = repair_epoch(model, splits, 2, methods, [0, 3, 8], run_seed=4, device=CPU)
     assert sorted(calls) == sorted([len(splits.repair), len(splits.test), len(splits.val)])
+    _, val_feats = real(model, splits.val, CPU, features=True)
+    given = repair_epoch(
+        model, splits, 2, methods[:1], [3], run_seed=4, device=CPU, val_features=val_feats
+    )
+    assert len(calls) == 5  # given validation features are not computed again
+    assert given.evidence()[("arachne", 3)] == got.evidence()[("arachne", 3)]
     assert all(torch.equal(before[k], v) for k, v in cpu_state(model).items())  # unchanged
     assert list(got.repairs) == [(m, c) for m in ("arachne", "textbook") for c in (0, 3, 8)]
     assert set(got.evidence()) == set(got.repairs)
@@ -154,10 +160,17 @@ def test_online_repair_never_changes_the_training_trajectory(splits: Splits) -> 
     which dropout also draws from) trains the very same weights as not repairing."""
     methods = configured_methods(RepairSpec(particles=8, iterations=4))
 
-    def on_repair(epoch: int, m: nn.Module) -> Any:
+    def on_repair(epoch: int, m: nn.Module, val_feats: torch.Tensor) -> Any:
         torch.rand(100)  # a method that uses the global generator
         assert isinstance(m, Repairable)
-        return repair_epoch(m, splits, epoch, methods, [3], run_seed=6, device=CPU).evidence()
+        # The features of the epoch's validation pass are the model's, in eval mode.
+        assert torch.equal(
+            val_feats, online_mod.forward_split(m, splits.val, CPU, features=True)[1]
+        )
+        online = repair_epoch(
+            m, splits, epoch, methods, [3], run_seed=6, device=CPU, val_features=val_feats
+        )
+        return online.evidence()
 
     runs = []
     for every in (None, 1):

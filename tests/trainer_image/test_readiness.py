@@ -211,7 +211,7 @@ def test_train_stops_where_the_policy_fires_and_keeps_the_ready_checkpoint(
         CPU,
         on_epoch=lambda row: weights.__setitem__(int(row["epoch"]), cpu_state(m)),
         on_checkpoint=handed.__setitem__,
-        on_repair=lambda epoch, _m: {TRACK: scores(quals[epoch], quals[epoch])},
+        on_repair=lambda epoch, _m, _f: {TRACK: scores(quals[epoch], quals[epoch])},
         readiness=R.build(spec, ["arachne"], [3]),
     )
     assert result.readiness is not None
@@ -250,9 +250,11 @@ def online_run(splits: Splits) -> tuple[dict, list[dict], dict[str, torch.Tensor
     cfg = TrainingSpec(max_epochs=10, batch_size=32, num_threads=1, repair_every=1, readiness=spec)
     online: list[OnlineEpoch] = []
 
-    def on_repair(epoch: int, m: torch.nn.Module) -> dict:
+    def on_repair(epoch: int, m: torch.nn.Module, val_feats: torch.Tensor) -> dict:
         assert isinstance(m, Repairable)
-        o = repair_epoch(m, splits, epoch, methods, [3, 8], run_seed=3, device=CPU)
+        o = repair_epoch(
+            m, splits, epoch, methods, [3, 8], run_seed=3, device=CPU, val_features=val_feats
+        )
         online.append(o)
         return o.evidence()
 

@@ -105,9 +105,11 @@ def attempt(
         if kill == ("state", state.epoch):
             raise Killed
 
-    def on_repair(epoch: int, m: nn.Module) -> Any:
+    def on_repair(epoch: int, m: nn.Module, val_feats: torch.Tensor) -> Any:
         assert isinstance(m, Repairable)
-        online = repair_epoch(m, splits, epoch, methods, CLASSES, run_seed=SEED, device=CPU)
+        online = repair_epoch(
+            m, splits, epoch, methods, CLASSES, run_seed=SEED, device=CPU, val_features=val_feats
+        )
         out.online[epoch] = online
         return online.evidence()
 
