@@ -358,3 +358,10 @@ def test_an_unreadable_stored_state_names_the_file(tmp_path: Path) -> None:
     (root / keys.train_state(SWEEP, RUN)).write_bytes(b"truncated")
     with pytest.raises(RunFailed, match=r"train/state\.pt is unreadable .*delete it"):
         run_trainer(spec, 0)
+
+
+def test_the_state_key_is_part_of_the_layout() -> None:
+    key = keys.train_state(SWEEP, RUN)
+    assert key == f"{SWEEP}/{RUN}/train/state.pt"
+    assert keys.parse(key) == keys.Key("train_state", SWEEP, RUN)
+    assert keys.parse(f"{RUN}/train/state.pt", root=False) == keys.Key("train_state", None, RUN)
