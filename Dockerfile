@@ -19,7 +19,7 @@
 # and likewise CPU_BASE. Pin the image you deploy the same way: `spec.image` accepts
 # `registry/name:tag@sha256:<digest>`, and Kubernetes then runs exactly those bytes.
 #
-# Runtime contract with the Job (orchestrator/manifests.py):
+# Runtime contract with the Job (orchestrator/backends/kubernetes/manifests.py):
 # - numeric non-root USER 10001:10001 (named `trainer`), so runAsNonRoot can be verified;
 # - the root filesystem is read-only in the pod: HOME (with XDG_CACHE_HOME and MPLCONFIGDIR
 #   under it) and /tmp are emptyDir mounts there;

@@ -24,11 +24,17 @@ from pydantic import (
     BeforeValidator,
     ByteSize,
     ConfigDict,
+    Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
+    Tag,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
+from orchestrator import catalog
+from orchestrator.catalog import is_import_path
 from orchestrator.errors import BadInput
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -36,10 +42,6 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # suffix "-<index>-<5 random>" must stay within 63 characters.
 MAX_SWEEP_NAME = 40
 MAX_RUN_NAME = 63
-
-# Class counts of the built-in datasets, so class indices can be checked at spec time.
-BUILTIN_DATASETS: dict[str, int] = {"digits": 10, "gtsrb": 43, "rsna": 2}
-BUILTIN_MODELS = ("small_cnn", "vgg16", "densenet121")
 
 
 def _dns_label(value: str) -> str:
@@ -85,8 +87,8 @@ class DatasetSpec(_Strict):
     """One dataset of the grid."""
 
     name: str = Field(
-        description="Built-in dataset (digits, gtsrb, rsna) or an import path 'pkg.module:fn'"
-        " returning prepared splits."
+        description=f"Built-in dataset ({', '.join(catalog.DATASETS)}) or an import path"
+        " 'pkg.module:fn' returning prepared splits."
     )
     label: DnsLabel | None = Field(
         None, description="Short name used in run names; derived from `name` when omitted."
@@ -125,16 +127,14 @@ class DatasetSpec(_Strict):
 
     @property
     def classes(self) -> int | None:
-        return self.num_classes or BUILTIN_DATASETS.get(self.name)
+        builtin = catalog.DATASETS.get(self.name)
+        return self.num_classes or (builtin.num_classes if builtin else None)
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:
-        if self.name not in BUILTIN_DATASETS and ":" not in self.name:
-            raise ValueError(
-                f"unknown dataset {self.name!r}: use one of {sorted(BUILTIN_DATASETS)}"
-                " or an import path 'package.module:function'"
-            )
-        if ":" in self.name and self.num_classes is None:
+        if why := catalog.unknown("dataset", catalog.DATASETS, self.name):
+            raise ValueError(why)
+        if is_import_path(self.name) and self.num_classes is None:
             raise ValueError(f"dataset {self.name!r} is an import path: set num_classes")
         return self
 
@@ -143,7 +143,7 @@ class ModelSpec(_Strict):
     """One model architecture of the grid."""
 
     name: str = Field(
-        description="Built-in model (small_cnn, vgg16, densenet121) or an import path"
+        description=f"Built-in model ({', '.join(catalog.MODELS)}) or an import path"
         " 'pkg.module:fn' returning a torch module whose last layer is Linear."
     )
     label: DnsLabel | None = Field(None, description="Short name used in run names.")
@@ -163,17 +163,9 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
-        if self.name not in BUILTIN_MODELS and ":" not in self.name:
-            raise ValueError(
-                f"unknown model {self.name!r}: use one of {list(BUILTIN_MODELS)}"
-                " or an import path 'package.module:function'"
-            )
+        if why := catalog.unknown("model", catalog.MODELS, self.name):
+            raise ValueError(why)
         return self
-
-
-# Readiness policies built into the trainer (trainer_image/readiness.py registers one class
-# per name); anything else must be an import path to such a class.
-READINESS_POLICIES = ("repaired-val-qual", "val-loss")
 
 
 class ReadinessSpec(_Strict):
@@ -182,10 +174,11 @@ class ReadinessSpec(_Strict):
 
     policy: str = Field(
         "repaired-val-qual",
-        description="repaired-val-qual: Qual(alpha, c) of the repaired model on the validation"
-        " split, after every online repair (needs training.repair_every). val-loss: the"
-        " unrepaired validation loss, every epoch (what early stopping watches). Or an import"
-        " path 'pkg.module:Class' of a trainer_image.readiness.ReadinessPolicy subclass.",
+        description=f"Built-in policy ({', '.join(catalog.READINESS_POLICIES)}) or an import"
+        " path 'pkg.module:Class' of a trainer_image.readiness.ReadinessPolicy subclass."
+        " repaired-val-qual: Qual(alpha, c) of the repaired model on the validation split,"
+        " after every online repair (needs training.repair_every). val-loss: the unrepaired"
+        " validation loss, every epoch (what early stopping watches).",
     )
     alpha: float = Field(
         0.5,
@@ -220,12 +213,13 @@ class ReadinessSpec(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> ReadinessSpec:
-        if self.policy not in READINESS_POLICIES and ":" not in self.policy:
-            raise ValueError(
-                f"unknown readiness policy {self.policy!r}: use one of"
-                f" {list(READINESS_POLICIES)} or an import path 'package.module:Class'"
-            )
+        if why := catalog.unknown("readiness policy", catalog.READINESS_POLICIES, self.policy):
+            raise ValueError(why)
         return self
+
+
+# TrainingSpec fields that came after the first sweeps (see TrainingSpec's serializer).
+TRAINING_ADDITIONS = ("state_every", "repair_every", "readiness")
 
 
 class TrainingSpec(_Strict):
@@ -273,6 +267,17 @@ class TrainingSpec(_Strict):
         None, description="A policy that says, during training, when the model is ready for repair."
     )
 
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Fields added after sweeps existed are dumped only when they differ from their
+        # default, so a spec that does not use them keeps its dump, its spec_hash and thus
+        # its Kubernetes object names: submitting it again still creates nothing new.
+        data = handler(self)
+        for name in TRAINING_ADDITIONS:
+            if name in data and getattr(self, name) == TrainingSpec.model_fields[name].default:
+                del data[name]
+        return data
+
     @model_validator(mode="after")
     def _online(self) -> TrainingSpec:
         if (
@@ -287,14 +292,24 @@ class TrainingSpec(_Strict):
         return self
 
 
-class RepairSpec(_Strict):
-    """Arachne as the paper used it (PAPER.md); `variant` and friends expose the deviations."""
+class _RepairCommon(_Strict):
+    """What every repair method shares: which classes it repairs, and its seed."""
 
-    method: Literal["arachne"] = "arachne"
+    method: str = Field(description="The repair method.")
     classes: list[int] = Field(
         default_factory=list, description="Target classes repaired in every run."
     )
-    seed: int = Field(0, ge=0, description="Mixed with run seed, epoch and class for the PSO.")
+    seed: int = Field(
+        0, ge=0, description="Mixed with run seed, epoch and class: the method's random seed."
+    )
+
+
+class ArachneSpec(_RepairCommon):
+    """Arachne as the paper used it (PAPER.md); `variant` and friends expose the deviations."""
+
+    method: Literal["arachne"] = Field(
+        "arachne", description="arachne (the default): the paper's search over the last layer."
+    )
     particles: int = Field(100, gt=0)
     iterations: int = Field(50, gt=0, description="Paper 50; released code default 100.")
     patience: int = Field(10, gt=0, description="Stop after this many iterations w/o gain.")
@@ -312,6 +327,63 @@ class RepairSpec(_Strict):
     max_batch_bytes: ByteSize = Field(
         ByteSize(256 * 2**20), description="Memory bound for one batch of particle scores."
     )
+
+
+# The name Arachne's config had while it was the only method.
+RepairSpec = ArachneSpec
+
+
+class ImportedRepairSpec(_RepairCommon):
+    """A repair method of your own, by import path; it validates its own `options`."""
+
+    method: str = Field(
+        pattern=r"^[\w.]+:[\w.]+$",
+        description="Import path 'package.module:function' of a RepairMethod"
+        " (trainer_image.repair.base).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword settings passed to the method as `cfg.options`."
+    )
+
+
+IMPORTED = "import-path"
+
+
+def _method(value: Any) -> Any:
+    return (
+        value.get("method", "arachne")
+        if isinstance(value, dict)
+        else getattr(value, "method", "arachne")
+    )
+
+
+def _known_method(value: Any) -> Any:
+    method = _method(value)
+    if isinstance(method, str) and (
+        why := catalog.unknown("repair method", catalog.REPAIR_METHODS, method)
+    ):
+        raise ValueError(why)
+    return value
+
+
+def _repair_tag(value: Any) -> str | None:
+    """The union member for a repair config: its `method`; no `method` means arachne."""
+    method = _method(value)
+    if not isinstance(method, str):
+        return "arachne"  # whose Literal then names the problem
+    return IMPORTED if is_import_path(method) else method
+
+
+# One member per method in the catalog (a new method adds its config class here), plus
+# user methods by import path. Dumps are those of the member: arachne's equals the
+# RepairSpec of before there was a union, so spec hashes did not change.
+RepairConfig = Annotated[
+    Annotated[ArachneSpec, Tag("arachne")] | Annotated[ImportedRepairSpec, Tag(IMPORTED)],
+    Discriminator(_repair_tag),
+    # Names are checked against the catalog first, for an error that names the method.
+    BeforeValidator(_known_method),
+]
+REPAIR_TAGS = frozenset({*catalog.REPAIR_METHODS, IMPORTED})
 
 
 class ResourcesSpec(_Strict):
@@ -381,7 +453,9 @@ class SweepSpec(_Strict):
     ]
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    repair: RepairSpec = Field(default_factory=RepairSpec)
+    repair: RepairConfig = Field(
+        default_factory=ArachneSpec, description="The repair method and its settings."
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -459,7 +533,7 @@ class RunSpec(_Strict):
     seed: int
     repair_classes: list[int]
     training: TrainingSpec
-    repair: RepairSpec
+    repair: RepairConfig
     resources: ResourcesSpec
     storage: StorageSpec
     results: str
@@ -493,7 +567,13 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
 def describe_error(err: ValidationError, source: str) -> str:
     """One line naming the field and the problem (pydantic's own words)."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "spec"
+    parts = [str(p) for p in first["loc"]]
+    # pydantic names the union member in the location (repair.arachne.particles); the
+    # user wrote repair.particles.
+    parts = [
+        p for i, p in enumerate(parts) if not (i and parts[i - 1] == "repair" and p in REPAIR_TAGS)
+    ]
+    loc = ".".join(parts) or "spec"
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: {loc}: {msg}{more}"

@@ -23,21 +23,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from orchestrator.spec import RepairSpec
+from orchestrator.spec import RepairConfig
 from trainer_image.data import Splits
 from trainer_image.metrics import classification_metrics, per_class_accuracy
 from trainer_image.models import Repairable
 from trainer_image.readiness import RepairedScores, Track
-from trainer_image.repair.base import RepairResult, TargetSplit, apply_patch, repair_seed
-from trainer_image.train import forward_split
-
-# The RepairMethod protocol: (head, features, y, split, target_class, cfg, seed, device).
-RepairFn = Callable[
-    [nn.Linear, torch.Tensor, torch.Tensor, TargetSplit, int, Any, int, torch.device],
+from trainer_image.repair import method_for
+from trainer_image.repair.base import (
+    RepairMethod,
     RepairResult,
-]
+    TargetSplit,
+    apply_patch,
+    repair_seed,
+)
+from trainer_image.train import forward_split
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,14 @@ class Method:
     """One configured repair method: its callable, its config block and its spec seed."""
 
     name: str
-    repair: RepairFn
-    cfg: Any
+    repair: RepairMethod
+    cfg: Any  # its member of orchestrator.spec.RepairConfig
     seed: int  # mixed with the run seed, the epoch and the class (repair_seed)
 
 
-def configured_methods(cfg: RepairSpec) -> list[Method]:
-    """The methods of ``repair`` (today: the one ``method``)."""
-    from trainer_image.repair.arachne import repair
-
-    return [Method(cfg.method, repair, cfg, cfg.seed)]
+def configured_methods(cfg: RepairConfig) -> list[Method]:
+    """The methods of the spec's ``repair`` section (today: its one ``method``)."""
+    return [Method(cfg.method, method_for(cfg.method), cfg, cfg.seed)]
 
 
 @dataclass(frozen=True)

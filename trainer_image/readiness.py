@@ -16,11 +16,11 @@ into a decision, with Keras-style patience:
   firing, or up to the end of training when it never fired: the model the policy would repair;
 * with ``action: stop`` training ends once every track has fired.
 
-A new policy is one subclass of ``ReadinessPolicy`` with a ``name`` and a ``score`` (higher
-is better; None where it has no evidence that epoch); naming it registers it, and
-``training.readiness.policy`` takes the name (built-in ones are listed in
-``orchestrator.spec.READINESS_POLICIES``) or an import path. The policy's whole state is a
-plain dict (``state_dict``) so that it is part of the resumable training state.
+A new policy is one subclass of ``ReadinessPolicy`` with a ``score`` (higher is better;
+None where it has no evidence that epoch) and, when it watches repaired models, a ``watch``;
+``training.readiness.policy`` names it by import path, or by a short name once it has a line
+in ``orchestrator.catalog.READINESS_POLICIES``. The policy's whole state is a plain dict
+(``state_dict``) so that it is part of the resumable training state.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
+from orchestrator import catalog
 from orchestrator.errors import BadInput
 from orchestrator.spec import ReadinessSpec
 
@@ -95,14 +96,7 @@ class TrackState:
 class ReadinessPolicy:
     """Base class: patience per track, firing, state; subclasses say what is scored."""
 
-    name: ClassVar[str] = ""
     needs_repair: ClassVar[bool] = False  # scores come from online repairs
-    registry: ClassVar[dict[str, type[ReadinessPolicy]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.name:
-            ReadinessPolicy.registry[cls.name] = cls
 
     def __init__(self, spec: ReadinessSpec, tracks: Sequence[Track]) -> None:
         if not tracks:
@@ -197,8 +191,6 @@ class ValLoss(ReadinessPolicy):
     """The baseline: the unrepaired validation loss, every epoch - what early stopping does
     (same patience and min_delta give the same epochs as ``train.EarlyStopping``)."""
 
-    name = "val-loss"
-
     def score(self, evidence: Evidence, track: Track) -> float | None:
         return -evidence.val_loss
 
@@ -207,7 +199,6 @@ class RepairedValQual(ReadinessPolicy):
     """Qual(alpha, c) of the model repaired for class c, on the validation split, after every
     online repair; one track per watched (method, class)."""
 
-    name = "repaired-val-qual"
     needs_repair = True
 
     @classmethod
@@ -229,14 +220,10 @@ class RepairedValQual(ReadinessPolicy):
 
 def build(spec: ReadinessSpec, methods: Sequence[str], classes: Sequence[int]) -> ReadinessPolicy:
     """The policy ``spec`` names, watching what a run repairing ``classes`` produces."""
-    cls: Any = ReadinessPolicy.registry.get(spec.policy)
-    if cls is None:
-        from trainer_image.data import resolve
-
-        cls = resolve(spec.policy)
-        if not (isinstance(cls, type) and issubclass(cls, ReadinessPolicy)):
-            raise BadInput(
-                f"training.readiness.policy: {spec.policy!r} is not a subclass of"
-                " trainer_image.readiness.ReadinessPolicy"
-            )
+    cls = catalog.resolve(catalog.readiness_policy(spec.policy))
+    if not (isinstance(cls, type) and issubclass(cls, ReadinessPolicy)):
+        raise BadInput(
+            f"training.readiness.policy: {spec.policy!r} is not a subclass of"
+            " trainer_image.readiness.ReadinessPolicy"
+        )
     return cls(spec, cls.watch(spec, methods, classes))

@@ -29,19 +29,40 @@ SweepArg = Annotated[str, typer.Argument(help="Sweep name (the spec's `name`).")
 LocalOpt = Annotated[
     bool, typer.Option("--local", help="A sweep started with `early-repair run` on this machine.")
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Where the sweep runs: kubernetes or local (--local is short for --backend local).",
+        show_default="kubernetes",
+    ),
+]
 
 
-def _status_backend(
-    local: bool, namespace: str | None, context: str | None, endpoint_url: str | None
+def _backend(
+    local: bool,
+    backend: str | None,
+    namespace: str | None = None,
+    context: str | None = None,
+    endpoint_url: str | None = None,
 ) -> Any:
-    """The backend that answers status/logs for a sweep: this machine's or the cluster's."""
-    if local:
-        from orchestrator.backends.local.backend import LocalBackend
+    """The backend a command talks to, by name (``--local`` is ``--backend local``)."""
+    from orchestrator.backends import open_backend
+    from orchestrator.errors import BadInput
 
-        return LocalBackend()
-    from orchestrator.backends.kubernetes.backend import KubernetesBackend
+    if local and backend not in (None, "local"):
+        raise BadInput(f"--local contradicts --backend {backend}; pass one of them")
+    name = "local" if local else backend or "kubernetes"
+    return open_backend(name, namespace=namespace, context=context, endpoint_url=endpoint_url)
 
-    return KubernetesBackend(namespace=namespace, context=context, endpoint_url=endpoint_url)
+
+def _where(backend: Any) -> str:
+    """``local``, or the namespace a cluster backend works in."""
+    if backend.name == "local":
+        return "local"
+    from orchestrator.backends.kubernetes.backend import DEFAULT_NAMESPACE
+
+    return backend.namespace or DEFAULT_NAMESPACE
 
 
 def _runs_table(title: str, rows: list[list[str]], header: list[str]) -> object:
@@ -125,12 +146,13 @@ def k8s_submit(
     """Submit a sweep as an Indexed Job (idempotent: the same spec twice creates it once)."""
     from dataclasses import asdict
 
-    from orchestrator.backends.kubernetes.backend import KubernetesBackend
+    from orchestrator.backends import open_backend
     from orchestrator.backends.kubernetes.manifests import object_name, with_namespace
     from orchestrator.spec import load_spec
 
     sweep = with_namespace(load_spec(spec), namespace)
-    result = KubernetesBackend(context=context).submit(sweep, dry_run=dry_run, replace=replace)
+    backend = open_backend("kubernetes", context=context)
+    result = backend.submit(sweep, dry_run=dry_run, replace=replace)
     ns = sweep.kubernetes.namespace
     what = "dry run, nothing created: " if dry_run else ""
     err(
@@ -163,15 +185,15 @@ def k8s_status(
     ] = False,
     endpoint_url: EndpointOpt = None,
     local: LocalOpt = False,
+    backend_name: BackendOpt = None,
 ) -> None:
     """One row per run: state, restarts, node, progress. Exit 1 if a run failed or was cancelled."""
     from rich.console import Console
 
-    from orchestrator.backends.kubernetes.backend import DEFAULT_NAMESPACE
     from orchestrator.backends.progress import describe
 
-    backend = _status_backend(local, namespace, context, endpoint_url)
-    ns = "local" if local else backend.namespace or DEFAULT_NAMESPACE
+    backend = _backend(local, backend_name, namespace, context, endpoint_url)
+    ns = _where(backend)
 
     def document(states: list) -> dict:
         return {
@@ -246,9 +268,10 @@ def k8s_logs(
     context: ContextOpt = None,
     endpoint_url: EndpointOpt = None,
     local: LocalOpt = False,
+    backend_name: BackendOpt = None,
 ) -> None:
     """A run's log from its pod, or from the store once the pod is gone."""
-    backend = _status_backend(local, namespace, context, endpoint_url)
+    backend = _backend(local, backend_name, namespace, context, endpoint_url)
     for line in backend.logs(sweep, run, follow=follow):
         print(line, flush=follow)
 
@@ -259,20 +282,16 @@ def k8s_cancel(
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     local: LocalOpt = False,
+    backend_name: BackendOpt = None,
 ) -> None:
-    """Delete a sweep's Job (and so its pods) and ConfigMap; results stay in the store."""
-    from orchestrator.backends.kubernetes.backend import DEFAULT_NAMESPACE, KubernetesBackend
+    """Stop a sweep: delete its Job (and pods) and ConfigMap, or stop its local runs.
 
-    if local:
-        from orchestrator.backends.local.backend import LocalBackend
-
-        LocalBackend().cancel(sweep)
+    Results stay in the store; running the same spec again resumes it."""
+    backend = _backend(local, backend_name, namespace, context)
+    stopped = backend.cancel(sweep)
+    if backend.name == "local":
         err(f"cancelled local sweep {sweep!r}; results are kept, `run` again to resume")
         print(json.dumps({"sweep": sweep, "backend": "local", "cancelled": True}, indent=2))
         return
-
-    backend = KubernetesBackend(namespace=namespace, context=context)
-    deleted = backend.delete_sweep(sweep)
-    err(f"cancelled sweep {sweep!r}: deleted {', '.join(deleted)}; results are kept")
-    ns = backend.namespace or DEFAULT_NAMESPACE
-    print(json.dumps({"sweep": sweep, "namespace": ns, "deleted": deleted}, indent=2))
+    err(f"cancelled sweep {sweep!r}: deleted {', '.join(stopped)}; results are kept")
+    print(json.dumps({"sweep": sweep, "namespace": _where(backend), "deleted": stopped}, indent=2))

@@ -69,14 +69,12 @@ def prepare(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
+    from orchestrator.catalog import dataset_preparer
     from orchestrator.errors import BadInput
     from orchestrator.spec import DatasetSpec, StorageSpec, describe_error
-    from trainer_image.data.prepared import PREPARERS, SPLITS, prepare_to_store
+    from trainer_image.data.prepared import SPLITS, prepare_to_store
 
-    if dataset not in PREPARERS:
-        raise BadInput(
-            f"prepare: no preparation for dataset {dataset!r}; use one of {sorted(PREPARERS)}"
-        )
+    dataset_preparer(dataset)  # a dataset it cannot prepare is bad input before anything else
     fields = {
         "name": dataset,
         "input": str(input_dir),

@@ -28,7 +28,7 @@ def run(
     ] = None,
 ) -> None:
     """Run every run of a sweep on this machine; print where the results are."""
-    from orchestrator.backends.local.backend import LocalBackend
+    from orchestrator.backends import open_backend
     from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec, parse_spec
 
@@ -40,7 +40,7 @@ def run(
         data = sweep.model_dump(mode="json")
         data["storage"] = {**data["storage"], "endpoint_url": endpoint_url}
         sweep = parse_spec(data, "--endpoint-url")
-    outcome = LocalBackend(workers=workers).submit(sweep)
+    outcome = open_backend("local", workers=workers).submit(sweep)
     err(outcome.summary())
     print(outcome.results)
     if outcome.failed:

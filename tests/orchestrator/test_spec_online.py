@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 
+from orchestrator.catalog import READINESS_POLICIES
 from orchestrator.errors import BadInput
 from orchestrator.spec import (
-    READINESS_POLICIES,
     ReadinessSpec,
     TrainingSpec,
     json_schema,
     parse_spec,
 )
 
+OLD_HASH = "de25baf4cd6c283e71b8eac412d9698d9a29f7c16520fb3448ea6af8b6fdc6f1"
 BASE: dict[str, Any] = {
     "name": "online",
     "datasets": ["digits"],
@@ -98,3 +99,18 @@ def test_every_new_field_is_documented_in_the_schema() -> None:
         p in defs["ReadinessSpec"]["properties"]["policy"]["description"]
         for p in READINESS_POLICIES
     )
+
+
+def test_a_spec_without_the_new_fields_dumps_and_hashes_as_before() -> None:
+    plain = parse_spec(BASE)
+    assert not {"state_every", "repair_every", "readiness"} & set(
+        plain.model_dump(mode="json")["training"]
+    )
+    # spec_hash of BASE computed before these fields existed (main at commit 3444f91).
+    assert plain.spec_hash() == OLD_HASH
+    used = parse_spec(with_training(state_every=None, repair_every=2, readiness={}))
+    dumped = used.model_dump(mode="json")
+    assert dumped["training"]["state_every"] is None and dumped["training"]["repair_every"] == 2
+    assert dumped["training"]["readiness"]["policy"] == "repaired-val-qual"
+    assert parse_spec(dumped) == used and parse_spec(plain.model_dump(mode="json")) == plain
+    assert used.spec_hash() != plain.spec_hash()

@@ -9,8 +9,6 @@ from trainer_image.readiness import Evidence, ReadinessPolicy, Track
 class ValAccuracy(ReadinessPolicy):
     """The unrepaired validation accuracy, every epoch."""
 
-    name = "test-val-accuracy"
-
     def score(self, evidence: Evidence, track: Track) -> float | None:
         return evidence.val_acc
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from orchestrator import catalog
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, ModelSpec, ReadinessSpec, RepairSpec, TrainingSpec
 from trainer_image import readiness as R
@@ -163,12 +164,18 @@ def test_val_loss_policy_decides_as_early_stopping_does() -> None:
         assert (fired, best) == early_stopping(losses, patience, min_delta), losses
 
 
+def test_every_catalog_policy_is_a_policy_class() -> None:
+    for name, path in catalog.READINESS_POLICIES.items():
+        cls = catalog.resolve(path)
+        assert isinstance(cls, type) and issubclass(cls, R.ReadinessPolicy), name
+        assert type(R.build(ReadinessSpec(policy=name), ["arachne"], [3])) is cls
+
+
 def test_a_new_policy_is_one_class_named_by_import_path() -> None:
     from custom_policy import ValAccuracy
 
     policy = R.build(ReadinessSpec(policy="custom_policy:ValAccuracy", patience=2), [], [])
     assert isinstance(policy, ValAccuracy)
-    assert R.ReadinessPolicy.registry["test-val-accuracy"] is ValAccuracy
     for epoch, acc in enumerate([0.5, 0.7, 0.6, 0.65, 0.9], start=1):
         policy.observe(Evidence(epoch, 1.0, acc))
     assert track(policy, R.UNREPAIRED) == (4, 2, 4)

@@ -7,14 +7,14 @@ out of the training split here, stratified and seeded, so every dataset does it 
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from orchestrator import catalog
+from orchestrator.catalog import resolve
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec
 
@@ -64,27 +64,9 @@ def hold_out_validation(train: Split, fraction: float, seed: int) -> tuple[Split
     return train.subset(keep), train.subset(held)
 
 
-# name -> "module:function" returning Splits for (DatasetSpec, validation_split, **kw).
-# Imported lazily so that a digits run never imports pydicom.
-REGISTRY: dict[str, str] = {
-    "digits": "trainer_image.data.digits:load",
-    "gtsrb": "trainer_image.data.gtsrb:load",
-    "rsna": "trainer_image.data.rsna:load",
-}
-
-
-def resolve(path: str) -> Callable[..., Any]:
-    """Import 'package.module:attr', with a BadInput naming the path when it fails."""
-    module, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise BadInput(f"cannot import {path!r}: {e}; check the import path") from e
-
-
 def load_splits(spec: DatasetSpec, validation_split: float, **kwargs: Any) -> Splits:
-    """Load (or prepare on the fly) the splits a dataset entry names."""
-    fn = resolve(REGISTRY.get(spec.name, spec.name))
+    """Load (or prepare on the fly) the splits a dataset entry names (see the catalog)."""
+    fn = resolve(catalog.dataset_loader(spec.name))
     splits = fn(spec, validation_split, **kwargs)
     if not isinstance(splits, Splits):
         raise BadInput(f"dataset {spec.name!r} returned {type(splits).__name__}, not Splits")

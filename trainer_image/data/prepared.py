@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from orchestrator import catalog
 from orchestrator.errors import BadInput, StoreError
 from orchestrator.spec import DatasetSpec, StorageSpec
 from orchestrator.store import KeyMissing, Store, open_results
@@ -540,13 +541,6 @@ def load_dataset(
     )
 
 
-# dataset name -> "module:function(spec, *, progress=None, workers=1) -> Prepared"
-PREPARERS: dict[str, str] = {
-    "gtsrb": "trainer_image.data.gtsrb:prepare",
-    "rsna": "trainer_image.data.rsna:prepare",
-}
-
-
 def prepare_to_store(
     spec: DatasetSpec,
     output: str,
@@ -557,18 +551,13 @@ def prepare_to_store(
     workers: int = 1,
 ) -> tuple[str, dict[str, Any]]:
     """``early-repair prepare``: read the raw folder once, write the splits; (uri, manifest)."""
-    from trainer_image.data import resolve
-
-    if spec.name not in PREPARERS:
-        raise BadInput(
-            f"prepare: no preparation for dataset {spec.name!r}; use one of {sorted(PREPARERS)}"
-        )
+    preparer = catalog.dataset_preparer(spec.name)
     if not spec.input:
         raise BadInput("prepare: --input is required (the raw dataset folder)")
     store = open_results(output, storage or StorageSpec())
     check_output(store, spec.name, overwrite)
     # Read everything before writing anything: a bad raw folder leaves the output untouched.
-    prep = resolve(PREPARERS[spec.name])(spec, progress=progress, workers=workers)
+    prep = catalog.resolve(preparer)(spec, progress=progress, workers=workers)
     try:
         manifest = write_prepared(prep, store)
     except OSError as e:

@@ -507,7 +507,7 @@ def test_cancel_removes_the_objects_and_keeps_results(
     spec = make_spec()
     backend.submit(spec)
     store.write_bytes(results.success("quickstart", spec.runs()[0].name), b"")
-    deleted = backend.delete_sweep("quickstart")
+    deleted = backend.cancel("quickstart")
     name = object_name(spec)
     assert deleted == [f"job/{name}", f"configmap/{name}"]
     assert cluster.stored("jobs", NS) == {} and cluster.stored("configmaps", NS) == {}
