@@ -252,6 +252,12 @@ def train(
         raise ValueError("training.repair_every is set but train() was given no on_repair")
     if (cfg.readiness is None) != (readiness is None):
         raise ValueError("train(): a readiness policy is needed exactly when training.readiness")
+    if readiness is not None and readiness.needs_repair and cfg.repair_every is None:
+        # The spec checks its built-in policies; this catches one given by import path.
+        raise BadInput(
+            f"training.readiness: policy {readiness.spec.policy!r} watches online repairs;"
+            " set training.repair_every (e.g. 1)"
+        )
     model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

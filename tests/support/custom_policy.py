@@ -14,3 +14,18 @@ class ValAccuracy(ReadinessPolicy):
 
 
 NOT_A_POLICY = object()
+
+
+class RepairedRR(ReadinessPolicy):
+    """The repair rate of every online repair (it needs training.repair_every)."""
+
+    needs_repair = True
+
+    @classmethod
+    def watch(cls, spec: object, methods: list[str], classes: list[int]) -> list[Track]:
+        return [(m, c) for m in methods for c in classes]
+
+    def score(self, evidence: Evidence, track: Track) -> float | None:
+        if evidence.repaired is None:
+            return None
+        return evidence.repaired[track].rr

@@ -185,6 +185,15 @@ def test_a_new_policy_is_one_class_named_by_import_path() -> None:
         R.build(ReadinessSpec(policy="custom_policy:Missing"), [], [])
 
 
+def test_a_policy_of_online_repairs_needs_them(splits: Splits) -> None:
+    spec = ReadinessSpec(policy="custom_policy:RepairedRR")
+    policy = R.build(spec, ["arachne"], [3, 8])
+    assert list(policy.tracks) == [("arachne", 3), ("arachne", 8)]
+    cfg = TrainingSpec(max_epochs=1, num_threads=1, readiness=spec)  # no repair_every
+    with pytest.raises(BadInput, match=r"set training\.repair_every"):
+        train(model(), splits, cfg, 2, CPU, readiness=policy)
+
+
 # --- the real training loop ----------------------------------------------------------------
 
 
