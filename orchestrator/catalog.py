@@ -51,6 +51,13 @@ REPAIR_METHODS: dict[str, str] = {
 }
 
 
+# A trainer_image.readiness.ReadinessPolicy subclass: policy(spec, tracks)
+READINESS_POLICIES: dict[str, str] = {
+    "repaired-val-qual": "trainer_image.readiness:RepairedValQual",
+    "val-loss": "trainer_image.readiness:ValLoss",
+}
+
+
 def is_import_path(name: str) -> bool:
     """``'package.module:attr'``: the user's own code rather than a catalog name."""
     return ":" in name
@@ -96,6 +103,10 @@ def model_factory(name: str) -> str:
 
 def repair_method(name: str) -> str:
     return _target("repair method", REPAIR_METHODS, name)
+
+
+def readiness_policy(name: str) -> str:
+    return _target("readiness policy", READINESS_POLICIES, name)
 
 
 def resolve(path: str) -> Any:

@@ -26,8 +26,10 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -166,6 +168,60 @@ class ModelSpec(_Strict):
         return self
 
 
+class ReadinessSpec(_Strict):
+    """When a model is ready for repair, decided while it trains from the validation split and
+    the repair set only - never from the test set."""
+
+    policy: str = Field(
+        "repaired-val-qual",
+        description=f"Built-in policy ({', '.join(catalog.READINESS_POLICIES)}) or an import"
+        " path 'pkg.module:Class' of a trainer_image.readiness.ReadinessPolicy subclass."
+        " repaired-val-qual: Qual(alpha, c) of the repaired model on the validation split,"
+        " after every online repair (needs training.repair_every). val-loss: the unrepaired"
+        " validation loss, every epoch (what early stopping watches).",
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Stakeholder weight of Qual = alpha x Acc_c + (1 - alpha) x Acc_total.",
+    )
+    repair_class: int | None = Field(
+        None,
+        description="The repaired class whose Qual is watched; default: every repaired class,"
+        " each decided on its own.",
+    )
+    method: str | None = Field(
+        None,
+        description="The repair method whose result is watched; default: every configured one.",
+    )
+    patience: int = Field(
+        5,
+        gt=0,
+        description="Fire after this many evaluations without improvement (one evaluation per"
+        " online repair for repaired-val-qual, per epoch for val-loss).",
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="An improvement smaller than this does not reset the patience."
+    )
+    action: Literal["stop", "record"] = Field(
+        "record",
+        description="stop: end training once the policy has fired for everything it watches"
+        " (the ready epochs' checkpoints are kept); record: only record in"
+        " train/summary.json where it fired, to evaluate it against the full curve.",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> ReadinessSpec:
+        if why := catalog.unknown("readiness policy", catalog.READINESS_POLICIES, self.policy):
+            raise ValueError(why)
+        return self
+
+
+# TrainingSpec fields that came after the first sweeps (see TrainingSpec's serializer).
+TRAINING_ADDITIONS = ("state_every", "repair_every", "readiness")
+
+
 class TrainingSpec(_Strict):
     """The paper's training procedure; fields marked 'released code' reproduce its deviations."""
 
@@ -195,6 +251,45 @@ class TrainingSpec(_Strict):
     num_threads: int | None = Field(
         None, gt=0, description="CPU threads for torch; default: what the scheduler gives."
     )
+    state_every: int | None = Field(
+        1,
+        ge=1,
+        description="Store a resumable training state (train/state.pt) every this many epochs"
+        " and at the last one, so that a killed run resumes after that epoch; null: never.",
+    )
+    repair_every: int | None = Field(
+        None,
+        ge=1,
+        description="Also repair the model after every N-th epoch's validation (dense online"
+        " repair: records as for a checkpoint); null: only the checkpoint set is repaired.",
+    )
+    readiness: ReadinessSpec | None = Field(
+        None, description="A policy that says, during training, when the model is ready for repair."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Fields added after sweeps existed are dumped only when they differ from their
+        # default, so a spec that does not use them keeps its dump, its spec_hash and thus
+        # its Kubernetes object names: submitting it again still creates nothing new.
+        data = handler(self)
+        for name in TRAINING_ADDITIONS:
+            if name in data and getattr(self, name) == TrainingSpec.model_fields[name].default:
+                del data[name]
+        return data
+
+    @model_validator(mode="after")
+    def _online(self) -> TrainingSpec:
+        if (
+            self.readiness is not None
+            and self.readiness.policy == "repaired-val-qual"
+            and self.repair_every is None
+        ):
+            raise ValueError(
+                "readiness policy 'repaired-val-qual' watches online repairs: set"
+                " training.repair_every (e.g. 1)"
+            )
+        return self
 
 
 class _RepairCommon(_Strict):
@@ -389,6 +484,30 @@ class SweepSpec(_Strict):
         for run in self.runs():
             if len(run.name) > MAX_RUN_NAME:
                 raise ValueError(f"run name {run.name!r} is too long: shorten the labels")
+        return self
+
+    @model_validator(mode="after")
+    def _readiness(self) -> SweepSpec:
+        policy = self.training.readiness
+        if policy is None or policy.policy != "repaired-val-qual":
+            return self
+        if policy.method is not None and policy.method != self.repair.method:
+            raise ValueError(
+                f"training.readiness.method: {policy.method!r} is not a configured repair"
+                f" method (configured: {self.repair.method!r})"
+            )
+        for ds in self.datasets:
+            classes = self.classes_for(ds)
+            if not classes:
+                raise ValueError(
+                    f"training.readiness: dataset {ds.name!r} repairs no class; set"
+                    " repair.classes (or the dataset's repair_classes)"
+                )
+            if policy.repair_class is not None and policy.repair_class not in classes:
+                raise ValueError(
+                    f"training.readiness.repair_class: class {policy.repair_class} is not"
+                    f" repaired for dataset {ds.name!r} (repair classes {classes})"
+                )
         return self
 
     def classes_for(self, ds: DatasetSpec) -> list[int]:

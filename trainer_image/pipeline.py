@@ -8,6 +8,7 @@ running it again and redoes only the step it was in:
     data     load the splits                          (every attempt)
     model    build the model from the run seed        (every attempt)
     train    history.csv, checkpoints                 done-key train/summary.json
+             (train/state.pt while it runs: a killed run resumes after the last stored epoch)
     per checkpoint:
       evaluate  base metrics, features, target split  done-key epoch_NNN/base/metrics.json
       per class:
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, RunFailed
 from orchestrator.results import events
 from orchestrator.results import layout as keys
 from orchestrator.results.records import MetricsRecord, TrainSummary
@@ -40,8 +41,10 @@ from trainer_image.data import Splits, load_splits
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
+from trainer_image.readiness import build as build_readiness
 from trainer_image.repair import method_for
 from trainer_image.repair.base import RepairMethod, TargetSplit, apply_patch, repair_seed
+from trainer_image.resume import TrainState, load_state, save_state
 from trainer_image.train import forward_split, make_deterministic, resolve_device, train
 
 log = logging.getLogger("trainer_image")
@@ -70,6 +73,7 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
         summary = train_step(job, model, splits, device)
     else:
         log.info("step train: done before (summary.json exists); skipped")
+        drop_state(job)  # left over when a kill fell between summary.json and its removal
     job.event(
         events.Trained,
         skipped=trained_before,
@@ -157,6 +161,15 @@ def train_step(
     )
     history: list[dict[str, float]] = []
     history_key = keys.history_csv(job.sweep, job.name)
+    state_key, state_path = keys.train_state(job.sweep, job.name), job.workdir / "state.pt"
+    resume = stored_state(job, state_key, state_path)
+    if resume is not None:
+        history.extend(resume.history)  # history.csv keeps the epochs trained before
+        log.info("step train: resuming after epoch %d (train/state.pt)", resume.epoch)
+
+    def on_state(state: TrainState) -> None:
+        save_state(state, state_path)
+        job.put_file(state_key, state_path)
 
     def on_epoch(row: dict[str, float]) -> None:
         history.append(row)
@@ -181,9 +194,23 @@ def train_step(
         torch.save(state, path)
         job.put_file(keys.checkpoint(job.sweep, job.name, epoch), path)
 
+    readiness = (
+        None
+        if cfg.readiness is None
+        else build_readiness(cfg.readiness, [run.repair.method], run.repair_classes)
+    )
     with job.timed("train"):
         result = train(
-            model, splits, cfg, run.seed, device, on_epoch=on_epoch, on_checkpoint=on_checkpoint
+            model,
+            splits,
+            cfg,
+            run.seed,
+            device,
+            on_epoch=on_epoch,
+            on_checkpoint=on_checkpoint,
+            readiness=readiness,
+            resume=resume,
+            on_state=on_state,
         )
         job.put_bytes(history_key, csv_bytes(result.history))
         summary = TrainSummary(
@@ -193,8 +220,10 @@ def train_step(
             stopped_early=result.stopped_early,
             best_val_loss=result.best_val_loss,
             seconds=round(result.seconds, 3),
+            readiness=result.readiness,
         )
         job.put_json(keys.summary_json(job.sweep, job.name), summary.model_dump(mode="json"))
+        drop_state(job)
     log.info(
         "step train: %d epochs%s, convergence epoch %d (val loss %.4f), checkpoints %s",
         result.epochs_trained,
@@ -205,6 +234,26 @@ def train_step(
     )
     job.write_run_info()
     return summary
+
+
+def stored_state(job: Ledger, key: str, path: Path) -> TrainState | None:
+    """The latest resumable training state in the store, when training was cut short."""
+    if not job.done(key):
+        return None
+    job.store.download_file(key, path)
+    try:
+        return load_state(path)
+    except ValueError as e:
+        raise RunFailed(
+            f"{job.store.uri}/{key} is unreadable ({e}); delete it to train from epoch 1"
+        ) from e
+
+
+def drop_state(job: Ledger) -> None:
+    """summary.json marks training done: its resumable state is of no further use."""
+    key = keys.train_state(job.sweep, job.name)
+    if job.done(key):
+        job.forget(key)
 
 
 @dataclass(frozen=True)
