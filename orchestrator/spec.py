@@ -31,7 +31,6 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
-    computed_field,
     model_validator,
 )
 
@@ -307,16 +306,6 @@ class TrainingSpec(_Strict):
     )
 
 
-def _legacy_dedup_schema(schema: dict[str, Any]) -> None:
-    # The before-validator accepts it, so the schema must admit it too (as deprecated).
-    schema["properties"]["dedup_positives"] = {
-        "type": "boolean",
-        "deprecated": True,
-        "description": "Legacy spelling of positives: true = with-replacement-dedup,"
-        " false = uniform.",
-    }
-
-
 class _RepairCommon(_Strict):
     """What every repair method shares: which classes it repairs, and its seed."""
 
@@ -333,8 +322,6 @@ class ArachneSpec(_RepairCommon):
     """Arachne as the paper describes it (docs/science.md); `variant` and the released-code
     block below expose the deviations of the released code."""
 
-    model_config = ConfigDict(json_schema_extra=_legacy_dedup_schema)
-
     method: Literal["arachne"] = Field(
         "arachne", description="arachne (the default): the paper's search over the last layer."
     )
@@ -348,13 +335,21 @@ class ArachneSpec(_RepairCommon):
         " (paper's code). textbook: per-dimension r, |v| <= 5wb, no minimum speed.",
     )
     n_positives: int = Field(200, gt=0, description="Positives sampled for the fitness.")
+    dedup_positives: bool = Field(
+        False,
+        json_schema_extra={"deprecated": True},
+        description="Legacy spelling of `positives` (true = with-replacement-dedup), kept equal"
+        " to it and written so that stored specs and their hashes stay those of the first"
+        " release; set `positives` instead.",
+    )
     grad_factor: int = Field(20, gt=0, description="N_g = grad_factor x |negatives|.")
     max_batch_bytes: ByteSize = Field(
         ByteSize(256 * 2**20), description="Memory bound for one batch of particle scores."
     )
     # --- Arachne as the released code ran it (docs/science.md, "Released code") ----------
     # `positives` replaces the boolean `dedup_positives`, which is still read and still
-    # written (see `dedup_positives` below), so stored specs keep their bytes.
+    # written (derived from `positives`, see `_legacy_dedup`), so stored specs keep their
+    # bytes.
     positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
         "uniform",
         # Only "balanced" needs its own key: the other two are what `dedup_positives` says.
@@ -384,29 +379,24 @@ class ArachneSpec(_RepairCommon):
     @model_validator(mode="before")
     @classmethod
     def _legacy_dedup(cls, data: Any) -> Any:
-        # Specs (and stored run.json files) written before `positives` say dedup_positives.
-        if not isinstance(data, dict) or "dedup_positives" not in data:
+        # Specs and stored run.json files from before `positives` say dedup_positives; the
+        # two always agree afterwards (dedup_positives is derived from positives).
+        if not isinstance(data, dict):
             return data
         data = dict(data)
-        dedup = data.pop("dedup_positives")
-        if not isinstance(dedup, bool):
-            raise ValueError("dedup_positives: must be true or false (better: use positives)")
-        implied = "with-replacement-dedup" if dedup else "uniform"
-        given = data.setdefault("positives", implied)
-        if (given == "with-replacement-dedup") != dedup:
-            raise ValueError(
-                f"dedup_positives: {str(dedup).lower()} contradicts positives: {given!r};"
-                " keep positives only"
-            )
+        dedup = data.pop("dedup_positives", None)
+        if dedup is not None:
+            if not isinstance(dedup, bool):
+                raise ValueError("dedup_positives: must be true or false (better: use positives)")
+            implied = "with-replacement-dedup" if dedup else "uniform"
+            given = data.setdefault("positives", implied)
+            if (given == "with-replacement-dedup") != dedup:
+                raise ValueError(
+                    f"dedup_positives: {str(dedup).lower()} contradicts positives: {given!r};"
+                    " keep positives only"
+                )
+        data["dedup_positives"] = data.get("positives") == "with-replacement-dedup"
         return data
-
-    @computed_field(  # type: ignore[prop-decorator]
-        description="Legacy spelling of positives (true = with-replacement-dedup), written so"
-        " that stored specs and their hashes stay those of the first release."
-    )
-    @property
-    def dedup_positives(self) -> bool:
-        return self.positives == "with-replacement-dedup"
 
 
 # The name Arachne's config had while it was the only method.
