@@ -25,7 +25,7 @@ from orchestrator.errors import BadInput
 class DatasetEntry:
     """A built-in dataset: its loader, its class count (checked at spec time), its preparer."""
 
-    load: str  # load(spec, validation_split, **kw) -> Splits
+    load: str  # load(spec, validation_split, *, holdout, storage, **kw) -> Splits
     num_classes: int
     prepare: str | None = None  # prepare(spec, *, progress, workers) -> Prepared
 
@@ -37,7 +37,8 @@ DATASETS: dict[str, DatasetEntry] = {
     "rsna": DatasetEntry("trainer_image.data.rsna:load", 2, "trainer_image.data.rsna:prepare"),
 }
 
-# factory(in_channels, num_classes, image_size, pretrained=..., weights=..., **options)
+# factory(in_channels, num_classes, image_size, pretrained=..., weights=...,
+# normalise=... (ImageNet models, or any model when it is not the default), **options)
 MODELS: dict[str, str] = {
     "small_cnn": "trainer_image.models:small_cnn",
     "vgg16": "trainer_image.zoo:vgg16",

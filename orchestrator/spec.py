@@ -3,10 +3,12 @@
 Specs are data. One ``SweepSpec`` describes datasets x models x seeds (x repair classes,
 which a run repairs one after another); ``expand`` turns it into ``RunSpec`` objects, one
 per dataset x model x seed, in a fixed order so that run index N means the same run on a
-laptop and in a Kubernetes Indexed Job. Defaults equal the paper (PAPER.md); every place
-where the released code deviated is a documented field so either behaviour can be
-reproduced. This module is imported by the control plane and the trainer alike, so it
-must stay light (no torch).
+laptop and in a Kubernetes Indexed Job. Defaults equal the paper's text (docs/science.md);
+every place where the released code deviated is a documented field so either behaviour can
+be reproduced. Fields added after the first release stay out of the stored spec while they
+hold their default (``_added``), so the sweep.json and the spec hash of an existing spec
+never change when a field is added. This module is imported by the control plane and the
+trainer alike, so it must stay light (no torch).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,6 +45,21 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # suffix "-<index>-<5 random>" must stay within 63 characters.
 MAX_SWEEP_NAME = 40
 MAX_RUN_NAME = 63
+
+# Built-in datasets that read raw files and so have a preprocessing choice.
+RAW_DATASETS = ("gtsrb", "rsna")
+# Built-in models with an ImageNet input layer when pretrained.
+IMAGENET_MODELS = ("vgg16", "densenet121")
+
+
+def _added(default: Any, **kwargs: Any) -> Any:
+    """A field added after the first release: left out of dumps while it holds ``default``.
+
+    Dumps are what the spec hash, sweep.json and every run.json are made of; leaving a new
+    field out at its default keeps them byte-identical for specs that never set it.
+    """
+    same: Callable[[Any], bool] = lambda value: value == default  # noqa: E731
+    return Field(default, exclude_if=same, **kwargs)
 
 
 def _dns_label(value: str) -> str:
@@ -108,6 +126,29 @@ class DatasetSpec(_Strict):
         None, gt=0, description="Side of the square input images (gtsrb 32, rsna 160)."
     )
     split_seed: int = Field(42, ge=0, description="Seed of the train/repair/test split.")
+    # Split and preprocessing choices of the released code (docs/science.md).
+    stratify: bool = _added(
+        True,
+        description="Split by label (train/repair, and test where the dataset has a test"
+        " split), so every class keeps its share. false: a plain seeded random split, as the"
+        " released GTSRB code (whose shuffle was also unseeded, so its split cannot be"
+        " reproduced exactly).",
+    )
+    test_split_seed: int | None = _added(
+        None,
+        ge=0,
+        description="Seed of the test split of digits and rsna (default: split_seed); the"
+        " train/repair split keeps split_seed. The released RSNA code used 43 with split_seed"
+        " 42. Not for gtsrb, whose test set is the official one.",
+    )
+    preprocess: Literal["resize", "released"] = _added(
+        "resize",
+        description="gtsrb and rsna images. resize: the whole image resized with Pillow's"
+        " bilinear filter (rsna: modality LUT, 0..255 rescale when outside it, MONOCHROME1"
+        " inverted). released: the released code's scikit-image pipeline - gtsrb: histogram"
+        " equalisation of the HSV V channel, centre square crop, anti-aliased resize; rsna: raw"
+        " pixels, truncating 0..255 rescale when outside it, anti-aliased resize.",
+    )
     max_bad_fraction: float = Field(
         0.01,
         ge=0,
@@ -136,7 +177,28 @@ class DatasetSpec(_Strict):
             raise ValueError(why)
         if is_import_path(self.name) and self.num_classes is None:
             raise ValueError(f"dataset {self.name!r} is an import path: set num_classes")
+        if self.preprocess != "resize" and self.name not in RAW_DATASETS:
+            raise ValueError(
+                f"preprocess: {self.preprocess!r} applies to {' and '.join(RAW_DATASETS)} only;"
+                f" remove it for {self.name!r}"
+            )
+        if self.test_split_seed is not None and self.name == "gtsrb":
+            raise ValueError(
+                "test_split_seed: gtsrb's test set is the official one, it is not split;"
+                " remove test_split_seed"
+            )
+        if is_import_path(self.name) and (not self.stratify or self.test_split_seed is not None):
+            raise ValueError(
+                f"dataset {self.name!r} is an import path and makes its own splits:"
+                " stratify and test_split_seed apply to the built-in datasets only"
+                " (pass your own choices in `options`)"
+            )
         return self
+
+    @property
+    def test_seed(self) -> int:
+        """The seed of the test split (digits, rsna): test_split_seed, else split_seed."""
+        return self.split_seed if self.test_split_seed is None else self.test_split_seed
 
 
 class ModelSpec(_Strict):
@@ -153,6 +215,13 @@ class ModelSpec(_Strict):
     weights: str | None = Field(
         None, description="Local file with pretrained weights; never downloaded at run time."
     )
+    normalise: Literal["imagenet", "none"] = _added(
+        "imagenet",
+        description="Input of a pretrained model (vgg16, densenet121). imagenet: the [0, 1]"
+        " images are normalised with ImageNet's mean and std, as torchvision's weights expect."
+        " none: fed [0, 1] RGB as they are, as the released code fed VGG16. Import-path models"
+        " receive it as the keyword `normalise` when it is not the default.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments for the model factory."
     )
@@ -161,10 +230,37 @@ class ModelSpec(_Strict):
     def key(self) -> str:
         return self.label or slug(self.name)
 
+    @property
+    def is_pretrained(self) -> bool:
+        """``pretrained``, or the model's own default (vgg16 true, others false)."""
+        return self.pretrained if self.pretrained is not None else self.name == "vgg16"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_normalize(cls, data: Any) -> Any:
+        # Before `normalise` existed, `options: {normalize: false}` switched it off.
+        if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+            return data
+        options = dict(data["options"])
+        if "normalize" not in options:
+            return data
+        legacy = "imagenet" if options.pop("normalize") else "none"
+        if data.get("normalise", legacy) != legacy:
+            raise ValueError("options.normalize contradicts normalise; keep normalise only")
+        return {**data, "options": options, "normalise": legacy}
+
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
         if why := catalog.unknown("model", catalog.MODELS, self.name):
             raise ValueError(why)
+        without_imagenet_input = self.name not in IMAGENET_MODELS or not self.is_pretrained
+        builtin = self.name in catalog.MODELS
+        if self.normalise != "imagenet" and builtin and without_imagenet_input:
+            raise ValueError(
+                f"normalise: {self.normalise!r} applies to pretrained"
+                f" {' and '.join(IMAGENET_MODELS)} only (a model trained from scratch"
+                " has no ImageNet input layer); remove it or set pretrained: true"
+            )
         return self
 
 
@@ -247,6 +343,19 @@ class TrainingSpec(_Strict):
     checkpoint_first: bool = Field(True, description="Also keep epoch 1.")
     checkpoint_convergence: bool = Field(True, description="Also keep the convergence epoch.")
     validation_split: float = Field(0.2, gt=0, lt=1)
+    # How the released code held out validation data and ordered batches (docs/science.md).
+    validation: Literal["fixed", "per-seed"] = _added(
+        "fixed",
+        description="fixed: validation_split of the training split held out stratified with"
+        " the dataset's split_seed, the same images for every training seed. per-seed: the"
+        " released code - floor(validation_split x n) images chosen by numpy's"
+        " RandomState(training seed), not stratified, so every seed validates on others.",
+    )
+    shuffle_each_epoch: bool = _added(
+        True,
+        description="Draw a new batch order every epoch. false: one order, drawn once from the"
+        " training seed, reused in every epoch (the released code never reshuffled).",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(
         None, gt=0, description="CPU threads for torch; default: what the scheduler gives."
@@ -305,7 +414,8 @@ class _RepairCommon(_Strict):
 
 
 class ArachneSpec(_RepairCommon):
-    """Arachne as the paper used it (PAPER.md); `variant` and friends expose the deviations."""
+    """Arachne as the paper describes it (docs/science.md); `variant` and the released-code
+    block below expose the deviations of the released code."""
 
     method: Literal["arachne"] = Field(
         "arachne", description="arachne (the default): the paper's search over the last layer."
@@ -321,12 +431,67 @@ class ArachneSpec(_RepairCommon):
     )
     n_positives: int = Field(200, gt=0, description="Positives sampled for the fitness.")
     dedup_positives: bool = Field(
-        False, description="Released code removed duplicate samples (fewer than n_positives)."
+        False,
+        json_schema_extra={"deprecated": True},
+        description="Legacy spelling of `positives` (true = with-replacement-dedup), kept equal"
+        " to it and written so that stored specs and their hashes stay those of the first"
+        " release; set `positives` instead.",
     )
     grad_factor: int = Field(20, gt=0, description="N_g = grad_factor x |negatives|.")
     max_batch_bytes: ByteSize = Field(
         ByteSize(256 * 2**20), description="Memory bound for one batch of particle scores."
     )
+    # --- Arachne as the released code ran it (docs/science.md, "Released code") ----------
+    # `positives` replaces the boolean `dedup_positives`, which is still read and still
+    # written (derived from `positives`, see `_legacy_dedup`), so stored specs keep their
+    # bytes.
+    positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
+        "uniform",
+        # Only "balanced" needs its own key: the other two are what `dedup_positives` says.
+        exclude_if=lambda value: value != "balanced",
+        description="How the fitness's positives are drawn. uniform: n_positives of them"
+        " without replacement (all when fewer). with-replacement-dedup: n_positives draws with"
+        " replacement, repeats and identical inputs removed (the Arachne code the paper built"
+        " on; legacy `dedup_positives: true`). balanced: the released code - 2/3 of"
+        " n_positives split equally across labels, 1/3 in proportion to label counts, each"
+        " label capped at twice its count, the shortfall given to one random uncapped label,"
+        " then duplicates removed (so fewer than n_positives may be used).",
+    )
+    update_order: Literal["velocity-first", "position-first"] = _added(
+        "velocity-first",
+        description="velocity-first: v <- chi (v + r1 (p - x) + r2 (g - x)), then x <- x + v"
+        " (the paper's equations). position-first: the released code - x <- x + v with the"
+        " old velocity, then the velocity update from the new x, so its first iteration"
+        " re-scores the initial swarm.",
+    )
+    stagnation_start: int = _added(
+        1,
+        ge=1,
+        description="First iteration at which the early stop (patience iterations without a"
+        " better global best) is checked. The released code checked from iteration 12.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_dedup(cls, data: Any) -> Any:
+        # Specs and stored run.json files from before `positives` say dedup_positives; the
+        # two always agree afterwards (dedup_positives is derived from positives).
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        dedup = data.pop("dedup_positives", None)
+        if dedup is not None:
+            if not isinstance(dedup, bool):
+                raise ValueError("dedup_positives: must be true or false (better: use positives)")
+            implied = "with-replacement-dedup" if dedup else "uniform"
+            given = data.setdefault("positives", implied)
+            if (given == "with-replacement-dedup") != dedup:
+                raise ValueError(
+                    f"dedup_positives: {str(dedup).lower()} contradicts positives: {given!r};"
+                    " keep positives only"
+                )
+        data["dedup_positives"] = data.get("positives") == "with-replacement-dedup"
+        return data
 
 
 # The name Arachne's config had while it was the only method.

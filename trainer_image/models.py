@@ -17,7 +17,7 @@ from torch import nn
 from orchestrator import catalog
 from orchestrator.catalog import resolve
 from orchestrator.errors import BadInput
-from orchestrator.spec import ModelSpec
+from orchestrator.spec import IMAGENET_MODELS, ModelSpec
 
 
 class Repairable(nn.Module):
@@ -79,6 +79,8 @@ def build_model(spec: ModelSpec, in_channels: int, num_classes: int, image_size:
         kwargs["pretrained"] = spec.pretrained
     if spec.weights is not None:
         kwargs["weights"] = spec.weights
+    if spec.normalise != "imagenet" or spec.name in IMAGENET_MODELS:
+        kwargs["normalise"] = spec.normalise
     model = factory(
         in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs
     )

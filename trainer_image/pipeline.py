@@ -37,7 +37,7 @@ from orchestrator.results import layout as keys
 from orchestrator.results.records import MetricsRecord, TrainSummary
 from orchestrator.spec import RunSpec, SweepSpec
 from orchestrator.store import Store
-from trainer_image.data import Splits, load_splits
+from trainer_image.data import Holdout, Splits, load_splits
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
@@ -126,7 +126,13 @@ def data_step(job: Ledger) -> Splits:
     """The dataset's train / val / repair / test splits; none may be empty."""
     ds = job.run.dataset
     with job.timed("data"):
-        splits = load_splits(ds, job.run.training.validation_split, storage=job.run.storage)
+        training = job.run.training
+        splits = load_splits(
+            ds,
+            training.validation_split,
+            holdout=Holdout.for_run(training.validation, ds.split_seed, job.run.seed),
+            storage=job.run.storage,
+        )
     for part in ("train", "val", "repair", "test"):
         if len(getattr(splits, part)) == 0:
             raise BadInput(f"dataset {ds.name!r}: its {part} split is empty")

@@ -55,8 +55,8 @@ class EarlyStopping:
 
     ``patience`` counts epochs since the last improvement larger than ``min_delta``
     (Keras semantics). The convergence epoch is the epoch with the *lowest* validation loss
-    (PAPER.md), the first one on ties; with ``min_delta > 0`` it can be a later epoch than
-    the last "significant" improvement. Non-finite losses never improve anything.
+    (docs/science.md), the first one on ties; with ``min_delta > 0`` it can be a later epoch
+    than the last "significant" improvement. Non-finite losses never improve anything.
     """
 
     def __init__(self, patience: int, min_delta: float = 0.0, enabled: bool = True) -> None:
@@ -267,6 +267,13 @@ def train(
     shuffle = torch.Generator().manual_seed(seed)
     x, y = to_tensor(splits.train.x), torch.from_numpy(splits.train.y)
     n = len(y)
+    # shuffle_each_epoch false (the released code): every epoch uses the order a fresh
+    # generator gives first, whatever epoch training starts or resumes at.
+    fixed_order = (
+        None
+        if cfg.shuffle_each_epoch
+        else torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    )
     if n == 0 or len(splits.val) == 0:
         raise BadInput("dataset: the training and validation splits must not be empty")
     stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.early_stopping)
@@ -317,7 +324,8 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for idx in torch.randperm(n, generator=shuffle).split(cfg.batch_size):
+        order = fixed_order if fixed_order is not None else torch.randperm(n, generator=shuffle)
+        for idx in order.split(cfg.batch_size):
             xb, yb = _batch(x, idx, device), y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)

@@ -62,6 +62,20 @@ def prepare(
     crop_roi: Annotated[
         bool, typer.Option("--crop-roi", help="gtsrb: crop to the ROI first (the paper did not).")
     ] = False,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(help="resize (default) or released: the released code's preprocessing."),
+    ] = None,
+    stratify: Annotated[
+        bool,
+        typer.Option(
+            "--stratify/--no-stratify", help="Split by label (--no-stratify: released gtsrb)."
+        ),
+    ] = True,
+    test_split_seed: Annotated[
+        int | None,
+        typer.Option(help="rsna: seed of the test split (default: the split seed; released 43)."),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace splits already at --out.")
     ] = False,
@@ -95,6 +109,9 @@ def prepare(
         "split_seed": split_seed,
         "max_bad_fraction": max_bad_fraction,
         "options": {"crop_roi": True} if crop_roi else {},
+        "preprocess": preprocess,
+        "stratify": None if stratify else False,
+        "test_split_seed": test_split_seed,
     }
     try:
         spec = DatasetSpec.model_validate({k: v for k, v in fields.items() if v is not None})

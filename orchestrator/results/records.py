@@ -18,7 +18,7 @@ class MetricsRecord(BaseModel):
     """One evaluated model (a base checkpoint or a repaired one) on the test set.
 
     Repair-only fields are None for base records. ``rr`` and ``br`` are percentages on
-    the repair set (PAPER.md step 5); ``n_neg``/``n_pos`` are the target negatives and the
+    the repair set (docs/science.md, step 5); ``n_neg``/``n_pos`` are the target negatives and the
     positives the search used.
     """
 

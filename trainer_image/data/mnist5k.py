@@ -3,7 +3,7 @@ wheel: real data with no download at run time, large enough that a repaired clas
 tens of misclassified repair images at early checkpoints (digits leaves one or two).
 
 Split exactly like digits (``paper_splits``): 1,000 test, 1,200 repair, 2,240 train and 560
-validation images, stratified and seeded by the dataset's ``split_seed``.
+validation images, seeded by the dataset's split seeds.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.spec import DatasetSpec
-from trainer_image.data import Splits
+from trainer_image.data import Holdout, Splits
 from trainer_image.data.digits import paper_splits
 
 SIDE = 28
@@ -32,7 +32,9 @@ def read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].astype(np.uint8), table[:, -1]
 
 
-def load(spec: DatasetSpec, validation_split: float, **_: Any) -> Splits:
+def load(
+    spec: DatasetSpec, validation_split: float, *, holdout: Holdout | None = None, **_: Any
+) -> Splits:
     pixels, labels = read_mnist5k()
     x = (pixels.astype(np.float32) / 255.0).reshape(-1, 1, SIDE, SIDE)
-    return paper_splits(x, labels.astype(np.int64), spec, validation_split, "mnist5k")
+    return paper_splits(x, labels.astype(np.int64), spec, validation_split, "mnist5k", holdout)

@@ -20,7 +20,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TargetSplit:
-    """Predictions of one checkpoint on the repair set (PAPER.md step 3)."""
+    """Predictions of one checkpoint on the repair set (docs/science.md, step 3)."""
 
     y: np.ndarray
     pred: np.ndarray

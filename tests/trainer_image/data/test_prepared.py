@@ -18,7 +18,7 @@ from s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, StorageSpec, load_spec
 from orchestrator.store.file import FileStore
-from trainer_image.data import Split, hold_out_validation, prepared, rsna
+from trainer_image.data import Holdout, Split, hold_out_validation, prepared, rsna
 from trainer_image.data.prepared import (
     Item,
     Prepared,
@@ -114,9 +114,9 @@ def test_in_place_hold_out_equals_hold_out_validation(monkeypatch, chunk: int) -
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, size=(101, 1, 4, 4), dtype=np.uint8)
     y = rng.integers(0, 3, size=101).astype(np.int64)
-    want_train, want_val = hold_out_validation(Split(x, y), 0.2, 42)
+    want_train, want_val = hold_out_validation(Split(x, y), 0.2, Holdout("fixed", 42))
     buffer = x.copy()
-    train, val = hold_out_in_place(Split(buffer, y), 0.2, 42)
+    train, val = hold_out_in_place(Split(buffer, y), 0.2, Holdout("fixed", 42))
     for got, want in ((train, want_train), (val, want_val)):
         np.testing.assert_array_equal(got.x, want.x)
         np.testing.assert_array_equal(got.y, want.y)
