@@ -185,7 +185,7 @@ def test_split_fields_that_cannot_apply_are_refused(dataset: dict, message: str)
 
 def test_prepare_cli_sets_the_released_choices(cli, rsna_tree: RsnaTree, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    args = ["prepare", "rsna", "--input", rsna_tree.root, "--output", out, "--image-size", "32"]
+    args = ["prepare", "rsna", "--input", rsna_tree.root, "--out", out, "--image-size", "32"]
     r = cli(*args, "--test-split-seed", "43", "--preprocess", "released", "--no-stratify")
     assert r.code == 0, r.err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -199,7 +199,7 @@ def test_prepare_cli_sets_the_released_choices(cli, rsna_tree: RsnaTree, tmp_pat
         "rsna",
         "--input",
         rsna_tree.root,
-        "--output",
+        "--out",
         tmp_path / "other",
         "--preprocess",
         "sharpen",
