@@ -661,14 +661,36 @@ def publish(
     return [*ag.write_tables(agg, out), *write_report(agg, out, max_figures=max_figures)]
 
 
+def _table1_rows(agg: ag.Aggregation) -> list[dict[str, Any]]:
+    """Table 1's per-dataset rows as plain Python values (JSON- and YAML-safe)."""
+    names = ag.pattern_names(agg.after_convergence)
+    top = agg.patterns[agg.patterns["scope"] == "dataset"]
+    return [
+        {"dataset": str(r["dataset"]), "alpha": float(r["alpha"])}
+        | {n: int(r[n]) for n in (*names, "incomplete")}
+        for r in top.to_dict("records")
+    ]
+
+
 def summary_table(agg: ag.Aggregation) -> Table:
-    """Table 1 for the terminal (rich), as the CLI prints it on stderr."""
+    """Table 1 for the terminal (rich), as the CLI prints it."""
     names = ag.pattern_names(agg.after_convergence)
     table = Table(title=f"Table 1 - sweep {agg.sweep} (runs x classes per pattern)")
     for col in ("dataset", "α", *names, "incomplete"):
         table.add_column(col, justify="left" if col == "dataset" else "right")
-    top = agg.patterns[agg.patterns["scope"] == "dataset"]
-    for r in top.to_dict("records"):
+    for r in _table1_rows(agg):
         counts = (str(r[n]) for n in (*names, "incomplete"))
-        table.add_row(str(r["dataset"]), f"{r['alpha']:g}", *counts)
+        table.add_row(r["dataset"], f"{r['alpha']:g}", *counts)
     return table
+
+
+def summary(agg: ag.Aggregation, folder: Path) -> dict[str, Any]:
+    """What ``aggregate -o json|yaml`` prints: where the report is, and Table 1."""
+    return {
+        "sweep": agg.sweep,
+        "report": str(folder),
+        "alphas": [float(a) for a in agg.alphas],
+        "after_convergence": agg.after_convergence,
+        "problems": len(agg.problems),
+        "table1": _table1_rows(agg),
+    }

@@ -4,23 +4,18 @@
 pod runs, the store tells what that pod has finished (the trainer writes every step's last
 file only when the step is done, see ``orchestrator.results``). One listing of the sweep's
 prefix serves all runs, so a status refresh costs one LIST plus one read per trained run.
-Keys are matched through the ``orchestrator.results`` functions, never by hand-written
-paths, so this cannot drift from what the trainer writes.
+Keys are read back with ``orchestrator.results.layout.parse``, never matched by hand, so
+this cannot drift from what the trainer writes.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from orchestrator.results import layout as results
 from orchestrator.spec import RunSpec
 from orchestrator.store import Store
-
-_CHECKPOINT = re.compile(r"^checkpoints/epoch_(\d{3,})\.pt$")
-_BASE = re.compile(r"^epoch_(\d{3,})/base/metrics\.json$")
-_REPAIR = re.compile(r"^epoch_(\d{3,})/repair/class_(\d+)/metrics\.json$")
 
 
 def run_progress(
@@ -34,21 +29,17 @@ def run_progress(
     ``done``: _SUCCESS exists.
     """
     sweep, name = run.sweep, run.name
-    prefix = results.run_prefix(sweep, name) + "/"
     epochs: list[int] = []
     evaluated = 0
     repairs = 0
     for key in keys:
-        if not key.startswith(prefix):
+        k = results.parse(key)
+        if k is None or k.sweep != sweep or k.run != name:
             continue
-        rel = key[len(prefix) :]
-        if m := _CHECKPOINT.match(rel):
-            if key == results.checkpoint(sweep, name, int(m[1])):
-                epochs.append(int(m[1]))
-        elif m := _BASE.match(rel):
-            evaluated += key == results.base_metrics(sweep, name, int(m[1]))
-        elif m := _REPAIR.match(rel):
-            repairs += key == results.repair_metrics(sweep, name, int(m[1]), int(m[2]))
+        if k.kind == "checkpoint" and k.epoch is not None:
+            epochs.append(k.epoch)
+        evaluated += k.kind == "base"
+        repairs += k.kind == "repair"
     checkpoints = None
     if summary is not None and isinstance(summary.get("checkpoint_epochs"), list):
         checkpoints = len(summary["checkpoint_epochs"])

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.app import app, err
+from orchestrator.cli.app import ANALYSIS_PANEL, app, err
+from orchestrator.cli.output import LocationOutputOpt, render
 
 
-@app.command()
+@app.command(rich_help_panel=ANALYSIS_PANEL)
 def aggregate(
     results_uri: Annotated[
         str,
@@ -32,7 +33,9 @@ def aggregate(
     ] = None,
     strict: Annotated[
         bool,
-        typer.Option(help="Exit 2 on any incomplete or damaged result instead of reporting it."),
+        typer.Option(
+            "--strict", help="Exit 2 on any incomplete or damaged result instead of reporting it."
+        ),
     ] = False,
     endpoint_url: Annotated[
         str | None, typer.Option(help="S3 endpoint for s3:// URIs, e.g. MinIO's URL.")
@@ -50,9 +53,10 @@ def aggregate(
     max_figures: Annotated[
         int, typer.Option(min=0, help="Cap on (run, class) pairs drawn as Fig. 3/Fig. 4.")
     ] = 24,
+    output: LocationOutputOpt = None,
 ) -> None:
     """Tables (Table 1, switch points, Qual), figures and a report from a sweep's results."""
-    from rich.console import Console
+    from functools import partial
 
     from orchestrator.analysis import report
     from orchestrator.analysis import tables as ag
@@ -72,8 +76,7 @@ def aggregate(
         ag.raise_if_problems(agg)
     folder = (out or Path("report") / agg.sweep).absolute()
     report.publish(agg, folder, max_figures=max_figures)
-    console = Console(stderr=True)
-    console.print(report.summary_table(agg))
     if len(agg.problems):
         err(f"{len(agg.problems)} incomplete or damaged result(s): see {folder / 'report.md'}")
-    print(folder)
+    table = partial(report.summary_table, agg)
+    render(report.summary(agg, folder), output, table, location=str(folder), table_to_stderr=True)

@@ -6,6 +6,7 @@ Keys are relative to the results root (the spec's ``results`` URI):
     <sweep>/<run>/run.json
     <sweep>/<run>/train/history.csv
     <sweep>/<run>/train/summary.json
+    <sweep>/<run>/train/state.pt          (while training: the latest resumable state)
     <sweep>/<run>/checkpoints/epoch_NNN.pt
     <sweep>/<run>/epoch_NNN/base/metrics.json
     <sweep>/<run>/epoch_NNN/repair/class_C/{metrics.json,patch.json,search.csv}
@@ -41,6 +42,11 @@ def history_csv(sweep: str, run: str) -> str:
 
 def summary_json(sweep: str, run: str) -> str:
     return f"{sweep}/{run}/train/summary.json"
+
+
+def train_state(sweep: str, run: str) -> str:
+    """The latest resumable training state; deleted once ``summary.json`` exists."""
+    return f"{sweep}/{run}/train/state.pt"
 
 
 def checkpoint(sweep: str, run: str, epoch: int) -> str:
@@ -84,7 +90,16 @@ def success(sweep: str, run: str) -> str:
 # `status`) never match paths by hand.
 
 Kind = Literal[
-    "sweep_json", "run_json", "success", "summary", "history", "checkpoint", "base", "repair", "log"
+    "sweep_json",
+    "run_json",
+    "success",
+    "summary",
+    "history",
+    "train_state",
+    "checkpoint",
+    "base",
+    "repair",
+    "log",
 ]
 
 _RUN_FILES: dict[str, Kind] = {
@@ -92,6 +107,7 @@ _RUN_FILES: dict[str, Kind] = {
     "_SUCCESS": "success",
     "train/summary.json": "summary",
     "train/history.csv": "history",
+    "train/state.pt": "train_state",
     "logs/trainer.log": "log",
 }
 _EPOCH_KEY = re.compile(

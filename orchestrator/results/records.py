@@ -18,7 +18,7 @@ class MetricsRecord(BaseModel):
     """One evaluated model (a base checkpoint or a repaired one) on the test set.
 
     Repair-only fields are None for base records. ``rr`` and ``br`` are percentages on
-    the repair set (PAPER.md step 5); ``n_neg``/``n_pos`` are the target negatives and the
+    the repair set (docs/science.md, step 5); ``n_neg``/``n_pos`` are the target negatives and the
     positives the search used.
     """
 
@@ -51,6 +51,32 @@ class MetricsRecord(BaseModel):
     seconds: float | None = None
 
 
+class ReadinessTrack(BaseModel):
+    """What a readiness policy decided for one watched (method, class); both None for a
+    policy of the unrepaired model (val-loss)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str | None
+    repair_class: int | None
+    fired_epoch: int | None  # the epoch at which it fired; None: not within the epochs trained
+    ready_epoch: int | None  # the epoch it picks: best score up to firing (or to the end)
+    best_score: float | None  # that epoch's score (higher is better; val-loss: -loss)
+    evaluations: int
+
+
+class ReadinessOutcome(BaseModel):
+    """``training.readiness`` as it played out in one run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str
+    action: Literal["stop", "record"]
+    alpha: float
+    tracks: list[ReadinessTrack]
+    stopped_training: bool  # action stop, and the policy ended training
+
+
 class TrainSummary(BaseModel):
     """``train/summary.json``: the training step's completion marker."""
 
@@ -63,6 +89,7 @@ class TrainSummary(BaseModel):
     stopped_early: bool
     best_val_loss: float
     seconds: float
+    readiness: ReadinessOutcome | None = None  # only with training.readiness
 
 
 class RunInfo(BaseModel):

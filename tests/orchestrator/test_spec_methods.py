@@ -13,7 +13,7 @@ from orchestrator.spec import (
     describe_error,
 )
 
-SHARED = ("classes", "seed", "n_positives", "dedup_positives", "grad_factor", "max_batch_bytes")
+SHARED = ("classes", "seed", "n_positives", "grad_factor", "max_batch_bytes")
 METHODS = (ArachneDERepairSpec, FinetuneRepairSpec)
 
 
@@ -41,6 +41,14 @@ def test_shared_fields_are_repair_specs_own(kind) -> None:
     # The same validation: n_positives must be > 0 in every method.
     with pytest.raises(ValidationError):
         kind(n_positives=0)
+    # The same ways to draw positives, the same default, and kept in dumps (no legacy key).
+    assert kind().positives == RepairSpec().positives == "uniform"
+    for how in ("uniform", "with-replacement-dedup", "balanced"):
+        RepairSpec(positives=how)
+        block = kind(positives=how)
+        assert kind.model_validate(block.model_dump()).positives == how
+    with pytest.raises(ValidationError):
+        kind(positives="stratified")
 
 
 @pytest.mark.parametrize("kind", METHODS)

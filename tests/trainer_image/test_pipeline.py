@@ -1,5 +1,6 @@
-"""The trainer entrypoint on real digits: layout, records, determinism (must-show 3),
-resuming after a kill without redoing finished steps (must-show 6), Store-protocol only."""
+"""The trainer pipeline on real digits: layout, records, determinism (must-show 3),
+resuming after a kill without redoing finished steps (must-show 6), Store-protocol only,
+and a repair method of the user's own, run end to end by import path."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 from orchestrator.errors import BadInput
+from orchestrator.results import events as ev
 from orchestrator.results import layout as keys
 from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary
 from orchestrator.spec import parse_spec
@@ -233,7 +235,9 @@ def test_same_spec_twice_gives_identical_results(
     run_trainer(spec, 0)
     assert comparable(FileStore(tmp_path / "again")) == comparable(FileStore(reference))
 
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = capsys.readouterr().out.splitlines()
+    assert all(ev.from_line(line) is not None for line in lines)  # every line is an event
+    events = [json.loads(line) for line in lines]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4, 5, 6]
@@ -308,6 +312,61 @@ def test_results_of_another_experiment_are_refused(reference: Path, tmp_path: Pa
         run_trainer(spec, 0)
     after = mtimes(root)
     assert {k for k in before if before[k] != after[k]} <= {keys.log(SWEEP, RUN)}
+
+
+# --- a repair method of one's own: one module (tests/support/nudge_repair.py), by path ---
+
+NUDGE = {"method": "nudge_repair:repair", "classes": [3], "options": {"step": 2.0}}
+TWO_EPOCHS = {**TINY["training"], "max_epochs": 2}
+
+
+def test_a_repair_method_by_import_path_runs_end_to_end(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    run_trainer(write_spec(tmp_path / "sweep.json", root, training=TWO_EPOCHS, repair=NUDGE), 0)
+    store = FileStore(root)
+    summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(SWEEP, RUN)))
+    assert set(store.list()) == expected_keys(summary.checkpoint_epochs, [3])
+    run = parse_spec({**TINY, "training": TWO_EPOCHS, "repair": NUDGE}).runs()[0]
+    splits = load_splits(run.dataset, 0.2)
+    model = build_model(run.model, 1, 10, 8)
+    for epoch in summary.checkpoint_epochs:
+        rec = MetricsRecord.model_validate_json(
+            store.read_bytes(keys.repair_metrics(SWEEP, RUN, epoch, 3))
+        )
+        assert (rec.method, rec.repair_class, rec.n_patched, rec.iterations) == (
+            "nudge_repair:repair",
+            3,
+            1,
+            1,
+        )
+        (w,) = json.loads(store.read_bytes(keys.repair_patch(SWEEP, RUN, epoch, 3)))["weights"]
+        # The method got this checkpoint's head, its options, and the repair set's features.
+        model.load_state_dict(
+            torch.load(root / keys.checkpoint(SWEEP, RUN, epoch), weights_only=True)
+        )
+        model.eval()
+        assert w["row"] == 3 and w["old"] == model.head.weight[3, w["col"]].item()
+        assert w["new"] == pytest.approx(w["old"] + 2.0)
+        head = apply_patch(model.head, [PatchedWeight(**w)])
+        with torch.no_grad():
+            x_rep, x_test = torch.from_numpy(splits.repair.x), torch.from_numpy(splits.test.x)
+            before = model(x_rep).argmax(1).numpy()
+            after = head(model.penultimate(x_rep)).argmax(1).numpy()
+            test_logits = head(model.penultimate(x_test))
+        neg = (splits.repair.y == 3) & (before != 3)
+        assert rec.n_neg == neg.sum() > 0
+        assert rec.rr == pytest.approx(100 * np.mean(after[neg] == 3))
+        recomputed = classification_metrics(test_logits, splits.test.y, 10)
+        assert (recomputed["accuracy"], recomputed["f1_macro"]) == (rec.accuracy, rec.f1_macro)
+
+
+def test_a_repair_method_that_does_not_import_fails_before_training(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    bad = {**NUDGE, "method": "nudge_repair:no_such_function"}
+    spec = write_spec(tmp_path / "sweep.json", root, training=TWO_EPOCHS, repair=bad)
+    with pytest.raises(BadInput, match=r"cannot import 'nudge_repair:no_such_function'"):
+        run_trainer(spec, 0)
+    assert not FileStore(root).exists(keys.summary_json(SWEEP, RUN))
 
 
 def test_bad_run_index_names_the_range(tmp_path: Path) -> None:

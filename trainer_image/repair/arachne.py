@@ -1,4 +1,4 @@
-"""Arachne repair of a model's final Linear layer, as the paper used it (PAPER.md).
+"""Arachne repair of a model's final Linear layer, as the paper used it (docs/science.md).
 
 Why this module exists: repair is the science of the whole tool, and the paper's code made
 it slow (the whole network re-ran for every particle) and irreproducible (the swarm was
@@ -18,12 +18,19 @@ Steps (one call to :func:`repair` per checkpoint x target class):
    (:func:`pareto_front`, sort-based, O(n log n)). A weight is dropped only when another
    is at least as good on both objectives and strictly better on one, so points that are
    equal on both objectives are all kept (as in the released code).
-2. **Positives** ``I_pos``: ``n_positives`` of the split's positives (all classes), drawn
-   without replacement by the seeded generator (all of them when there are fewer).
-   ``dedup_positives`` reproduces the released code instead: ``n_positives`` draws *with*
-   replacement (``rng.choice(n, 200)`` in the Arachne code the paper built on), then
-   repeated draws and inputs with identical feature rows are removed, keeping the first,
-   so fewer than ``n_positives`` may remain.
+2. **Positives** ``I_pos`` (:func:`sample_positives`, ``positives``): ``uniform`` (default)
+   draws ``n_positives`` of the split's positives (all classes) without replacement by the
+   seeded generator (all of them when there are fewer). ``with-replacement-dedup``:
+   ``n_positives`` draws *with* replacement (``rng.choice(n, 200)`` in the Arachne code the
+   paper built on), then repeated draws and inputs with identical feature rows are
+   removed, keeping the first, so fewer than ``n_positives`` may remain. ``balanced``: the
+   released code's label-balanced sample (:func:`balanced_amounts`): per label ``a =
+   int(n / L x 2/3) + int(n x count / total x 1/3)``, capped at twice its count (a label
+   with ``a > 2 count`` is *saturated*); the shortfall ``n - sum(a)`` goes, uncapped, to one
+   uncapped label drawn at random; each label then gives all its positives when ``a >=
+   count``, else ``a`` of them without replacement - the released code's duplicates
+   removed (nothing is added when every label is saturated, where the released code
+   failed).
 3. **PSO** over the localised weights' values (:func:`pso`): ``particles`` positions drawn
    from Normal(current value, std of all the layer's weights (population std)), velocity 0.
    One *iteration* is one synchronous step of the whole swarm: every particle's velocity
@@ -38,9 +45,12 @@ Steps (one call to :func:`repair` per checkpoint x target class):
    max - min of the layer's weights. **Early stop**: the search ends after ``patience``
    consecutive iterations in which the global best fitness did not strictly increase, or
    after ``iterations`` iterations, whichever comes first; e.g. with patience 10 a swarm
-   that never beats its initial best runs exactly 10 iterations. (The released code checked
-   only from its 12th iteration on and updated positions before velocities, so its first
-   step re-scored the initial swarm; these off-by-ones are not reproduced.)
+   that never beats its initial best runs exactly 10 iterations. The released code's
+   order is an option: ``update_order: position-first`` moves every particle with its old
+   velocity first (``x' = x + v``) and then updates the velocity from the new position and
+   the personal and global bests of the iteration's start, so its first iteration re-scores
+   the initial swarm; ``stagnation_start: 12`` checks the early stop only from iteration 12
+   on, as the released code did.
 4. **Fitness** ``(N_patched + 1) / (L_neg + 1) + (N_intact + 1) / (L_pos + 1)`` with ``L``
    the mean cross-entropy on each set (``L_pos = 0`` when there are no positives), for all
    particles at once by :class:`SwarmFitness`: only the localised weights change, so
@@ -178,21 +188,78 @@ def localise(
 # --- positives -----------------------------------------------------------------------
 
 
+# The released sampler's constants: the share of the sample split equally across labels,
+# and how many times a label's count it may ask for.
+BALANCED_SHARE = 2 / 3
+BALANCED_CAP = 2
+
+
+def balanced_amounts(counts: dict[int, int], n: int) -> tuple[dict[int, int], list[int]]:
+    """Per label, how many the released sampler asks for before the shortfall; and the
+    labels that may take the shortfall (not saturated). See the module docstring, step 2.
+
+    The float expressions are the released code's, so ``int`` truncates the same values.
+    """
+    total = sum(counts.values())
+    amounts: dict[int, int] = {}
+    open_labels: list[int] = []
+    for label, count in counts.items():
+        a = int((n / len(counts)) * BALANCED_SHARE)
+        a += int((n * (count / total)) * (1 - BALANCED_SHARE))
+        if a > count * BALANCED_CAP:
+            a = count * BALANCED_CAP
+        else:
+            open_labels.append(label)
+        amounts[label] = a
+    return amounts, open_labels
+
+
+def _balanced(
+    positives: np.ndarray, labels: np.ndarray, n: int, generator: torch.Generator
+) -> np.ndarray:
+    classes = np.unique(labels)
+    members = {int(c): positives[labels == c] for c in classes}
+    amounts, open_labels = balanced_amounts({c: len(m) for c, m in members.items()}, n)
+    shortfall = n - sum(amounts.values())
+    if shortfall > 0 and open_labels:
+        lucky = open_labels[int(torch.randint(len(open_labels), (1,), generator=generator))]
+        amounts[lucky] += shortfall
+    picked = []
+    for label, idx in members.items():
+        if amounts[label] >= len(idx):  # asked for all of them, some more than once
+            picked.append(idx)
+        else:
+            pick = torch.randperm(len(idx), generator=generator)[: amounts[label]].numpy()
+            picked.append(idx[pick])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 def sample_positives(
     positives: np.ndarray,
     features: torch.Tensor,
     n: int,
-    dedup: bool,
+    how: str,
     generator: torch.Generator,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Indices (into the repair set) of the positives the fitness uses (docstring, step 2)."""
+    """Indices (into the repair set) of the positives the fitness uses (docstring, step 2).
+
+    ``how`` is ``repair.positives``; ``labels`` (the repair set's) are needed for
+    ``balanced``.
+    """
     if positives.size == 0:
         return positives.astype(np.int64)
-    if not dedup:
+    if how == "uniform":
         if positives.size <= n:
             return np.sort(positives).astype(np.int64)
         pick = torch.randperm(positives.size, generator=generator)[:n].numpy()
         return np.sort(positives[pick]).astype(np.int64)
+    if how == "balanced":
+        if labels is None:
+            raise ValueError("balanced positives need the repair set's labels")
+        return _balanced(positives, labels[positives], n, generator)
+    if how != "with-replacement-dedup":
+        raise ValueError(f"unknown positives sampling {how!r}")
     draws = positives[torch.randint(positives.size, (n,), generator=generator).numpy()]
     rows = features[torch.as_tensor(draws)].detach().cpu().numpy()
     _, first = np.unique(rows, axis=0, return_index=True)
@@ -385,9 +452,12 @@ def pso(
     for it in range(1, cfg.iterations + 1):
         r1 = cfg.phi * torch.rand(r_shape, generator=generator, dtype=dt).to(device)
         r2 = cfg.phi * torch.rand(r_shape, generator=generator, dtype=dt).to(device)
+        if cfg.update_order == "position-first":  # the released code: move, then steer
+            x = x + v
         v = chi * (v + r1 * (pbest_x - x) + r2 * (gbest_x - x))
         v = clamp_velocity(v, wb, cfg.variant)
-        x = x + v
+        if cfg.update_order == "velocity-first":
+            x = x + v
         scores = fitness(x)
         better = scores.fitness > pbest.fitness
         pbest = scores.where(better, pbest)
@@ -401,7 +471,7 @@ def pso(
             stall += 1
         history.append(_record(it, gbest, scores, v, improved=improved, stall=stall))
         log.debug("arachne iteration %d: best fitness %.6f", it, float(gbest.fitness[0]))
-        if stall >= cfg.patience:
+        if stall >= cfg.patience and it >= cfg.stagnation_start:
             break
     return Search(best=gbest_x.cpu(), scores=gbest, iterations=it, history=history)
 
@@ -464,7 +534,7 @@ def repair(
         seed,
         device,
         n_positives=cfg.n_positives,
-        dedup_positives=cfg.dedup_positives,
+        sampling=cfg.positives,
         grad_factor=cfg.grad_factor,
     )
     if isinstance(problem, RepairResult):
@@ -620,10 +690,11 @@ def set_up(
     seed: int,
     device: torch.device | str,
     n_positives: int,
-    dedup_positives: bool,
+    sampling: str,
     grad_factor: int | None,
 ) -> Problem | RepairResult:
-    """Check the inputs, localise (unless ``grad_factor`` is None), sample the positives.
+    """Check the inputs, localise (unless ``grad_factor`` is None), sample the positives
+    (``sampling``: how, as ``repair.positives``).
 
     Returns the ``nothing_to_repair`` result when the class has no negatives. The positives
     are the first draw of the generator seeded with ``seed``, so every method given the same
@@ -654,7 +725,7 @@ def set_up(
     loc = None
     if grad_factor is not None:
         loc = localise(weight, bias, features[torch.as_tensor(neg)], target_class, grad_factor)
-    pos = sample_positives(positives, features, n_positives, dedup_positives, generator)
+    pos = sample_positives(positives, features, n_positives, sampling, generator, labels=y_np)
     return Problem(
         method=method,
         head=head,

@@ -320,7 +320,7 @@ def repair(
         seed,
         device,
         n_positives=cfg.n_positives,
-        dedup_positives=cfg.dedup_positives,
+        sampling=cfg.positives,
         grad_factor=cfg.grad_factor,
     )
     if isinstance(problem, RepairResult):

@@ -270,7 +270,7 @@ def repair(
         seed,
         device,
         n_positives=cfg.n_positives,
-        dedup_positives=cfg.dedup_positives,
+        sampling=cfg.positives,
         grad_factor=cfg.grad_factor if cfg.weights == "localised" else None,
     )
     if isinstance(problem, RepairResult):

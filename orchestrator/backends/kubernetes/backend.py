@@ -37,13 +37,19 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from orchestrator.backends.base import RunState, RunStatus, SubmitResult
+from orchestrator.backends.kubernetes.changes import (
+    Changes,
+    hash_of,
+    kind_of,
+    name_of,
+    plan_changes,
+    ref,
+)
 from orchestrator.backends.kubernetes.manifests import (
     CONTAINER,
     INSTANCE_LABEL,
     RUNS_ANNOTATION,
-    SPEC_HASH_ANNOTATION,
     SWEEP_KEY,
-    object_name,
     render_sweep,
     sweep_selector,
     with_namespace,
@@ -86,10 +92,6 @@ class Sweep:
 
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return obj.get("metadata") or {}
-
-
-def _hash_of(obj: dict[str, Any]) -> str | None:
-    return (_meta(obj).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
 
 
 def _api_message(exc: Any) -> str:
@@ -159,6 +161,11 @@ class KubernetesBackend:
         self.progress_every_s = progress_every_s
         self._core: Any = None
         self._batch: Any = None
+
+    name = "kubernetes"
+
+    # The CLI options this backend takes (``open_backend`` refuses the others).
+    options = ("namespace", "context", "endpoint_url")
 
     # --- client -------------------------------------------------------------------------
 
@@ -284,68 +291,51 @@ class KubernetesBackend:
     def submit(
         self, spec: SweepSpec, *, dry_run: bool = False, replace: bool = False
     ) -> SubmitResult:
+        """Create the sweep's objects: list what exists, decide (pure), then apply."""
         spec = with_namespace(spec, self.namespace)
-        configmap, job = render_sweep(spec)
-        ns, name, digest = spec.kubernetes.namespace, object_name(spec), spec.spec_hash()
+        desired = render_sweep(spec)
+        ns, digest = spec.kubernetes.namespace, spec.spec_hash()
         selector = sweep_selector(spec.name)
-        kinds = (
-            (
-                "configmap",
-                configmap,
+        found = [
+            {"kind": kind, **obj}
+            for kind, lister in (
+                ("ConfigMap", self.core.list_namespaced_config_map),
+                ("Job", self.batch.list_namespaced_job),
+            )
+            for obj in self._list(f"{kind.lower()}s", lister, ns, selector)["items"]
+        ]
+        changes = plan_changes(
+            desired, found, digest=digest, sweep=spec.name, namespace=ns, replace=replace
+        )
+        return self.apply(changes, spec.name, ns, digest, dry_run=dry_run)
+
+    def apply(
+        self, changes: Changes, sweep: str, ns: str, digest: str, *, dry_run: bool = False
+    ) -> SubmitResult:
+        """Carry out ``plan_changes``' decision; a dry run asks the server to check only."""
+        result = SubmitResult(sweep=sweep, dry_run=dry_run)
+        for obj in changes.delete:
+            if not dry_run:
+                self._delete(kind_of(obj), name_of(obj), ns, "Foreground")
+            result.replaced.append(ref(obj))
+        result.unchanged.extend(ref(o) for o in changes.unchanged)
+        creators = {
+            "configmap": (
                 self.core.create_namespaced_config_map,
-                self.core.list_namespaced_config_map,
                 self.core.read_namespaced_config_map,
             ),
-            (
-                "job",
-                job,
-                self.batch.create_namespaced_job,
-                self.batch.list_namespaced_job,
-                self.batch.read_namespaced_job,
-            ),
-        )
-        found = {
-            kind: self._list(f"{kind}s", lister, ns, selector)["items"]
-            for kind, _o, _c, lister, _r in kinds
+            "job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
         }
-        stale = [
-            (kind, o)
-            for kind, items in found.items()
-            for o in items
-            if _hash_of(o) != digest or _meta(o).get("name") != name
-        ]
-        result = SubmitResult(sweep=spec.name, dry_run=dry_run)
-        if stale and not replace:
-            kind, obj = stale[0]
-            raise BadInput(
-                f"sweep {spec.name!r} already runs in namespace {ns!r} with another spec"
-                f" ({kind}/{_meta(obj).get('name')}, spec hash {(_hash_of(obj) or '?')[:8]} vs"
-                f" {digest[:8]}): pass --replace to delete it and submit this one, or rename"
-                " the sweep"
-            )
-        for kind, obj in sorted(stale, key=lambda ko: ko[0] == "configmap"):  # jobs first
-            if not dry_run:
-                self._delete(kind, _meta(obj)["name"], ns, "Foreground")
-            result.replaced.append(f"{kind}/{_meta(obj)['name']}")
-        current = {
-            kind
-            for kind, items in found.items()
-            for o in items
-            if _hash_of(o) == digest and _meta(o).get("name") == name
-        }
-        created_job: dict[str, Any] | None = None
-        for kind, obj, create, _lister, reader in kinds:
-            ref = f"{kind}/{name}"
-            if kind in current:
-                result.unchanged.append(ref)
-                continue
-            outcome, body = self._create(kind, obj, create, reader, ns, digest, dry_run)
-            (result.created if outcome == "created" else result.unchanged).append(ref)
-            if kind == "job":
-                created_job = body
+        job: dict[str, Any] | None = None
+        for obj in changes.create:
+            create, reader = creators[kind_of(obj)]
+            outcome, body = self._create(kind_of(obj), obj, create, reader, ns, digest, dry_run)
+            (result.created if outcome == "created" else result.unchanged).append(ref(obj))
+            if kind_of(obj) == "job":
+                job = body
         if not dry_run:
-            job_obj = created_job or next(o for o in found["job"] if _meta(o)["name"] == name)
-            self._own_configmap(ns, name, job_obj)
+            job = job or next(o for o in changes.unchanged if kind_of(o) == "job")
+            self._own_configmap(ns, name_of(job), job)
         return result
 
     def _create(
@@ -377,7 +367,7 @@ class KubernetesBackend:
         # 409: it exists. Ours if it carries our hash; then an earlier try (timed out or
         # answered 5xx) created it, so it counts as created, else someone else just did.
         existing = self._get(kind, reader, name, ns)
-        if existing is None or _hash_of(existing) != digest:
+        if existing is None or hash_of(existing) != digest:
             raise BadInput(
                 f"{kind}/{name} already exists in namespace {ns!r} and was not made from this"
                 " spec: delete it or rename the sweep"
@@ -719,10 +709,7 @@ class KubernetesBackend:
 
     # --- cancel -------------------------------------------------------------------------
 
-    def cancel(self, sweep: str) -> None:
-        self.delete_sweep(sweep)
-
-    def delete_sweep(
+    def cancel(
         self, sweep: str, namespace: str | None = None, propagation: str = "Foreground"
     ) -> list[str]:
         """Delete the sweep's Jobs (their pods with them) and ConfigMaps; never results."""

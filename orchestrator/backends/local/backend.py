@@ -34,6 +34,7 @@ from orchestrator.backends.progress import describe, sweep_progress
 from orchestrator.errors import BadInput
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.gpu.packing import GpuPool
+from orchestrator.results import events
 from orchestrator.results import layout as keys
 from orchestrator.spec import RunSpec, SweepSpec, parse_spec
 from orchestrator.store import KeyMissing, Store, open_results, read_json
@@ -164,6 +165,11 @@ class LocalBackend:
         self._state: dict[str, Any] = {}
         self.nvml = nvml  # None: the real NVML, asked once per submit
         self._gpus: GpuPool | None = None
+
+    name = "local"
+
+    # The CLI options this backend takes (``open_backend`` refuses the others).
+    options = ("workers",)
 
     # --- state file -------------------------------------------------------------------
 
@@ -401,11 +407,8 @@ class LocalBackend:
                 proc.terminate()  # cancelled between the check above and the start
             assert proc.stdout is not None
             for line in proc.stdout:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue  # a library printing to stdout; its stderr is in the log
-                if isinstance(ev, dict):
+                ev = events.from_line(line)
+                if ev is not None:  # else a library printing to stdout; stderr is in the log
                     display.event(task, ev, progress)
             code = proc.wait()
             with self._lock:
@@ -509,8 +512,10 @@ class LocalBackend:
                 return
             self.sleep(self.poll_s)
 
-    def cancel(self, sweep: str) -> None:
-        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later."""
+    def cancel(self, sweep: str) -> list[str]:
+        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later.
+
+        Returns what was signalled (``pid/N``)."""
         state = self.read_state(sweep) or {}
         if _alive(state.get("pid"), state.get("pid_start")):
             targets = [state["pid"]]  # it terminates its runs and starts no more
@@ -526,3 +531,4 @@ class LocalBackend:
         for pid in targets:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
+        return [f"pid/{pid}" for pid in targets]

@@ -507,7 +507,7 @@ def test_cancel_removes_the_objects_and_keeps_results(
     spec = make_spec()
     backend.submit(spec)
     store.write_bytes(results.success("quickstart", spec.runs()[0].name), b"")
-    deleted = backend.delete_sweep("quickstart")
+    deleted = backend.cancel("quickstart")
     name = object_name(spec)
     assert deleted == [f"job/{name}", f"configmap/{name}"]
     assert cluster.stored("jobs", NS) == {} and cluster.stored("configmaps", NS) == {}
@@ -587,7 +587,7 @@ def test_cli_submit_status_logs_cancel(
     assert [x["state"] for x in runs] == ["RUNNING", "PENDING", "PENDING"]
     assert runs[0]["node"] == "gpu-7"
     assert runs[0]["progress"]["epoch"] == 5
-    r = cli("status", "quickstart", "--endpoint-url", s3.endpoint_url)
+    r = cli("status", "quickstart", "--endpoint-url", s3.endpoint_url, "-o", "table")
     assert r.code == 0 and "RUNNING" in r.out and "gpu-7" in r.out and "epoch 5" in r.out
 
     store.write_bytes(results.log("quickstart", spec.runs()[1].name), b"archived\n")
@@ -622,7 +622,7 @@ def test_cli_watch_prints_one_json_line_per_change(
     assert r.code == 0, r.err
     lines = [json.loads(x) for x in r.out.splitlines()]
     assert [x["runs"][0]["state"] for x in lines] == ["SUCCEEDED"]
-    r = cli("status", "quickstart", "--watch", "--endpoint-url", s3.endpoint_url)
+    r = cli("status", "quickstart", "--watch", "--endpoint-url", s3.endpoint_url, "-o", "table")
     assert r.code == 0 and "1 succeeded" in r.out and "done" not in r.out
 
 
