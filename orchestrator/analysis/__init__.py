@@ -1,2 +1,6 @@
-"""Where numbers become answers: load records from a store, compute the paper's tables
-(``tables``) and write figures and the report (``report``)."""
+"""Where numbers become answers, one stage per module: ``load`` (records from a store,
+validated), ``tables`` (Qual, switch points, Table 1 under either counting rules),
+``effects`` (repair against the unrepaired model, methods side by side), ``stats`` and
+``headline`` (the answer with its uncertainty), ``figures``, ``document`` and ``report``
+(what a reader sees), ``output`` (writing it all without ever leaving a half-written
+report), ``problems`` (what is damaged or missing)."""

@@ -1,4 +1,4 @@
-"""``aggregate``: results in a store -> tables, Table 1, figures and the report."""
+"""``aggregate``: results in a store -> headline, tables, Table 1, figures and the report."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def aggregate(
             show_default="0.2 0.5 0.8",
         ),
     ] = None,
+    rules: Annotated[
+        str,
+        typer.Option(
+            help="Counting rules: text (the paper's text: reference = convergence checkpoint,"
+            " it wins ties) or notebook (the paper's notebook: reference = last checkpoint,"
+            " ties go to the earliest, a unit with any checkpoint missing is incomplete).",
+        ),
+    ] = "text",
     strict: Annotated[
         bool,
         typer.Option(
@@ -41,42 +49,61 @@ def aggregate(
         str | None, typer.Option(help="S3 endpoint for s3:// URIs, e.g. MinIO's URL.")
     ] = None,
     after_convergence: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Checkpoints after the convergence epoch: exclude (paper) or include them"
-            " (adds the after-convergence pattern).",
+            help="With --rules text, checkpoints after the convergence epoch: exclude (paper)"
+            " or include them (adds the after-convergence pattern).",
+            show_default="exclude",
         ),
-    ] = "exclude",
+    ] = None,
     sweep: Annotated[
         str | None, typer.Option(help="Sweep to aggregate when the URI holds several.")
     ] = None,
     max_figures: Annotated[
         int, typer.Option(min=0, help="Cap on (run, class) pairs drawn as Fig. 3/Fig. 4.")
     ] = 24,
+    bootstrap_seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the bootstrap resampling behind every CI.")
+    ] = 0,
     output: LocationOutputOpt = None,
 ) -> None:
-    """Tables (Table 1, switch points, Qual), figures and a report from a sweep's results."""
-    from functools import partial
+    """Headline, tables (Table 1, switch points, repair effects, Qual), figures and a report
+    from a sweep's results."""
+    from rich.console import Group
 
+    from orchestrator.analysis import output as report_files
     from orchestrator.analysis import report
     from orchestrator.analysis import tables as ag
+    from orchestrator.analysis.problems import raise_if_problems
     from orchestrator.errors import BadInput
     from orchestrator.store import open_store
 
     if endpoint_url and not results_uri.startswith("s3://"):
         raise BadInput(f"--endpoint-url applies to s3:// URIs only, not {results_uri}")
+    mode = after_convergence or "exclude"
+    if rules == "notebook" and after_convergence is not None:
+        raise BadInput(
+            "--after-convergence applies to --rules text only; the notebook's rules compare"
+            " every checkpoint against the last"
+        )
+    ag.check_rules(rules, mode)
     store = open_store(results_uri, **({"endpoint_url": endpoint_url} if endpoint_url else {}))
     agg = ag.aggregate(
         store,
         alphas=tuple(alpha) if alpha else ag.DEFAULT_ALPHAS,
-        after_convergence=after_convergence,  # type: ignore[arg-type]  # checked there
+        after_convergence=mode,  # type: ignore[arg-type]  # checked above
+        rules=rules,  # type: ignore[arg-type]
         sweep=sweep,
+        bootstrap_seed=bootstrap_seed,
     )
     if strict:
-        ag.raise_if_problems(agg)
+        raise_if_problems(agg.loaded.uri, agg.problems)
     folder = (out or Path("report") / agg.sweep).absolute()
-    report.publish(agg, folder, max_figures=max_figures)
+    report_files.publish(agg, folder, max_figures=max_figures)
     if len(agg.problems):
         err(f"{len(agg.problems)} incomplete or damaged result(s): see {folder / 'report.md'}")
-    table = partial(report.summary_table, agg)
+
+    def table() -> Group:
+        return Group(*report.terminal_summary(agg))
+
     render(report.summary(agg, folder), output, table, location=str(folder), table_to_stderr=True)

@@ -9,9 +9,15 @@ Keys are relative to the results root (the spec's ``results`` URI):
     <sweep>/<run>/train/state.pt          (while training: the latest resumable state)
     <sweep>/<run>/checkpoints/epoch_NNN.pt
     <sweep>/<run>/epoch_NNN/base/metrics.json
-    <sweep>/<run>/epoch_NNN/repair/class_C/{metrics.json,patch.json,search.csv}
+    <sweep>/<run>/epoch_NNN/repair/<method>/class_C/{metrics.json,patch.json,search.csv}
     <sweep>/<run>/logs/trainer.log
+    <sweep>/<run>/records.arrow
     <sweep>/<run>/_SUCCESS
+
+Repair keys without the ``<method>`` level (``epoch_NNN/repair/class_C/...``, the first
+layout, from before repair methods became a sweep dimension) are read as ``DEFAULT_METHOD``.
+``records.arrow`` is a finished run's metrics records in one object (see
+``orchestrator.results.records.dump_run_records``), written just before ``_SUCCESS``.
 
 The trainer writes them, the aggregator and ``status`` read them; both go through here so
 the two sides cannot drift apart.
@@ -22,6 +28,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+
+# What a repair key without a method level means: the first layout only knew Arachne.
+DEFAULT_METHOD = "arachne"
+# Listing a sweep with this delimiter returns every run's own files (run.json, _SUCCESS,
+# records.arrow, train/...) with all of its epoch folders rolled up into one entry each
+# (S3's CommonPrefixes): how the aggregator finds finished runs without listing every record.
+RUN_FILES_DELIMITER = "/epoch_"
 
 
 def sweep_json(sweep: str) -> str:
@@ -61,24 +74,30 @@ def base_metrics(sweep: str, run: str, epoch: int) -> str:
     return f"{epoch_dir(sweep, run, epoch)}/base/metrics.json"
 
 
-def repair_dir(sweep: str, run: str, epoch: int, cls: int) -> str:
-    return f"{epoch_dir(sweep, run, epoch)}/repair/class_{cls}"
+def repair_dir(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+    """``method=None``: the first layout, without a method level (read as DEFAULT_METHOD)."""
+    level = f"{method}/" if method else ""
+    return f"{epoch_dir(sweep, run, epoch)}/repair/{level}class_{cls}"
 
 
-def repair_metrics(sweep: str, run: str, epoch: int, cls: int) -> str:
-    return f"{repair_dir(sweep, run, epoch, cls)}/metrics.json"
+def repair_metrics(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+    return f"{repair_dir(sweep, run, epoch, cls, method)}/metrics.json"
 
 
-def repair_patch(sweep: str, run: str, epoch: int, cls: int) -> str:
-    return f"{repair_dir(sweep, run, epoch, cls)}/patch.json"
+def repair_patch(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+    return f"{repair_dir(sweep, run, epoch, cls, method)}/patch.json"
 
 
-def repair_search(sweep: str, run: str, epoch: int, cls: int) -> str:
-    return f"{repair_dir(sweep, run, epoch, cls)}/search.csv"
+def repair_search(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+    return f"{repair_dir(sweep, run, epoch, cls, method)}/search.csv"
 
 
 def log(sweep: str, run: str) -> str:
     return f"{sweep}/{run}/logs/trainer.log"
+
+
+def records(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}/records.arrow"
 
 
 def success(sweep: str, run: str) -> str:
@@ -93,6 +112,7 @@ Kind = Literal[
     "sweep_json",
     "run_json",
     "success",
+    "records",
     "summary",
     "history",
     "train_state",
@@ -105,6 +125,7 @@ Kind = Literal[
 _RUN_FILES: dict[str, Kind] = {
     "run.json": "run_json",
     "_SUCCESS": "success",
+    "records.arrow": "records",
     "train/summary.json": "summary",
     "train/history.csv": "history",
     "train/state.pt": "train_state",
@@ -112,7 +133,9 @@ _RUN_FILES: dict[str, Kind] = {
 }
 _EPOCH_KEY = re.compile(
     r"^(?:checkpoints/epoch_(?P<ckpt>\d{3,})\.pt"
-    r"|epoch_(?P<epoch>\d{3,})/(?:(?P<base>base)|repair/class_(?P<cls>\d+))/metrics\.json)$"
+    r"|epoch_(?P<epoch>\d{3,})/(?:(?P<base>base)"
+    r"|repair/(?:(?!class_\d+/)(?P<method>[A-Za-z0-9][A-Za-z0-9_.-]*)/)?class_(?P<cls>\d+))"
+    r"/metrics\.json)$"
 )
 
 
@@ -125,6 +148,7 @@ class Key:
     run: str | None = None
     epoch: int | None = None
     repair_class: int | None = None
+    method: str | None = None  # repair keys only; DEFAULT_METHOD for the first layout
 
 
 def parse(key: str, *, root: bool = True) -> Key | None:
@@ -152,4 +176,19 @@ def parse(key: str, *, root: bool = True) -> Key | None:
         return Key("checkpoint", sweep, run, int(m["ckpt"]))
     if m["base"]:
         return Key("base", sweep, run, int(m["epoch"]))
-    return Key("repair", sweep, run, int(m["epoch"]), int(m["cls"]))
+    method = m["method"] or DEFAULT_METHOD
+    return Key("repair", sweep, run, int(m["epoch"]), int(m["cls"]), method)
+
+
+def run_folder(key: str, *, root: bool = True) -> tuple[str | None, str] | None:
+    """(sweep, run) of the run folder ``key`` lies in, also for keys ``parse`` does not
+    know (a rolled-up listing entry, a stray file); None for keys outside any run folder."""
+    sweep: str | None = None
+    if root:
+        sweep, sep, key = key.partition("/")
+        if not sep or not sweep:
+            return None
+    run, sep, rest = key.partition("/")
+    if not sep or not run or not rest:
+        return None
+    return sweep, run

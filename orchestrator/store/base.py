@@ -40,8 +40,14 @@ class Store(Protocol):
 
     def download_file(self, key: str, path: Path) -> None: ...
 
-    def list(self, prefix: str = "") -> list[str]:
-        """All keys under ``prefix`` (recursive), sorted."""
+    def list(self, prefix: str = "", delimiter: str | None = None) -> list[str]:
+        """All keys under ``prefix`` (recursive), sorted.
+
+        With a ``delimiter`` (S3's semantics), every key whose part after the folder
+        ``prefix`` contains it is rolled up into one entry that ends at its first
+        occurrence, e.g. ``list("sw", "/epoch_")`` gives ``sw/r/run.json`` and
+        ``sw/r/epoch_`` instead of every file of every epoch folder.
+        """
         ...
 
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:

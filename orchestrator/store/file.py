@@ -18,6 +18,11 @@ from orchestrator.errors import BadInput, StoreError
 from orchestrator.store.base import KeyMissing, clean_key
 
 
+def _in_flight(name: str) -> bool:
+    """An atomic write in flight (see ``_atomic``), not an object."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 class FileStore:
     """A folder on the local file system (a plain path or ``file://`` URI)."""
 
@@ -83,16 +88,47 @@ class FileStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, path)
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", delimiter: str | None = None) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return [prefix] if base.is_file() else []
+        if delimiter:
+            return self._list_rolled_up(base, delimiter)
         out = []
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.endswith(".tmp") and name.startswith("."):
-                    continue  # an atomic write in flight, not an object
+                if _in_flight(name):
+                    continue
                 out.append(Path(dirpath, name).relative_to(self.root).as_posix())
+        return sorted(out)
+
+    def _list_rolled_up(self, base: Path, delimiter: str) -> list[str]:
+        """``list`` with a delimiter: folders whose path (plus "/") holds it are rolled up
+        without being walked, so their size does not matter."""
+        top = base.relative_to(self.root).as_posix()
+        lead = "" if top == "." else f"{top}/"
+        out: set[str] = set()
+
+        def rolled(inner: str) -> str | None:
+            i = inner.find(delimiter)
+            return None if i < 0 else lead + inner[: i + len(delimiter)]
+
+        skip = len(str(base)) + 1
+        for dirpath, dirs, files in os.walk(base):
+            inner_dir = dirpath[skip:].replace(os.sep, "/")
+            inner_dir = f"{inner_dir}/" if inner_dir else ""
+            keep = []
+            for d in dirs:
+                entry = rolled(f"{inner_dir}{d}/")
+                if entry is None:
+                    keep.append(d)
+                else:
+                    out.add(entry)
+            dirs[:] = keep
+            for name in files:
+                if not _in_flight(name):
+                    inner = inner_dir + name
+                    out.add(rolled(inner) or lead + inner)
         return sorted(out)
 
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:

@@ -508,9 +508,12 @@ class S3Store:
         with self._translated("download", key):
             self.client.download_file(self.bucket, full, str(path), Config=self.transfer_config)
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", delimiter: str | None = None) -> list[str]:
         base = self._dir(prefix)
         with self._translated("list", clean_key(prefix) or None):
+            if delimiter:
+                keys, rolled = self._list_all(base, delimiter)
+                return sorted(self._rel(k) for k in [*keys, *rolled])
             keys = self._list_under(base)
         out = sorted(self._rel(k) for k in keys if not k.endswith("/"))
         p = clean_key(prefix)
@@ -518,16 +521,17 @@ class S3Store:
             return [p]  # like FileStore: a prefix that names one object lists it
         return out
 
-    def _list_page(self, base: str, delimiter: bool, token: str | None) -> dict[str, Any]:
+    def _list_page(self, base: str, delimiter: str | None, token: str | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base}
         if delimiter:
-            kwargs["Delimiter"] = "/"
+            kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
         return self.client.list_objects_v2(**kwargs)
 
-    def _list_all(self, base: str, delimiter: bool = False) -> tuple[list[str], list[str]]:
-        """Every key (and with ``delimiter`` every sub-folder) directly or wholly below base."""
+    def _list_all(self, base: str, delimiter: str | None = None) -> tuple[list[str], list[str]]:
+        """Every key below base, and with ``delimiter`` the keys rolled up at it (with "/":
+        the sub-folders; CommonPrefixes)."""
         keys: list[str] = []
         folders: list[str] = []
         token = None
@@ -542,15 +546,15 @@ class S3Store:
     def _list_under(self, base: str) -> list[str]:
         """All keys below ``base``: one request when they fit in a page (1,000 keys); else
         the folders below are found and listed concurrently instead of page after page."""
-        first = self._list_page(base, False, None)
+        first = self._list_page(base, None, None)
         keys = [o["Key"] for o in first.get("Contents", [])]
         if not first.get("IsTruncated"):
             return keys
-        keys, folders = self._list_all(base, delimiter=True)
+        keys, folders = self._list_all(base, "/")
         for _ in range(8):  # a single sub-folder (one sweep): look a level deeper
             if len(folders) != 1:
                 break
-            more, folders = self._list_all(folders[0], delimiter=True)
+            more, folders = self._list_all(folders[0], "/")
             keys += more
         for found in self._map(lambda f: self._list_all(f)[0], folders):
             keys += found

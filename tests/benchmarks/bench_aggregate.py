@@ -1,55 +1,87 @@
-"""Benchmark: aggregate 10,000 metrics records from a generated local results tree.
+"""Benchmark: aggregate 100,000 metrics records, read one file per record versus one
+records.arrow per finished run, from a local folder and from S3.
 
-Target (issue 4): reading, validating and computing every table for 10,000 records takes a
-few seconds on 2 cores. One run prints the measured times, records/s and the ratio to the
-target side by side; the full CLI (tables + capped figures + report) is timed as well.
+Targets (issue 14): every table for 100,000 records in <= 2 s from a local folder and
+<= 5 s from S3 (moto in its own process, each request delayed 10 ms as in bench_s3.py).
+One run prints both ways side by side, checks that they give the same tables, and times
+the figures and report as well.
 
-    python tests/benchmarks/bench_aggregate.py [--records 10000] [--keep DIR]
+Tree: runs x 8 checkpoints x (base + 4 repaired classes) = 40 records per run (2,500 runs
+for 100,000 records), each run with run.json, train/summary.json, _SUCCESS and the
+records.arrow the trainer writes when it finishes. Files are written plainly (no fsync per
+file as the trainer's atomic writes do): this measures the aggregator, not the disk. The
+S3 server gets the same tree loaded straight into its backend (uploading 110,000 objects
+over HTTP would take minutes and measure nothing of interest).
+
+    python tests/benchmarks/bench_aggregate.py [--records 100000] [--latency-ms 10]
+        [--no-s3] [--no-s3-per-file] [--keep DIR]
+
+``--no-s3-per-file`` skips the slowest measurement (one request per record from S3: on
+2 cores, minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS / "support"))
+sys.path.insert(0, str(TESTS.parent))
 
-from orchestrator.analysis import report, results  # noqa: E402
+from s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY  # noqa: E402
+
+from orchestrator.analysis import load as loading  # noqa: E402
+from orchestrator.analysis import output, report  # noqa: E402
 from orchestrator.analysis import tables as ag  # noqa: E402
-from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary  # noqa: E402
+from orchestrator.results import layout  # noqa: E402
+from orchestrator.results.records import (  # noqa: E402
+    MetricsRecord,
+    RunInfo,
+    TrainSummary,
+    dump_run_records,
+)
 from orchestrator.store.file import FileStore  # noqa: E402
 
-TARGET_S = 5.0  # "a few seconds on 2 cores"
+LOCAL_TARGET_S = 2.0
+S3_TARGET_S = 5.0
 EPOCHS = (1, 5, 10, 15, 20, 25, 30, 12)  # the paper's checkpoints plus a convergence epoch
 CLASSES = (3, 8, 9, 5)
 SWEEP = "bench"
+BUCKET = "bench"
+FRAMES = ("quality", "switch_points", "patterns", "effects", "methods", "headline", "problems")
 
 
-def generate(root: Path, n_records: int, seed: int = 0) -> int:
-    """A sweep of runs x 8 checkpoints x (base + 4 repaired classes) = 40 records per run.
-
-    Files are written plainly (no fsync per file as the trainer's atomic writes do): the
-    benchmark measures the aggregator, not how fast a disk can sync 10,000 files.
-    """
+def generate(root: Path, n_records: int, seed: int = 0) -> tuple[int, int]:
+    """The tree described above; returns (records, runs)."""
     rng = np.random.default_rng(seed)
     per_run = len(EPOCHS) * (1 + len(CLASSES))
     n_runs = -(-n_records // per_run)
     written = 0
 
-    def put(key: str, obj: dict) -> None:
+    def put(key: str, data: bytes) -> None:
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj))
+        path.write_bytes(data)
 
-    put(results.sweep_json(SWEEP), {"name": SWEEP, "description": "benchmark tree"})
+    def put_json(key: str, obj: dict) -> bytes:
+        data = json.dumps(obj).encode()
+        put(key, data)
+        return data
+
+    put_json(layout.sweep_json(SWEEP), {"name": SWEEP, "description": "benchmark tree"})
     for i in range(n_runs):
         dataset, model, s = ("digits", "gtsrb")[i % 2], f"m{(i // 2) % 5}", 1000 + i
         run = f"{dataset}-{model}-s{s}"
@@ -62,7 +94,7 @@ def generate(root: Path, n_records: int, seed: int = 0) -> int:
             hostname="bench",
             started="2024-01-01T00:00:00Z",
         )
-        put(results.run_json(SWEEP, run), info.model_dump(mode="json"))
+        files = {"run.json": put_json(layout.run_json(SWEEP, run), info.model_dump(mode="json"))}
         summary = TrainSummary(
             convergence_epoch=conv,
             checkpoint_epochs=epochs,
@@ -71,7 +103,10 @@ def generate(root: Path, n_records: int, seed: int = 0) -> int:
             best_val_loss=0.2,
             seconds=60.0,
         )
-        put(results.summary_json(SWEEP, run), summary.model_dump(mode="json"))
+        files["train/summary.json"] = put_json(
+            layout.summary_json(SWEEP, run), summary.model_dump(mode="json")
+        )
+        records, keys = [], []
         for epoch in epochs:
             for cls in (None, *CLASSES):
                 if written >= n_records:
@@ -102,60 +137,201 @@ def generate(root: Path, n_records: int, seed: int = 0) -> int:
                     n_intact=None if cls is None else 196,
                     iterations=None if cls is None else 20,
                     seconds=None if cls is None else 1.5,
-                )
+                ).model_dump(mode="json")
                 key = (
-                    results.base_metrics(SWEEP, run, epoch)
+                    layout.base_metrics(SWEEP, run, epoch)
                     if cls is None
-                    else results.repair_metrics(SWEEP, run, epoch, cls)
+                    else layout.repair_metrics(SWEEP, run, epoch, cls)
                 )
-                put(key, rec.model_dump(mode="json"))
+                put_json(key, rec)
+                records.append(rec)
+                keys.append(key[len(layout.run_prefix(SWEEP, run)) + 1 :])
                 written += 1
-        (root / results.success(SWEEP, run)).write_bytes(b"")
-    return written
+        put(layout.records(SWEEP, run), dump_run_records(records, keys, files))
+        put(layout.success(SWEEP, run), b"")
+    return written, n_runs
+
+
+class Counted:
+    """Counts the requests a store is asked for (reads and listings)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def wrap(self, store: Any) -> Any:
+        list_, read_many = store.list, store.read_many
+
+        def counted_list(prefix: str = "", delimiter: str | None = None) -> list[str]:
+            self.n += 1
+            return list_(prefix, delimiter=delimiter)
+
+        def counted_read(keys: Iterable[str]) -> dict[str, bytes | Exception]:
+            keys = list(keys)
+            self.n += len(keys)
+            return read_many(keys)
+
+        store.list, store.read_many = counted_list, counted_read
+        return store
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def same_tables(a: ag.Aggregation, b: ag.Aggregation) -> None:
+    pd.testing.assert_frame_equal(a.loaded.records, b.loaded.records, check_exact=True)
+    for name in FRAMES:
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
+
+
+# The same tree in a moto server of its own process: loaded straight into its backend, then
+# served with every request delayed (an emulated network round trip; a sleeping server
+# costs no CPU, unlike a proxy hop).
+_SERVER = """
+import logging, os, sys, threading, time
+from werkzeug.serving import make_server
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app)
+from moto.s3.models import s3_backends
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+folder, bucket, latency = sys.argv[1], sys.argv[2], float(sys.argv[3])
+backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+backend.create_bucket(bucket, "us-east-1")
+n = 0
+for dirpath, _, files in os.walk(folder):
+    for name in files:
+        path = os.path.join(dirpath, name)
+        with open(path, "rb") as f:
+            backend.put_object(bucket, os.path.relpath(path, folder), f.read())
+        n += 1
+app = DomainDispatcherApplication(create_backend_app)
+def delayed(environ, start_response):
+    time.sleep(latency)
+    return app(environ, start_response)
+server = make_server("127.0.0.1", 0, delayed, threaded=True, request_handler=MotoRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", "http://127.0.0.1:%d" % server.server_port, n, flush=True)
+sys.stdin.read()
+server.shutdown()
+"""
+
+
+def s3_store(endpoint: str, counter: Counted) -> Any:
+    from orchestrator.store.s3 import S3Store
+
+    store = S3Store.from_uri(f"s3://{BUCKET}", endpoint_url=endpoint)
+    # every HTTP request the client sends, retries included
+    store.client.meta.events.register(
+        "before-send.s3", lambda **_: counter.__setattr__("n", counter.n + 1)
+    )
+    return store
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--latency-ms", type=float, default=10.0)
+    parser.add_argument("--no-s3", action="store_true", help="local folder only")
+    parser.add_argument("--no-s3-per-file", action="store_true", help="skip the slowest run")
     parser.add_argument("--keep", type=Path, help="write the tree and report here and keep them")
     args = parser.parse_args()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-aggregate-"))
     tree, out = work / "results", work / "report"
     shutil.rmtree(tree, ignore_errors=True)
     try:
-        t0 = time.perf_counter()
-        n = generate(tree, args.records)
-        t_gen = time.perf_counter() - t0
-
-        store = FileStore(tree)
-        t0 = time.perf_counter()
-        loaded = ag.load(store)
-        t_load = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        agg = ag.aggregate(store)
-        t_agg = time.perf_counter() - t0  # list + bulk read + validate + every table
-        assert len(agg.loaded.records) == n == len(loaded.records), "records lost"
-        t0 = time.perf_counter()
-        ag.write_tables(agg, out)
-        t_tables = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report.write_report(agg, out)
-        t_report = time.perf_counter() - t0
-        n_figs = len(list((out / "figures").glob("*.png")))
-
-        rate = n / t_agg
-        print(f"records                         {n:>10,}  (generated in {t_gen:.1f} s)")
-        print(f"list + read + validate          {t_load:>10.2f} s")
-        print(f"aggregate (load + all tables)   {t_agg:>10.2f} s   {rate:>9,.0f} records/s")
-        print(f"  target                        {TARGET_S:>10.2f} s   ratio {t_agg / TARGET_S:.2f}")
-        print(f"write CSV + parquet             {t_tables:>10.2f} s")
-        print(f"figures ({n_figs:>3}) + report        {t_report:>10.2f} s")
-        total = t_agg + t_tables + t_report
-        print(f"whole command (excl. start-up)  {total:>10.2f} s")
-        pairs = len(agg.switch_points.drop_duplicates(["run", "repair_class"]))
+        t_gen, (n, n_runs) = timed(lambda: generate(tree, args.records))
         print(
-            f"(run, class) pairs {pairs}, switch points {len(agg.switch_points)},"
-            f" quality rows {len(agg.quality)}"
+            f"cores {os.cpu_count()}; {n:,} records in {n_runs:,} runs (40 per run), each"
+            f" finished run with its records.arrow; generated in {t_gen:.1f} s",
+            flush=True,
+        )
+        rows: list[tuple[str, str, float, int]] = []
+
+        def measure(where: str, how: str, store: Any, counter: Counted, packed: bool) -> Any:
+            counter.n = 0
+            t_load, loaded = timed(lambda: loading.load(store, packed=packed))
+            counter.n = 0
+            t_all, agg = timed(lambda: ag.aggregate(store, packed=packed))
+            assert len(agg.loaded.records) == n == len(loaded.records), "records lost"
+            rows.append((where, how, t_load, t_all, counter.n))
+            print(
+                f"  {where:<26} {how:<22} list+read+validate {t_load:7.2f} s   all tables"
+                f" {t_all:7.2f} s   {counter.n:>7,} requests",
+                flush=True,
+            )
+            return agg
+
+        local = Counted()
+        store = local.wrap(FileStore(tree))
+        per_file = measure("local folder", "one file per record", store, local, False)
+        packed = measure("local folder", "records.arrow per run", store, local, True)
+        same_tables(per_file, packed)
+
+        if not args.no_s3:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _SERVER, str(tree), BUCKET, str(args.latency_ms / 1000)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert proc.stdout is not None
+                t_up, line = timed(proc.stdout.readline)
+                ready, endpoint, count = [*line.split(), "", "", ""][:3]
+                assert ready == "ready", "the moto server did not start"
+                print(f"  (moto server: {int(count):,} objects loaded in {t_up:.1f} s)")
+                where = f"S3, {args.latency_ms:g} ms/request"
+                remote = Counted()
+                s3 = s3_store(endpoint, remote)
+                s3_packed = measure(where, "records.arrow per run", s3, remote, True)
+                same_tables(packed, s3_packed)
+                # The floor on this machine: as many bare GETs of empty objects (_SUCCESS)
+                tiny = [layout.success(SWEEP, r) for r in packed.loaded.runs["run"]]
+                t_floor, _ = timed(lambda: s3.read_many(tiny))
+                print(
+                    f"  (floor: {len(tiny):,} GETs of empty objects alone take {t_floor:.2f} s"
+                    f" here, {len(tiny) / t_floor:,.0f} requests/s)",
+                    flush=True,
+                )
+                if not args.no_s3_per_file:
+                    s3_plain = measure(where, "one file per record", s3, remote, False)
+                    same_tables(s3_plain, s3_packed)
+            finally:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                proc.wait(timeout=60)
+
+        t_tables, _ = timed(lambda: output.write_tables(packed, out))
+        t_report, _ = timed(lambda: report.write_report(packed, out))
+        n_figs = len(list((out / "figures").glob("*.png")))
+        print()
+        print(f"{'':<28}{'one file per record':>22}{'records.arrow per run':>24}{'target':>9}")
+        for where, target in (
+            ("local folder", LOCAL_TARGET_S),
+            (f"S3, {args.latency_ms:g} ms/request", S3_TARGET_S),
+        ):
+            got = {how: (t, req) for w, how, _, t, req in rows if w == where}
+            if not got:
+                continue
+            cells = []
+            for how in ("one file per record", "records.arrow per run"):
+                t, req = got.get(how, (float("nan"), 0))
+                cells.append(f"{t:8.2f} s ({req:>7,} req)" if req else f"{'not run':>22}")
+            packed_t = got.get("records.arrow per run", (float("nan"), 0))[0]
+            verdict = "met" if packed_t <= target else "MISSED"
+            print(f"{where:<28}{cells[0]:>22}{cells[1]:>24}{target:>7.1f} s  {verdict}")
+        print(
+            f"tables identical both ways: yes; write CSV + parquet {t_tables:.2f} s;"
+            f" figures ({n_figs}) + report {t_report:.2f} s"
         )
     finally:
         if args.keep is None:

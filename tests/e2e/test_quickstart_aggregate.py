@@ -10,7 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from aggregate_browser import CHROMIUM, coloured_pixels, loaded_images, screenshots
+from aggregate_browser import (
+    CHROMIUM,
+    check_report_on_screen,
+    coloured_pixels,
+    loaded_images,
+    screenshots,
+)
 from paths import REPO
 
 SEED = 1024
@@ -41,6 +47,9 @@ def test_quickstart_results_give_every_output(cli, quickstart: Path) -> None:
     assert r.code == 0, r.err
     assert r.out.strip() == str(out)
     for name in (
+        "headline.csv",
+        "effects.csv",
+        "methods.csv",
         "records.parquet",
         "records.csv",
         "quality.csv",
@@ -50,6 +59,11 @@ def test_quickstart_results_give_every_output(cli, quickstart: Path) -> None:
         "report.html",
         "figures/table1.png",
         "figures/overview.png",
+        *(
+            f"figures/{k}_digits_small-cnn_class{c}.png"
+            for k in ("seeds", "effect")
+            for c in CLASSES
+        ),
     ):
         assert (out / name).is_file(), name
     figs = sorted(p.name for p in (out / "figures").glob("fig*.png"))
@@ -92,8 +106,9 @@ def test_quickstart_report_opens_in_chromium(cli, quickstart: Path, tmp_path: Pa
     assert cli("aggregate", quickstart / "results", "--out", out).code == 0
     page = out / "report.html"
     n = page.read_text().count("<img ")
-    assert n == 2 + 2 * len(CLASSES)
+    assert n == 2 + 2 * len(CLASSES) + 2 * len(CLASSES)  # + a seeds and an effect figure each
     assert loaded_images(page, tmp_path) == (n, n)
-    full, empty = screenshots(page, tmp_path)
+    check_report_on_screen(page, tmp_path, len(CLASSES), harm=False)
+    full, empty = screenshots(page, tmp_path, height=6000)
     # (the bare page still shows small broken-image icons, hence a ratio, not zero)
     assert coloured_pixels(full) > 20_000 and coloured_pixels(empty) < coloured_pixels(full) / 20

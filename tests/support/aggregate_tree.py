@@ -12,14 +12,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from orchestrator.results import layout as results
+from orchestrator.results.consolidate import write_run_records
 from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary
 from orchestrator.store import Store, write_json
 
 
 @dataclass
 class RunTree:
-    """One run's results: ``repaired[(epoch, cls)] = (acc_c, acc_total)`` and
-    ``base[epoch] = (acc_total, {cls: acc_c})`` (classes not named get acc_total)."""
+    """One run's results: ``repaired[(epoch, cls)] = (acc_c, acc_total)`` (Arachne) or
+    ``repaired[(epoch, cls, method)]``, and ``base[epoch] = (acc_total, {cls: acc_c})``
+    (classes not named get acc_total). ``method_level``: write repairs under
+    ``repair/<method>/class_C`` (always for methods other than arachne); else the first
+    layout, ``repair/class_C``. ``packed``: a finished run also gets its records.arrow.
+    ``costs[(epoch, cls[, method])] = (rr, br, seconds)`` overrides (50, 1, 0.5)."""
 
     run: str
     convergence: int
@@ -34,6 +39,15 @@ class RunTree:
     success: bool = True
     summary: bool = True
     run_json: bool = True
+    method_level: bool = False
+    packed: bool = False
+    methods: tuple[str, ...] = ()  # named in run.json's spec (repair.methods) when given
+    costs: dict[tuple, tuple[float, float, float]] = field(default_factory=dict)
+
+
+def unit(key: tuple) -> tuple[int, int, str]:
+    """(epoch, cls, method) of a ``repaired`` key."""
+    return (key[0], key[1], key[2] if len(key) > 2 else "arachne")
 
 
 def per_class(n_classes: int, cls: int, acc_c: float, acc_total: float) -> list[float | None]:
@@ -44,10 +58,17 @@ def per_class(n_classes: int, cls: int, acc_c: float, acc_total: float) -> list[
 
 
 def record(
-    sweep: str, t: RunTree, epoch: int, cls: int | None, acc_c: float, acc_total: float
+    sweep: str,
+    t: RunTree,
+    epoch: int,
+    cls: int | None,
+    acc_c: float,
+    acc_total: float,
+    method: str = "arachne",
 ) -> MetricsRecord:
     """A repaired record (``cls`` set) or a base one (then ``acc_c`` is unused)."""
     repaired = cls is not None
+    rr, br, seconds = t.costs.get((epoch, cls, method), t.costs.get((epoch, cls), (50.0, 1.0, 0.5)))
     if repaired:
         accs = per_class(t.n_classes, cls, acc_c, acc_total)
     else:
@@ -64,21 +85,21 @@ def record(
         convergence_epoch=t.convergence,
         kind="repaired" if repaired else "base",
         repair_class=cls,
-        method="arachne" if repaired else None,
+        method=method if repaired else None,
         accuracy=acc_total,
         per_class_accuracy=accs,
         f1_macro=acc_total,
         recall_macro=acc_total,
         auc_macro=0.9,
-        rr=50.0 if repaired else None,
-        br=1.0 if repaired else None,
+        rr=rr if repaired else None,
+        br=br if repaired else None,
         n_neg=10 if repaired else None,
         n_pos=200 if repaired else None,
         fitness=2.5 if repaired else None,
         n_patched=5 if repaired else None,
         n_intact=198 if repaired else None,
         iterations=12 if repaired else None,
-        seconds=0.5 if repaired else None,
+        seconds=seconds if repaired else None,
     )
 
 
@@ -92,6 +113,7 @@ def write_run(store: Store, sweep: str, t: RunTree) -> None:
                 "dataset": {"name": t.dataset},
                 "model": {"name": t.model},
                 "repair_classes": t.classes,
+                **({"repair": {"methods": list(t.methods)}} if t.methods else {}),
             },
             versions={"python": "3.11"},
             device="cpu",
@@ -113,17 +135,31 @@ def write_run(store: Store, sweep: str, t: RunTree) -> None:
         total = t.base.get(epoch, (0.5, {}))[0]
         rec = record(sweep, t, epoch, None, total, total)
         write_json(store, results.base_metrics(sweep, t.run, epoch), rec.model_dump(mode="json"))
-    for (epoch, cls), (acc_c, total) in t.repaired.items():
-        rec = record(sweep, t, epoch, cls, acc_c, total)
-        key = results.repair_metrics(sweep, t.run, epoch, cls)
+    for k, (acc_c, total) in t.repaired.items():
+        epoch, cls, method = unit(k)
+        rec = record(sweep, t, epoch, cls, acc_c, total, method)
+        level = method if t.method_level or method != "arachne" else None
+        key = results.repair_metrics(sweep, t.run, epoch, cls, level)
         write_json(store, key, rec.model_dump(mode="json"))
     if t.success:
+        if t.packed:
+            assert write_run_records(store, sweep, t.run) is not None
         store.write_bytes(results.success(sweep, t.run), b"")
 
 
-def write_tree(store: Store, sweep: str, runs: Iterable[RunTree], spec: dict | None = None) -> None:
+def write_tree(
+    store: Store,
+    sweep: str,
+    runs: Iterable[RunTree],
+    spec: dict | None = None,
+    *,
+    packed: bool | None = None,
+) -> None:
+    """``packed`` (when given) sets every run's ``packed``."""
     write_json(store, results.sweep_json(sweep), spec or {"name": sweep, "description": "test"})
     for t in runs:
+        if packed is not None:
+            t.packed = packed
         write_run(store, sweep, t)
 
 

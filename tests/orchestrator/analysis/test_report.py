@@ -1,5 +1,7 @@
 """The human-facing report: report.md, a self-contained report.html, and that a real browser
-(Debian's headless Chromium) loads every embedded figure and shows them on screen."""
+(Debian's headless Chromium) loads every embedded figure and shows - in the screenshot - the
+headline at the top, the repair-effect table, the seed-aggregated figures, and Fig. 3 next
+to Fig. 4."""
 
 from __future__ import annotations
 
@@ -14,19 +16,22 @@ from aggregate_browser import (
     CHROMIUM,
     NO_CHROMIUM,
     WINDOW,
+    check_report_on_screen,
     colour_pixels,
     coloured_pixels,
+    element_boxes,
     loaded_images,
     screenshots,
 )
 from aggregate_tree import paper_table1_runs, write_tree
 from PIL import Image
 
-from orchestrator.analysis import report
+from orchestrator.analysis import figures, output
 from orchestrator.analysis import tables as ag
 from orchestrator.store.file import FileStore
 
 MAX_FIGURES = 4  # 4 (run, class) pairs -> 8 figures, plus Table 1 and the overview
+GROUPS = 4  # (dataset, model, class): rsna 1, gtsrb 20 27 30 -> a seeds and an effect figure
 
 
 class Images(HTMLParser):
@@ -54,7 +59,7 @@ def paper_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store.write_bytes(key, b'{"schema_version": 1, "sw')
     agg = ag.aggregate(store)
     out = root / "out"
-    report.publish(agg, out, max_figures=MAX_FIGURES)
+    output.publish(agg, out, max_figures=MAX_FIGURES)
     return out
 
 
@@ -63,7 +68,7 @@ def test_html_embeds_every_figure_and_links_nothing_outside(paper_report: Path) 
     parser = Images()
     parser.feed(page)
     pngs = sorted((paper_report / "figures").glob("*.png"))
-    assert len(pngs) == 2 + 2 * MAX_FIGURES
+    assert len(pngs) == 2 + 2 * MAX_FIGURES + 2 * GROUPS
     assert len(parser.srcs) == len(pngs)
     embedded = set()
     for src in parser.srcs:
@@ -80,8 +85,18 @@ def test_markdown_report_says_what_ran_table1_and_what_is_damaged(paper_report: 
     md = (paper_report / "report.md").read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (paper_report / link).is_file(), link
-    assert "| rsna | 0.8 | 4 | 1 | 5 | 0 |" in md
-    assert "| gtsrb | 0.5 | 9 | 6 | 15 | 0 |" in md
+    assert "| rsna | arachne | 0.8 | 4 | 1 | 5 | 0 |" in md
+    assert "| gtsrb | arachne | 0.5 | 9 | 6 | 15 | 0 |" in md
+    assert md.index("## Headline") < md.index("## Repair's effect") < md.index("## Table 1")
+    assert (
+        "- rsna: over 15 cases (5 seed(s) x 1 class(es) x 3 α), repairing a checkpoint before"
+        " convergence beat repairing at convergence in 9 (0 of them with a harmful repair"
+    ) in md
+    assert "Counting rules `--rules text` (default, the paper's text)" in md
+    assert (  # one line: side by side
+        "![Fig. 3 - gtsrb-vgg16-s1024, class 20](figures/fig3_gtsrb-vgg16-s1024_class20.png)"
+        " ![Fig. 4"
+    ) in md
     assert "seeds: 1024, 2048, 4096, 8192, 16384" in md
     assert "the convergence checkpoint wins a tie, otherwise the earliest" in md
     assert "strictly before the convergence epoch" in md
@@ -89,9 +104,10 @@ def test_markdown_report_says_what_ran_table1_and_what_is_damaged(paper_report: 
     assert "| damaged | paper/rsna-densenet121-s2048/epoch_001/repair/class_1/metrics.json" in md
     html = (paper_report / "report.html").read_text()
     assert (
-        '<td>rsna</td><td class="n">0.8</td><td class="n">4</td><td class="n">1</td>'
-        '<td class="n">5</td><td class="n">0</td>'
+        '<td>rsna</td><td>arachne</td><td class="n">0.8</td><td class="n">4</td>'
+        '<td class="n">1</td><td class="n">5</td><td class="n">0</td>'
     ) in html
+    assert '<h2 id="headline">Headline</h2>' in html and '<table id="effects">' in html
 
 
 @pytest.mark.slow
@@ -100,10 +116,23 @@ def test_headless_chromium_loads_and_shows_the_figures(paper_report: Path, tmp_p
     page = paper_report / "report.html"
     n_images = page.read_text().count("<img ")
     assert loaded_images(page, tmp_path) == (n_images, n_images)
-    full, empty = screenshots(page, tmp_path)
-    assert full.shape == empty.shape == (WINDOW[1], WINDOW[0], 3)
+    images = element_boxes(page, tmp_path, {"img": "img"})["img"]
+    height = max(t + h for _, t, _, h in images) + 20  # down to the last figure
+    full, empty = screenshots(page, tmp_path, height=height)
+    assert full.shape == empty.shape == (height, WINDOW[0], 3)
     # (the bare page still shows small broken-image icons, hence a ratio, not zero)
-    assert coloured_pixels(full) > 20_000 and coloured_pixels(empty) < coloured_pixels(full) / 20
+    assert coloured_pixels(full) > 100_000
+    assert coloured_pixels(empty) < coloured_pixels(full) / 20
     for pattern in (ag.PRE, ag.POST):  # Table 1 bars and overview markers
-        assert colour_pixels(full, report.PATTERN_COLOURS[pattern]) > 5000
-        assert colour_pixels(empty, report.PATTERN_COLOURS[pattern]) == 0
+        assert colour_pixels(full, figures.PATTERN_COLOURS[pattern]) > 5000
+        assert colour_pixels(empty, figures.PATTERN_COLOURS[pattern]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_chromium_shows_headline_effect_table_and_seed_figures(paper_report: Path, tmp_path):
+    boxes = check_report_on_screen(paper_report / "report.html", tmp_path, GROUPS, harm=True)
+    # Fig. 3 and Fig. 4 of one run sit side by side: same row, Fig. 4 to the right
+    for (l3, t3, w3, _), (l4, t4, _, _) in zip(boxes["fig3"], boxes["fig4"], strict=True):
+        assert abs(t3 - t4) < 5 and l4 >= l3 + w3
+    assert len(boxes["fig3"]) == MAX_FIGURES

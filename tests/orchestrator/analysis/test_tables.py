@@ -18,6 +18,8 @@ from aggregate_tree import (
     write_tree,
 )
 
+from orchestrator.analysis import output
+from orchestrator.analysis import problems as pb
 from orchestrator.analysis import tables as ag
 from orchestrator.errors import BadInput, StoreError
 from orchestrator.results import layout as results
@@ -139,7 +141,7 @@ def test_include_mode_adds_after_convergence_pattern(tmp_path: Path) -> None:
         assert r["n_compared"] == 4
         assert sp_row(agg, run, 8, alpha)["pattern"] == ag.PRE
     top = agg.patterns[agg.patterns.scope == "dataset"]
-    assert list(top.columns[5:]) == [ag.PRE, ag.POST, ag.AFTER, "compared", "incomplete"]
+    assert list(top.columns[6:]) == [ag.PRE, ag.POST, ag.AFTER, "compared", "incomplete"]
     assert top[ag.AFTER].tolist() == [1, 1, 1] and top[ag.PRE].tolist() == [1, 1, 1]
     # exclude mode has no after-convergence column at all
     plain = ag.aggregate(FileStore(tmp_path / "results"))
@@ -219,7 +221,7 @@ def test_missing_earlier_checkpoint_is_partial_and_still_counted(tmp_path: Path)
     top = agg.patterns[agg.patterns.scope == "dataset"]
     assert top["compared"].tolist() == [2, 2, 2] and top["incomplete"].tolist() == [0, 0, 0]
     p = agg.problems
-    assert p[p.kind == ag.PARTIAL]["detail"].tolist() == ["no repaired record at epoch(s) 5"]
+    assert p[p.kind == pb.PARTIAL]["detail"].tolist() == ["no repaired record at epoch(s) 5"]
 
 
 def test_missing_convergence_repair_is_incomplete_and_left_out(tmp_path: Path) -> None:
@@ -229,14 +231,14 @@ def test_missing_convergence_repair_is_incomplete_and_left_out(tmp_path: Path) -
     run = "digits-small-cnn-s1"
     for alpha in (0.2, 0.5, 0.8):
         r = sp_row(agg, run, 8, alpha)
-        assert r["status"] == ag.INCOMPLETE and r["pattern"] == ""
+        assert r["status"] == pb.INCOMPLETE and r["pattern"] == ""
         assert pd.isna(r["best_epoch"]) and r["n_compared"] == 0 and r["missing_epochs"] == "10"
         assert sp_row(agg, run, 3, alpha)["status"] == "ok"
     fine = agg.patterns[agg.patterns.scope == "model-class"].set_index(["repair_class", "alpha"])
     assert fine.loc[("8", 0.5), "incomplete"] == 1 and fine.loc[("8", 0.5), "compared"] == 0
     top = agg.patterns[agg.patterns.scope == "dataset"]
     assert top["compared"].tolist() == [1, 1, 1] and top["incomplete"].tolist() == [1, 1, 1]
-    inc = agg.problems[agg.problems.kind == ag.INCOMPLETE]
+    inc = agg.problems[agg.problems.kind == pb.INCOMPLETE]
     assert inc["key"].tolist() == [f"{SWEEP}/{run}/ class 8"]
     assert "convergence checkpoint (epoch 10)" in inc["detail"].iloc[0]
 
@@ -244,7 +246,7 @@ def test_missing_convergence_repair_is_incomplete_and_left_out(tmp_path: Path) -
 def test_unfinished_run_is_listed_and_its_pairs_are_partial(tmp_path: Path) -> None:
     agg = ag.aggregate(build(tmp_path, [two_class_run(success=False)]))
     p = agg.problems
-    assert p[p.kind == ag.UNFINISHED]["key"].tolist() == [f"{SWEEP}/digits-small-cnn-s1/"]
+    assert p[p.kind == pb.UNFINISHED]["key"].tolist() == [f"{SWEEP}/digits-small-cnn-s1/"]
     assert set(agg.switch_points["status"]) == {"partial"}
     assert not agg.switch_points["run_complete"].any()
     assert not agg.loaded.records["run_complete"].any()
@@ -265,13 +267,13 @@ def test_run_that_has_only_started_is_incomplete(tmp_path: Path) -> None:
     )
     agg = ag.aggregate(build(tmp_path, [two_class_run(), started]))
     r = sp_row(agg, "late", 3, 0.5)
-    assert r["status"] == ag.INCOMPLETE and "convergence epoch unknown" in r["note"]
+    assert r["status"] == pb.INCOMPLETE and "convergence epoch unknown" in r["note"]
     kinds = set(agg.problems[agg.problems.run == "late"]["kind"])
-    assert kinds == {ag.UNFINISHED, ag.INCOMPLETE}  # no summary is normal while training
+    assert kinds == {pb.UNFINISHED, pb.INCOMPLETE}  # no summary is normal while training
     # A sweep where nothing has been evaluated yet still says so, per class and alpha.
     alone = ag.aggregate(build(tmp_path / "alone", [started]))
     assert alone.loaded.records.empty
-    assert alone.switch_points["status"].tolist() == [ag.INCOMPLETE] * 3
+    assert alone.switch_points["status"].tolist() == [pb.INCOMPLETE] * 3
     top = alone.patterns[alone.patterns.scope == "dataset"]
     assert top["incomplete"].tolist() == [1, 1, 1] and top["compared"].tolist() == [0, 0, 0]
 
@@ -284,14 +286,14 @@ def test_truncated_and_unparsable_json_are_damaged_not_fatal(tmp_path: Path) -> 
     store.write_bytes(pre, store.read_bytes(pre)[:40])  # a torn write
     store.write_bytes(conv, b"[1, 2]")
     agg = ag.aggregate(store)
-    damaged = agg.problems[agg.problems.kind == ag.DAMAGED].set_index("key")["detail"]
+    damaged = agg.problems[agg.problems.kind == pb.DAMAGED].set_index("key")["detail"]
     assert damaged.to_dict() == {
         conv: "not a JSON object",
         pre: "not valid JSON (truncated or partly written)",
     }
     assert len(agg.loaded.records) == 4 + 8 - 2
     assert sp_row(agg, run, 3, 0.8)["status"] == "partial"
-    assert sp_row(agg, run, 8, 0.8)["status"] == ag.INCOMPLETE
+    assert sp_row(agg, run, 8, 0.8)["status"] == pb.INCOMPLETE
 
 
 def test_invalid_record_is_damaged_with_the_field_named(tmp_path: Path) -> None:
@@ -301,7 +303,7 @@ def test_invalid_record_is_damaged_with_the_field_named(tmp_path: Path) -> None:
     data["accuracy"] = "high"
     store.write_bytes(key, json.dumps(data).encode())
     agg = ag.aggregate(store)
-    row = agg.problems[agg.problems.kind == ag.DAMAGED].iloc[0]
+    row = agg.problems[agg.problems.kind == pb.DAMAGED].iloc[0]
     assert row["key"] == key and "accuracy" in row["detail"]
 
 
@@ -315,10 +317,10 @@ def test_other_schema_versions_are_reported_not_read(tmp_path: Path, version: in
         data["a_field_from_the_future"] = 1  # a newer schema is never a "damaged" record
     store.write_bytes(key, json.dumps(data).encode())
     agg = ag.aggregate(store)
-    p = agg.problems[agg.problems.kind == ag.SCHEMA]
+    p = agg.problems[agg.problems.kind == pb.SCHEMA]
     assert p["key"].tolist() == [key]
     assert f"schema_version {version}" in p["detail"].iloc[0]
-    assert sp_row(agg, "digits-small-cnn-s1", 3, 0.5)["status"] == ag.INCOMPLETE
+    assert sp_row(agg, "digits-small-cnn-s1", 3, 0.5)["status"] == pb.INCOMPLETE
 
 
 def test_record_in_the_wrong_place_is_misplaced(tmp_path: Path) -> None:
@@ -327,7 +329,7 @@ def test_record_in_the_wrong_place_is_misplaced(tmp_path: Path) -> None:
     src = store.read_bytes(results.repair_metrics(SWEEP, run, 5, 3))
     store.write_bytes(results.repair_metrics(SWEEP, run, 1, 3), src)  # says epoch 5
     agg = ag.aggregate(store)
-    p = agg.problems[agg.problems.kind == ag.MISPLACED]
+    p = agg.problems[agg.problems.kind == pb.MISPLACED]
     assert p["key"].tolist() == [results.repair_metrics(SWEEP, run, 1, 3)]
     assert p["detail"].iloc[0] == "the record says epoch 5"
 
@@ -366,7 +368,7 @@ def test_unreadable_objects_are_listed_and_reads_are_one_bulk_call(tmp_path: Pat
     agg = ag.aggregate(store)
     assert store.bulk_reads == 1 and store.single_reads == 0
     p = agg.problems
-    row = p[p.kind == ag.UNREADABLE].iloc[0]
+    row = p[p.kind == pb.UNREADABLE].iloc[0]
     assert (
         row["key"] == bad
         and row["detail"] == f"StoreError: {bad}: 503 Slow Down (after 5 attempts)"
@@ -384,7 +386,7 @@ def test_store_that_cannot_read_anything_is_bad_input(tmp_path: Path) -> None:
 
 def test_missing_summary_uses_the_records_convergence_epoch(tmp_path: Path) -> None:
     agg = ag.aggregate(build(tmp_path, [two_class_run(summary=False)]))
-    assert agg.problems["kind"].tolist() == [ag.NO_SUMMARY]
+    assert agg.problems["kind"].tolist() == [pb.NO_SUMMARY]
     assert sp_row(agg, "digits-small-cnn-s1", 3, 0.5)["best_epoch"] == 5
     # checkpoint epochs are then those with a base record
     assert agg.loaded.runs["checkpoint_epochs"].iloc[0] == [1, 5, 10, 15]
@@ -398,7 +400,7 @@ def test_summary_wins_when_records_disagree_on_convergence(tmp_path: Path) -> No
     data["convergence_epoch"] = 5
     store.write_bytes(key, json.dumps(data).encode())
     agg = ag.aggregate(store)
-    p = agg.problems[agg.problems.kind == ag.INCONSISTENT]
+    p = agg.problems[agg.problems.kind == pb.INCONSISTENT]
     assert p["detail"].tolist() == [
         "records say convergence epoch 10 but train/summary.json says 5; using the summary"
     ]
@@ -414,7 +416,7 @@ def test_class_absent_from_test_set_is_incomplete(tmp_path: Path) -> None:
     store.write_bytes(key, json.dumps(data).encode())
     agg = ag.aggregate(store)
     r = sp_row(agg, "digits-small-cnn-s1", 3, 0.5)
-    assert r["status"] == ag.INCOMPLETE and "Acc_3 undefined" in r["note"]
+    assert r["status"] == pb.INCOMPLETE and "Acc_3 undefined" in r["note"]
 
 
 # --- where the sweep is ---------------------------------------------------------------------------
@@ -482,10 +484,13 @@ def test_tables_written_round_trip(tmp_path: Path) -> None:
         )
     )
     out = tmp_path / "out"
-    written = ag.write_tables(agg, out)
+    written = output.write_tables(agg, out)
     names = sorted(p.name for p in written)
     assert names == sorted(
         [
+            "headline.csv",
+            "effects.csv",
+            "methods.csv",
             "records.parquet",
             "records.csv",
             "quality.csv",

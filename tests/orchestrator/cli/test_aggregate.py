@@ -15,6 +15,9 @@ from orchestrator.results import layout as results
 from orchestrator.store.file import FileStore
 
 OUTPUTS = [
+    "headline.csv",
+    "effects.csv",
+    "methods.csv",
     "records.parquet",
     "records.csv",
     "quality.csv",
@@ -26,6 +29,8 @@ OUTPUTS = [
     "report.html",
     "figures/table1.png",
     "figures/overview.png",
+    "figures/seeds_digits_small_cnn_class3.png",
+    "figures/effect_digits_small_cnn_class3.png",
 ]
 
 
@@ -56,6 +61,8 @@ def test_aggregate_writes_every_output_and_prints_the_folder(cli, tree: Path, tm
         assert (out / "figures" / f"fig3_{run}_class3.png").is_file()
         assert (out / "figures" / f"fig4_{run}_class3.png").is_file()
     assert "Table 1" in r.err and "pre-convergence" in r.err
+    assert "Headline - sweep sw (rules: text)" in r.err
+    assert "digits: over 9 cases (3 seed(s) x 1 class(es) x 3 α)" in " ".join(r.err.split())
     table = pd.read_csv(out / "patterns.csv")
     top = table[table.scope == "dataset"]
     assert top["pre-convergence"].tolist() == [1, 1, 1]
@@ -162,6 +169,9 @@ def test_strict_on_unfinished_run_and_on_clean_tree(cli, tree: Path, tmp_path: P
         (["{tree}", "--alpha", "1.5"], "--alpha 1.5"),
         (["{tree}", "--alpha", "x"], "--alpha"),
         (["{tree}", "--after-convergence", "later"], "--after-convergence 'later'"),
+        (["{tree}", "--rules", "paper"], "--rules 'paper': use text"),
+        (["{tree}", "--rules", "notebook", "--after-convergence", "include"], "text only"),
+        (["{tree}", "--bootstrap-seed", "-1"], "--bootstrap-seed"),
         (["{tree}", "--endpoint-url", "http://127.0.0.1:9"], "applies to s3:// URIs only"),
         (["{tree}", "--sweep", "nope"], "no sweep 'nope' here; found: sw"),
         (["{tree}", "--out", "{file}"], "is a file; pass a folder"),
@@ -212,18 +222,28 @@ def test_figure_cap_and_stale_figures(cli, tmp_path: Path):
     r = cli("aggregate", tmp_path / "results", "--out", out, "--max-figures", "0")
     assert r.code == 0
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
+        "effect_gtsrb_vgg16_class20.png",
+        "effect_gtsrb_vgg16_class27.png",
+        "effect_gtsrb_vgg16_class30.png",
+        "effect_rsna_densenet121_class1.png",
         "mine.png",
         "overview.png",
+        "seeds_gtsrb_vgg16_class20.png",
+        "seeds_gtsrb_vgg16_class27.png",
+        "seeds_gtsrb_vgg16_class30.png",
+        "seeds_rsna_densenet121_class1.png",
         "table1.png",
     ]
+    assert not list(out.glob(".aggregate-*"))  # the staging folder is gone
 
 
 def test_cli_import_stays_light_and_modules_never_import_torch(repo: Path):
     code = (
         "import sys, orchestrator.cli;"
-        "heavy = [m for m in ('pandas', 'matplotlib', 'orchestrator.analysis.tables', 'torch')"
-        " if m in sys.modules];"
-        "import orchestrator.analysis.tables, orchestrator.analysis.report;"
+        "heavy = [m for m in ('pandas', 'matplotlib', 'scipy', 'pyarrow',"
+        " 'orchestrator.analysis.tables', 'torch') if m in sys.modules];"
+        "import orchestrator.analysis.tables, orchestrator.analysis.report,"
+        " orchestrator.analysis.output;"
         "print(json.dumps([heavy, 'torch' in sys.modules]))"
     )
     out = subprocess.run(
@@ -234,3 +254,90 @@ def test_cli_import_stays_light_and_modules_never_import_torch(repo: Path):
         check=True,
     ).stdout
     assert json.loads(out) == [[], False]
+
+
+def test_rules_flag_and_seeded_headline(cli, tree: Path, tmp_path: Path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert cli("aggregate", tree, "--out", a, "--rules", "notebook").code == 0
+    sp = pd.read_csv(a / "switch_points.csv")
+    # the notebook's reference is the last checkpoint (15): r-after's best is post there
+    got = sp[sp.alpha == 0.5].set_index("run")[["reference_epoch", "pattern"]]
+    assert got.to_dict("index") == {
+        "r-pre": {"reference_epoch": 15, "pattern": "pre-convergence"},
+        "r-post": {"reference_epoch": 15, "pattern": "pre-convergence"},
+        "r-after": {"reference_epoch": 15, "pattern": "post-convergence"},
+    }
+    report = (a / "report.md").read_text()
+    assert "counting rules `notebook`" in report and "`--rules notebook`" in report
+    assert cli("aggregate", tree, "--out", b, "--bootstrap-seed", "5").code == 0
+    assert cli("aggregate", tree, "--out", c, "--bootstrap-seed", "5").code == 0
+    assert (b / "headline.csv").read_bytes() == (c / "headline.csv").read_bytes()
+    assert "9999 resamples, seed 5" in (b / "report.md").read_text()
+
+
+# -- the output folder: one line when it cannot be written, never a half-written report -----
+
+AGGREGATE = (
+    "import resource, signal, sys;"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"  # a write past the limit fails (EFBIG)
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])));"
+    "from orchestrator.cli import main; main(sys.argv[2:])"
+)
+
+
+def aggregate_with_file_limit(repo: Path, limit: int, *args: object) -> subprocess.CompletedProcess:
+    """`early-repair aggregate` in a process that cannot write files past ``limit`` bytes -
+    the operating system's own write failure, as on a full disk."""
+    return subprocess.run(
+        [sys.executable, "-c", AGGREGATE, str(limit), "aggregate", *map(str, args)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE (POSIX)")
+def test_full_disk_is_one_line_and_leaves_the_previous_report_whole(
+    cli, repo: Path, tree: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    assert cli("aggregate", tree, "--out", out).code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = aggregate_with_file_limit(repo, 150_000, tree, "--out", out, "--rules", "notebook")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr and r.stdout == ""
+    assert lines[0].startswith(f"error: --out {out}: cannot write the report (File too large)")
+    assert "no report was left half-written" in lines[0]
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the old report, whole; no staging folder left behind
+    assert "counting rules `text`" in (out / "report.md").read_text()
+
+
+def test_full_disk_on_a_new_folder_leaves_no_report(repo: Path, tree: Path, tmp_path: Path):
+    out = tmp_path / "new"
+    r = aggregate_with_file_limit(repo, 150_000, tree, "--out", out)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (out / "report.html").exists() and not (out / "report.md").exists()
+    assert not list(out.glob(".aggregate-*"))
+
+
+@pytest.mark.parametrize("where", ["sys", "chmod"])
+def test_unwritable_out_is_one_line_exit_2(cli, tree: Path, tmp_path: Path, where: str):
+    import os
+
+    if where == "sys":
+        out = Path("/sys/early-repair-report")  # no one may create folders in sysfs
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out = tmp_path / "ro" / "report"
+    r = cli("aggregate", tree, "--out", out)
+    assert r.code == 2, r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}: cannot create")
+    assert "Traceback" not in r.err and r.out == ""

@@ -105,6 +105,42 @@ def test_list_is_recursive_sorted_and_folder_scoped(store: Store) -> None:
     assert store.list("s/run2") == []
 
 
+def test_list_with_a_delimiter_rolls_up_like_s3(store: Store) -> None:
+    for key in [
+        "s/sweep.json",
+        "s/r1/run.json",
+        "s/r1/_SUCCESS",
+        "s/r1/epoch_001/base/metrics.json",
+        "s/r1/epoch_005/repair/class_3/metrics.json",
+        "s/r1/checkpoints/epoch_001.pt",
+        "s/r1/train/summary.json",
+        "s/r2/epoch_001/base/metrics.json",
+        "s/r2/x_epoch_y",  # the delimiter needs its "/": not rolled up
+        "top.txt",
+    ]:
+        store.write_bytes(key, b"x")
+    assert store.list("s", delimiter="/epoch_") == [
+        "s/r1/_SUCCESS",
+        "s/r1/checkpoints/epoch_",
+        "s/r1/epoch_",
+        "s/r1/run.json",
+        "s/r1/train/summary.json",
+        "s/r2/epoch_",
+        "s/r2/x_epoch_y",
+        "s/sweep.json",
+    ]
+    assert store.list(delimiter="/") == ["s/", "top.txt"]
+    assert store.list("s/r1", delimiter="/") == [
+        "s/r1/_SUCCESS",
+        "s/r1/checkpoints/",
+        "s/r1/epoch_001/",
+        "s/r1/epoch_005/",
+        "s/r1/run.json",
+        "s/r1/train/",
+    ]
+    assert store.list("s/nothing", delimiter="/") == []
+
+
 def test_upload_and_download_files(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     payload = random.Random(1).randbytes(300_000)

@@ -1,0 +1,155 @@
+"""One document, two renderings: report.md (relative image links) and a self-contained
+report.html (figures embedded as base64 PNG, so it can be mailed or archived as one file).
+
+Both are rendered from one list of blocks, so they cannot say different things.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Doc:
+    """A list of blocks rendered to Markdown (relative image links) and to HTML (embedded)."""
+
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def h(self, text: str) -> None:
+        self.blocks.append(("h", text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def items(self, lines: list[str]) -> None:
+        self.blocks.append(("ul", lines))
+
+    def table(self, df: pd.DataFrame, note: str = "", name: str = "") -> None:
+        """``name``: the HTML table's id (for readers' links and the browser tests)."""
+        self.blocks.append(("table", (df, note, name)))
+
+    def images(self, paths: list[tuple[Path, str]]) -> None:
+        self.blocks.append(("img", paths))
+
+    def pair(self, left: tuple[Path, str], right: tuple[Path, str]) -> None:
+        """Two figures side by side (Fig. 3 next to Fig. 4), scaled together."""
+        self.blocks.append(("pair", [left, right]))
+
+    def markdown(self, root: Path) -> str:
+        out = [f"# {self.title}", ""]
+        for kind, value in self.blocks:
+            if kind == "h":
+                out += [f"## {value}", ""]
+            elif kind == "p":
+                out += [value, ""]
+            elif kind == "ul":
+                out += [f"- {line}" for line in value] + [""]
+            elif kind == "table":
+                df, note, _ = value
+                out += [_md_table(df), ""] + ([note, ""] if note else [])
+            elif kind == "img":
+                for path, alt in value:
+                    out += [f"![{alt}]({path.relative_to(root).as_posix()})", ""]
+            elif kind == "pair":  # one line: Markdown viewers put the two images side by side
+                out += [" ".join(f"![{a}]({p.relative_to(root).as_posix()})" for p, a in value)]
+                out += [""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f'<h2 id="{_slug(value)}">{html.escape(value)}</h2>')
+            elif kind == "p":
+                body.append(f"<p>{_inline(value)}</p>")
+            elif kind == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline(v)}</li>" for v in value) + "</ul>")
+            elif kind == "table":
+                df, note, name = value
+                body.append(_html_table(df, name))
+                if note:
+                    body.append(f'<p class="note">{_inline(note)}</p>')
+            elif kind in ("img", "pair"):
+                figs = "".join(_figure(path, alt) for path, alt in value)
+                body.append(f'<div class="{"figs" if kind == "img" else "pair"}">{figs}</div>')
+        return _PAGE.format(title=html.escape(self.title), body="\n".join(body))
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px;
+       padding: 0 1em; color: #222; line-height: 1.4; }}
+h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.25em; border-bottom: 1px solid #ddd; }}
+table {{ border-collapse: collapse; margin: .5em 0; font-size: .9em; }}
+th, td {{ border: 1px solid #ccc; padding: .2em .5em; text-align: left; }}
+th {{ background: #f3f3f3; }} td.n {{ text-align: right; }}
+code {{ background: #f3f3f3; padding: 0 .2em; }}
+.figs {{ display: flex; flex-wrap: wrap; gap: .5em; }}
+figure {{ margin: 0; }} figure img {{ max-width: 100%; border: 1px solid #eee; }}
+.pair {{ display: grid; grid-template-columns: 5fr 7.2fr; gap: .5em; margin-bottom: .5em; }}
+.pair img {{ width: 100%; }}
+figcaption {{ font-size: .8em; color: #555; }} .note {{ font-size: .85em; color: #555; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def _figure(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+    )
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code` spans into <code> (the only inline markup we use)."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _cell(v: Any) -> str:
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.4f}".rstrip("0").rstrip(".") if v != int(v) else f"{int(v)}"
+    return str(v)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    lines = [row([str(c) for c in df.columns]), row(["---"] * len(df.columns))]
+    lines += [row([_cell(v) for v in r]) for r in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _html_table(df: pd.DataFrame, name: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+
+    def td(v: Any) -> str:
+        numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        return f'<td class="n">{_cell(v)}</td>' if numeric else f"<td>{html.escape(_cell(v))}</td>"
+
+    rows = "".join("<tr>" + "".join(td(v) for v in r) + "</tr>" for r in df.itertuples(index=False))
+    ident = f' id="{html.escape(name)}"' if name else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"

@@ -1,0 +1,120 @@
+"""Repair's effect against the unrepaired checkpoint, and repair methods side by side.
+
+A switch point says which repaired checkpoint is best; it does not say whether repairing
+helped at all. Here every repaired model is set against the base model of its own
+checkpoint: delta Qual, delta test accuracy, delta Acc_c, RR, BR and the repair's seconds,
+with ``harmed`` where the repair made Qual lower than not repairing. ``methods`` averages
+that over seeds per (dataset, model, class, checkpoint, method), so methods can be
+compared at the same checkpoint; with one method it is that method's effect per checkpoint.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from orchestrator.analysis.load import sorted_rows
+from orchestrator.analysis.tables import rounded
+
+CONVERGENCE = "convergence"  # the checkpoint column's name for each seed's convergence epoch
+EFFECT_COLUMNS = [
+    "sweep",
+    "dataset",
+    "model",
+    "method",
+    "run",
+    "seed",
+    "repair_class",
+    "epoch",
+    "convergence_epoch",
+    "at_convergence",
+    "alpha",
+    "qual_before",
+    "qual_after",
+    "delta_qual",
+    "acc_before",
+    "acc_after",
+    "delta_acc",
+    "acc_class_before",
+    "acc_class_after",
+    "delta_acc_class",
+    "rr",
+    "br",
+    "seconds",
+    "harmed",
+]
+
+
+def effects(q: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """One row per repaired model and alpha, against the base model of its checkpoint."""
+    keys = ["run", "repair_class", "epoch", "alpha"]
+    base = q[q["kind"] == "base"][[*keys, "qual", "accuracy", "acc_class"]]
+    base = base.rename(
+        columns={"qual": "qual_before", "accuracy": "acc_before", "acc_class": "acc_class_before"}
+    )
+    rep = q[q["kind"] == "repaired"].rename(
+        columns={"qual": "qual_after", "accuracy": "acc_after", "acc_class": "acc_class_after"}
+    )
+    eff = rep.merge(base, on=keys, how="left")
+    cost = records[records["kind"] == "repaired"][
+        ["run", "method", "repair_class", "epoch", "rr", "br", "seconds"]
+    ].assign(repair_class=lambda d: d["repair_class"].astype("int64"))
+    eff = eff.merge(cost, on=["run", "method", "repair_class", "epoch"], how="left")
+    eff["delta_qual"] = eff["qual_after"] - eff["qual_before"]
+    eff["delta_acc"] = eff["acc_after"] - eff["acc_before"]
+    eff["delta_acc_class"] = eff["acc_class_after"] - eff["acc_class_before"]
+    eff["at_convergence"] = (eff["epoch"] == eff["convergence_epoch"]).fillna(False).astype(bool)
+    delta = rounded(eff["delta_qual"])
+    eff["harmed"] = pd.array(delta < 0, dtype="boolean")
+    eff.loc[delta.isna().to_numpy(), "harmed"] = pd.NA
+    order = ["dataset", "model", "method", "repair_class", "seed", "run", "epoch", "alpha"]
+    return eff[EFFECT_COLUMNS].take(sorted_rows(eff, order)).reset_index(drop=True)
+
+
+METHOD_COLUMNS = [
+    "dataset",
+    "model",
+    "repair_class",
+    "checkpoint",
+    "method",
+    "alpha",
+    "n",
+    "rr",
+    "br",
+    "delta_acc",
+    "delta_acc_class",
+    "qual_gain",
+    "harmed",
+    "seconds",
+]
+
+
+def methods(eff: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds per (dataset, model, class, checkpoint, method, alpha).
+
+    ``checkpoint`` is the epoch, or ``convergence`` for each seed's own convergence
+    checkpoint (seeds converge at different epochs); ``qual_gain`` is the mean delta Qual,
+    ``harmed`` how many seeds' repairs lowered Qual, ``n`` the seeds averaged.
+    """
+    if eff.empty:
+        return pd.DataFrame(columns=METHOD_COLUMNS)
+    rows = pd.concat(
+        [
+            eff.assign(checkpoint=eff["epoch"].astype(str), _o=eff["epoch"]),
+            eff[eff["at_convergence"]].assign(checkpoint=CONVERGENCE, _o=10**9),
+        ],
+        ignore_index=True,
+    )
+    by = ["dataset", "model", "repair_class", "_o", "checkpoint", "method", "alpha"]
+    g = rows.groupby(by, sort=True, dropna=False)
+    out = g.agg(
+        n=("run", "size"),
+        rr=("rr", "mean"),
+        br=("br", "mean"),
+        delta_acc=("delta_acc", "mean"),
+        delta_acc_class=("delta_acc_class", "mean"),
+        qual_gain=("delta_qual", "mean"),
+        harmed=("harmed", "sum"),
+        seconds=("seconds", "mean"),
+    ).reset_index()
+    out["harmed"] = out["harmed"].astype("int64")
+    return out[METHOD_COLUMNS]

@@ -1,0 +1,742 @@
+"""Reading one sweep from a store (a folder or S3) into validated frames.
+
+A finished run (``_SUCCESS``) that packed its records into ``records.arrow`` is read as that
+one object; every other run - still going, failed, written before that file existed, or
+whose file is damaged - is read record by record. Both roads end in the same Arrow table,
+the same checks and the same frame, so they give the same tables bit for bit. To find the
+finished runs without listing every record, the sweep is listed with
+``layout.RUN_FILES_DELIMITER``: each run's own files, its epoch folders rolled up.
+
+Damaged input is a problem, not a crash (``problems.py``): an object the store cannot
+return, JSON that does not parse or nests too deep, a record that fails the schema, a
+``schema_version`` other than ``SCHEMA_VERSION``, an impossible value (an accuracy outside
+0..1, a non-finite number), or a record whose fields disagree with its key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.analysis.problems import (
+    BAD_VALUE,
+    DAMAGED,
+    INCONSISTENT,
+    MISPLACED,
+    NO_SUMMARY,
+    SCHEMA,
+    UNFINISHED,
+    UNREADABLE,
+    Problem,
+    one_line,
+)
+from orchestrator.errors import BadInput
+from orchestrator.results import layout
+from orchestrator.results.records import (
+    SCHEMA_VERSION,
+    MetricsRecord,
+    RunInfo,
+    TrainSummary,
+    load_run_records,
+    run_records_schema,
+)
+from orchestrator.spec import describe_error
+from orchestrator.store import Store
+
+M = TypeVar("M", bound=BaseModel)
+DEFAULT_METHOD = layout.DEFAULT_METHOD
+# Up to this many runs read record by record are listed one by one; more, and the whole
+# sweep is listed at once (the store's own listing is concurrent).
+PER_RUN_LISTINGS = 16
+
+RECORD_COLUMNS = [
+    "sweep",
+    "dataset",
+    "model",
+    "run",
+    "seed",
+    "epoch",
+    "convergence_epoch",
+    "kind",
+    "repair_class",
+    "method",
+    "accuracy",
+    "f1_macro",
+    "recall_macro",
+    "auc_macro",
+    "rr",
+    "br",
+    "n_neg",
+    "n_pos",
+    "fitness",
+    "n_patched",
+    "n_intact",
+    "iterations",
+    "seconds",
+    "n_classes",
+    "schema_version",
+    "run_complete",
+    "key",
+]
+_INT_COLUMNS = ("repair_class", "n_neg", "n_pos", "n_patched", "n_intact", "iterations")
+_FLOAT_COLUMNS = ("auc_macro", "rr", "br", "fitness", "seconds")
+# Impossible values: (columns, low, high, what it is); None is allowed where the schema is.
+_RANGES: list[tuple[tuple[str, ...], float, float, str]] = [
+    (("accuracy", "f1_macro", "recall_macro", "auc_macro"), 0.0, 1.0, "a fraction"),
+    (("rr", "br"), 0.0, 100.0, "a percentage"),
+    (("seconds",), 0.0, np.inf, "a duration"),
+    (("n_neg", "n_pos", "n_patched", "n_intact", "iterations"), 0, np.inf, "a count"),
+]
+
+
+@dataclass
+class Loaded:
+    """Everything read from one sweep, validated; damaged objects are in ``problems``."""
+
+    uri: str
+    sweep: str
+    prefix: str  # key prefix of the sweep inside the store ("" when the URI is the sweep)
+    records: pd.DataFrame  # one row per MetricsRecord, see RECORD_COLUMNS + acc_class_<c>
+    runs: pd.DataFrame  # one row per run seen
+    sweep_info: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+    objects_read: int = 0
+    packed_runs: int = 0  # runs read from their records.arrow
+
+
+# --- finding the sweep ------------------------------------------------------------------
+
+
+def _locate(uri: str, keys: list[str], sweep: str | None) -> tuple[str | None, str] | None:
+    """(sweep name or None when it must come from the records, key prefix of the sweep);
+    None when ``keys`` show no results at all."""
+    sweeps = sorted({k.sweep for e in keys if (k := layout.parse(e)) and k.sweep})
+    if sweeps:
+        if sweep is None:
+            if len(sweeps) > 1:
+                shown = ", ".join(sweeps[:10]) + (" ..." if len(sweeps) > 10 else "")
+                raise BadInput(f"{uri} holds {len(sweeps)} sweeps ({shown}): pick one with --sweep")
+            sweep = sweeps[0]
+        elif sweep not in sweeps:
+            raise BadInput(f"{uri}: no sweep {sweep!r} here; found: {', '.join(sweeps[:10])}")
+        return sweep, f"{sweep}/"
+    if "sweep.json" in keys or any(layout.parse(k, root=False) for k in keys):
+        return sweep, ""  # the URI names one sweep's folder
+    return None
+
+
+def _list(store: Store, sweep: str | None) -> tuple[list[str], tuple[str | None, str]]:
+    """The sweep's run files (epoch folders rolled up), and where the sweep is."""
+    attempts: list[tuple[str, str | None]] = [("", layout.RUN_FILES_DELIMITER)]
+    if sweep:
+        attempts.insert(0, (f"{sweep}/", layout.RUN_FILES_DELIMITER))
+    # Last resort, a full listing: a tree of bare metrics files (no run.json, summary or
+    # _SUCCESS anywhere) only shows its layout in the records' own keys.
+    attempts.append(("", None))
+    for prefix, delimiter in attempts:
+        keys = store.list(prefix, delimiter=delimiter) if delimiter else store.list(prefix)
+        if keys and (where := _locate(store.uri, keys, sweep)) is not None:
+            return keys, where
+    raise BadInput(
+        f"{store.uri}: no results found (expected <sweep>/<run>/epoch_NNN/.../metrics.json);"
+        " check the URI"
+    )
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def _decode(
+    key: str, run: str, blob: bytes | Exception, problems: list[Problem]
+) -> dict[str, Any] | None:
+    if isinstance(blob, Exception):
+        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        return None
+    try:
+        data = json.loads(blob)
+    except RecursionError:
+        problems.append(Problem(DAMAGED, key, run, "nested too deeply to parse"))
+        return None
+    except (ValueError, UnicodeDecodeError):
+        problems.append(Problem(DAMAGED, key, run, "not valid JSON (truncated or partly written)"))
+        return None
+    if not isinstance(data, dict):
+        problems.append(Problem(DAMAGED, key, run, "not a JSON object"))
+        return None
+    return data
+
+
+def _schema_detail(version: object) -> str:
+    return (
+        f"schema_version {version!r}; this early-repair reads version"
+        f" {SCHEMA_VERSION} (aggregate with the matching early-repair version)"
+    )
+
+
+def _validate(
+    model: type[M], key: str, run: str, blob: bytes | Exception, problems: list[Problem]
+) -> M | None:
+    data = _decode(key, run, blob, problems)
+    if data is None:
+        return None
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        problems.append(Problem(SCHEMA, key, run, _schema_detail(version)))
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems.append(Problem(DAMAGED, key, run, describe_error(e, model.__name__)))
+        return None
+    except RecursionError:
+        problems.append(Problem(DAMAGED, key, run, "nested too deeply to parse"))
+        return None
+
+
+@dataclass
+class _Run:
+    """What the listing says about one run folder."""
+
+    name: str
+    files: dict[str, str] = field(default_factory=dict)  # kind -> key (run_json, summary, ...)
+    metrics: list[str] = field(default_factory=list)  # keys read one by one
+
+
+def _scan(keys: list[str], prefix: str, runs: dict[str, _Run]) -> None:
+    """Sort listed keys into their runs: metrics keys, and the run's own files by kind."""
+    root = bool(prefix)
+    for key in keys:
+        if not key.startswith(prefix) or (where := layout.run_folder(key, root=root)) is None:
+            continue
+        run = runs.setdefault(where[1], _Run(where[1]))
+        k = layout.parse(key, root=root)
+        if k is None:
+            continue
+        if k.kind in ("base", "repair"):
+            run.metrics.append(key)
+        elif k.kind in ("run_json", "summary", "success", "records"):
+            run.files[k.kind] = key
+
+
+def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Loaded:
+    """Read one sweep below ``store``: the store's root holds sweeps, or is one sweep.
+
+    ``packed=False`` ignores every records.arrow and reads each record's own file (the
+    benchmark's baseline; the tables are the same).
+    """
+    uri = store.uri
+    listing, (name, prefix) = _list(store, sweep)
+    runs: dict[str, _Run] = {}
+    _scan(listing, prefix, runs)  # (a full listing, the last resort, holds the records too)
+    finished = {r for r, v in runs.items() if "success" in v.files}
+    bundled = {r for r in finished if "records" in runs[r].files} if packed else set()
+    _list_records(
+        store, prefix, [r for r in runs if r not in bundled and not runs[r].metrics], runs
+    )
+
+    sweep_key = f"{prefix}sweep.json"
+    wanted = [sweep_key] if sweep_key in listing else []
+    wanted += [runs[r].files["records"] for r in sorted(bundled)]
+    wanted += _single_keys(runs, set(runs) - bundled)
+    blobs = store.read_many(wanted)
+    failed = [v for v in blobs.values() if isinstance(v, Exception)]
+    if failed and len(failed) == len(blobs):
+        # Nothing at all could be read: the store is unusable (endpoint down, no access),
+        # which is bad input with one line, not a report full of "unreadable".
+        raise BadInput(f"{uri}: cannot read any result ({one_line(failed[0])})") from failed[0]
+    problems: list[Problem] = []
+    sweep_info: dict[str, Any] = {}
+    if sweep_key in blobs:
+        sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
+
+    tables: list[Any] = []
+    parts: list[tuple[str, int]] = []  # (run, rows) in table order
+    redo: list[str] = []
+    for r in sorted(bundled):
+        key = runs[r].files["records"]
+        table = _unpack(key, r, blobs[key], prefix, problems, blobs)
+        if table is None:
+            redo.append(r)
+        else:
+            tables.append(table)
+            parts.append((r, len(table)))
+    if redo:  # a damaged records.arrow: read that run's single files after all
+        _list_records(store, prefix, redo, runs)
+        blobs.update(store.read_many(_single_keys(runs, set(redo))))
+    singles = sorted(set(runs) - bundled | set(redo))
+    tables.append(_single_records(runs, singles, blobs, problems, parts))
+    table = _with_keys(tables, parts, prefix)
+    if name is None:
+        name = _sweep_name(uri, sweep_info, table)
+        if sweep is not None and sweep != name:
+            raise BadInput(f"{uri} holds sweep {name!r}, not {sweep!r}; fix --sweep")
+    records = _records_frame(table, name, prefix, finished, problems)
+
+    infos = {
+        r: _validate(RunInfo, k, r, blobs[k], problems)
+        for r, v in runs.items()
+        if (k := v.files.get("run_json")) in blobs
+    }
+    sums = {
+        r: _validate(TrainSummary, k, r, blobs[k], problems)
+        for r, v in runs.items()
+        if (k := v.files.get("summary")) in blobs
+    }
+    others = {r for r, v in runs.items() if {"run_json", "summary"} & set(v.files)}
+    runs_df = _runs_frame(name, records, infos, sums, finished, others | set(infos) | set(sums))
+    problems.extend(_run_problems(prefix, records, runs_df, sums))
+    n_packed = len(tables) - 1
+    return Loaded(uri, name, prefix, records, runs_df, sweep_info, problems, len(blobs), n_packed)
+
+
+def _list_records(store: Store, prefix: str, names: list[str], runs: dict[str, _Run]) -> None:
+    """Fill in the record keys of the runs ``names`` (read one by one)."""
+    if not names:
+        return
+    if len(names) > PER_RUN_LISTINGS:
+        keys = store.list(prefix)
+    else:
+        keys = [k for r in sorted(names) for k in store.list(f"{prefix}{r}/")]
+    picked: dict[str, _Run] = {}
+    _scan(keys, prefix, picked)
+    for r in names:
+        runs[r].metrics = picked[r].metrics if r in picked else []
+
+
+def _single_keys(runs: dict[str, _Run], names: set[str]) -> list[str]:
+    out: list[str] = []
+    for r in sorted(names):
+        out += runs[r].metrics
+        out += [runs[r].files[k] for k in ("run_json", "summary") if k in runs[r].files]
+    return out
+
+
+def _unpack(
+    key: str,
+    run: str,
+    blob: bytes | Exception,
+    prefix: str,
+    problems: list[Problem],
+    blobs: dict[str, bytes | Exception],
+) -> Any:
+    """One run's records.arrow as a table (keys relative to the run folder), its packed run
+    files put in ``blobs``; None (and a problem) when it cannot be used."""
+    fallback = "; reading the run's single files instead"
+    if isinstance(blob, Exception):
+        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        return None
+    try:
+        packed = load_run_records(blob)
+    except ValueError as e:
+        problems.append(Problem(DAMAGED, key, run, one_line(e) + fallback))
+        return None
+    folder = f"{prefix}{run}/"
+    for rel, data in packed.files.items():
+        blobs[folder + rel] = data
+    return packed.table
+
+
+def _single_records(
+    runs: dict[str, _Run],
+    names: list[str],
+    blobs: dict[str, bytes | Exception],
+    problems: list[Problem],
+    parts: list[tuple[str, int]],
+) -> Any:
+    """The valid records of runs read file by file, as one table like a records.arrow's
+    (keys relative to the run folder); appends (run, rows) to ``parts``."""
+    import pyarrow as pa
+
+    rows: list[dict[str, Any]] = []
+    for r in names:
+        before = len(rows)
+        for key in runs[r].metrics:
+            rec = _validate(MetricsRecord, key, r, blobs[key], problems)
+            if rec is not None:
+                rows.append({**rec.model_dump(), "key": key.split(f"{r}/", 1)[1]})
+        parts.append((r, len(rows) - before))
+    return pa.Table.from_pylist(rows, schema=run_records_schema())
+
+
+def _with_keys(tables: list[Any], parts: list[tuple[str, int]], prefix: str) -> Any:
+    """All records in one table; ``key`` the full store key again, plus each record's run
+    folder (``_folder``) and key relative to it (``_rel``) - in one pass, not per run."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.concat_tables(tables)
+    names = np.array([r for r, _ in parts], dtype=object)
+    folder = pa.array(np.repeat(names, [n for _, n in parts]), pa.string())
+    rel = table["key"]
+    full = pc.binary_join_element_wise(pa.scalar(prefix), folder, pa.scalar("/"), rel, "")
+    table = table.set_column(table.schema.get_field_index("key"), "key", full)
+    return table.append_column("_folder", folder).append_column("_rel", rel)
+
+
+def _sweep_name(uri: str, sweep_info: dict[str, Any], table: Any) -> str:
+    if isinstance(sweep_info.get("name"), str):
+        return sweep_info["name"]
+    names = Counter(table.column("sweep").slice(0, 50).to_pylist())
+    if names:
+        return names.most_common(1)[0][0]
+    return Path(uri.rstrip("/")).name or "sweep"
+
+
+def join_epochs(values: Any) -> str:
+    """Epochs as "1;5;10": one CSV cell, sorted."""
+    return ";".join(str(int(v)) for v in sorted(values))
+
+
+def _runs_frame(
+    sweep: str,
+    records: pd.DataFrame,
+    infos: dict[str, RunInfo | None],
+    sums: dict[str, TrainSummary | None],
+    finished: set[str],
+    others: set[str],
+) -> pd.DataFrame:
+    # Per-run facts from the records in a few grouped passes: a loop of pandas operations
+    # per run would cost seconds for a sweep of thousands of runs.
+    def sets(frame: pd.DataFrame, col: str) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        pairs = frame[["run", col]].dropna().drop_duplicates()
+        for run, value in zip(pairs["run"].to_numpy(), pairs[col].to_numpy(), strict=True):
+            out.setdefault(run, []).append(value)
+        return out
+
+    firsts = records.drop_duplicates("run").set_index("run")[["dataset", "model", "seed"]]
+    first_of = firsts.to_dict("index")
+    n_of = records.groupby("run", sort=False).size().to_dict()
+    classes_of = sets(records, "repair_class")
+    methods_of = sets(records, "method")
+    epochs_of = sets(records[records["kind"] == "base"], "epoch")
+    convs_of = sets(records, "convergence_epoch")
+    rows = []
+    for run in sorted(set(n_of) | finished | others):
+        info = infos.get(run)
+        summary = sums.get(run)
+        spec = info.run if info else {}
+        first = first_of.get(run)
+        if first is not None:
+            dataset, model, seed = first["dataset"], first["model"], int(first["seed"])
+        else:
+            dataset = _label(spec.get("dataset"))
+            model = _label(spec.get("model"))
+            seed = spec.get("seed")
+        classes = set(spec.get("repair_classes") or []) | {int(c) for c in classes_of.get(run, [])}
+        methods = set(_spec_methods(spec)) | set(methods_of.get(run, []))
+        epochs = sorted(int(e) for e in epochs_of.get(run, []))
+        seen = convs_of.get(run, [])
+        conv = int(seen[0]) if len(seen) == 1 else None
+        if summary is not None:
+            conv = summary.convergence_epoch
+            epochs = sorted(set(summary.checkpoint_epochs))
+        rows.append(
+            {
+                "sweep": sweep,
+                "dataset": dataset,
+                "model": model,
+                "run": run,
+                "seed": seed,
+                "convergence_epoch": conv,
+                "checkpoint_epochs": epochs,
+                "repair_classes": sorted(classes),
+                "methods": sorted(methods) or [DEFAULT_METHOD],
+                "complete": run in finished,
+                "has_summary": summary is not None,
+                "epochs_trained": summary.epochs_trained if summary else None,
+                "stopped_early": summary.stopped_early if summary else None,
+                "best_val_loss": summary.best_val_loss if summary else None,
+                "device": info.device if info else None,
+                "n_records": n_of.get(run, 0),
+            }
+        )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "sweep",
+            "dataset",
+            "model",
+            "run",
+            "seed",
+            "convergence_epoch",
+            "checkpoint_epochs",
+            "repair_classes",
+            "methods",
+            "complete",
+            "has_summary",
+            "epochs_trained",
+            "stopped_early",
+            "best_val_loss",
+            "device",
+            "n_records",
+        ],
+    )
+    df["seed"] = df["seed"].astype("Int64")
+    df["convergence_epoch"] = df["convergence_epoch"].astype("Int64")
+    df["epochs_trained"] = df["epochs_trained"].astype("Int64")
+    df = plain_strings(df)
+    return df.sort_values(["dataset", "model", "seed", "run"], na_position="last").reset_index(
+        drop=True
+    )
+
+
+def plain_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """String columns as Python objects, not pandas' Arrow-backed ``str``: the tables take,
+    merge and group rows many times, and each of those converts Arrow strings again."""
+    for col in df.columns:
+        if pd.api.types.is_string_dtype(df[col].dtype) and df[col].dtype != object:
+            df[col] = df[col].astype(object)
+    return df
+
+
+def _spec_methods(spec: dict[str, Any]) -> list[str]:
+    """The repair methods a run's spec names: ``repair.methods`` (a list) or
+    ``repair.method`` (one name, the first spec); none when the spec is unknown."""
+    repair = spec.get("repair")
+    if not isinstance(repair, dict):
+        return []
+    methods = repair.get("methods", repair.get("method"))
+    if isinstance(methods, str):
+        return [methods]
+    return [m for m in methods if isinstance(m, str)] if isinstance(methods, list) else []
+
+
+def _label(part: Any) -> Any:
+    if isinstance(part, dict):
+        return part.get("label") or part.get("name")
+    return part
+
+
+def _run_problems(
+    prefix: str, records: pd.DataFrame, runs: pd.DataFrame, sums: dict[str, TrainSummary | None]
+) -> list[Problem]:
+    out = []
+    seen: dict[str, list[int]] = {}
+    pairs = records[["run", "convergence_epoch"]].drop_duplicates()
+    for run, conv in zip(
+        pairs["run"].to_numpy(), pairs["convergence_epoch"].to_numpy(), strict=True
+    ):
+        seen.setdefault(run, []).append(int(conv))
+    for row in runs.itertuples(index=False):
+        where = f"{prefix}{row.run}"
+        if not row.complete:
+            out.append(
+                Problem(UNFINISHED, f"{where}/", row.run, "no _SUCCESS: still running or failed")
+            )
+        said = sorted(int(e) for e in seen.get(row.run, []))
+        if row.run in sums:
+            if sums[row.run] is not None and any(e != row.convergence_epoch for e in said):
+                out.append(
+                    Problem(
+                        INCONSISTENT,
+                        f"{where}/",
+                        row.run,
+                        f"records say convergence epoch {join_epochs(said)} but train/summary.json"
+                        f" says {row.convergence_epoch}; using the summary",
+                    )
+                )
+        elif row.complete or row.n_records:
+            out.append(
+                Problem(
+                    NO_SUMMARY,
+                    f"{where}/train/summary.json",
+                    row.run,
+                    "missing; the convergence epoch comes from the records",
+                )
+            )
+            if len(said) > 1:
+                out.append(
+                    Problem(
+                        INCONSISTENT,
+                        f"{where}/",
+                        row.run,
+                        f"records disagree on the convergence epoch ({join_epochs(said)})",
+                    )
+                )
+    return out
+
+
+# --- the records frame ----------------------------------------------------------------
+
+
+def _per_class(column: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n_records x n_classes matrix, NaN where a class is absent or None; lengths; rows
+    holding a NaN or infinite value - not None - among their per-class accuracies)."""
+    import pyarrow.compute as pc
+
+    col = column.combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, 0)), np.zeros(0, dtype="int64"), np.zeros(0, dtype=bool)
+    offsets = col.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    lengths = np.diff(offsets)
+    flat = col.flatten()
+    values = flat.to_numpy(zero_copy_only=False).astype(float)
+    rows = np.repeat(np.arange(len(col)), lengths)
+    matrix = np.full((len(col), int(lengths.max(initial=0))), np.nan)
+    matrix[rows, np.arange(len(values)) - offsets[:-1][rows]] = values
+    odd = _not_finite(flat, pc)
+    nonfinite = np.zeros(len(col), dtype=bool)
+    nonfinite[rows[odd]] = True
+    return matrix, lengths, nonfinite
+
+
+def _not_finite(array: Any, pc: Any) -> np.ndarray:
+    """NaN or infinite values (a None is absent, not bad) of an Arrow float array."""
+    return pc.fill_null(pc.invert(pc.is_finite(array)), False).to_numpy(zero_copy_only=False)
+
+
+def _records_frame(
+    table: Any, sweep: str, prefix: str, finished: set[str], problems: list[Problem]
+) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    matrix, lengths, class_nonfinite = _per_class(table.column("per_class_accuracy"))
+    floats = [
+        n for n, t in zip(table.column_names, table.schema.types, strict=True) if t == pa.float64()
+    ]
+    nonfinite = {n: _not_finite(table.column(n), pc) for n in floats}
+    df = table.drop_columns(["per_class_accuracy"]).to_pandas()
+    df = plain_strings(df)
+    df["n_classes"] = lengths.astype("int64")
+    repaired = df["kind"] == "repaired"
+    df.loc[repaired & df["method"].isna(), "method"] = DEFAULT_METHOD
+    acc = pd.DataFrame(matrix, columns=[f"acc_class_{c}" for c in range(matrix.shape[1])])
+    df = pd.concat([df, acc], axis=1)
+
+    bad = _check(df, sweep, nonfinite, class_nonfinite)
+    for i, (kind, detail) in sorted(bad.items()):
+        problems.append(Problem(kind, df.at[i, "key"], df.at[i, "_folder"], detail))
+    df = df.drop(index=list(bad)).drop(columns=["_folder", "_rel"])
+
+    df["run_complete"] = df["run"].isin(finished)
+    for col in _INT_COLUMNS:
+        df[col] = df[col].astype("Int64")
+    for col in _FLOAT_COLUMNS:
+        df[col] = df[col].astype(float)
+    for col in ("seed", "epoch", "convergence_epoch", "n_classes", "schema_version"):
+        df[col] = df[col].astype("int64")
+    df = df[RECORD_COLUMNS + list(acc.columns)]
+    # Base before repaired, classes and epochs ascending: the order people read them in.
+    by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
+    return df.take(sorted_rows(df, by)).reset_index(drop=True)
+
+
+def sorted_rows(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
+    """The row order that sorts ``frame`` by ``by`` (missing values first; strings in
+    code point order), from integer codes: sorting by string columns directly is what
+    makes large sweeps slow. Stable, so equal keys keep their order."""
+    keys = []
+    for col in reversed(by):
+        values = frame[col]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            keys.append(values.to_numpy(dtype=float, na_value=-np.inf))
+        else:
+            keys.append(pd.factorize(values, sort=True)[0])  # missing -> -1, first
+    return np.lexsort(keys) if keys else np.arange(len(frame))
+
+
+def _check(
+    df: pd.DataFrame,
+    sweep: str,
+    nonfinite: dict[str, np.ndarray],
+    class_nonfinite: np.ndarray,
+) -> dict[int, tuple[str, str]]:
+    """Rows that are no result: index -> (problem kind, detail); the first reason wins.
+
+    Masks are computed for all rows at once; only the (few) flagged rows get a message.
+    """
+    bad: dict[int, tuple[str, str]] = {}
+
+    def flag(mask: Any, kind: str, detail: Any) -> None:
+        for i in df.index[np.asarray(mask, dtype=bool)]:
+            if i not in bad:
+                bad[i] = (kind, detail(i))
+
+    flag(
+        df["schema_version"] != SCHEMA_VERSION,
+        SCHEMA,
+        lambda i: _schema_detail(int(df.at[i, "schema_version"])),
+    )
+    for col, mask in nonfinite.items():
+        flag(mask, BAD_VALUE, lambda i, c=col: f"{c} is {float(df.at[i, c])!r}; {_LEFT_OUT}")
+    flag(
+        class_nonfinite,
+        BAD_VALUE,
+        lambda i: f"per_class_accuracy holds NaN or infinity; {_LEFT_OUT}",
+    )
+    for cols, lo, hi, what in _RANGES:
+        for col in cols:
+            v = df[col].to_numpy(dtype=float, na_value=np.nan)
+            out = np.isfinite(v) & ((v < lo) | (v > hi))
+            flag(
+                out,
+                BAD_VALUE,
+                lambda i, c=col, w=what, b=_bounds(lo, hi): (
+                    f"{c} {float(df.at[i, c])!r} is not {w} ({b}); {_LEFT_OUT}"
+                ),
+            )
+    accs = df.filter(like="acc_class_").to_numpy()
+    out = (np.isfinite(accs) & ((accs < 0) | (accs > 1))).any(axis=1)
+    flag(out, BAD_VALUE, lambda i: _class_detail(accs[df.index.get_loc(i)]))
+
+    said = _expected_keys(df["_rel"])
+    repaired = df["kind"] == "repaired"
+    wrong = {
+        "sweep": (df["sweep"] != sweep).to_numpy(),
+        "run": (df["run"] != df["_folder"]).to_numpy(),
+        "epoch": (df["epoch"] != said["epoch"]).to_numpy(),
+        "kind": (df["kind"] != said["kind"]).to_numpy(),
+        "repair_class": (repaired & (df["repair_class"] != said["repair_class"])).to_numpy(),
+        "method": (repaired & (df["method"] != said["method"])).to_numpy(),
+    }
+    any_wrong = np.logical_or.reduce(list(wrong.values()))
+
+    def misplaced(i: int) -> str:
+        j = df.index.get_loc(i)
+        parts = []
+        for name, mask in wrong.items():
+            if mask[j]:
+                v = df.at[i, name]
+                parts.append(f"{name} {v!r}" if isinstance(v, str) else f"{name} {v}")
+        return "the record says " + ", ".join(parts)
+
+    flag(any_wrong, MISPLACED, misplaced)
+    return bad
+
+
+_LEFT_OUT = "the record is left out"
+
+
+def _bounds(lo: float, hi: float) -> str:
+    return f"{lo:g}..{hi:g}" if np.isfinite(hi) else f"at least {lo:g}"
+
+
+def _expected_keys(rel: pd.Series) -> pd.DataFrame:
+    """What each record's key (relative to its run folder) says it is, parsed once per
+    distinct relative key (2,500 runs share 40 of them)."""
+    kinds = {"base": "base", "repair": "repaired"}
+    rows = {}
+    for r in rel.unique():
+        k = layout.parse(f"_/{r}", root=False)
+        rows[r] = (
+            (k.epoch, kinds.get(k.kind), k.repair_class, k.method) if k else (-1, None, None, None)
+        )
+    out = pd.DataFrame.from_dict(
+        rows, orient="index", columns=["epoch", "kind", "repair_class", "method"]
+    )
+    return out.reindex(rel.to_numpy()).set_axis(rel.index)
+
+
+def _class_detail(row: np.ndarray) -> str:
+    c = int(np.flatnonzero(np.isfinite(row) & ((row < 0) | (row > 1)))[0])
+    return f"per_class_accuracy[{c}] {float(row[c])!r} is not a fraction (0..1); {_LEFT_OUT}"
