@@ -49,6 +49,8 @@ MODELS: dict[str, str] = {
 # repair(head, features, y, split, target_class, cfg, seed, device) -> RepairResult
 REPAIR_METHODS: dict[str, str] = {
     "arachne": "trainer_image.repair.arachne:repair",
+    "arachne-de": "trainer_image.repair.arachne_de:repair",
+    "finetune": "trainer_image.repair.finetune:repair",
 }
 
 

@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_serializer,
@@ -412,6 +413,31 @@ class _RepairCommon(_Strict):
     seed: int = Field(
         0, ge=0, description="Mixed with run seed, epoch and class: the method's random seed."
     )
+    methods: list[str | dict[str, Any]] | None = _added(
+        None,
+        description="Repair every checkpoint x class with each of these methods (a sweep"
+        " dimension): a method name (arachne, arachne-de, finetune, or 'pkg.module:fn') or a"
+        " mapping {method: NAME, ...its fields}. Fields set in this `repair` block that a"
+        " method also has (seed, n_positives, positives, ...) are inherited; the entry naming"
+        " this block's own `method` is this block. Default: this block's method alone.",
+    )
+
+    def configs(self) -> list[RepairMethodConfig]:
+        """One config per method to run, in the order of ``methods``."""
+        return method_configs(self)
+
+    @model_validator(mode="after")
+    def _methods(self) -> _RepairCommon:
+        if self.methods is not None:
+            if not self.methods:
+                raise ValueError("methods: list at least one method, or leave it out")
+            method_configs(self)  # every entry valid now, not when a run gets there
+        return self
+
+    @property
+    def key(self) -> str:
+        """The method's folder in the result layout (``repair/<key>/class_C``)."""
+        return method_key(self.method)
 
 
 class ArachneSpec(_RepairCommon):
@@ -499,6 +525,108 @@ class ArachneSpec(_RepairCommon):
 RepairSpec = ArachneSpec
 
 
+# --- repair methods beyond arachne --------------------------------------------------
+# The fields they share with Arachne take Arachne's definition (default, bounds,
+# description), so the methods cannot drift apart on them.
+_ARACHNE = ArachneSpec.model_fields
+
+
+def _method_required(schema: dict[str, Any]) -> None:
+    # Only arachne may leave `method` out; in the JSON Schema the other members must name
+    # it, or a block without `method` would match several members of the oneOf.
+    schema["required"] = sorted({*schema.get("required", []), "method"})
+
+
+class _LastLayerCommon(_RepairCommon):
+    """What the methods over Arachne's problem share with it: the positives, the fault
+    localisation and the memory bound of a batch of scores."""
+
+    n_positives: int = _ARACHNE["n_positives"]
+    positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
+        "uniform",
+        description="How the positives are drawn, as Arachne's `positives`: uniform,"
+        " with-replacement-dedup or balanced. The same seed draws the same positives for"
+        " every method.",
+    )
+    grad_factor: int = _ARACHNE["grad_factor"]
+    max_batch_bytes: ByteSize = _ARACHNE["max_batch_bytes"]
+
+
+class ArachneDERepairSpec(_LastLayerCommon):
+    """Arachne as in its TOSEM 2023 version: differential evolution over the same weights."""
+
+    model_config = ConfigDict(json_schema_extra=_method_required)
+
+    method: Literal["arachne-de"] = Field(
+        "arachne-de", description="Arachne with differential evolution (TOSEM 2023)."
+    )
+    population: int = Field(
+        100, ge=4, description="Candidates per generation (TOSEM 100); DE/rand/1 needs >= 4."
+    )
+    generations: int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
+    patience: int = Field(
+        10, gt=0, description="Stop after this many generations without a better best."
+    )
+    mutation: tuple[float, float] = Field(
+        (0.5, 1.0),
+        description="The scale factor F is drawn from U(low, high) once per generation.",
+    )
+    recombination: float = Field(
+        0.7, ge=0, le=1, description="Binomial crossover rate (one dimension always crosses)."
+    )
+    patch_aggr: float = Field(
+        10.0,
+        gt=0,
+        description="Weight of the negatives in the fitness N_intact' + patch_aggr x N_patched'.",
+    )
+    update: Literal["batched", "asynchronous"] = Field(
+        "batched",
+        description="batched: the whole generation is built from the previous one and scored"
+        " at once (classic synchronous DE, fast). asynchronous: TOSEM's order, each trial"
+        " replaces its target at once and later trials of the generation see it (exact;"
+        " about 2-3x the time on small layers).",
+    )
+
+    @field_validator("mutation")
+    @classmethod
+    def _mutation_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"need 0 < low <= high, got [{low}, {high}]")
+        return value
+
+
+class FinetuneRepairSpec(_LastLayerCommon):
+    """Baseline: gradient descent on the final Linear layer only, near its original weights."""
+
+    model_config = ConfigDict(json_schema_extra=_method_required)
+
+    method: Literal["finetune"] = Field(
+        "finetune", description="Fine-tune the final layer on the negatives and positives."
+    )
+    steps: int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
+    lr: float = Field(
+        1.0,
+        gt=0,
+        description="Step size in units of 1/L, L a bound on the loss's curvature that"
+        " scales with the squared feature norm; below 2 every step lowers the loss.",
+    )
+    neg_weight: float = Field(
+        1.0, ge=0, description="Weight of the negatives' mean cross-entropy in the loss."
+    )
+    pos_weight: float = Field(
+        1.0, ge=0, description="Weight of the sampled positives' mean cross-entropy."
+    )
+    l2: float = Field(
+        0.01, ge=0, description="Penalty l2 x sum (w - w_original)^2 toward the original layer."
+    )
+    weights: Literal["all", "localised"] = Field(
+        "all",
+        description="all: every weight of the final layer moves. localised: only those"
+        " Arachne's fault localisation picks (grad_factor), the others stay fixed.",
+    )
+
+
 class ImportedRepairSpec(_RepairCommon):
     """A repair method of your own, by import path; it validates its own `options`."""
 
@@ -544,12 +672,72 @@ def _repair_tag(value: Any) -> str | None:
 # user methods by import path. Dumps are those of the member: arachne's equals the
 # RepairSpec of before there was a union, so spec hashes did not change.
 RepairConfig = Annotated[
-    Annotated[ArachneSpec, Tag("arachne")] | Annotated[ImportedRepairSpec, Tag(IMPORTED)],
+    Annotated[ArachneSpec, Tag("arachne")]
+    | Annotated[ArachneDERepairSpec, Tag("arachne-de")]
+    | Annotated[FinetuneRepairSpec, Tag("finetune")]
+    | Annotated[ImportedRepairSpec, Tag(IMPORTED)],
     Discriminator(_repair_tag),
     # Names are checked against the catalog first, for an error that names the method.
     BeforeValidator(_known_method),
 ]
 REPAIR_TAGS = frozenset({*catalog.REPAIR_METHODS, IMPORTED})
+RepairMethodConfig = ArachneSpec | ArachneDERepairSpec | FinetuneRepairSpec | ImportedRepairSpec
+_REPAIR_ADAPTER: TypeAdapter[Any] = TypeAdapter(RepairConfig)
+
+
+def method_key(method: str) -> str:
+    """A method's folder name: its catalog name, or a slug of its import path."""
+    return slug(method) if is_import_path(method) else method
+
+
+def method_configs(block: _RepairCommon) -> list[RepairMethodConfig]:
+    """The configs of every method a `repair` block asks for (see ``_RepairCommon.methods``).
+
+    Each entry is validated as its own method's config, starting from the fields the block
+    set that the method also has, so `seed: 3` in the block seeds every method.
+    """
+    own: Any = block.model_copy(update={"methods": None})
+    if block.methods is None:
+        return [own]
+    inherited = {
+        name: getattr(block, name)
+        for name in block.model_fields_set - {"method", "methods", "classes"}
+    }
+    configs: list[RepairMethodConfig] = []
+    for i, entry in enumerate(block.methods):
+        fields = {"method": entry} if isinstance(entry, str) else dict(entry)
+        if "methods" in fields:
+            raise ValueError(f"methods.{i}: a method entry cannot list methods itself")
+        if fields.get("method") == block.method:
+            start = own.model_dump()
+        else:
+            target = _member_fields(fields.get("method"))
+            start = {"classes": block.classes} | {k: v for k, v in inherited.items() if k in target}
+        try:
+            configs.append(_REPAIR_ADAPTER.validate_python({**start, **fields}))
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"] if str(p) not in REPAIR_TAGS)
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ValueError(f"methods.{i}{'.' + loc if loc else ''}: {msg}") from e
+    keys = [c.key for c in configs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"methods: {dup!r} appears twice; list each method once")
+    return configs
+
+
+def _member_fields(method: Any) -> set[str]:
+    """The field names of the config class of ``method`` (empty when it names none)."""
+    members: dict[str, type[BaseModel]] = {
+        "arachne": ArachneSpec,
+        "arachne-de": ArachneDERepairSpec,
+        "finetune": FinetuneRepairSpec,
+    }
+    if isinstance(method, str) and is_import_path(method):
+        return set(ImportedRepairSpec.model_fields)
+    cls = members.get(method) if isinstance(method, str) else None
+    return set(cls.model_fields) if cls is not None else set()
 
 
 class ResourcesSpec(_Strict):
@@ -657,10 +845,11 @@ class SweepSpec(_Strict):
         policy = self.training.readiness
         if policy is None or policy.policy != "repaired-val-qual":
             return self
-        if policy.method is not None and policy.method != self.repair.method:
+        configured = [c.method for c in self.repair.configs()]
+        if policy.method is not None and policy.method not in configured:
             raise ValueError(
                 f"training.readiness.method: {policy.method!r} is not a configured repair"
-                f" method (configured: {self.repair.method!r})"
+                f" method (configured: {', '.join(configured)})"
             )
         for ds in self.datasets:
             classes = self.classes_for(ds)
@@ -787,95 +976,3 @@ def json_schema() -> dict[str, Any]:
         "$id": f"urn:early-repair:sweep-spec:{__version__}",
         **SweepSpec.model_json_schema(),
     }
-
-
-# --- repair methods beyond arachne (issue 13) ---
-# The fields they share with Arachne take Arachne's definition (default, bounds,
-# description), so the methods cannot drift apart on them.
-_ARACHNE = ArachneSpec.model_fields
-
-
-class _LastLayerCommon(_RepairCommon):
-    """What the methods over Arachne's problem share with it: the positives, the fault
-    localisation and the memory bound of a batch of scores."""
-
-    n_positives: int = _ARACHNE["n_positives"]
-    positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
-        "uniform",
-        description="How the positives are drawn, as Arachne's `positives`: uniform,"
-        " with-replacement-dedup or balanced. The same seed draws the same positives for"
-        " every method.",
-    )
-    grad_factor: int = _ARACHNE["grad_factor"]
-    max_batch_bytes: ByteSize = _ARACHNE["max_batch_bytes"]
-
-
-class ArachneDERepairSpec(_LastLayerCommon):
-    """Arachne as in its TOSEM 2023 version: differential evolution over the same weights."""
-
-    method: Literal["arachne-de"] = Field(
-        "arachne-de", description="Arachne with differential evolution (TOSEM 2023)."
-    )
-    population: int = Field(
-        100, ge=4, description="Candidates per generation (TOSEM 100); DE/rand/1 needs >= 4."
-    )
-    generations: int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
-    patience: int = Field(
-        10, gt=0, description="Stop after this many generations without a better best."
-    )
-    mutation: tuple[float, float] = Field(
-        (0.5, 1.0),
-        description="The scale factor F is drawn from U(low, high) once per generation.",
-    )
-    recombination: float = Field(
-        0.7, ge=0, le=1, description="Binomial crossover rate (one dimension always crosses)."
-    )
-    patch_aggr: float = Field(
-        10.0,
-        gt=0,
-        description="Weight of the negatives in the fitness N_intact' + patch_aggr x N_patched'.",
-    )
-    update: Literal["batched", "asynchronous"] = Field(
-        "batched",
-        description="batched: the whole generation is built from the previous one and scored"
-        " at once (classic synchronous DE, fast). asynchronous: TOSEM's order, each trial"
-        " replaces its target at once and later trials of the generation see it (exact;"
-        " about 2-3x the time on small layers).",
-    )
-
-    @field_validator("mutation")
-    @classmethod
-    def _mutation_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low <= high:
-            raise ValueError(f"need 0 < low <= high, got [{low}, {high}]")
-        return value
-
-
-class FinetuneRepairSpec(_LastLayerCommon):
-    """Baseline: gradient descent on the final Linear layer only, near its original weights."""
-
-    method: Literal["finetune"] = Field(
-        "finetune", description="Fine-tune the final layer on the negatives and positives."
-    )
-    steps: int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
-    lr: float = Field(
-        1.0,
-        gt=0,
-        description="Step size in units of 1/L, L a bound on the loss's curvature that"
-        " scales with the squared feature norm; below 2 every step lowers the loss.",
-    )
-    neg_weight: float = Field(
-        1.0, ge=0, description="Weight of the negatives' mean cross-entropy in the loss."
-    )
-    pos_weight: float = Field(
-        1.0, ge=0, description="Weight of the sampled positives' mean cross-entropy."
-    )
-    l2: float = Field(
-        0.01, ge=0, description="Penalty l2 x sum (w - w_original)^2 toward the original layer."
-    )
-    weights: Literal["all", "localised"] = Field(
-        "all",
-        description="all: every weight of the final layer moves. localised: only those"
-        " Arachne's fault localisation picks (grad_factor), the others stay fixed.",
-    )

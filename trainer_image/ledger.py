@@ -158,13 +158,20 @@ class Ledger:
 
     def pending(self, summary: TrainSummary) -> bool:
         """Whether a checkpoint still lacks its base metrics or a repair."""
-        for epoch in summary.checkpoint_epochs:
-            if not self.done(keys.base_metrics(self.sweep, self.name, epoch)):
-                return True
-            for cls in self.run.repair_classes:
-                if not self.done(keys.repair_metrics(self.sweep, self.name, epoch, cls)):
-                    return True
-        return False
+        return any(
+            not self.done(keys.base_metrics(self.sweep, self.name, epoch))
+            or self.pending_repairs(epoch)
+            for epoch in summary.checkpoint_epochs
+        )
+
+    def pending_repairs(self, epoch: int) -> list[tuple[int, str]]:
+        """The (class, method key) repairs of a checkpoint whose record is still missing."""
+        return [
+            (cls, cfg.key)
+            for cls in self.run.repair_classes
+            for cfg in self.run.repair.configs()
+            if not self.done(keys.repair_metrics(self.sweep, self.name, epoch, cls, cfg.key))
+        ]
 
     # --- writing ----------------------------------------------------------------------
 

@@ -51,8 +51,8 @@ class Method:
 
 
 def configured_methods(cfg: RepairConfig) -> list[Method]:
-    """The methods of the spec's ``repair`` section (today: its one ``method``)."""
-    return [Method(cfg.method, method_for(cfg.method), cfg, cfg.seed)]
+    """The methods of the spec's ``repair`` section, in the order of its ``methods``."""
+    return [Method(c.method, method_for(c.method), c, c.seed) for c in cfg.configs()]
 
 
 @dataclass(frozen=True)

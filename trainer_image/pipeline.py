@@ -34,8 +34,9 @@ import torch
 from orchestrator.errors import BadInput, RunFailed
 from orchestrator.results import events
 from orchestrator.results import layout as keys
+from orchestrator.results.consolidate import write_run_records
 from orchestrator.results.records import MetricsRecord, TrainSummary
-from orchestrator.spec import RunSpec, SweepSpec
+from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
 from trainer_image.data import Holdout, Splits, load_splits
 from trainer_image.ledger import Ledger, csv_bytes, now
@@ -67,7 +68,8 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
     device = device_step(job)
     splits = data_step(job)
     model = model_step(job, splits, device)
-    method = method_for(run.repair.method)  # a bad import path fails before training
+    # Every method resolved before training, so a bad import path fails before the work.
+    methods = [(cfg, method_for(cfg.method)) for cfg in run.repair.configs()]
     trained_before = summary is not None
     if summary is None:
         summary = train_step(job, model, splits, device)
@@ -83,11 +85,12 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
     )
     job.archive_log()
 
-    steps = Steps(len(summary.checkpoint_epochs), len(run.repair_classes))
+    repairs = [(cls, cfg, method) for cls in run.repair_classes for cfg, method in methods]
+    steps = Steps(len(summary.checkpoint_epochs), len(repairs))
     for i, epoch in enumerate(summary.checkpoint_epochs):
         ckpt = evaluate_step(job, model, splits, device, summary, epoch, steps.base(i))
-        for j, cls in enumerate(run.repair_classes):
-            repair_step(job, epoch, ckpt, splits, summary, method, cls, steps.repair(i, j))
+        for j, (cls, cfg, method) in enumerate(repairs):
+            repair_step(job, epoch, ckpt, splits, summary, cfg, method, cls, steps.repair(i, j))
         job.write_run_info()
         job.archive_log()
 
@@ -203,7 +206,9 @@ def train_step(
     readiness = (
         None
         if cfg.readiness is None
-        else build_readiness(cfg.readiness, [run.repair.method], run.repair_classes)
+        else build_readiness(
+            cfg.readiness, [c.method for c in run.repair.configs()], run.repair_classes
+        )
     )
     with job.timed("train"):
         result = train(
@@ -264,20 +269,21 @@ def drop_state(job: Ledger) -> None:
 
 @dataclass(frozen=True)
 class Steps:
-    """Numbers the progress steps after training: per checkpoint, base then each class."""
+    """Numbers the progress steps after training: per checkpoint, base then each repair
+    (class x method)."""
 
     checkpoints: int
-    classes: int
+    repairs: int
 
     @property
     def total(self) -> int:
-        return self.checkpoints * (1 + self.classes)
+        return self.checkpoints * (1 + self.repairs)
 
     def base(self, i: int) -> tuple[int, int]:
-        return i * (1 + self.classes) + 1, self.total
+        return i * (1 + self.repairs) + 1, self.total
 
     def repair(self, i: int, j: int) -> tuple[int, int]:
-        return i * (1 + self.classes) + 2 + j, self.total
+        return i * (1 + self.repairs) + 2 + j, self.total
 
 
 @dataclass(frozen=True)
@@ -305,14 +311,12 @@ def evaluate_step(
     The checkpoint is loaded whenever a repair of it is still to do, since the repairs need
     its features even when its base metrics exist; None when nothing of it is left to do.
     """
-    sweep, name, classes = job.sweep, job.name, job.run.repair_classes
+    sweep, name = job.sweep, job.name
     base_key = keys.base_metrics(sweep, name, epoch)
-    todo = [c for c in classes if not job.done(keys.repair_metrics(sweep, name, epoch, c))]
+    todo = job.pending_repairs(epoch)
     step_event(job, "base", epoch, step, skipped=job.done(base_key))
     if job.done(base_key) and not todo:
-        log.info(
-            "epoch %d: base metrics and %d repair(s) done before; skipped", epoch, len(classes)
-        )
+        log.info("epoch %d: base metrics and every repair done before; skipped", epoch)
         return None
     with job.timed("evaluate"):
         load_checkpoint(job, model, epoch, device)
@@ -353,18 +357,19 @@ def repair_step(
     ckpt: Checkpoint | None,
     splits: Splits,
     summary: TrainSummary,
+    cfg: RepairMethodConfig,
     method: RepairMethod,
     cls: int,
     step: tuple[int, int],
 ) -> None:
-    """Repair one class of one checkpoint; done-key ``repair/class_C/metrics.json``."""
-    sweep, name = job.sweep, job.name
-    metrics_key = keys.repair_metrics(sweep, name, epoch, cls)
+    """Repair one class of one checkpoint with one method;
+    done-key ``repair/<method>/class_C/metrics.json``."""
+    sweep, name, where = job.sweep, job.name, cfg.key
+    metrics_key = keys.repair_metrics(sweep, name, epoch, cls, where)
     step_event(job, "repair", epoch, step, skipped=job.done(metrics_key), cls=cls)
     if job.done(metrics_key):
         return
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
-    cfg = job.run.repair
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
         result = method(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, job.device)
@@ -389,17 +394,18 @@ def repair_step(
             iterations=result.iterations,
             seconds=round(result.seconds, 3),
         )
-        job.put_json(keys.repair_patch(sweep, name, epoch, cls), result.patch_json())
-        job.put_bytes(keys.repair_search(sweep, name, epoch, cls), csv_bytes(result.history))
+        job.put_json(keys.repair_patch(sweep, name, epoch, cls, where), result.patch_json())
+        job.put_bytes(keys.repair_search(sweep, name, epoch, cls, where), csv_bytes(result.history))
         job.put_json(metrics_key, record.model_dump(mode="json"))
     if result.status == "nothing_to_repair":
         log.info("epoch %d class %d: no negatives; nothing to repair", epoch, cls)
     else:
         log.info(
-            "epoch %d class %d: RR %.1f%% BR %.1f%%, test accuracy %.4f, %d weights,"
+            "epoch %d class %d %s: RR %.1f%% BR %.1f%%, test accuracy %.4f, %d weights,"
             " %d iterations, %.1f s",
             epoch,
             cls,
+            where,
             result.rr or 0.0,
             result.br or 0.0,
             record.accuracy,
@@ -411,9 +417,11 @@ def repair_step(
 
 
 def finish_step(job: Ledger, started: float) -> None:
-    """run.json marked finished, then the done-key ``_SUCCESS``."""
+    """run.json marked finished, every record packed in one object, then ``_SUCCESS``."""
     job.add_time("total", time.perf_counter() - started)
     job.write_run_info(finished=True)
+    # One object per finished run for the aggregator (it falls back to the single files).
+    write_run_records(job.store, job.sweep, job.name)
     job.put_bytes(keys.success(job.sweep, job.name), (now() + "\n").encode())
     log.info("run %s complete in %.1f s", job.name, time.perf_counter() - started)
     job.event(events.Done, skipped=False, seconds=round(time.perf_counter() - started, 3))

@@ -25,7 +25,7 @@ def run_progress(
 
     ``epoch``: the latest checkpoint written; ``trained``: summary.json exists;
     ``evaluated``/``checkpoints``: checkpoints with base metrics / checkpoints kept;
-    ``repairs_done``/``repairs_total``: repair records written / checkpoints x classes;
+    ``repairs_done``/``repairs_total``: repair records written / checkpoints x classes x methods;
     ``done``: _SUCCESS exists.
     """
     sweep, name = run.sweep, run.name
@@ -49,7 +49,9 @@ def run_progress(
         "evaluated": evaluated,
         "checkpoints": checkpoints,
         "repairs_done": repairs,
-        "repairs_total": None if checkpoints is None else checkpoints * len(run.repair_classes),
+        "repairs_total": None
+        if checkpoints is None
+        else checkpoints * len(run.repair_classes) * len(run.repair.configs()),
         "done": results.success(sweep, name) in keys,
     }
 

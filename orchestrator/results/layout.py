@@ -74,21 +74,29 @@ def base_metrics(sweep: str, run: str, epoch: int) -> str:
     return f"{epoch_dir(sweep, run, epoch)}/base/metrics.json"
 
 
-def repair_dir(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_dir(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     """``method=None``: the first layout, without a method level (read as DEFAULT_METHOD)."""
     level = f"{method}/" if method else ""
     return f"{epoch_dir(sweep, run, epoch)}/repair/{level}class_{cls}"
 
 
-def repair_metrics(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_metrics(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     return f"{repair_dir(sweep, run, epoch, cls, method)}/metrics.json"
 
 
-def repair_patch(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_patch(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     return f"{repair_dir(sweep, run, epoch, cls, method)}/patch.json"
 
 
-def repair_search(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_search(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     return f"{repair_dir(sweep, run, epoch, cls, method)}/search.csv"
 
 

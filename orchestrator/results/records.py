@@ -15,7 +15,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 1
+# 2: repair records live under repair/<method>/ (the method became a sweep dimension).
+# Version 1 records (repair/class_C/, read as arachne) have the same fields and still read.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
 
 
 class MetricsRecord(BaseModel):
@@ -214,10 +217,10 @@ def load_run_records(data: bytes) -> RunRecords:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != RUN_RECORDS_FORMAT:
         raise ValueError(f"not a records file of format {RUN_RECORDS_FORMAT}")
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in READABLE_VERSIONS:
         raise ValueError(
             f"records of schema_version {meta.get('schema_version')!r}; this early-repair"
-            f" reads version {SCHEMA_VERSION}"
+            f" reads versions {sorted(READABLE_VERSIONS)}"
         )
     expected = run_records_schema()
     if not table.schema.remove_metadata().equals(expected):

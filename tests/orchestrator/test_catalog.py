@@ -153,7 +153,12 @@ def test_a_repair_field_error_names_the_field_as_the_user_wrote_it() -> None:
 def test_the_json_schema_shows_the_repair_union() -> None:
     schema = json_schema()
     refs = {m["$ref"].rsplit("/", 1)[-1] for m in schema["properties"]["repair"]["oneOf"]}
-    assert refs == {"ArachneSpec", "ImportedRepairSpec"}
+    assert refs == {
+        "ArachneSpec",
+        "ArachneDERepairSpec",
+        "FinetuneRepairSpec",
+        "ImportedRepairSpec",
+    }
     for repair in ({"classes": [3]}, {"method": "pkg.fix:repair", "options": {"k": 1}}):
         jsonschema.validate({**BASE, "repair": repair}, schema)
     with pytest.raises(jsonschema.ValidationError):

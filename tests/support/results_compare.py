@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from orchestrator.results.records import load_run_records
 from orchestrator.store import Store
 
 TIMING = {"seconds"}
@@ -17,11 +18,16 @@ WHERE = {"results", "storage"}  # where a store lives, not what was computed
 
 
 def comparable(store: Store, prefix: str) -> dict[str, Any]:
+    """Every result object, minus timing fields, logs and where the store lives."""
     out: dict[str, Any] = {}
     for key in store.list(prefix):
         blob = store.read_bytes(key)
         if key.endswith("trainer.log") or key.endswith("_SUCCESS"):
             out[key] = "present"
+        elif key.endswith("records.arrow"):
+            # Packs run.json (timings) with the records: compare the records without timings.
+            table = load_run_records(blob).table.drop_columns(sorted(TIMING))
+            out[key] = table.to_pylist()
         elif key.endswith(".pt"):
             state = torch.load(io.BytesIO(blob), weights_only=True)
             out[key] = {k: v.numpy().tobytes() for k, v in state.items()}

@@ -4,7 +4,6 @@ and a repair method of the user's own, run end to end by import path."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import results_compare
 import torch
 
 from orchestrator.errors import BadInput
@@ -47,8 +47,6 @@ TINY: dict[str, Any] = {
     "training": {"max_epochs": 6, "device": "cpu", "num_threads": 1},
     "repair": {"classes": [3, 6], "particles": 20, "iterations": 10},
 }
-TIMING = {"seconds"}
-WHERE = {"results", "storage"}  # where a store lives, not what was computed
 
 
 class MemoryStore:
@@ -105,29 +103,7 @@ def write_spec(path: Path, results: Path | str, **changes: Any) -> Path:
 
 
 def comparable(store: Store, prefix: str = f"{SWEEP}/") -> dict[str, Any]:
-    """Every result object, minus timing fields, logs and where the store lives."""
-    out: dict[str, Any] = {}
-    for key in store.list(prefix):
-        blob = store.read_bytes(key)
-        if key.endswith("trainer.log") or key.endswith("_SUCCESS"):
-            out[key] = "present"
-        elif key.endswith(".pt"):
-            state = torch.load(io.BytesIO(blob), weights_only=True)
-            out[key] = {k: v.numpy().tobytes() for k, v in state.items()}
-        elif key.endswith("history.csv"):
-            out[key] = pd.read_csv(io.BytesIO(blob)).drop(columns="seconds").to_dict("records")
-        elif key.endswith(".json"):
-            data = json.loads(blob)
-            if key.endswith("run.json"):
-                data = {k: v for k, v in data["run"].items() if k not in WHERE}
-            elif key.endswith("sweep.json"):
-                data = {k: v for k, v in data.items() if k not in WHERE}
-            else:
-                data = {k: v for k, v in data.items() if k not in TIMING}
-            out[key] = data
-        else:
-            out[key] = blob
-    return out
+    return results_compare.comparable(store, prefix)
 
 
 def mtimes(root: Path) -> dict[str, int]:
@@ -145,23 +121,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "results"
 
 
-def expected_keys(checkpoints: list[int], classes: list[int]) -> set[str]:
+def expected_keys(
+    checkpoints: list[int], classes: list[int], methods: tuple[str, ...] = ("arachne",)
+) -> set[str]:
     want = {
         keys.sweep_json(SWEEP),
         keys.run_json(SWEEP, RUN),
         keys.history_csv(SWEEP, RUN),
         keys.summary_json(SWEEP, RUN),
         keys.log(SWEEP, RUN),
+        keys.records(SWEEP, RUN),
         keys.success(SWEEP, RUN),
     }
     for e in checkpoints:
         want |= {keys.checkpoint(SWEEP, RUN, e), keys.base_metrics(SWEEP, RUN, e)}
         for c in classes:
-            want |= {
-                keys.repair_metrics(SWEEP, RUN, e, c),
-                keys.repair_patch(SWEEP, RUN, e, c),
-                keys.repair_search(SWEEP, RUN, e, c),
-            }
+            for m in methods:
+                want |= {
+                    keys.repair_metrics(SWEEP, RUN, e, c, m),
+                    keys.repair_patch(SWEEP, RUN, e, c, m),
+                    keys.repair_search(SWEEP, RUN, e, c, m),
+                }
     return want
 
 
@@ -297,6 +277,7 @@ def test_a_new_repair_class_computes_only_what_is_missing(reference: Path, tmp_p
     assert changed == {
         keys.run_json(SWEEP, RUN),
         keys.log(SWEEP, RUN),
+        keys.records(SWEEP, RUN),
         keys.success(SWEEP, RUN),
     }
 
@@ -317,6 +298,7 @@ def test_results_of_another_experiment_are_refused(reference: Path, tmp_path: Pa
 # --- a repair method of one's own: one module (tests/support/nudge_repair.py), by path ---
 
 NUDGE = {"method": "nudge_repair:repair", "classes": [3], "options": {"step": 2.0}}
+NUDGE_KEY = "nudge-repair-repair"  # its folder: a slug of the import path
 TWO_EPOCHS = {**TINY["training"], "max_epochs": 2}
 
 
@@ -325,13 +307,13 @@ def test_a_repair_method_by_import_path_runs_end_to_end(tmp_path: Path) -> None:
     run_trainer(write_spec(tmp_path / "sweep.json", root, training=TWO_EPOCHS, repair=NUDGE), 0)
     store = FileStore(root)
     summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(SWEEP, RUN)))
-    assert set(store.list()) == expected_keys(summary.checkpoint_epochs, [3])
+    assert set(store.list()) == expected_keys(summary.checkpoint_epochs, [3], (NUDGE_KEY,))
     run = parse_spec({**TINY, "training": TWO_EPOCHS, "repair": NUDGE}).runs()[0]
     splits = load_splits(run.dataset, 0.2)
     model = build_model(run.model, 1, 10, 8)
     for epoch in summary.checkpoint_epochs:
         rec = MetricsRecord.model_validate_json(
-            store.read_bytes(keys.repair_metrics(SWEEP, RUN, epoch, 3))
+            store.read_bytes(keys.repair_metrics(SWEEP, RUN, epoch, 3, NUDGE_KEY))
         )
         assert (rec.method, rec.repair_class, rec.n_patched, rec.iterations) == (
             "nudge_repair:repair",
@@ -339,7 +321,8 @@ def test_a_repair_method_by_import_path_runs_end_to_end(tmp_path: Path) -> None:
             1,
             1,
         )
-        (w,) = json.loads(store.read_bytes(keys.repair_patch(SWEEP, RUN, epoch, 3)))["weights"]
+        patch = store.read_bytes(keys.repair_patch(SWEEP, RUN, epoch, 3, NUDGE_KEY))
+        (w,) = json.loads(patch)["weights"]
         # The method got this checkpoint's head, its options, and the repair set's features.
         model.load_state_dict(
             torch.load(root / keys.checkpoint(SWEEP, RUN, epoch), weights_only=True)

@@ -245,7 +245,13 @@ def test_layout_parses_both_repair_layouts() -> None:
     assert (new.kind, new.repair_class, new.method) == ("repair", 3, "fast-v2")
     assert layout.parse("sw/r/epoch_005/repair/class_3/class_4/metrics.json") is None
     assert layout.parse("sw/r/records.arrow").kind == "records"
-    assert layout.repair_metrics("sw", "r", 5, 3) == "sw/r/epoch_005/repair/class_3/metrics.json"
+    assert (
+        layout.repair_metrics("sw", "r", 5, 3, None) == "sw/r/epoch_005/repair/class_3/metrics.json"
+    )
+    assert (
+        layout.repair_metrics("sw", "r", 5, 3)
+        == "sw/r/epoch_005/repair/arachne/class_3/metrics.json"
+    )
     assert layout.repair_metrics("sw", "r", 5, 3, "m") == (
         "sw/r/epoch_005/repair/m/class_3/metrics.json"
     )

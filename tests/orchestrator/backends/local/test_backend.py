@@ -18,7 +18,7 @@ from orchestrator.backends.base import RunState
 from orchestrator.backends.local.backend import LocalBackend, _proc_start, default_workers
 from orchestrator.errors import BadInput
 from orchestrator.results import layout as keys
-from orchestrator.results.records import MetricsRecord, TrainSummary
+from orchestrator.results.records import SCHEMA_VERSION, MetricsRecord, TrainSummary
 from orchestrator.spec import parse_spec
 from orchestrator.store import Store, open_store
 from orchestrator.store.file import FileStore
@@ -55,6 +55,7 @@ def check_layout(root: Path | Store, sweep: str, run: str, classes: list[int]) -
         keys.history_csv(sweep, run),
         keys.summary_json(sweep, run),
         keys.log(sweep, run),
+        keys.records(sweep, run),
         keys.success(sweep, run),
     }
     for e in summary.checkpoint_epochs:
@@ -69,7 +70,7 @@ def check_layout(root: Path | Store, sweep: str, run: str, classes: list[int]) -
     for key in want:
         if key.endswith("metrics.json"):
             rec = MetricsRecord.model_validate_json(store.read_bytes(key))
-            assert (rec.sweep, rec.run, rec.schema_version) == (sweep, run, 1)
+            assert (rec.sweep, rec.run, rec.schema_version) == (sweep, run, SCHEMA_VERSION)
     return summary
 
 
