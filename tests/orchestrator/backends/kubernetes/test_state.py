@@ -13,6 +13,7 @@ from orchestrator.backends.kubernetes.state import (
     IndexRun,
     parse_intervals,
     run_states,
+    workload_admission,
 )
 from orchestrator.backends.progress import describe, run_progress
 from orchestrator.results import layout as results
@@ -112,6 +113,77 @@ def test_job_conditions_decide_open_indexes() -> None:
     assert one(st, 0) == ("PENDING", "suspended: waiting for admission (Kueue) or resume")
     not_true = {"type": "Failed", "status": "False"}
     assert str(run_states(job({"conditions": [not_true]}), [], RUNS)[0].state) == "PENDING"
+
+
+def condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+
+
+def workload(*conditions: dict[str, Any], count: int | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": list(conditions)}
+    if count is not None:
+        status["admission"] = {
+            "clusterQueue": "early-repair",
+            "podSetAssignments": [{"name": "main", "count": count}],
+        }
+    return {"spec": {"podSets": [{"name": "main", "count": 5, "minCount": 1}]}, "status": status}
+
+
+# Kueue's own words (pkg/scheduler/flavorassigner) for a Job wider than the whole quota.
+NO_FIT = (
+    "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor"
+    " early-repair, previously considered podsets requests (0) + current podset request (5)"
+    " > maximum capacity (4)"
+)
+
+
+def test_workload_conditions_say_where_kueue_stands() -> None:
+    assert workload_admission(None) == "Kueue has not created a Workload for the Job yet"
+    assert workload_admission(workload()) == "queued in Kueue; not considered yet"
+    pending = workload(condition("QuotaReserved", "False", "ExceedsMaxQuota", NO_FIT))
+    assert workload_admission(pending) == f"not admitted by Kueue (ExceedsMaxQuota): {NO_FIT}"
+    reserved = workload(condition("QuotaReserved", "True", "QuotaReserved"), count=5)
+    assert workload_admission(reserved) == (
+        "quota reserved in ClusterQueue early-repair; waiting for admission checks"
+    )
+    admitted = [condition("QuotaReserved", "True", "QuotaReserved")]
+    admitted.append(condition("Admitted", "True", "Admitted"))
+    assert workload_admission(workload(*admitted, count=5)) == (
+        "admitted by ClusterQueue early-repair"
+    )
+    assert workload_admission(workload(*admitted, count=4)) == (
+        "admitted by ClusterQueue early-repair with 4 of 5 runs at once (partial admission)"
+    )
+    evicted = condition("Evicted", "True", "Preempted", "Preempted to accommodate a workload")
+    assert workload_admission(workload(*admitted, evicted, count=4)) == (
+        "evicted by Kueue (Preempted): Preempted to accommodate a workload"
+    )
+    finished = condition("Finished", "True", "JobFinished", "Job finished successfully")
+    assert workload_admission(workload(*admitted, finished, count=5)) == ""
+
+
+def test_runs_waiting_for_kueue_say_why() -> None:
+    suspended = {"type": "Suspended", "status": "True", "reason": "JobSuspended"}
+    why = f"not admitted by Kueue (ExceedsMaxQuota): {NO_FIT}"
+    st = run_states(job({"conditions": [suspended]}), [], RUNS, admission=why)
+    assert [one(st, i) for i in range(3)] == [("PENDING", f"suspended; {why}")] * 3
+    # Admitted in part: started runs say nothing about Kueue, waiting ones do.
+    part = "admitted by ClusterQueue q with 2 of 3 runs at once (partial admission)"
+    st = run_states(job({"active": 2}), [pod(0, "Running"), pod(1, "Running")], RUNS, None, part)
+    assert [one(st, i) for i in range(3)] == [
+        ("RUNNING", ""),
+        ("RUNNING", ""),
+        ("PENDING", f"waiting for a pod; {part}"),
+    ]
+    # Terminal runs keep their own message.
+    st = run_states(job({"completedIndexes": "0-2"}), [], RUNS, admission=part)
+    assert [one(st, i) for i in range(3)] == [("SUCCEEDED", "")] * 3
 
 
 def test_a_job_being_deleted_cancels_open_runs() -> None:
