@@ -299,12 +299,14 @@ def test_status_follows_indexes_from_pending_to_succeeded_and_failed(
     st = backend.status("quickstart")
     assert st[0].progress == {
         "epoch": 5,
+        "checkpoint": 5,
         "trained": True,
         "evaluated": 1,
         "checkpoints": 2,
         "repairs_done": 1,
         "repairs_total": 6,
         "done": False,
+        "complete": False,
     }
 
     # Index 0 succeeds; index 1 crashes once (retried), then exits 2 (bad input: FailIndex).
