@@ -576,7 +576,7 @@ class KubernetesSpec(_Strict):
         description="Runs at once (the Job's parallelism). Default: all runs at once; with a"
         " Kueue queue, Kueue may start fewer (see min_parallelism).",
     )
-    min_parallelism: int | None = Field(
+    min_parallelism: int | None = _added(
         None,
         gt=0,
         description="With a Kueue queue: the fewest runs at once Kueue may start the sweep"

@@ -247,8 +247,14 @@ def test_a_queued_sweep_may_be_admitted_in_parts() -> None:
     job = render_sweep(quickstart(**queued))[1]
     assert job["spec"]["parallelism"] == 3 and job["spec"]["completions"] == 3
     assert min_parallelism(job) == 1
-    job = render_sweep(quickstart(**queued, kubernetes__min_parallelism=2))[1]
+    spec = quickstart(**queued, kubernetes__min_parallelism=2)
+    configmap, job = render_sweep(spec)
     assert min_parallelism(job) == 2
+    # Set, it is part of the spec (hash, names, the mounted sweep.json); unset, it is left
+    # out of the dump, so sweeps that never set it keep their hash and object names.
+    assert parse_spec(json.loads(configmap["data"]["sweep.json"]), "cm") == spec
+    assert spec.spec_hash() != quickstart(**queued).spec_hash()
+    assert "min_parallelism" not in quickstart(**queued).model_dump()["kubernetes"]
     # Kueue's webhook (validatePartialAdmissionCreate) accepts only 0 < min < pods count,
     # the pods count being min(parallelism, completions); anything else is left out.
     for changes in (
