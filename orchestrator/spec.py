@@ -759,7 +759,21 @@ class ResourcesSpec(_Strict):
 
 class KubernetesSpec(_Strict):
     namespace: DnsLabel = "early-repair"
-    parallelism: int | None = Field(None, gt=0, description="Default: all runs at once.")
+    parallelism: int | None = Field(
+        None,
+        gt=0,
+        description="Runs at once (the Job's parallelism). Default: all runs at once; with a"
+        " Kueue queue, Kueue may start fewer (see min_parallelism).",
+    )
+    min_parallelism: int | None = _added(
+        None,
+        gt=0,
+        description="With a Kueue queue: the fewest runs at once Kueue may start the sweep"
+        " with when the queue's quota cannot hold `parallelism` runs (Kueue partial"
+        " admission, Job annotation kueue.x-k8s.io/job-min-parallelism; the Job keeps the"
+        " admitted parallelism until it ends). Default 1: a sweep larger than the quota starts"
+        " in parts instead of never; set it to `parallelism` for all-or-nothing admission.",
+    )
     backoff_limit_per_index: int = Field(2, ge=0)
     max_failed_indexes: int | None = Field(None, ge=0)
     ttl_seconds_after_finished: int = Field(86400, ge=0)
@@ -774,6 +788,22 @@ class KubernetesSpec(_Strict):
     s3_secret: DnsLabel = Field("early-repair-s3", description="Secret with AWS_* keys.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _partial_admission(self) -> KubernetesSpec:
+        if self.min_parallelism is None:
+            return self
+        if self.queue is None:
+            raise ValueError(
+                "min_parallelism only applies to a sweep queued by Kueue: set kubernetes.queue"
+                " or remove min_parallelism"
+            )
+        if self.parallelism is not None and self.min_parallelism > self.parallelism:
+            raise ValueError(
+                f"min_parallelism ({self.min_parallelism}) is larger than parallelism"
+                f" ({self.parallelism}): lower it or raise parallelism"
+            )
+        return self
 
 
 class StorageSpec(_Strict):

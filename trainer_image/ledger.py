@@ -28,7 +28,10 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.errors import BadInput, RunFailed
 from orchestrator.results import events
 from orchestrator.results import layout as keys
-from orchestrator.results.records import RunInfo, TrainSummary
+
+# What names the experiment (and so when stored results belong to another one) is shared
+# with the local backend, which skips runs the store shows complete for this experiment.
+from orchestrator.results.records import EXPERIMENT_FIELDS, RunInfo, TrainSummary, experiment
 from orchestrator.spec import RunSpec, SweepSpec
 from orchestrator.store import Store, write_json
 from trainer_image.train import HISTORY_COLUMNS
@@ -39,11 +42,6 @@ log = logging.getLogger("trainer_image")
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", bound=events.Start | events.Epoch | events.Trained | events.Step | events.Done)
 
-# What a run computes; a different value in an existing run.json means the stored results
-# belong to another experiment. Repair classes are left out: adding a class to a finished
-# run only adds outputs, and the steps compute exactly the missing ones.
-EXPERIMENT_FIELDS = ("dataset", "model", "seed", "training", "repair")
-CLASS_FIELDS = {"dataset": {"repair_classes"}, "repair": {"classes"}}
 LOGFILE = "trainer.log"  # in the scratch folder; archived as logs/trainer.log
 
 
@@ -70,15 +68,6 @@ def _device_label(device: torch.device) -> str:
         return device.type
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-
-
-def _experiment(run: dict[str, Any]) -> dict[str, Any]:
-    return {
-        f: {k: v for k, v in run[f].items() if k not in CLASS_FIELDS.get(f, ())}
-        if isinstance(run[f], dict)
-        else run[f]
-        for f in EXPERIMENT_FIELDS
-    }
 
 
 def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -137,13 +126,13 @@ class Ledger:
         self.info = info
         self.timings = dict(info.timings)
         try:
-            before = _experiment(RunSpec.model_validate(info.run).model_dump(mode="json"))
+            before = experiment(RunSpec.model_validate(info.run).model_dump(mode="json"))
         except ValidationError as e:
             raise BadInput(
                 f"{self.store.uri}/{key} describes a run this version cannot read"
                 f" ({e.errors()[0]['msg']}); use a new results location"
             ) from e
-        now_ = _experiment(self.run.model_dump(mode="json"))
+        now_ = experiment(self.run.model_dump(mode="json"))
         changed = [f for f in EXPERIMENT_FIELDS if before[f] != now_[f]]
         if changed:
             raise BadInput(

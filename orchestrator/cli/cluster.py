@@ -43,6 +43,15 @@ BackendOpt = Annotated[
         show_default="kubernetes",
     ),
 ]
+LocalResultsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--results",
+        help="Local sweeps: the results location the sweep ran into, when one sweep name was"
+        " run into several.",
+        show_default=False,
+    ),
+]
 
 
 def _backend(
@@ -51,6 +60,7 @@ def _backend(
     namespace: str | None = None,
     context: str | None = None,
     endpoint_url: str | None = None,
+    results: str | None = None,
 ) -> Any:
     """The backend a command talks to, by name (``--local`` is ``--backend local``)."""
     from orchestrator.backends import open_backend
@@ -59,7 +69,9 @@ def _backend(
     if local and backend not in (None, "local"):
         raise BadInput(f"--local contradicts --backend {backend}; pass one of them")
     name = "local" if local else backend or "kubernetes"
-    return open_backend(name, namespace=namespace, context=context, endpoint_url=endpoint_url)
+    return open_backend(
+        name, namespace=namespace, context=context, endpoint_url=endpoint_url, results=results
+    )
 
 
 def _where(backend: Any) -> str:
@@ -226,13 +238,14 @@ def k8s_status(
     endpoint_url: EndpointOpt = None,
     local: LocalOpt = False,
     backend_name: BackendOpt = None,
+    results: LocalResultsOpt = None,
 ) -> None:
     """One row per run: state, restarts, node, progress. Exit 1 if a run failed or was cancelled."""
     from rich.console import Console
 
     from orchestrator.backends.progress import describe
 
-    backend = _backend(local, backend_name, namespace, context, endpoint_url)
+    backend = _backend(local, backend_name, namespace, context, endpoint_url, results)
     ns = _where(backend)
 
     def document(states: list) -> dict:
@@ -309,9 +322,10 @@ def k8s_logs(
     endpoint_url: EndpointOpt = None,
     local: LocalOpt = False,
     backend_name: BackendOpt = None,
+    results: LocalResultsOpt = None,
 ) -> None:
-    """A run's log from its pod, or from the store once the pod is gone."""
-    backend = _backend(local, backend_name, namespace, context, endpoint_url)
+    """A run's log from its pod (local: its live log), or from the store once it ended."""
+    backend = _backend(local, backend_name, namespace, context, endpoint_url, results)
     for line in backend.logs(sweep, run, follow=follow):
         print(line, flush=follow)
 
@@ -324,11 +338,12 @@ def k8s_cancel(
     local: LocalOpt = False,
     backend_name: BackendOpt = None,
     output: OutputOpt = None,
+    results: LocalResultsOpt = None,
 ) -> None:
     """Stop a sweep: delete its Job (and pods) and ConfigMap, or stop its local runs.
 
     Results stay in the store; running the same spec again resumes it."""
-    backend = _backend(local, backend_name, namespace, context)
+    backend = _backend(local, backend_name, namespace, context, results=results)
     stopped = backend.cancel(sweep)
     if backend.name == "local":
         err(f"cancelled local sweep {sweep!r}; results are kept, `run` again to resume")

@@ -20,6 +20,22 @@ from pydantic import BaseModel, ConfigDict
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = frozenset({1, 2})
 
+# What a run computes; a different value in an existing run.json means the stored results
+# belong to another experiment. Repair classes are left out: adding a class to a finished
+# run only adds outputs, and the trainer computes exactly the missing ones.
+EXPERIMENT_FIELDS = ("dataset", "model", "seed", "training", "repair")
+CLASS_FIELDS = {"dataset": {"repair_classes"}, "repair": {"classes"}}
+
+
+def experiment(run: dict[str, Any]) -> dict[str, Any]:
+    """The part of a ``RunSpec.model_dump(mode="json")`` that names the experiment."""
+    return {
+        f: {k: v for k, v in run[f].items() if k not in CLASS_FIELDS.get(f, ())}
+        if isinstance(run[f], dict)
+        else run[f]
+        for f in EXPERIMENT_FIELDS
+    }
+
 
 class MetricsRecord(BaseModel):
     """One evaluated model (a base checkpoint or a repaired one) on the test set.

@@ -12,7 +12,18 @@ How it copes with the API server's usual behaviour:
 - **Retries.** 429, 500, 502, 503 and 504 answers, timeouts and dropped connections are
   retried (``max_attempts`` in all) after ``Retry-After`` when the server sends one, else
   after an exponential back-off with jitter. urllib3's own retries are switched off: they
-  cannot honour our injected clock, and they would hide that a create was retried.
+  cannot honour our injected clock, and they would hide that a create was retried. What
+  retries could not fix is ``ClusterUnavailable`` (exit 69, ``EXIT_TRANSIENT``: try again
+  later), unlike a refusal (401/403/422: exit 2) or another answer (exit 1).
+- **Fail fast.** A server that cannot be connected to at all (connection refused, unknown
+  host, no answer within the connect timeout, 5 s) on the first request is not retried: a
+  wrong kubeconfig or context, or a cluster that is down, says so in one line at once
+  instead of after the whole back-off. Once the server has answered, a failed connection
+  is retried like any other transient failure (a restarting API server mid-watch).
+- **Kueue.** A Job queued by Kueue waits, suspended, until its Workload is admitted; the
+  Workload (found by Kueue's ``kueue.x-k8s.io/job-uid`` label through the
+  CustomObjectsApi, v1beta2 else v1beta1) says why, and ``status`` shows it. A cluster
+  without Kueue, or a Role that cannot read Workloads, costs that line, not the status.
 - **Idempotent submit.** Object names are ``<sweep>-<spec hash>``. Objects of the sweep with
   the same hash are reported unchanged and left alone; objects with another hash are an
   error unless ``replace`` (then they are deleted first). A create answered 409 after an
@@ -48,26 +59,44 @@ from orchestrator.backends.kubernetes.changes import (
 from orchestrator.backends.kubernetes.manifests import (
     CONTAINER,
     INSTANCE_LABEL,
+    QUEUE_LABEL,
     RUNS_ANNOTATION,
     SWEEP_KEY,
     render_sweep,
     sweep_selector,
     with_namespace,
 )
-from orchestrator.backends.kubernetes.state import IndexRun, pod_index, run_states
-from orchestrator.errors import EXIT_FAILED, BadInput, EarlyRepairError
+from orchestrator.backends.kubernetes.state import (
+    IndexRun,
+    pod_index,
+    run_states,
+    workload_admission,
+)
+from orchestrator.errors import EXIT_FAILED, EXIT_TRANSIENT, BadInput, EarlyRepairError
 from orchestrator.spec import KubernetesSpec, SweepSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 DEFAULT_NAMESPACE = KubernetesSpec().namespace
+KUEUE_GROUP = "kueue.x-k8s.io"
+# Served Workload versions, newest first: v1beta2 since Kueue 0.15 (storage since 0.16),
+# v1beta1 still served, deprecated, through 0.19 (config/components/crd/bases).
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
+# Kueue's label on a Workload naming the UID of the Job it admits.
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 class ClusterError(EarlyRepairError):
     """The Kubernetes API could not do what we asked (after retries)."""
 
     exit_code = EXIT_FAILED
+
+
+class ClusterUnavailable(ClusterError):
+    """The Kubernetes API could not be reached, or kept failing after retries: try later."""
+
+    exit_code = EXIT_TRANSIENT
 
 
 @dataclass
@@ -84,6 +113,7 @@ class Sweep:
     job: dict[str, Any] | None
     spec: SweepSpec | None
     runs: list[IndexRun] = field(default_factory=list)
+    admission: str = ""  # where Kueue stands with the Job (state.workload_admission)
 
     @property
     def job_name(self) -> str | None:
@@ -103,6 +133,10 @@ def _api_message(exc: Any) -> str:
         data = {}
     msg = data.get("message") if isinstance(data, dict) else None
     return " ".join(str(msg or getattr(exc, "reason", "") or "").split())
+
+
+def _after(tries: int) -> str:
+    return f" after {tries} tries" if tries > 1 else ""
 
 
 def _retry_after(exc: Any, now: Callable[[], float] = time.time) -> float | None:
@@ -138,7 +172,7 @@ class KubernetesBackend:
         backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
         max_retry_after_s: float = 60.0,
-        request_timeout: tuple[float, float] = (10.0, 60.0),
+        request_timeout: tuple[float, float] = (5.0, 60.0),
         watch_timeout_s: int = 300,
         max_watch_failures: int = 10,
         progress_every_s: float = 15.0,
@@ -161,6 +195,9 @@ class KubernetesBackend:
         self.progress_every_s = progress_every_s
         self._core: Any = None
         self._batch: Any = None
+        self._custom: Any = None
+        self._kueue_version: str | None = None
+        self._reached = False  # the API server has answered at least once
 
     name = "kubernetes"
 
@@ -189,6 +226,14 @@ class KubernetesBackend:
 
             self._batch = client.BatchV1Api(self._client())
         return self._batch
+
+    @property
+    def custom(self) -> Any:
+        if self._custom is None:
+            from kubernetes import client
+
+            self._custom = client.CustomObjectsApi(self._client())
+        return self._custom
 
     def _ns(self, namespace: str | None = None) -> str:
         return namespace or self.namespace or DEFAULT_NAMESPACE
@@ -223,11 +268,13 @@ class KubernetesBackend:
             last = not retry or tries.count >= self.max_attempts
             try:
                 resp = fn(*args, _preload_content=False, **kwargs)
+                self._reached = True
                 if raw:
                     return resp
                 body = resp.data
                 return json.loads(body) if body else {}
             except ApiException as e:
+                self._reached = True
                 if e.status not in RETRY_STATUS or last:
                     raise
                 delay = _retry_after(e)
@@ -237,15 +284,35 @@ class KubernetesBackend:
                     else min(delay, self.max_retry_after_s)
                 )
                 log.info("%s: API answered %s, retrying in %.1fs", what, e.status, delay)
+            except urllib3.exceptions.ConnectTimeoutError as e:  # also refused, unknown host
+                if last or not self._reached:
+                    raise ClusterUnavailable(
+                        f"{what}: cannot reach the Kubernetes API at {self._host()}"
+                        f" ({self._connect_problem(e)}{_after(tries.count)}): check that the"
+                        " cluster is up and that KUBECONFIG / --context point at it"
+                    ) from e
+                delay = self.backoff(tries.count - 1)
+                log.info("%s: %s, retrying in %.1fs", what, type(e).__name__, delay)
             except urllib3.exceptions.HTTPError as e:
                 if last:
-                    raise ClusterError(
+                    raise ClusterUnavailable(
                         f"{what}: cannot reach the Kubernetes API at {self._host()}"
                         f" ({type(e).__name__}) after {tries.count} tries"
                     ) from e
                 delay = self.backoff(tries.count - 1)
                 log.info("%s: %s, retrying in %.1fs", what, type(e).__name__, delay)
             self._sleep(delay)
+
+    def _connect_problem(self, e: Exception) -> str:
+        """``connection refused``, ``host name not resolved`` or ``no answer within 5 s``."""
+        import urllib3
+
+        if isinstance(e, urllib3.exceptions.NameResolutionError):
+            return "host name not resolved"
+        if isinstance(e, urllib3.exceptions.NewConnectionError):
+            why = str(e).rpartition(": ")[2]
+            return " ".join(why.split("] ")[-1].split()).lower() or "connection failed"
+        return f"no answer within {self.request_timeout[0]:g} s"
 
     def _fail(self, e: Any, what: str, namespace: str) -> EarlyRepairError:
         """Our error for an ApiException that retries could not fix."""
@@ -262,6 +329,10 @@ class KubernetesBackend:
             )
         if status == 422 or status == 400:
             return BadInput(f"{what}: the API server rejected it ({status}): {msg}")
+        if status in RETRY_STATUS:
+            return ClusterUnavailable(
+                f"{what}: the Kubernetes API kept answering {status} ({msg}); try again later"
+            )
         return ClusterError(f"{what}: the Kubernetes API answered {status}: {msg}")
 
     def _call(self, what: str, namespace: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
@@ -490,10 +561,46 @@ class KubernetesBackend:
 
     # --- status and watch ---------------------------------------------------------------
 
+    def _admission(self, found: Sweep) -> str:
+        """Where Kueue stands with the sweep's Job; ``""`` when Kueue does not queue it."""
+        from kubernetes.client.exceptions import ApiException
+
+        job = found.job
+        uid = _meta(job or {}).get("uid")
+        if job is None or not uid or QUEUE_LABEL not in (_meta(job).get("labels") or {}):
+            return ""
+        for version in [self._kueue_version] if self._kueue_version else KUEUE_VERSIONS:
+            try:
+                data = self._request(
+                    f"list workloads.{KUEUE_GROUP}/{version}",
+                    self.custom.list_namespaced_custom_object,
+                    KUEUE_GROUP,
+                    version,
+                    found.namespace,
+                    "workloads",
+                    label_selector=f"{JOB_UID_LABEL}={uid}",
+                )
+            except ApiException as e:
+                if e.status == 404:
+                    continue  # this version is not served (Kueue < 0.15 has v1beta1 only)
+                if e.status in (401, 403):
+                    return (
+                        f"cannot read Kueue Workloads ({e.status}): bind the submitter Role"
+                        " from k8s/rbac.yaml (or the chart's) to your user"
+                    )
+                return f"cannot read Kueue Workloads ({e.status}: {_api_message(e)})"
+            self._kueue_version = version
+            items = sorted(
+                data.get("items") or [], key=lambda w: _meta(w).get("creationTimestamp") or ""
+            )
+            return workload_admission(items[-1] if items else None)
+        return "this cluster serves no Kueue Workloads (kueue.x-k8s.io): is Kueue installed?"
+
     def status(self, sweep: str, namespace: str | None = None) -> list[RunStatus]:
         found = self.find(sweep, namespace)
         pods, _rv = self._pods(found) if found.job else ([], None)
-        return run_states(found.job, pods, found.runs, self._progress(found))
+        found.admission = self._admission(found)
+        return run_states(found.job, pods, found.runs, self._progress(found), found.admission)
 
     def watch(self, sweep: str, namespace: str | None = None) -> Iterator[list[RunStatus]]:
         """Yield the sweep's statuses whenever they change, until every run is terminal.
@@ -517,7 +624,9 @@ class KubernetesBackend:
             nonlocal progress, progress_at, last
             if self._clock() - progress_at >= self.progress_every_s:
                 progress, progress_at = self._progress(found), self._clock()
-            states = run_states(found.job, list(pods.values()), found.runs, progress)
+            states = run_states(
+                found.job, list(pods.values()), found.runs, progress, found.admission
+            )
             if states == last:
                 return False
             last = states
@@ -610,6 +719,7 @@ class KubernetesBackend:
         if job is None:
             return False
         found.job = job
+        found.admission = self._admission(found)
         return True
 
     # --- logs ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from orchestrator.backends.base import RunState, RunStatus
@@ -42,6 +43,8 @@ class Display:
             TaskProgressColumn(),
             TextColumn("{task.fields[stage]}"),
             TimeElapsedColumn(),
+            # From the task's speed so far (epochs and steps alike): a rough ETA per run.
+            TimeRemainingColumn(),
             console=console,
         )
         self.sweep = self.progress.add_task(
@@ -97,7 +100,8 @@ class Display:
         if task is not None:
             self.progress.remove_task(task)
         if status.state is RunState.SUCCEEDED:
-            self.progress.console.print(f"[green]ok[/] {status.run} ({duration(seconds)})")
+            how = status.message or duration(seconds)
+            self.progress.console.print(f"[green]ok[/] {status.run} ({how})", highlight=False)
         else:
             self.progress.console.print(
                 f"[red]{status.state.value.lower()}[/] {status.run}: {status.message}",
