@@ -66,12 +66,12 @@ def prepare(
         str | None,
         typer.Option(help="resize (default) or released: the released code's preprocessing."),
     ] = None,
-    stratify: Annotated[
+    no_stratify: Annotated[
         bool,
         typer.Option(
-            "--stratify/--no-stratify", help="Split by label (--no-stratify: released gtsrb)."
+            "--no-stratify", help="Split without regard to labels (the released gtsrb split)."
         ),
-    ] = True,
+    ] = False,
     test_split_seed: Annotated[
         int | None,
         typer.Option(help="rsna: seed of the test split (default: the split seed; released 43)."),
@@ -110,7 +110,7 @@ def prepare(
         "max_bad_fraction": max_bad_fraction,
         "options": {"crop_roi": True} if crop_roi else {},
         "preprocess": preprocess,
-        "stratify": None if stratify else False,
+        "stratify": False if no_stratify else None,
         "test_split_seed": test_split_seed,
     }
     try:
