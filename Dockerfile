@@ -3,7 +3,7 @@
 # The early-repair trainer image: what every pod of a sweep's Indexed Job runs
 # (`early-repair trainer`, run index from JOB_COMPLETION_INDEX).
 #
-#   GPU (default target, CUDA PyTorch runtime):
+#   GPU (default target; torch's CUDA 13.0 build, as in development):
 #     docker build -t early-repair-trainer:0.1.0 .
 #   CPU only (small, for kind and laptops; torch CPU wheels):
 #     docker build --target cpu -t early-repair-trainer:0.1.0-cpu .
@@ -11,15 +11,25 @@
 #     mkdir -p weights && cp /path/to/vgg16-397923af.pth weights/
 #     docker build --build-arg VGG16_WEIGHTS=weights/vgg16-397923af.pth -t ... .
 #
-# Base images are pinned by tag below. For builds that must not change under you, pin by
+# One torch for development, tests and both images: constraints.txt (scripts/lock.py, from
+# the development venv) pins every runtime dependency, torch 2.14.1 included; both images
+# install exactly it, in a layer of its own before the project, so a source edit rebuilds
+# only the project's layer. The GPU image takes torch's PyPI build, as development does
+# (CUDA 13.0 in pip's nvidia-* wheels: the node needs an NVIDIA driver >= 580, nothing
+# else); the CPU image takes the same version's CPU build from PyTorch's CPU index and
+# leaves out the lock's "# gpu" lines. TORCH_VERSION and TORCH_CUDA below restate the
+# pins, so the build fails if the lock and the image ever disagree (and the tests check
+# them against the venv).
+#
+# The base image is pinned by tag. For builds that must not change under you, pin it by
 # digest as well: look the digest up once and pass `tag@sha256:<digest>` (the tag stays for
 # humans, the digest is what is pulled), e.g.
-#     docker buildx imagetools inspect pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
-#     docker build --build-arg GPU_BASE=pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime@sha256:<digest> .
-# and likewise CPU_BASE. Pin the image you deploy the same way: `spec.image` accepts
+#     docker buildx imagetools inspect python:3.11.14-slim-trixie
+#     docker build --build-arg BASE=python:3.11.14-slim-trixie@sha256:<digest> .
+# Pin the image you deploy the same way: `spec.image` accepts
 # `registry/name:tag@sha256:<digest>`, and Kubernetes then runs exactly those bytes.
 #
-# Runtime contract with the Job (orchestrator/manifests.py):
+# Runtime contract with the Job (orchestrator/backends/kubernetes/manifests.py):
 # - numeric non-root USER 10001:10001 (named `trainer`), so runAsNonRoot can be verified;
 # - the root filesystem is read-only in the pod: HOME (with XDG_CACHE_HOME and MPLCONFIGDIR
 #   under it) and /tmp are emptyDir mounts there;
@@ -28,12 +38,11 @@
 #   outside HOME so the emptyDir mounted on HOME does not hide it. The trainer never
 #   downloads weights, and a read-only TORCH_HOME makes any attempt fail loudly.
 
-ARG GPU_BASE=pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
-ARG CPU_BASE=python:3.11.14-slim-trixie
+ARG BASE=python:3.11.14-slim-trixie
 
 # ---------------------------------------------------------------------------------------
 # wheel: build the project's wheel once; the runtime stages install it (never the source).
-FROM ${CPU_BASE} AS wheel
+FROM ${BASE} AS wheel
 WORKDIR /src
 # A throw-away writable bind of the build context: nothing but the wheel leaves this stage.
 # The build backend (setuptools, from pyproject.toml) is fetched by pip's build isolation.
@@ -43,7 +52,7 @@ RUN --mount=type=bind,source=.,target=/src,rw \
 
 # ---------------------------------------------------------------------------------------
 # weights: optionally stage the ImageNet VGG16 weights under hub/checkpoints.
-FROM ${CPU_BASE} AS weights
+FROM ${BASE} AS weights
 # Path of vgg16-397923af.pth inside the build context (empty: bake nothing).
 ARG VGG16_WEIGHTS=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -61,9 +70,8 @@ RUN --mount=type=bind,source=.,target=/ctx \
 
 # ---------------------------------------------------------------------------------------
 # cpu: small image for kind and CPU-only clusters.
-FROM ${CPU_BASE} AS cpu
-ARG TORCH_VERSION=2.11.0
-ARG TORCHVISION_VERSION=0.26.0
+FROM ${BASE} AS cpu
+ARG TORCH_VERSION=2.14.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="early-repair trainer (CPU)" \
@@ -84,35 +92,47 @@ RUN groupadd --gid 10001 trainer \
          --shell /usr/sbin/nologin trainer \
     && mkdir -p /home/trainer/.cache /home/trainer/.config/matplotlib \
     && chown -R 10001:10001 /home/trainer
-# torch first, from the CPU-only index (PyPI's default wheels bundle CUDA, ~10x larger);
-# the constraints file then keeps the project's install from replacing it.
+COPY constraints.txt /opt/venv-constraints.txt
+# Dependencies: the lock minus its "# gpu" lines, with torch and torchvision (the lock's
+# versions) from the CPU-only index - PyPI's Linux wheels are the CUDA build, ~10x larger.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/venv \
-    && pip install --index-url "${TORCH_INDEX_URL}" \
-         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && pip freeze | grep -E '^(torch|torchvision)==' > /opt/venv/torch-constraints.txt
+    && grep -E '^(torch|torchvision)==' /opt/venv-constraints.txt > /tmp/torch.txt \
+    && grep -vE '^(torch|torchvision)==|# gpu$' /opt/venv-constraints.txt > /tmp/rest.txt \
+    && pip install --no-deps --index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt \
+    && pip install --no-deps -r /tmp/rest.txt \
+    && rm /tmp/torch.txt /tmp/rest.txt \
+    && pip check \
+    && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert not torch.version.cuda"
 COPY --from=weights /out/ /opt/early-repair/torch/
-# The wheel's own version is fixed by its file name, its dependencies' by pyproject.toml.
+# The project alone: its dependencies are all in the layer above (pip check proves it).
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     --mount=type=cache,target=/root/.cache/pip \
-    pip install --constraint /opt/venv/torch-constraints.txt /wheels/*.whl \
+    pip install --no-deps /wheels/*.whl \
+    && pip check \
     && early-repair --help > /dev/null
 USER 10001:10001
 WORKDIR /home/trainer
 ENTRYPOINT ["early-repair", "trainer"]
 
 # ---------------------------------------------------------------------------------------
-# gpu (default): CUDA PyTorch runtime; torch and torchvision come with the base image.
-FROM ${GPU_BASE} AS gpu
+# gpu (default): torch's PyPI build with CUDA 13.0, exactly as the lock (and development) has.
+FROM ${BASE} AS gpu
+ARG TORCH_VERSION=2.14.1
+ARG TORCH_CUDA=13.0
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="early-repair trainer (CUDA)" \
       org.opencontainers.image.description="Train, checkpoint and Arachne-repair DNNs as Kubernetes Indexed Job pods" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-ENV HOME=/home/trainer \
+# NVIDIA_DRIVER_CAPABILITIES: what the NVIDIA container runtime mounts from the node's
+# driver (CUDA and NVML); which GPUs is the device plugin's NVIDIA_VISIBLE_DEVICES.
+ENV PATH=/opt/venv/bin:${PATH} \
+    HOME=/home/trainer \
     XDG_CACHE_HOME=/home/trainer/.cache \
     MPLCONFIGDIR=/home/trainer/.config/matplotlib \
     TORCH_HOME=/opt/early-repair/torch \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -122,16 +142,19 @@ RUN groupadd --gid 10001 trainer \
          --shell /usr/sbin/nologin trainer \
     && mkdir -p /home/trainer/.cache /home/trainer/.config/matplotlib \
     && chown -R 10001:10001 /home/trainer
+COPY constraints.txt /opt/venv-constraints.txt
+# Dependencies: exactly the lock, CUDA libraries included (no GPU is needed to build).
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+    && pip install --no-deps -r /opt/venv-constraints.txt \
+    && pip check \
+    && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert torch.version.cuda == '${TORCH_CUDA}', torch.version.cuda"
 COPY --from=weights /out/ /opt/early-repair/torch/
-# Keep the base image's CUDA build of torch/torchvision: pin them to what is installed so
-# resolving the project's dependencies can never swap in another build from PyPI.
+# The project alone: its dependencies are all in the layer above (pip check proves it).
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     --mount=type=cache,target=/root/.cache/pip \
-    python -c 'import torch, torchvision; print(f"torch=={torch.__version__}\ntorchvision=={torchvision.__version__}")' \
-         > /tmp/torch-constraints.txt \
-    && pip install --constraint /tmp/torch-constraints.txt /wheels/*.whl \
-    && rm /tmp/torch-constraints.txt \
-    && python -c 'import torch; assert torch.version.cuda, "base image lost its CUDA build of torch"' \
+    pip install --no-deps /wheels/*.whl \
+    && pip check \
     && early-repair --help > /dev/null
 USER 10001:10001
 WORKDIR /home/trainer

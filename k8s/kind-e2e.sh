@@ -82,7 +82,7 @@ diagnose() {
   echo "---- recent events" >&2
   kubectl -n "$NAMESPACE" get events --sort-by=.lastTimestamp 2>&1 | tail -n 30 >&2
   echo "---- early-repair status / logs" >&2
-  "$EARLY_REPAIR" status "$SWEEP" --namespace "$NAMESPACE" --endpoint-url "$LOCAL_ENDPOINT" >&2
+  "$EARLY_REPAIR" status "$SWEEP" --namespace "$NAMESPACE" --endpoint-url "$LOCAL_ENDPOINT" -o table >&2
   "$EARLY_REPAIR" logs "$SWEEP" --namespace "$NAMESPACE" --endpoint-url "$LOCAL_ENDPOINT" 2>&1 \
     | tail -n 60 >&2
   set -e
@@ -137,7 +137,7 @@ wait_job() {
       printf '  ... %s: %ss\n' "$name" "$waited" >&2
       port_forward
       KUBECONFIG="$SUBMITTER_KUBECONFIG" "$EARLY_REPAIR" status "$SWEEP" --namespace "$NAMESPACE" \
-        --endpoint-url "$LOCAL_ENDPOINT" >&2 || true
+        --endpoint-url "$LOCAL_ENDPOINT" -o table >&2 || true
     fi
   done
   printf 'kind-e2e: job %s did not finish within %ss\n' "$name" "$timeout" >&2
@@ -286,7 +286,7 @@ step "wait for the sweep (job $JOB, up to ${SWEEP_TIMEOUT}s)"
 wait_job "$JOB" "$SWEEP_TIMEOUT" sweep
 port_forward
 KUBECONFIG="$SUBMITTER_KUBECONFIG" "$EARLY_REPAIR" status "$SWEEP" --namespace "$NAMESPACE" \
-  --endpoint-url "$LOCAL_ENDPOINT"
+  --endpoint-url "$LOCAL_ENDPOINT" -o table
 
 step "aggregate $RESULTS from MinIO"
 REPORT="$WORK_DIR/report"

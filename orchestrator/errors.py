@@ -11,6 +11,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+# EX_UNAVAILABLE from sysexits.h: a service we need (object storage, the Kubernetes API)
+# could not be reached or kept failing after retries; trying again later may work.
+EXIT_TRANSIENT = 69
 # EX_TEMPFAIL from sysexits.h: "try again later" - the GPU guard's timeout.
 EXIT_GUARD_TIMEOUT = 75
 

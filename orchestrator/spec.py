@@ -3,10 +3,12 @@
 Specs are data. One ``SweepSpec`` describes datasets x models x seeds (x repair classes,
 which a run repairs one after another); ``expand`` turns it into ``RunSpec`` objects, one
 per dataset x model x seed, in a fixed order so that run index N means the same run on a
-laptop and in a Kubernetes Indexed Job. Defaults equal the paper (PAPER.md); every place
-where the released code deviated is a documented field so either behaviour can be
-reproduced. This module is imported by the control plane and the trainer alike, so it
-must stay light (no torch).
+laptop and in a Kubernetes Indexed Job. Defaults equal the paper's text (docs/science.md);
+every place where the released code deviated is a documented field so either behaviour can
+be reproduced. Fields added after the first release stay out of the stored spec while they
+hold their default (``_added``), so the sweep.json and the spec hash of an existing spec
+never change when a field is added. This module is imported by the control plane and the
+trainer alike, so it must stay light (no torch).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,11 +27,19 @@ from pydantic import (
     BeforeValidator,
     ByteSize,
     ConfigDict,
+    Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    TypeAdapter,
     ValidationError,
+    field_validator,
+    model_serializer,
     model_validator,
 )
 
+from orchestrator import catalog
+from orchestrator.catalog import is_import_path
 from orchestrator.errors import BadInput
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -37,9 +48,20 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_SWEEP_NAME = 40
 MAX_RUN_NAME = 63
 
-# Class counts of the built-in datasets, so class indices can be checked at spec time.
-BUILTIN_DATASETS: dict[str, int] = {"digits": 10, "gtsrb": 43, "rsna": 2}
-BUILTIN_MODELS = ("small_cnn", "vgg16", "densenet121")
+# Built-in datasets that read raw files and so have a preprocessing choice.
+RAW_DATASETS = ("gtsrb", "rsna")
+# Built-in models with an ImageNet input layer when pretrained.
+IMAGENET_MODELS = ("vgg16", "densenet121")
+
+
+def _added(default: Any, **kwargs: Any) -> Any:
+    """A field added after the first release: left out of dumps while it holds ``default``.
+
+    Dumps are what the spec hash, sweep.json and every run.json are made of; leaving a new
+    field out at its default keeps them byte-identical for specs that never set it.
+    """
+    same: Callable[[Any], bool] = lambda value: value == default  # noqa: E731
+    return Field(default, exclude_if=same, **kwargs)
 
 
 def _dns_label(value: str) -> str:
@@ -85,8 +107,8 @@ class DatasetSpec(_Strict):
     """One dataset of the grid."""
 
     name: str = Field(
-        description="Built-in dataset (digits, gtsrb, rsna) or an import path 'pkg.module:fn'"
-        " returning prepared splits."
+        description=f"Built-in dataset ({', '.join(catalog.DATASETS)}) or an import path"
+        " 'pkg.module:fn' returning prepared splits."
     )
     label: DnsLabel | None = Field(
         None, description="Short name used in run names; derived from `name` when omitted."
@@ -106,6 +128,29 @@ class DatasetSpec(_Strict):
         None, gt=0, description="Side of the square input images (gtsrb 32, rsna 160)."
     )
     split_seed: int = Field(42, ge=0, description="Seed of the train/repair/test split.")
+    # Split and preprocessing choices of the released code (docs/science.md).
+    stratify: bool = _added(
+        True,
+        description="Split by label (train/repair, and test where the dataset has a test"
+        " split), so every class keeps its share. false: a plain seeded random split, as the"
+        " released GTSRB code (whose shuffle was also unseeded, so its split cannot be"
+        " reproduced exactly).",
+    )
+    test_split_seed: int | None = _added(
+        None,
+        ge=0,
+        description="Seed of the test split of digits and rsna (default: split_seed); the"
+        " train/repair split keeps split_seed. The released RSNA code used 43 with split_seed"
+        " 42. Not for gtsrb, whose test set is the official one.",
+    )
+    preprocess: Literal["resize", "released"] = _added(
+        "resize",
+        description="gtsrb and rsna images. resize: the whole image resized with Pillow's"
+        " bilinear filter (rsna: modality LUT, 0..255 rescale when outside it, MONOCHROME1"
+        " inverted). released: the released code's scikit-image pipeline - gtsrb: histogram"
+        " equalisation of the HSV V channel, centre square crop, anti-aliased resize; rsna: raw"
+        " pixels, truncating 0..255 rescale when outside it, anti-aliased resize.",
+    )
     max_bad_fraction: float = Field(
         0.01,
         ge=0,
@@ -125,25 +170,44 @@ class DatasetSpec(_Strict):
 
     @property
     def classes(self) -> int | None:
-        return self.num_classes or BUILTIN_DATASETS.get(self.name)
+        builtin = catalog.DATASETS.get(self.name)
+        return self.num_classes or (builtin.num_classes if builtin else None)
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:
-        if self.name not in BUILTIN_DATASETS and ":" not in self.name:
-            raise ValueError(
-                f"unknown dataset {self.name!r}: use one of {sorted(BUILTIN_DATASETS)}"
-                " or an import path 'package.module:function'"
-            )
-        if ":" in self.name and self.num_classes is None:
+        if why := catalog.unknown("dataset", catalog.DATASETS, self.name):
+            raise ValueError(why)
+        if is_import_path(self.name) and self.num_classes is None:
             raise ValueError(f"dataset {self.name!r} is an import path: set num_classes")
+        if self.preprocess != "resize" and self.name not in RAW_DATASETS:
+            raise ValueError(
+                f"preprocess: {self.preprocess!r} applies to {' and '.join(RAW_DATASETS)} only;"
+                f" remove it for {self.name!r}"
+            )
+        if self.test_split_seed is not None and self.name == "gtsrb":
+            raise ValueError(
+                "test_split_seed: gtsrb's test set is the official one, it is not split;"
+                " remove test_split_seed"
+            )
+        if is_import_path(self.name) and (not self.stratify or self.test_split_seed is not None):
+            raise ValueError(
+                f"dataset {self.name!r} is an import path and makes its own splits:"
+                " stratify and test_split_seed apply to the built-in datasets only"
+                " (pass your own choices in `options`)"
+            )
         return self
+
+    @property
+    def test_seed(self) -> int:
+        """The seed of the test split (digits, rsna): test_split_seed, else split_seed."""
+        return self.split_seed if self.test_split_seed is None else self.test_split_seed
 
 
 class ModelSpec(_Strict):
     """One model architecture of the grid."""
 
     name: str = Field(
-        description="Built-in model (small_cnn, vgg16, densenet121) or an import path"
+        description=f"Built-in model ({', '.join(catalog.MODELS)}) or an import path"
         " 'pkg.module:fn' returning a torch module whose last layer is Linear."
     )
     label: DnsLabel | None = Field(None, description="Short name used in run names.")
@@ -153,6 +217,13 @@ class ModelSpec(_Strict):
     weights: str | None = Field(
         None, description="Local file with pretrained weights; never downloaded at run time."
     )
+    normalise: Literal["imagenet", "none"] = _added(
+        "imagenet",
+        description="Input of a pretrained model (vgg16, densenet121). imagenet: the [0, 1]"
+        " images are normalised with ImageNet's mean and std, as torchvision's weights expect."
+        " none: fed [0, 1] RGB as they are, as the released code fed VGG16. Import-path models"
+        " receive it as the keyword `normalise` when it is not the default.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments for the model factory."
     )
@@ -161,14 +232,92 @@ class ModelSpec(_Strict):
     def key(self) -> str:
         return self.label or slug(self.name)
 
+    @property
+    def is_pretrained(self) -> bool:
+        """``pretrained``, or the model's own default (vgg16 true, others false)."""
+        return self.pretrained if self.pretrained is not None else self.name == "vgg16"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_normalize(cls, data: Any) -> Any:
+        # Before `normalise` existed, `options: {normalize: false}` switched it off.
+        if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+            return data
+        options = dict(data["options"])
+        if "normalize" not in options:
+            return data
+        legacy = "imagenet" if options.pop("normalize") else "none"
+        if data.get("normalise", legacy) != legacy:
+            raise ValueError("options.normalize contradicts normalise; keep normalise only")
+        return {**data, "options": options, "normalise": legacy}
+
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
-        if self.name not in BUILTIN_MODELS and ":" not in self.name:
+        if why := catalog.unknown("model", catalog.MODELS, self.name):
+            raise ValueError(why)
+        without_imagenet_input = self.name not in IMAGENET_MODELS or not self.is_pretrained
+        builtin = self.name in catalog.MODELS
+        if self.normalise != "imagenet" and builtin and without_imagenet_input:
             raise ValueError(
-                f"unknown model {self.name!r}: use one of {list(BUILTIN_MODELS)}"
-                " or an import path 'package.module:function'"
+                f"normalise: {self.normalise!r} applies to pretrained"
+                f" {' and '.join(IMAGENET_MODELS)} only (a model trained from scratch"
+                " has no ImageNet input layer); remove it or set pretrained: true"
             )
         return self
+
+
+class ReadinessSpec(_Strict):
+    """When a model is ready for repair, decided while it trains from the validation split and
+    the repair set only - never from the test set."""
+
+    policy: str = Field(
+        "repaired-val-qual",
+        description=f"Built-in policy ({', '.join(catalog.READINESS_POLICIES)}) or an import"
+        " path 'pkg.module:Class' of a trainer_image.readiness.ReadinessPolicy subclass."
+        " repaired-val-qual: Qual(alpha, c) of the repaired model on the validation split,"
+        " after every online repair (needs training.repair_every). val-loss: the unrepaired"
+        " validation loss, every epoch (what early stopping watches).",
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Stakeholder weight of Qual = alpha x Acc_c + (1 - alpha) x Acc_total.",
+    )
+    repair_class: int | None = Field(
+        None,
+        description="The repaired class whose Qual is watched; default: every repaired class,"
+        " each decided on its own.",
+    )
+    method: str | None = Field(
+        None,
+        description="The repair method whose result is watched; default: every configured one.",
+    )
+    patience: int = Field(
+        5,
+        gt=0,
+        description="Fire after this many evaluations without improvement (one evaluation per"
+        " online repair for repaired-val-qual, per epoch for val-loss).",
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="An improvement smaller than this does not reset the patience."
+    )
+    action: Literal["stop", "record"] = Field(
+        "record",
+        description="stop: end training once the policy has fired for everything it watches"
+        " (the ready epochs' checkpoints are kept); record: only record in"
+        " train/summary.json where it fired, to evaluate it against the full curve.",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> ReadinessSpec:
+        if why := catalog.unknown("readiness policy", catalog.READINESS_POLICIES, self.policy):
+            raise ValueError(why)
+        return self
+
+
+# TrainingSpec fields that came after the first sweeps (see TrainingSpec's serializer).
+TRAINING_ADDITIONS = ("state_every", "repair_every", "readiness")
 
 
 class TrainingSpec(_Strict):
@@ -196,20 +345,108 @@ class TrainingSpec(_Strict):
     checkpoint_first: bool = Field(True, description="Also keep epoch 1.")
     checkpoint_convergence: bool = Field(True, description="Also keep the convergence epoch.")
     validation_split: float = Field(0.2, gt=0, lt=1)
+    # How the released code held out validation data and ordered batches (docs/science.md).
+    validation: Literal["fixed", "per-seed"] = _added(
+        "fixed",
+        description="fixed: validation_split of the training split held out stratified with"
+        " the dataset's split_seed, the same images for every training seed. per-seed: the"
+        " released code - floor(validation_split x n) images chosen by numpy's"
+        " RandomState(training seed), not stratified, so every seed validates on others.",
+    )
+    shuffle_each_epoch: bool = _added(
+        True,
+        description="Draw a new batch order every epoch. false: one order, drawn once from the"
+        " training seed, reused in every epoch (the released code never reshuffled).",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(
         None, gt=0, description="CPU threads for torch; default: what the scheduler gives."
     )
+    state_every: int | None = Field(
+        1,
+        ge=1,
+        description="Store a resumable training state (train/state.pt) every this many epochs"
+        " and at the last one, so that a killed run resumes after that epoch; null: never.",
+    )
+    repair_every: int | None = Field(
+        None,
+        ge=1,
+        description="Also repair the model after every N-th epoch's validation (dense online"
+        " repair: records as for a checkpoint); null: only the checkpoint set is repaired.",
+    )
+    readiness: ReadinessSpec | None = Field(
+        None, description="A policy that says, during training, when the model is ready for repair."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Fields added after sweeps existed are dumped only when they differ from their
+        # default, so a spec that does not use them keeps its dump, its spec_hash and thus
+        # its Kubernetes object names: submitting it again still creates nothing new.
+        data = handler(self)
+        for name in TRAINING_ADDITIONS:
+            if name in data and getattr(self, name) == TrainingSpec.model_fields[name].default:
+                del data[name]
+        return data
+
+    @model_validator(mode="after")
+    def _online(self) -> TrainingSpec:
+        if (
+            self.readiness is not None
+            and self.readiness.policy == "repaired-val-qual"
+            and self.repair_every is None
+        ):
+            raise ValueError(
+                "readiness policy 'repaired-val-qual' watches online repairs: set"
+                " training.repair_every (e.g. 1)"
+            )
+        return self
 
 
-class RepairSpec(_Strict):
-    """Arachne as the paper used it (PAPER.md); `variant` and friends expose the deviations."""
+class _RepairCommon(_Strict):
+    """What every repair method shares: which classes it repairs, and its seed."""
 
-    method: Literal["arachne"] = "arachne"
+    method: str = Field(description="The repair method.")
     classes: list[int] = Field(
         default_factory=list, description="Target classes repaired in every run."
     )
-    seed: int = Field(0, ge=0, description="Mixed with run seed, epoch and class for the PSO.")
+    seed: int = Field(
+        0, ge=0, description="Mixed with run seed, epoch and class: the method's random seed."
+    )
+    methods: list[str | dict[str, Any]] | None = _added(
+        None,
+        description="Repair every checkpoint x class with each of these methods (a sweep"
+        " dimension): a method name (arachne, arachne-de, finetune, or 'pkg.module:fn') or a"
+        " mapping {method: NAME, ...its fields}. Fields set in this `repair` block that a"
+        " method also has (seed, n_positives, positives, ...) are inherited; the entry naming"
+        " this block's own `method` is this block. Default: this block's method alone.",
+    )
+
+    def configs(self) -> list[RepairMethodConfig]:
+        """One config per method to run, in the order of ``methods``."""
+        return method_configs(self)
+
+    @model_validator(mode="after")
+    def _methods(self) -> _RepairCommon:
+        if self.methods is not None:
+            if not self.methods:
+                raise ValueError("methods: list at least one method, or leave it out")
+            method_configs(self)  # every entry valid now, not when a run gets there
+        return self
+
+    @property
+    def key(self) -> str:
+        """The method's folder in the result layout (``repair/<key>/class_C``)."""
+        return method_key(self.method)
+
+
+class ArachneSpec(_RepairCommon):
+    """Arachne as the paper describes it (docs/science.md); `variant` and the released-code
+    block below expose the deviations of the released code."""
+
+    method: Literal["arachne"] = Field(
+        "arachne", description="arachne (the default): the paper's search over the last layer."
+    )
     particles: int = Field(100, gt=0)
     iterations: int = Field(50, gt=0, description="Paper 50; released code default 100.")
     patience: int = Field(10, gt=0, description="Stop after this many iterations w/o gain.")
@@ -221,12 +458,286 @@ class RepairSpec(_Strict):
     )
     n_positives: int = Field(200, gt=0, description="Positives sampled for the fitness.")
     dedup_positives: bool = Field(
-        False, description="Released code removed duplicate samples (fewer than n_positives)."
+        False,
+        json_schema_extra={"deprecated": True},
+        description="Legacy spelling of `positives` (true = with-replacement-dedup), kept equal"
+        " to it and written so that stored specs and their hashes stay those of the first"
+        " release; set `positives` instead.",
     )
     grad_factor: int = Field(20, gt=0, description="N_g = grad_factor x |negatives|.")
     max_batch_bytes: ByteSize = Field(
         ByteSize(256 * 2**20), description="Memory bound for one batch of particle scores."
     )
+    # --- Arachne as the released code ran it (docs/science.md, "Released code") ----------
+    # `positives` replaces the boolean `dedup_positives`, which is still read and still
+    # written (derived from `positives`, see `_legacy_dedup`), so stored specs keep their
+    # bytes.
+    positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
+        "uniform",
+        # Only "balanced" needs its own key: the other two are what `dedup_positives` says.
+        exclude_if=lambda value: value != "balanced",
+        description="How the fitness's positives are drawn. uniform: n_positives of them"
+        " without replacement (all when fewer). with-replacement-dedup: n_positives draws with"
+        " replacement, repeats and identical inputs removed (the Arachne code the paper built"
+        " on; legacy `dedup_positives: true`). balanced: the released code - 2/3 of"
+        " n_positives split equally across labels, 1/3 in proportion to label counts, each"
+        " label capped at twice its count, the shortfall given to one random uncapped label,"
+        " then duplicates removed (so fewer than n_positives may be used).",
+    )
+    update_order: Literal["velocity-first", "position-first"] = _added(
+        "velocity-first",
+        description="velocity-first: v <- chi (v + r1 (p - x) + r2 (g - x)), then x <- x + v"
+        " (the paper's equations). position-first: the released code - x <- x + v with the"
+        " old velocity, then the velocity update from the new x, so its first iteration"
+        " re-scores the initial swarm.",
+    )
+    stagnation_start: int = _added(
+        1,
+        ge=1,
+        description="First iteration at which the early stop (patience iterations without a"
+        " better global best) is checked. The released code checked from iteration 12.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_dedup(cls, data: Any) -> Any:
+        # Specs and stored run.json files from before `positives` say dedup_positives; the
+        # two always agree afterwards (dedup_positives is derived from positives).
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        dedup = data.pop("dedup_positives", None)
+        if dedup is not None:
+            if not isinstance(dedup, bool):
+                raise ValueError("dedup_positives: must be true or false (better: use positives)")
+            implied = "with-replacement-dedup" if dedup else "uniform"
+            given = data.setdefault("positives", implied)
+            if (given == "with-replacement-dedup") != dedup:
+                raise ValueError(
+                    f"dedup_positives: {str(dedup).lower()} contradicts positives: {given!r};"
+                    " keep positives only"
+                )
+        data["dedup_positives"] = data.get("positives") == "with-replacement-dedup"
+        return data
+
+
+# The name Arachne's config had while it was the only method.
+RepairSpec = ArachneSpec
+
+
+# --- repair methods beyond arachne --------------------------------------------------
+# The fields they share with Arachne take Arachne's definition (default, bounds,
+# description), so the methods cannot drift apart on them.
+_ARACHNE = ArachneSpec.model_fields
+
+
+def _method_required(schema: dict[str, Any]) -> None:
+    # Only arachne may leave `method` out; in the JSON Schema the other members must name
+    # it, or a block without `method` would match several members of the oneOf.
+    schema["required"] = sorted({*schema.get("required", []), "method"})
+
+
+class _LastLayerCommon(_RepairCommon):
+    """What the methods over Arachne's problem share with it: the positives, the fault
+    localisation and the memory bound of a batch of scores."""
+
+    n_positives: int = _ARACHNE["n_positives"]
+    positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
+        "uniform",
+        description="How the positives are drawn, as Arachne's `positives`: uniform,"
+        " with-replacement-dedup or balanced. The same seed draws the same positives for"
+        " every method.",
+    )
+    grad_factor: int = _ARACHNE["grad_factor"]
+    max_batch_bytes: ByteSize = _ARACHNE["max_batch_bytes"]
+
+
+class ArachneDERepairSpec(_LastLayerCommon):
+    """Arachne as in its TOSEM 2023 version: differential evolution over the same weights."""
+
+    model_config = ConfigDict(json_schema_extra=_method_required)
+
+    method: Literal["arachne-de"] = Field(
+        "arachne-de", description="Arachne with differential evolution (TOSEM 2023)."
+    )
+    population: int = Field(
+        100, ge=4, description="Candidates per generation (TOSEM 100); DE/rand/1 needs >= 4."
+    )
+    generations: int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
+    patience: int = Field(
+        10, gt=0, description="Stop after this many generations without a better best."
+    )
+    mutation: tuple[float, float] = Field(
+        (0.5, 1.0),
+        description="The scale factor F is drawn from U(low, high) once per generation.",
+    )
+    recombination: float = Field(
+        0.7, ge=0, le=1, description="Binomial crossover rate (one dimension always crosses)."
+    )
+    patch_aggr: float = Field(
+        10.0,
+        gt=0,
+        description="Weight of the negatives in the fitness N_intact' + patch_aggr x N_patched'.",
+    )
+    update: Literal["batched", "asynchronous"] = Field(
+        "batched",
+        description="batched: the whole generation is built from the previous one and scored"
+        " at once (classic synchronous DE, fast). asynchronous: TOSEM's order, each trial"
+        " replaces its target at once and later trials of the generation see it (exact;"
+        " about 2-3x the time on small layers).",
+    )
+
+    @field_validator("mutation")
+    @classmethod
+    def _mutation_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"need 0 < low <= high, got [{low}, {high}]")
+        return value
+
+
+class FinetuneRepairSpec(_LastLayerCommon):
+    """Baseline: gradient descent on the final Linear layer only, near its original weights."""
+
+    model_config = ConfigDict(json_schema_extra=_method_required)
+
+    method: Literal["finetune"] = Field(
+        "finetune", description="Fine-tune the final layer on the negatives and positives."
+    )
+    steps: int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
+    lr: float = Field(
+        1.0,
+        gt=0,
+        description="Step size in units of 1/L, L a bound on the loss's curvature that"
+        " scales with the squared feature norm; below 2 every step lowers the loss.",
+    )
+    neg_weight: float = Field(
+        1.0, ge=0, description="Weight of the negatives' mean cross-entropy in the loss."
+    )
+    pos_weight: float = Field(
+        1.0, ge=0, description="Weight of the sampled positives' mean cross-entropy."
+    )
+    l2: float = Field(
+        0.01, ge=0, description="Penalty l2 x sum (w - w_original)^2 toward the original layer."
+    )
+    weights: Literal["all", "localised"] = Field(
+        "all",
+        description="all: every weight of the final layer moves. localised: only those"
+        " Arachne's fault localisation picks (grad_factor), the others stay fixed.",
+    )
+
+
+class ImportedRepairSpec(_RepairCommon):
+    """A repair method of your own, by import path; it validates its own `options`."""
+
+    method: str = Field(
+        pattern=r"^[\w.]+:[\w.]+$",
+        description="Import path 'package.module:function' of a RepairMethod"
+        " (trainer_image.repair.base).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword settings passed to the method as `cfg.options`."
+    )
+
+
+IMPORTED = "import-path"
+
+
+def _method(value: Any) -> Any:
+    return (
+        value.get("method", "arachne")
+        if isinstance(value, dict)
+        else getattr(value, "method", "arachne")
+    )
+
+
+def _known_method(value: Any) -> Any:
+    method = _method(value)
+    if isinstance(method, str) and (
+        why := catalog.unknown("repair method", catalog.REPAIR_METHODS, method)
+    ):
+        raise ValueError(why)
+    return value
+
+
+def _repair_tag(value: Any) -> str | None:
+    """The union member for a repair config: its `method`; no `method` means arachne."""
+    method = _method(value)
+    if not isinstance(method, str):
+        return "arachne"  # whose Literal then names the problem
+    return IMPORTED if is_import_path(method) else method
+
+
+# One member per method in the catalog (a new method adds its config class here), plus
+# user methods by import path. Dumps are those of the member: arachne's equals the
+# RepairSpec of before there was a union, so spec hashes did not change.
+RepairConfig = Annotated[
+    Annotated[ArachneSpec, Tag("arachne")]
+    | Annotated[ArachneDERepairSpec, Tag("arachne-de")]
+    | Annotated[FinetuneRepairSpec, Tag("finetune")]
+    | Annotated[ImportedRepairSpec, Tag(IMPORTED)],
+    Discriminator(_repair_tag),
+    # Names are checked against the catalog first, for an error that names the method.
+    BeforeValidator(_known_method),
+]
+REPAIR_TAGS = frozenset({*catalog.REPAIR_METHODS, IMPORTED})
+RepairMethodConfig = ArachneSpec | ArachneDERepairSpec | FinetuneRepairSpec | ImportedRepairSpec
+_REPAIR_ADAPTER: TypeAdapter[Any] = TypeAdapter(RepairConfig)
+
+
+def method_key(method: str) -> str:
+    """A method's folder name: its catalog name, or a slug of its import path."""
+    return slug(method) if is_import_path(method) else method
+
+
+def method_configs(block: _RepairCommon) -> list[RepairMethodConfig]:
+    """The configs of every method a `repair` block asks for (see ``_RepairCommon.methods``).
+
+    Each entry is validated as its own method's config, starting from the fields the block
+    set that the method also has, so `seed: 3` in the block seeds every method.
+    """
+    own: Any = block.model_copy(update={"methods": None})
+    if block.methods is None:
+        return [own]
+    inherited = {
+        name: getattr(block, name)
+        for name in block.model_fields_set - {"method", "methods", "classes"}
+    }
+    configs: list[RepairMethodConfig] = []
+    for i, entry in enumerate(block.methods):
+        fields = {"method": entry} if isinstance(entry, str) else dict(entry)
+        if "methods" in fields:
+            raise ValueError(f"methods.{i}: a method entry cannot list methods itself")
+        if fields.get("method") == block.method:
+            start = own.model_dump()
+        else:
+            target = _member_fields(fields.get("method"))
+            start = {"classes": block.classes} | {k: v for k, v in inherited.items() if k in target}
+        try:
+            configs.append(_REPAIR_ADAPTER.validate_python({**start, **fields}))
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"] if str(p) not in REPAIR_TAGS)
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ValueError(f"methods.{i}{'.' + loc if loc else ''}: {msg}") from e
+    keys = [c.key for c in configs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"methods: {dup!r} appears twice; list each method once")
+    return configs
+
+
+def _member_fields(method: Any) -> set[str]:
+    """The field names of the config class of ``method`` (empty when it names none)."""
+    members: dict[str, type[BaseModel]] = {
+        "arachne": ArachneSpec,
+        "arachne-de": ArachneDERepairSpec,
+        "finetune": FinetuneRepairSpec,
+    }
+    if isinstance(method, str) and is_import_path(method):
+        return set(ImportedRepairSpec.model_fields)
+    cls = members.get(method) if isinstance(method, str) else None
+    return set(cls.model_fields) if cls is not None else set()
 
 
 class ResourcesSpec(_Strict):
@@ -248,7 +759,21 @@ class ResourcesSpec(_Strict):
 
 class KubernetesSpec(_Strict):
     namespace: DnsLabel = "early-repair"
-    parallelism: int | None = Field(None, gt=0, description="Default: all runs at once.")
+    parallelism: int | None = Field(
+        None,
+        gt=0,
+        description="Runs at once (the Job's parallelism). Default: all runs at once; with a"
+        " Kueue queue, Kueue may start fewer (see min_parallelism).",
+    )
+    min_parallelism: int | None = _added(
+        None,
+        gt=0,
+        description="With a Kueue queue: the fewest runs at once Kueue may start the sweep"
+        " with when the queue's quota cannot hold `parallelism` runs (Kueue partial"
+        " admission, Job annotation kueue.x-k8s.io/job-min-parallelism; the Job keeps the"
+        " admitted parallelism until it ends). Default 1: a sweep larger than the quota starts"
+        " in parts instead of never; set it to `parallelism` for all-or-nothing admission.",
+    )
     backoff_limit_per_index: int = Field(2, ge=0)
     max_failed_indexes: int | None = Field(None, ge=0)
     ttl_seconds_after_finished: int = Field(86400, ge=0)
@@ -263,6 +788,22 @@ class KubernetesSpec(_Strict):
     s3_secret: DnsLabel = Field("early-repair-s3", description="Secret with AWS_* keys.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _partial_admission(self) -> KubernetesSpec:
+        if self.min_parallelism is None:
+            return self
+        if self.queue is None:
+            raise ValueError(
+                "min_parallelism only applies to a sweep queued by Kueue: set kubernetes.queue"
+                " or remove min_parallelism"
+            )
+        if self.parallelism is not None and self.min_parallelism > self.parallelism:
+            raise ValueError(
+                f"min_parallelism ({self.min_parallelism}) is larger than parallelism"
+                f" ({self.parallelism}): lower it or raise parallelism"
+            )
+        return self
 
 
 class StorageSpec(_Strict):
@@ -296,7 +837,9 @@ class SweepSpec(_Strict):
     ]
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    repair: RepairSpec = Field(default_factory=RepairSpec)
+    repair: RepairConfig = Field(
+        default_factory=ArachneSpec, description="The repair method and its settings."
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -327,6 +870,31 @@ class SweepSpec(_Strict):
                 raise ValueError(f"run name {run.name!r} is too long: shorten the labels")
         return self
 
+    @model_validator(mode="after")
+    def _readiness(self) -> SweepSpec:
+        policy = self.training.readiness
+        if policy is None or policy.policy != "repaired-val-qual":
+            return self
+        configured = [c.method for c in self.repair.configs()]
+        if policy.method is not None and policy.method not in configured:
+            raise ValueError(
+                f"training.readiness.method: {policy.method!r} is not a configured repair"
+                f" method (configured: {', '.join(configured)})"
+            )
+        for ds in self.datasets:
+            classes = self.classes_for(ds)
+            if not classes:
+                raise ValueError(
+                    f"training.readiness: dataset {ds.name!r} repairs no class; set"
+                    " repair.classes (or the dataset's repair_classes)"
+                )
+            if policy.repair_class is not None and policy.repair_class not in classes:
+                raise ValueError(
+                    f"training.readiness.repair_class: class {policy.repair_class} is not"
+                    f" repaired for dataset {ds.name!r} (repair classes {classes})"
+                )
+        return self
+
     def classes_for(self, ds: DatasetSpec) -> list[int]:
         return list(ds.repair_classes if ds.repair_classes is not None else self.repair.classes)
 
@@ -350,7 +918,7 @@ class RunSpec(_Strict):
     seed: int
     repair_classes: list[int]
     training: TrainingSpec
-    repair: RepairSpec
+    repair: RepairConfig
     resources: ResourcesSpec
     storage: StorageSpec
     results: str
@@ -384,7 +952,13 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
 def describe_error(err: ValidationError, source: str) -> str:
     """One line naming the field and the problem (pydantic's own words)."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "spec"
+    parts = [str(p) for p in first["loc"]]
+    # pydantic names the union member in the location (repair.arachne.particles); the
+    # user wrote repair.particles.
+    parts = [
+        p for i, p in enumerate(parts) if not (i and parts[i - 1] == "repair" and p in REPAIR_TAGS)
+    ]
+    loc = ".".join(parts) or "spec"
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: {loc}: {msg}{more}"
@@ -423,4 +997,12 @@ def load_spec(path: str | Path, **overrides: Any) -> SweepSpec:
 
 
 def json_schema() -> dict[str, Any]:
-    return SweepSpec.model_json_schema()
+    """The sweep spec's JSON Schema; pydantic writes draft 2020-12, named by ``$schema``, and
+    ``$id`` names this schema by the version of early-repair that wrote it."""
+    from orchestrator import __version__
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:early-repair:sweep-spec:{__version__}",
+        **SweepSpec.model_json_schema(),
+    }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,24 @@ pytest_plugins = ["s3_server"]
 # Tests share two cores; keep BLAS/torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+_SESSION_HOME: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The whole session - and every process it starts - keeps local sweep records and
+    caches in a folder of its own, never in the user's: a quickstart the user runs at the
+    same time cannot see the tests' sweeps, nor the tests the user's. Set here, before any
+    test module is imported, and overriding what the user's shell exported."""
+    global _SESSION_HOME
+    _SESSION_HOME = Path(tempfile.mkdtemp(prefix="early-repair-tests-"))
+    os.environ["EARLY_REPAIR_STATE_DIR"] = str(_SESSION_HOME / "state")
+    os.environ["XDG_CACHE_HOME"] = str(_SESSION_HOME / "cache")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_HOME is not None:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Test-set metrics of one model, computed with scikit-learn from logits and labels.
 
-These are the numbers a ``metrics.json`` record carries (PAPER.md step 5). They are
+These are the numbers a ``metrics.json`` record carries (docs/science.md, step 5). They are
 defined here once, for base checkpoints and repaired models alike, so the two can be
 compared; every average is over all ``num_classes`` classes, even those the test set lacks.
 """

@@ -1,5 +1,6 @@
-"""Model registry. Every model is a ``Repairable``: a body up to the penultimate
-activations and a final ``nn.Linear`` head producing class scores (logits).
+"""Models as the repair sees them. Every model (a built-in of ``orchestrator.catalog`` or an
+import path) is a ``Repairable``: a body up to the penultimate activations and a final
+``nn.Linear`` head producing class scores (logits).
 
 Arachne changes only the head, so the repair step asks the model for ``body(x)`` once and
 searches over ``head`` weights; keeping the split explicit here is what makes that possible.
@@ -13,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator import catalog
+from orchestrator.catalog import resolve
 from orchestrator.errors import BadInput
-from orchestrator.spec import ModelSpec
-from trainer_image.data import resolve
+from orchestrator.spec import IMAGENET_MODELS, ModelSpec
 
 
 class Repairable(nn.Module):
@@ -70,21 +72,15 @@ def small_cnn(in_channels: int, num_classes: int, image_size: int, **_: Any) -> 
     return Repairable(body, nn.Linear(64, num_classes))
 
 
-# name -> factory(in_channels, num_classes, image_size, pretrained=..., weights=..., **options)
-REGISTRY: dict[str, str] = {
-    "small_cnn": "trainer_image.models:small_cnn",
-    "vgg16": "trainer_image.zoo:vgg16",
-    "densenet121": "trainer_image.zoo:densenet121",
-}
-
-
 def build_model(spec: ModelSpec, in_channels: int, num_classes: int, image_size: int) -> Repairable:
-    factory: Callable[..., nn.Module] = resolve(REGISTRY.get(spec.name, spec.name))
+    factory: Callable[..., nn.Module] = resolve(catalog.model_factory(spec.name))
     kwargs: dict[str, Any] = dict(spec.options)
     if spec.pretrained is not None:
         kwargs["pretrained"] = spec.pretrained
     if spec.weights is not None:
         kwargs["weights"] = spec.weights
+    if spec.normalise != "imagenet" or spec.name in IMAGENET_MODELS:
+        kwargs["normalise"] = spec.normalise
     model = factory(
         in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs
     )

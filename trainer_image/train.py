@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ from orchestrator.errors import BadInput, RunFailed
 from orchestrator.spec import TrainingSpec
 from trainer_image.data import Split, Splits
 from trainer_image.models import Repairable
+from trainer_image.readiness import Evidence, ReadinessPolicy, RepairedScores, Track
+from trainer_image.resume import TrainState, capture_rng, detached, restore_rng
 
 HISTORY_COLUMNS = ("epoch", "loss", "acc", "val_loss", "val_acc", "lr", "seconds")
 EVAL_BATCH = 512
@@ -53,8 +55,8 @@ class EarlyStopping:
 
     ``patience`` counts epochs since the last improvement larger than ``min_delta``
     (Keras semantics). The convergence epoch is the epoch with the *lowest* validation loss
-    (PAPER.md), the first one on ties; with ``min_delta > 0`` it can be a later epoch than
-    the last "significant" improvement. Non-finite losses never improve anything.
+    (docs/science.md), the first one on ties; with ``min_delta > 0`` it can be a later epoch
+    than the last "significant" improvement. Non-finite losses never improve anything.
     """
 
     def __init__(self, patience: int, min_delta: float = 0.0, enabled: bool = True) -> None:
@@ -80,6 +82,15 @@ class EarlyStopping:
         if self.enabled and self._wait >= self.patience:
             self.stop = True
         return lowest
+
+    STATE = ("best_epoch", "best_loss", "_reference", "_wait", "stop")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.STATE:
+            setattr(self, k, state[k])
 
 
 def periodic(epoch: int, every: int, first: bool = True) -> bool:
@@ -171,6 +182,10 @@ def forward_split(
 
 def _evaluate(model: nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
     logits, _ = forward_split(model, split, device)
+    return _loss_acc(logits, split, device)
+
+
+def _loss_acc(logits: torch.Tensor, split: Split, device: torch.device) -> tuple[float, float]:
     y = torch.from_numpy(split.y).to(device)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
@@ -191,7 +206,15 @@ class TrainResult:
     stopped_early: bool
     best_val_loss: float
     seconds: float
-    best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    resumed_after: int = 0  # the epoch a resumed run went on from (0: trained from scratch)
+    readiness: dict[str, Any] | None = None  # records.ReadinessOutcome, with training.readiness
+
+
+# What ``train`` asks of online repair after every ``repair_every``-th epoch, given the epoch,
+# the model and the validation split's penultimate features (from the epoch's own validation
+# pass): the repaired models' validation and repair-set figures per (method, class) (see
+# trainer_image.online).
+OnlineRepair = Callable[[int, nn.Module, torch.Tensor], Mapping[Track, RepairedScores]]
 
 
 def train(
@@ -203,14 +226,38 @@ def train(
     *,
     on_epoch: Callable[[dict[str, float]], Any] | None = None,
     on_checkpoint: Callable[[int, dict[str, torch.Tensor]], Any] | None = None,
+    on_repair: OnlineRepair | None = None,
+    readiness: ReadinessPolicy | None = None,
+    resume: TrainState | None = None,
+    on_state: Callable[[TrainState], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; ``on_checkpoint(epoch, cpu_state)`` gets every kept epoch.
 
     Periodic checkpoints (epoch 1, every k-th) are handed over as they happen; the
-    convergence checkpoint is known only at the end, so its weights are kept in memory and
-    handed over last (unless it is also a periodic one).
+    convergence checkpoint (and, with ``readiness.action: stop``, the ready epochs) are
+    known only later, so their weights are held in memory and handed over last.
+
+    After every ``cfg.repair_every``-th epoch's validation (whose pass also yields the
+    validation features), ``on_repair(epoch, model, val_features)`` repairs the model (it
+    must not change it; torch's global generator is forked around it, so online repair
+    never changes the training trajectory) and its figures feed the ``readiness`` policy,
+    which every epoch's validation feeds too.
+
+    ``on_state`` gets a ``TrainState`` after every ``cfg.state_every``-th epoch and the last;
+    ``resume`` (such a state, for a model built as for a fresh run) goes on after its epoch,
+    bit-identically on CPU: the same weights, history and decisions as an uninterrupted run.
     """
     started = time.perf_counter()
+    if cfg.repair_every is not None and on_repair is None:
+        raise ValueError("training.repair_every is set but train() was given no on_repair")
+    if (cfg.readiness is None) != (readiness is None):
+        raise ValueError("train(): a readiness policy is needed exactly when training.readiness")
+    if readiness is not None and readiness.needs_repair and cfg.repair_every is None:
+        # The spec checks its built-in policies; this catches one given by import path.
+        raise BadInput(
+            f"training.readiness: policy {readiness.spec.policy!r} watches online repairs;"
+            " set training.repair_every (e.g. 1)"
+        )
     model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -220,14 +267,56 @@ def train(
     shuffle = torch.Generator().manual_seed(seed)
     x, y = to_tensor(splits.train.x), torch.from_numpy(splits.train.y)
     n = len(y)
+    # shuffle_each_epoch false (the released code): every epoch uses the order a fresh
+    # generator gives first, whatever epoch training starts or resumes at.
+    fixed_order = (
+        None
+        if cfg.shuffle_each_epoch
+        else torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    )
     if n == 0 or len(splits.val) == 0:
         raise BadInput("dataset: the training and validation splits must not be empty")
     stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.early_stopping)
     history: list[dict[str, float]] = []
-    best_state: dict[str, torch.Tensor] = {}
-    saved: set[int] = set()
-    epoch = 0
-    for epoch in range(1, cfg.max_epochs + 1):
+    # Weights of epochs that are no periodic checkpoint but may still be kept.
+    held: dict[int, dict[str, torch.Tensor]] = {}
+    stop_policy = readiness is not None and readiness.spec.action == "stop"
+
+    def is_periodic(e: int) -> bool:
+        return periodic(e, cfg.checkpoint_every, cfg.checkpoint_first)
+
+    def hold(current: int) -> None:
+        needed = set()
+        if cfg.checkpoint_convergence and stopper.best_epoch is not None:
+            needed.add(stopper.best_epoch)
+        if stop_policy:
+            assert readiness is not None
+            needed |= readiness.candidates()
+        for e in [e for e in held if e not in needed]:
+            del held[e]
+        if current in needed and current not in held and not is_periodic(current):
+            held[current] = cpu_state(model)
+
+    epoch, finished, spent = 0, False, 0.0
+    if resume is not None:
+        if not 0 < resume.epoch <= cfg.max_epochs:
+            raise ValueError(f"a state after epoch {resume.epoch} cannot resume this training")
+        model.load_state_dict(resume.model)
+        # A copy: the optimiser would otherwise update the state's own buffers in place.
+        optimizer.load_state_dict(detached(resume.optimizer))
+        stopper.load_state_dict(resume.stopper)
+        if readiness is not None:
+            if resume.readiness is None:
+                raise ValueError("the training state holds no readiness state")
+            readiness.load_state_dict(resume.readiness)
+        restore_rng(resume.rng, shuffle, device)
+        history = [dict(r) for r in resume.history]
+        held = dict(resume.held)
+        hold(resume.epoch)  # the resumed epoch's own weights are the model's
+        epoch, finished, spent = resume.epoch, resume.finished, resume.seconds
+    resumed_after, repair_every = epoch, cfg.repair_every
+    while not finished and epoch < cfg.max_epochs:
+        epoch += 1
         t0 = time.perf_counter()
         lr = lr_at(cfg, epoch)
         for group in optimizer.param_groups:
@@ -235,7 +324,8 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for idx in torch.randperm(n, generator=shuffle).split(cfg.batch_size):
+        order = fixed_order if fixed_order is not None else torch.randperm(n, generator=shuffle)
+        for idx in order.split(cfg.batch_size):
             xb, yb = _batch(x, idx, device), y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
@@ -244,7 +334,15 @@ def train(
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
-        val_loss, val_acc = _evaluate(model, splits.val, device)
+        repair_now = on_repair is not None and repair_every is not None
+        repair_now = repair_now and epoch % repair_every == 0
+        val_feats = None
+        if repair_now:
+            # One validation pass serves both: head(body(x)) is exactly model(x).
+            val_logits, val_feats = forward_split(model, splits.val, device, features=True)
+            val_loss, val_acc = _loss_acc(val_logits, splits.val, device)
+        else:
+            val_loss, val_acc = _evaluate(model, splits.val, device)
         row = {
             "epoch": epoch,
             "loss": loss_sum.item() / n,
@@ -255,39 +353,74 @@ def train(
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
-        if stopper.update(epoch, val_loss) and cfg.checkpoint_convergence:
-            best_state = cpu_state(model)
+        stopper.update(epoch, val_loss)
         if on_epoch:
             on_epoch(row)
-        if periodic(epoch, cfg.checkpoint_every, cfg.checkpoint_first):
-            saved.add(epoch)
-            if on_checkpoint:
-                on_checkpoint(epoch, cpu_state(model))
-        if stopper.stop:
-            break
+        if is_periodic(epoch) and on_checkpoint:
+            on_checkpoint(epoch, cpu_state(model))
+        repaired = None
+        if repair_now:
+            assert on_repair is not None and val_feats is not None
+            with torch.random.fork_rng(devices=_cuda_indices(device)):
+                repaired = on_repair(epoch, model, val_feats)
+            del val_feats
+        if readiness is not None:
+            readiness.observe(Evidence(epoch, val_loss, val_acc, repaired))
+        hold(epoch)
+        policy_stopped = readiness is not None and readiness.stops
+        finished = stopper.stop or policy_stopped or epoch == cfg.max_epochs
+        if on_state and cfg.state_every and (epoch % cfg.state_every == 0 or finished):
+            on_state(
+                TrainState(
+                    epoch=epoch,
+                    finished=finished,
+                    model=cpu_state(model),
+                    optimizer=detached(optimizer.state_dict()),
+                    stopper=stopper.state_dict(),
+                    readiness=None if readiness is None else readiness.state_dict(),
+                    rng=capture_rng(shuffle, device),
+                    history=[dict(r) for r in history],
+                    held={e: w for e, w in held.items() if e != epoch},
+                    seconds=spent + time.perf_counter() - started,
+                )
+            )
     if stopper.best_epoch is None:
         raise RunFailed(
             f"training diverged: the validation loss was not finite in any of {epoch} epochs;"
             " lower training.lr"
         )
-    kept = checkpoint_epochs(
-        epoch,
-        stopper.best_epoch,
-        every=cfg.checkpoint_every,
-        first=cfg.checkpoint_first,
-        convergence=cfg.checkpoint_convergence,
+    kept = set(
+        checkpoint_epochs(
+            epoch,
+            stopper.best_epoch,
+            every=cfg.checkpoint_every,
+            first=cfg.checkpoint_first,
+            convergence=cfg.checkpoint_convergence,
+        )
     )
-    for e in kept:
-        if e not in saved and on_checkpoint:
-            # Only the convergence epoch can be missing: the others were handed over above.
-            on_checkpoint(e, best_state)
+    if stop_policy:
+        assert readiness is not None
+        kept |= readiness.ready_epochs()
+    for e in sorted(kept):
+        if not is_periodic(e) and on_checkpoint:
+            # Periodic ones were handed over as they happened; these were held.
+            on_checkpoint(e, held[e])
+    policy_stopped = readiness is not None and readiness.stops
     return TrainResult(
         history=history,
         convergence_epoch=stopper.best_epoch,
-        checkpoint_epochs=kept,
+        checkpoint_epochs=sorted(kept),
         epochs_trained=epoch,
-        stopped_early=stopper.stop and epoch < cfg.max_epochs,
+        stopped_early=(stopper.stop or policy_stopped) and epoch < cfg.max_epochs,
         best_val_loss=stopper.best_loss,
-        seconds=time.perf_counter() - started,
-        best_state=best_state,
+        seconds=spent + time.perf_counter() - started,
+        resumed_after=resumed_after,
+        readiness=None if readiness is None else readiness.outcome(stopped_training=policy_stopped),
     )
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    """The CUDA device whose generator ``fork_rng`` must fork (none on CPU)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]

@@ -1,8 +1,9 @@
 """The paper's two large models, built from torchvision and split into body + Linear head.
 
-Why this exists: PAPER.md's GTSRB runs use an ImageNet-pretrained VGG16 whose head is
-features -> flatten -> Dense(4096, relu) -> Dense(C); its RSNA runs train DenseNet121 from
-scratch on one-channel X-rays. Both must expose their final Linear layer to Arachne, so each
+Why this exists: the paper's GTSRB runs (docs/science.md) use an ImageNet-pretrained VGG16
+whose head is
+features -> flatten -> Dense(4096, relu) -> Dense(C); its RSNA runs train DenseNet121
+from scratch on one-channel X-rays. Both must expose their final Linear layer to Arachne, so each
 factory returns a ``Repairable`` (body up to the penultimate activations, head = the Linear
 producing class scores).
 
@@ -13,7 +14,7 @@ cache (``$TORCH_HOME/hub/checkpoints/<torchvision file name>``), else a BadInput
 to put the file. Pretrained networks expect ImageNet-normalised RGB while the trainer feeds
 images scaled to [0, 1]; so a pretrained body starts with a fixed input layer that repeats a
 single grey channel to three and normalises with ImageNet's mean and std
-(``normalize=False`` in ``models[].options`` turns that off).
+(``models[].normalise: none`` turns the normalisation off, as the released code fed VGG16).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ _DENSENET_OLD_KEY = re.compile(
 
 
 class ImageNetInput(nn.Module):
-    """[0, 1] images with 1 or 3 channels -> ImageNet-normalised RGB for pretrained layers."""
+    """[0, 1] images with 1 or 3 channels -> ImageNet-normalised RGB for pretrained layers
+    (``normalize=False``: RGB left in [0, 1], the released code's input)."""
 
     def __init__(self, in_channels: int, normalize: bool = True) -> None:
         super().__init__()
@@ -133,7 +135,7 @@ def vgg16(
     image_size: int,
     pretrained: bool = True,
     weights: str | None = None,
-    normalize: bool = True,
+    normalise: str = "imagenet",
     **_: Any,
 ) -> Repairable:
     """VGG16 features -> Flatten -> Linear(512 * (size // 32)^2, 4096) -> ReLU | Linear(C)."""
@@ -147,7 +149,7 @@ def vgg16(
     layers: list[nn.Module] = []
     if pretrained:
         load_features(features, weights_path("vgg16", VGG16_FILE, weights), "vgg16")
-        layers.append(ImageNetInput(in_channels, normalize))
+        layers.append(ImageNetInput(in_channels, normalise == "imagenet"))
     else:
         if in_channels != 3:
             features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
@@ -173,7 +175,7 @@ def densenet121(
     image_size: int,
     pretrained: bool = False,
     weights: str | None = None,
-    normalize: bool = True,
+    normalise: str = "imagenet",
     **_: Any,
 ) -> Repairable:
     """torchvision DenseNet121 (from scratch by default, as the paper) with a Linear(1024, C)."""
@@ -186,7 +188,7 @@ def densenet121(
     if pretrained:
         path = weights_path("densenet121", DENSENET121_FILE, weights)
         load_features(features, path, "densenet121", _densenet_key)
-        layers.append(ImageNetInput(in_channels, normalize))
+        layers.append(ImageNetInput(in_channels, normalise == "imagenet"))
     elif in_channels != 3:
         features.conv0 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(features.conv0.weight)  # as torchvision initialises convs

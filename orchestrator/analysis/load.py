@@ -9,8 +9,8 @@ finished runs without listing every record, the sweep is listed with
 
 Damaged input is a problem, not a crash (``problems.py``): an object the store cannot
 return, JSON that does not parse or nests too deep, a record that fails the schema, a
-``schema_version`` other than ``SCHEMA_VERSION``, an impossible value (an accuracy outside
-0..1, a non-finite number), or a record whose fields disagree with its key.
+``schema_version`` this version cannot read (``READABLE_VERSIONS``), an impossible value
+(an accuracy outside 0..1, a non-finite number), or a record whose fields disagree with its key.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from orchestrator.analysis.problems import (
 from orchestrator.errors import BadInput
 from orchestrator.results import layout
 from orchestrator.results.records import (
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     MetricsRecord,
     RunInfo,
@@ -175,8 +176,8 @@ def _decode(
 
 def _schema_detail(version: object) -> str:
     return (
-        f"schema_version {version!r}; this early-repair reads version"
-        f" {SCHEMA_VERSION} (aggregate with the matching early-repair version)"
+        f"schema_version {version!r}; this early-repair reads versions"
+        f" {sorted(READABLE_VERSIONS)} (aggregate with the matching early-repair version)"
     )
 
 
@@ -187,7 +188,7 @@ def _validate(
     if data is None:
         return None
     version = data.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         problems.append(Problem(SCHEMA, key, run, _schema_detail(version)))
         return None
     try:
@@ -663,7 +664,7 @@ def _check(
                 bad[i] = (kind, detail(i))
 
     flag(
-        df["schema_version"] != SCHEMA_VERSION,
+        ~df["schema_version"].isin(list(READABLE_VERSIONS)),
         SCHEMA,
         lambda i: _schema_detail(int(df.at[i, "schema_version"])),
     )

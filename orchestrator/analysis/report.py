@@ -584,6 +584,31 @@ def write_report(
 # --- the terminal ---------------------------------------------------------------------------
 
 
+def _table1_rows(agg: ag.Aggregation) -> list[dict[str, Any]]:
+    """Table 1's per-dataset rows as plain Python values (JSON- and YAML-safe)."""
+    names = ag.pattern_names(agg.rules, agg.after_convergence)
+    top = agg.patterns[agg.patterns["scope"] == "dataset"]
+    return [
+        {"dataset": str(r["dataset"]), "method": str(r["method"]), "alpha": float(r["alpha"])}
+        | {n: int(r[n]) for n in (*names, "incomplete")}
+        for r in top.to_dict("records")
+    ]
+
+
+def summary(agg: ag.Aggregation, folder: Path) -> dict[str, Any]:
+    """What ``aggregate -o json|yaml`` prints: where the report is, the headline, Table 1."""
+    return {
+        "sweep": agg.sweep,
+        "report": str(folder),
+        "rules": agg.rules,
+        "alphas": [float(a) for a in agg.alphas],
+        "after_convergence": agg.after_convergence,
+        "problems": len(agg.problems),
+        "headline": list(agg.sentences),
+        "table1": _table1_rows(agg),
+    }
+
+
 def terminal_summary(agg: ag.Aggregation, max_rows: int = 30) -> list[Any]:
     """What ``aggregate`` prints on stderr (rich renderables): the headline - one sentence
     per dataset and its table - then Table 1."""

@@ -49,12 +49,24 @@ class SubmitResult:
 
 
 class Backend(Protocol):
-    def submit(self, spec: SweepSpec, *, dry_run: bool = False) -> SubmitResult: ...
+    """What the CLI asks of every backend; ``orchestrator.backends.open_backend`` makes one."""
 
-    def status(self, sweep: str) -> list[RunStatus]: ...
+    def submit(self, spec: SweepSpec, *, dry_run: bool = False) -> SubmitResult:
+        """Start (or resume) the sweep; idempotent for the same spec."""
+        ...
 
-    def logs(
-        self, sweep: str, run: str | None = None, *, follow: bool = False
-    ) -> Iterator[str]: ...
+    def status(self, sweep: str) -> list[RunStatus]:
+        """One row per run, in run order."""
+        ...
 
-    def cancel(self, sweep: str) -> None: ...
+    def watch(self, sweep: str) -> Iterator[list[RunStatus]]:
+        """``status`` again whenever it changes, until every run has ended."""
+        ...
+
+    def logs(self, sweep: str, run: str | None = None, *, follow: bool = False) -> Iterator[str]:
+        """A run's log lines (every run's, prefixed, when ``run`` is None)."""
+        ...
+
+    def cancel(self, sweep: str) -> list[str]:
+        """Stop the sweep, keep its results; what was stopped or deleted."""
+        ...

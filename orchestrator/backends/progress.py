@@ -3,63 +3,104 @@
 ``status`` shows it next to what the scheduler says: the Kubernetes state tells whether a
 pod runs, the store tells what that pod has finished (the trainer writes every step's last
 file only when the step is done, see ``orchestrator.results``). One listing of the sweep's
-prefix serves all runs, so a status refresh costs one LIST plus one read per trained run.
-Keys are matched through the ``orchestrator.results`` functions, never by hand-written
-paths, so this cannot drift from what the trainer writes.
+prefix serves all runs, so a status refresh costs one LIST plus one read per started run
+(its summary.json once trained, else its history.csv, which the trainer rewrites after every
+epoch: the epoch shown is the one training has reached, not the last checkpoint). Keys are
+read back with ``orchestrator.results.layout.parse``, never matched by hand, so
+this cannot drift from what the trainer writes.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-import re
 from typing import Any
 
 from orchestrator.results import layout as results
 from orchestrator.spec import RunSpec
 from orchestrator.store import Store
 
-_CHECKPOINT = re.compile(r"^checkpoints/epoch_(\d{3,})\.pt$")
-_BASE = re.compile(r"^epoch_(\d{3,})/base/metrics\.json$")
-_REPAIR = re.compile(r"^epoch_(\d{3,})/repair/class_(\d+)/metrics\.json$")
+
+def history_epoch(blob: bytes) -> int | None:
+    """The last epoch of a ``train/history.csv`` (None when it holds no whole row yet)."""
+    text = blob.decode("utf-8", errors="replace")
+    rows = list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1])))
+    try:
+        return int(float(rows[-1]["epoch"])) if rows else None
+    except (KeyError, TypeError, ValueError):
+        return None  # a damaged history only costs the epoch shown
 
 
 def run_progress(
-    keys: set[str], run: RunSpec, summary: dict[str, Any] | None = None
+    keys: set[str],
+    run: RunSpec,
+    summary: dict[str, Any] | None = None,
+    trained_epochs: int | None = None,
 ) -> dict[str, Any]:
     """Progress of one run from the sweep's key listing (and its summary.json, if read).
 
-    ``epoch``: the latest checkpoint written; ``trained``: summary.json exists;
-    ``evaluated``/``checkpoints``: checkpoints with base metrics / checkpoints kept;
-    ``repairs_done``/``repairs_total``: repair records written / checkpoints x classes;
-    ``done``: _SUCCESS exists.
+    ``epoch``: the epoch training has reached (``trained_epochs``, from history.csv), else
+    the summary's epochs trained, else the latest checkpoint; ``checkpoint``: the latest
+    checkpoint written; ``trained``: summary.json exists; ``evaluated``/``checkpoints``:
+    checkpoints with base metrics / checkpoints kept; ``repairs_done``/``repairs_total``:
+    repair records written / checkpoints x classes x methods; ``done``: _SUCCESS exists;
+    ``complete``: done and nothing left for the trainer (every kept checkpoint has its base
+    metrics and a record for each class x method - new classes or methods make a finished
+    run incomplete again).
     """
     sweep, name = run.sweep, run.name
-    prefix = results.run_prefix(sweep, name) + "/"
     epochs: list[int] = []
     evaluated = 0
     repairs = 0
     for key in keys:
-        if not key.startswith(prefix):
+        k = results.parse(key)
+        if k is None or k.sweep != sweep or k.run != name:
             continue
-        rel = key[len(prefix) :]
-        if m := _CHECKPOINT.match(rel):
-            if key == results.checkpoint(sweep, name, int(m[1])):
-                epochs.append(int(m[1]))
-        elif m := _BASE.match(rel):
-            evaluated += key == results.base_metrics(sweep, name, int(m[1]))
-        elif m := _REPAIR.match(rel):
-            repairs += key == results.repair_metrics(sweep, name, int(m[1]), int(m[2]))
+        if k.kind == "checkpoint" and k.epoch is not None:
+            epochs.append(k.epoch)
+        evaluated += k.kind == "base"
+        # Only the run's classes count: a class dropped from the spec is not progress.
+        repairs += k.kind == "repair" and k.repair_class in run.repair_classes
     checkpoints = None
+    kept: list[int] | None = None
     if summary is not None and isinstance(summary.get("checkpoint_epochs"), list):
+        kept = [e for e in summary["checkpoint_epochs"] if isinstance(e, int)]
         checkpoints = len(summary["checkpoint_epochs"])
+    trained = results.summary_json(sweep, name) in keys
+    done = results.success(sweep, name) in keys
+    epoch = trained_epochs
+    if epoch is None and summary is not None and isinstance(summary.get("epochs_trained"), int):
+        epoch = summary["epochs_trained"]
+    if epoch is None and epochs:
+        epoch = max(epochs)
+    complete = (
+        done
+        and trained
+        and kept is not None
+        and len(kept) == checkpoints
+        and all(
+            results.base_metrics(sweep, name, e) in keys
+            and all(
+                results.repair_metrics(sweep, name, e, c, m.key) in keys
+                for c in run.repair_classes
+                for m in run.repair.configs()
+            )
+            for e in kept
+        )
+    )
     return {
-        "epoch": max(epochs) if epochs else None,
-        "trained": results.summary_json(sweep, name) in keys,
+        "epoch": epoch,
+        "checkpoint": max(epochs) if epochs else None,
+        "trained": trained,
         "evaluated": evaluated,
         "checkpoints": checkpoints,
         "repairs_done": repairs,
-        "repairs_total": None if checkpoints is None else checkpoints * len(run.repair_classes),
-        "done": results.success(sweep, name) in keys,
+        "repairs_total": None
+        if checkpoints is None
+        else checkpoints * len(run.repair_classes) * len(run.repair.configs()),
+        "done": done,
+        "complete": complete,
     }
 
 
@@ -71,16 +112,27 @@ def sweep_progress(store: Store, runs: list[RunSpec]) -> dict[str, dict[str, Any
     keys = set(store.list(f"{sweep}/"))
     summaries: dict[str, dict[str, Any]] = {}
     wanted = {results.summary_json(sweep, r.name): r.name for r in runs}
-    present = [k for k in wanted if k in keys]
+    # Runs still training: how far they are is in the history rewritten every epoch.
+    histories = {
+        results.history_csv(sweep, r.name): r.name
+        for r in runs
+        if results.summary_json(sweep, r.name) not in keys
+    }
+    present = [k for k in [*wanted, *histories] if k in keys]
+    reached: dict[str, int | None] = {}
     for key, blob in store.read_many(present).items():
-        if isinstance(blob, bytes):
-            try:
-                data = json.loads(blob)
-            except ValueError:
-                continue  # a damaged summary only costs the repair total
-            if isinstance(data, dict):
-                summaries[wanted[key]] = data
-    return {r.name: run_progress(keys, r, summaries.get(r.name)) for r in runs}
+        if not isinstance(blob, bytes):
+            continue
+        if key in histories:
+            reached[histories[key]] = history_epoch(blob)
+            continue
+        try:
+            data = json.loads(blob)
+        except ValueError:
+            continue  # a damaged summary only costs the repair total
+        if isinstance(data, dict):
+            summaries[wanted[key]] = data
+    return {r.name: run_progress(keys, r, summaries.get(r.name), reached.get(r.name)) for r in runs}
 
 
 def describe(progress: dict[str, Any]) -> str:

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.app import app, err
+from orchestrator.cli.app import ANALYSIS_PANEL, app, err
+from orchestrator.cli.output import LocationOutputOpt, render
 
 
-@app.command()
+@app.command(rich_help_panel=ANALYSIS_PANEL)
 def aggregate(
     results_uri: Annotated[
         str,
@@ -40,7 +41,9 @@ def aggregate(
     ] = "text",
     strict: Annotated[
         bool,
-        typer.Option(help="Exit 2 on any incomplete or damaged result instead of reporting it."),
+        typer.Option(
+            "--strict", help="Exit 2 on any incomplete or damaged result instead of reporting it."
+        ),
     ] = False,
     endpoint_url: Annotated[
         str | None, typer.Option(help="S3 endpoint for s3:// URIs, e.g. MinIO's URL.")
@@ -62,12 +65,14 @@ def aggregate(
     bootstrap_seed: Annotated[
         int, typer.Option(min=0, help="Seed of the bootstrap resampling behind every CI.")
     ] = 0,
+    output: LocationOutputOpt = None,
 ) -> None:
     """Headline, tables (Table 1, switch points, repair effects, Qual), figures and a report
     from a sweep's results."""
-    from rich.console import Console
+    from rich.console import Group
 
-    from orchestrator.analysis import output, report
+    from orchestrator.analysis import output as report_files
+    from orchestrator.analysis import report
     from orchestrator.analysis import tables as ag
     from orchestrator.analysis.problems import raise_if_problems
     from orchestrator.errors import BadInput
@@ -94,10 +99,11 @@ def aggregate(
     if strict:
         raise_if_problems(agg.loaded.uri, agg.problems)
     folder = (out or Path("report") / agg.sweep).absolute()
-    output.publish(agg, folder, max_figures=max_figures)
-    console = Console(stderr=True)
-    for part in report.terminal_summary(agg):
-        console.print(part)
+    report_files.publish(agg, folder, max_figures=max_figures)
     if len(agg.problems):
         err(f"{len(agg.problems)} incomplete or damaged result(s): see {folder / 'report.md'}")
-    print(folder)
+
+    def table() -> Group:
+        return Group(*report.terminal_summary(agg))
+
+    render(report.summary(agg, folder), output, table, location=str(folder), table_to_stderr=True)

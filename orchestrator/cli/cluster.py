@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli.app import SpecArg, app, err
+from orchestrator.cli.app import CLUSTER_PANEL, SpecArg, app, err
+from orchestrator.cli.output import Output, OutputOpt, chosen, json_alias, render
 
 NamespaceOpt = Annotated[
     str | None,
-    typer.Option(help="Kubernetes namespace.", show_default="the spec's, else early-repair"),
+    typer.Option(
+        "--namespace",
+        "-n",
+        help="Kubernetes namespace.",
+        show_default="the spec's, else early-repair",
+    ),
 ]
 ContextOpt = Annotated[
     str | None,
@@ -29,19 +35,55 @@ SweepArg = Annotated[str, typer.Argument(help="Sweep name (the spec's `name`).")
 LocalOpt = Annotated[
     bool, typer.Option("--local", help="A sweep started with `early-repair run` on this machine.")
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Where the sweep runs: kubernetes or local (--local is short for --backend local).",
+        show_default="kubernetes",
+    ),
+]
+LocalResultsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--results",
+        help="Local sweeps: the results location the sweep ran into, when one sweep name was"
+        " run into several.",
+        show_default=False,
+    ),
+]
 
 
-def _status_backend(
-    local: bool, namespace: str | None, context: str | None, endpoint_url: str | None
+def _backend(
+    local: bool,
+    backend: str | None,
+    namespace: str | None = None,
+    context: str | None = None,
+    endpoint_url: str | None = None,
+    results: str | None = None,
 ) -> Any:
-    """The backend that answers status/logs for a sweep: this machine's or the cluster's."""
-    if local:
-        from orchestrator.backends.local.backend import LocalBackend
+    """The backend a command talks to, by name (``--local`` is ``--backend local``)."""
+    from orchestrator.backends import open_backend
+    from orchestrator.errors import BadInput
 
-        return LocalBackend()
-    from orchestrator.backends.kubernetes.backend import KubernetesBackend
+    if local and backend not in (None, "local"):
+        raise BadInput(f"--local contradicts --backend {backend}; pass one of them")
+    name = "local" if local else backend or "kubernetes"
+    return open_backend(
+        name, namespace=namespace, context=context, endpoint_url=endpoint_url, results=results
+    )
 
-    return KubernetesBackend(namespace=namespace, context=context, endpoint_url=endpoint_url)
+
+def _where(backend: Any) -> str:
+    """``local``, or the namespace a cluster backend works in."""
+    if backend.name == "local":
+        return "local"
+    from orchestrator.backends.kubernetes.backend import DEFAULT_NAMESPACE
+
+    return backend.namespace or DEFAULT_NAMESPACE
+
+
+_OBJECT_HEADER = ["object", "action"]
 
 
 def _runs_table(title: str, rows: list[list[str]], header: list[str]) -> object:
@@ -55,16 +97,23 @@ def _runs_table(title: str, rows: list[list[str]], header: list[str]) -> object:
     return table
 
 
-@app.command("plan")
+@app.command("plan", rich_help_panel=CLUSTER_PANEL)
 def k8s_plan(
     spec: SpecArg,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write the Kubernetes objects `submit` creates (multi-document YAML)."),
+        typer.Option(
+            help="Write the Kubernetes objects `submit` creates (multi-document YAML) to this"
+            " file; - writes them, and only them, to stdout (for `kubectl apply -f -`).",
+            metavar="FILE",
+        ),
     ] = None,
     namespace: NamespaceOpt = None,
+    output: OutputOpt = None,
 ) -> None:
-    """Expand and check a sweep, print its runs (JSON); --out writes its Job manifests."""
+    """Expand and check a sweep and list its runs; --out writes its Job manifests."""
+    import sys
+
     from rich.console import Console
 
     from orchestrator.backends.kubernetes.manifests import (
@@ -76,6 +125,9 @@ def k8s_plan(
     from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec
 
+    to_stdout = out is not None and str(out) == "-"
+    if to_stdout and output is not None:
+        raise BadInput("--out - prints the objects on stdout: drop -o, or --out to a file")
     sweep = with_namespace(load_spec(spec), namespace)
     runs = sweep.runs()
     doc: dict[str, object] = {
@@ -93,8 +145,15 @@ def k8s_plan(
             for r in runs
         ],
     }
+    rows = [[str(r.index), r.name, r.dataset.key, r.model.key, str(r.seed)] for r in runs]
+    header = ["index", "run", "dataset", "model", "seed"]
+    table = partial(_runs_table, f"{sweep.name}: {len(runs)} runs", rows, header)
     if out is not None:
         objects = render_sweep(sweep)
+        if to_stdout:
+            Console(stderr=True).print(table())
+            sys.stdout.write(to_yaml(objects))
+            return
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(to_yaml(objects))
@@ -104,33 +163,38 @@ def k8s_plan(
         doc["objects"] = [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in objects]
         doc["out"] = str(out)
         err(f"wrote {len(objects)} objects ({object_name(sweep)}) to {out}")
-    rows = [[str(r.index), r.name, r.dataset.key, r.model.key, str(r.seed)] for r in runs]
-    header = ["index", "run", "dataset", "model", "seed"]
-    Console(stderr=True).print(_runs_table(f"{sweep.name}: {len(runs)} runs", rows, header))
-    print(json.dumps(doc, indent=2))
+    render(doc, output, table, table_to_stderr=True)
 
 
-@app.command("submit")
+@app.command("submit", rich_help_panel=CLUSTER_PANEL)
 def k8s_submit(
     spec: SpecArg,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     dry_run: Annotated[
-        bool, typer.Option(help="Server-side dry run: the API server checks, nothing is created.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Server-side dry run: the API server checks, nothing is created."
+        ),
     ] = False,
     replace: Annotated[
-        bool, typer.Option(help="Delete a running sweep of the same name but another spec first.")
+        bool,
+        typer.Option(
+            "--replace", help="Delete a running sweep of the same name but another spec first."
+        ),
     ] = False,
+    output: OutputOpt = None,
 ) -> None:
     """Submit a sweep as an Indexed Job (idempotent: the same spec twice creates it once)."""
     from dataclasses import asdict
 
-    from orchestrator.backends.kubernetes.backend import KubernetesBackend
+    from orchestrator.backends import open_backend
     from orchestrator.backends.kubernetes.manifests import object_name, with_namespace
     from orchestrator.spec import load_spec
 
     sweep = with_namespace(load_spec(spec), namespace)
-    result = KubernetesBackend(context=context).submit(sweep, dry_run=dry_run, replace=replace)
+    backend = open_backend("kubernetes", context=context)
+    result = backend.submit(sweep, dry_run=dry_run, replace=replace)
     ns = sweep.kubernetes.namespace
     what = "dry run, nothing created: " if dry_run else ""
     err(
@@ -139,7 +203,10 @@ def k8s_submit(
     )
     if not dry_run:
         err(f"follow it: early-repair status {sweep.name} --namespace {ns} --watch")
-    print(json.dumps({**asdict(result), "namespace": ns, "name": object_name(sweep)}, indent=2))
+    doc = {**asdict(result), "namespace": ns, "name": object_name(sweep)}
+    rows = [[obj, action] for action in ("created", "unchanged", "replaced") for obj in doc[action]]
+    title = f"{sweep.name} ({ns}){' - dry run' if dry_run else ''}"
+    render(doc, output, partial(_runs_table, title, rows, _OBJECT_HEADER))
 
 
 _STATE_STYLE = {
@@ -152,26 +219,34 @@ _STATE_STYLE = {
 }
 
 
-@app.command("status")
+@app.command("status", rich_help_panel=CLUSTER_PANEL)
 def k8s_status(
     sweep: SweepArg,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
-    watch: Annotated[bool, typer.Option(help="Follow until every run has ended.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="JSON on stdout (one line per change with --watch).")
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow until every run has ended (json: one line per change; yaml: one"
+            " document per change).",
+        ),
     ] = False,
+    output: OutputOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="Same as -o json.")] = False,
     endpoint_url: EndpointOpt = None,
     local: LocalOpt = False,
+    backend_name: BackendOpt = None,
+    results: LocalResultsOpt = None,
 ) -> None:
     """One row per run: state, restarts, node, progress. Exit 1 if a run failed or was cancelled."""
     from rich.console import Console
 
-    from orchestrator.backends.kubernetes.backend import DEFAULT_NAMESPACE
     from orchestrator.backends.progress import describe
 
-    backend = _status_backend(local, namespace, context, endpoint_url)
-    ns = "local" if local else backend.namespace or DEFAULT_NAMESPACE
+    backend = _backend(local, backend_name, namespace, context, endpoint_url, results)
+    ns = _where(backend)
 
     def document(states: list) -> dict:
         return {
@@ -211,17 +286,15 @@ def k8s_status(
         header = ["index", "run", "state", "restarts", "node", "progress", "message"]
         return _runs_table(title, rows, header)
 
+    fmt = chosen(json_alias(output, as_json))
     console = Console()
     last: list = []
     if not watch:
         last = backend.status(sweep)
-        if as_json:
-            print(json.dumps(document(last), indent=2))
-        else:
-            console.print(table(last))
-    elif as_json:
+        render(document(last), fmt, partial(table, last))
+    elif fmt is not Output.table:
         for last in backend.watch(sweep):
-            print(json.dumps(document(last)), flush=True)
+            render(document(last), fmt, partial(table, last), stream=True)
     elif console.is_terminal:
         from rich.live import Live
 
@@ -235,44 +308,50 @@ def k8s_status(
         raise typer.Exit(1)
 
 
-@app.command("logs")
+@app.command("logs", rich_help_panel=CLUSTER_PANEL)
 def k8s_logs(
     sweep: SweepArg,
     run: Annotated[
         str | None, typer.Option(help="Run name or index (default: every run, one after another).")
     ] = None,
-    follow: Annotated[bool, typer.Option(help="Stream the run's log as it grows.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream the run's log as it grows.")
+    ] = False,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     endpoint_url: EndpointOpt = None,
     local: LocalOpt = False,
+    backend_name: BackendOpt = None,
+    results: LocalResultsOpt = None,
 ) -> None:
-    """A run's log from its pod, or from the store once the pod is gone."""
-    backend = _status_backend(local, namespace, context, endpoint_url)
+    """A run's log from its pod (local: its live log), or from the store once it ended."""
+    backend = _backend(local, backend_name, namespace, context, endpoint_url, results)
     for line in backend.logs(sweep, run, follow=follow):
         print(line, flush=follow)
 
 
-@app.command("cancel")
+@app.command("cancel", rich_help_panel=CLUSTER_PANEL)
 def k8s_cancel(
     sweep: SweepArg,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     local: LocalOpt = False,
+    backend_name: BackendOpt = None,
+    output: OutputOpt = None,
+    results: LocalResultsOpt = None,
 ) -> None:
-    """Delete a sweep's Job (and so its pods) and ConfigMap; results stay in the store."""
-    from orchestrator.backends.kubernetes.backend import DEFAULT_NAMESPACE, KubernetesBackend
+    """Stop a sweep: delete its Job (and pods) and ConfigMap, or stop its local runs.
 
-    if local:
-        from orchestrator.backends.local.backend import LocalBackend
-
-        LocalBackend().cancel(sweep)
+    Results stay in the store; running the same spec again resumes it."""
+    backend = _backend(local, backend_name, namespace, context, results=results)
+    stopped = backend.cancel(sweep)
+    if backend.name == "local":
         err(f"cancelled local sweep {sweep!r}; results are kept, `run` again to resume")
-        print(json.dumps({"sweep": sweep, "backend": "local", "cancelled": True}, indent=2))
+        doc: dict[str, Any] = {"sweep": sweep, "backend": "local", "cancelled": True}
+        render(doc, output, partial(_runs_table, sweep, [["local", "cancelled"]], _OBJECT_HEADER))
         return
-
-    backend = KubernetesBackend(namespace=namespace, context=context)
-    deleted = backend.delete_sweep(sweep)
-    err(f"cancelled sweep {sweep!r}: deleted {', '.join(deleted)}; results are kept")
-    ns = backend.namespace or DEFAULT_NAMESPACE
-    print(json.dumps({"sweep": sweep, "namespace": ns, "deleted": deleted}, indent=2))
+    err(f"cancelled sweep {sweep!r}: deleted {', '.join(stopped)}; results are kept")
+    ns = _where(backend)
+    doc = {"sweep": sweep, "namespace": ns, "deleted": stopped}
+    rows = [[name, "deleted"] for name in stopped]
+    render(doc, output, partial(_runs_table, f"{sweep} ({ns})", rows, _OBJECT_HEADER))

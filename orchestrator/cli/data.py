@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from orchestrator.cli.app import app
+from orchestrator.cli.app import DATA_PANEL, app
+from orchestrator.cli.output import LocationOutputOpt, Output, dumps, only, render
 
 
-@app.command()
-def schema() -> None:
-    """Print the JSON Schema of the sweep spec."""
+@app.command(rich_help_panel=DATA_PANEL)
+def schema(
+    output: Annotated[
+        Output,
+        typer.Option(
+            "--output", "-o", help="json or yaml.", metavar="FORMAT", case_sensitive=False
+        ),
+    ] = Output.json,
+) -> None:
+    """Print the JSON Schema of the sweep spec (every field, its type and meaning)."""
     from orchestrator.spec import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    only(output, (Output.json, Output.yaml), "schema")
+    sys.stdout.write(dumps(json_schema(), output))
 
 
-@app.command()
+@app.command(rich_help_panel=DATA_PANEL)
 def prepare(
     dataset: Annotated[
         str, typer.Argument(help="Dataset to prepare: gtsrb or rsna.", show_default=False)
@@ -33,9 +41,13 @@ def prepare(
             show_default=False,
         ),
     ],
-    output: Annotated[
+    out: Annotated[
         str,
-        typer.Option(help="Where the splits go: a path, file:// or s3:// URI.", show_default=False),
+        typer.Option(
+            help="Where the splits go: a path, file:// or s3:// URI.",
+            show_default=False,
+            metavar="URI",
+        ),
     ],
     image_size: Annotated[
         int | None, typer.Option(help="Side of the square images (default: gtsrb 32, rsna 160).")
@@ -50,8 +62,22 @@ def prepare(
     crop_roi: Annotated[
         bool, typer.Option("--crop-roi", help="gtsrb: crop to the ROI first (the paper did not).")
     ] = False,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(help="resize (default) or released: the released code's preprocessing."),
+    ] = None,
+    no_stratify: Annotated[
+        bool,
+        typer.Option(
+            "--no-stratify", help="Split without regard to labels (the released gtsrb split)."
+        ),
+    ] = False,
+    test_split_seed: Annotated[
+        int | None,
+        typer.Option(help="rsna: seed of the test split (default: the split seed; released 43)."),
+    ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace splits already at --output.")
+        bool, typer.Option("--overwrite", help="Replace splits already at --out.")
     ] = False,
     endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint, e.g. MinIO's URL.")] = None,
     region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
@@ -59,6 +85,7 @@ def prepare(
         int | None,
         typer.Option(min=1, help="Threads decoding images (default: CPUs, at most 8)."),
     ] = None,
+    output: LocationOutputOpt = None,
 ) -> None:
     """Read a raw dataset once and write its prepared train/repair/test splits to a store."""
     import logging
@@ -69,14 +96,12 @@ def prepare(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
+    from orchestrator.catalog import dataset_preparer
     from orchestrator.errors import BadInput
     from orchestrator.spec import DatasetSpec, StorageSpec, describe_error
-    from trainer_image.data.prepared import PREPARERS, SPLITS, prepare_to_store
+    from trainer_image.data.prepared import SPLITS, prepare_to_store
 
-    if dataset not in PREPARERS:
-        raise BadInput(
-            f"prepare: no preparation for dataset {dataset!r}; use one of {sorted(PREPARERS)}"
-        )
+    dataset_preparer(dataset)  # a dataset it cannot prepare is bad input before anything else
     fields = {
         "name": dataset,
         "input": str(input_dir),
@@ -84,6 +109,9 @@ def prepare(
         "split_seed": split_seed,
         "max_bad_fraction": max_bad_fraction,
         "options": {"crop_roi": True} if crop_roi else {},
+        "preprocess": preprocess,
+        "stratify": False if no_stratify else None,
+        "test_split_seed": test_split_seed,
     }
     try:
         spec = DatasetSpec.model_validate({k: v for k, v in fields.items() if v is not None})
@@ -106,7 +134,7 @@ def prepare(
             task = bar.add_task(f"reading {dataset}", total=None)
             uri, manifest = prepare_to_store(
                 spec,
-                output,
+                out,
                 storage=StorageSpec(endpoint_url=endpoint_url, region=region),
                 overwrite=overwrite,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -126,5 +154,5 @@ def prepare(
         counts = part["class_counts"]
         cells = [str(c) for c in counts] if n <= 10 else [f"{min(counts)}..{max(counts)}"]
         table.add_row(name, str(part["count"]), *cells)
-    console.print(table)
-    print(uri)
+    doc = {"uri": uri, "manifest": manifest}
+    render(doc, output, lambda: table, location=uri, table_to_stderr=True)

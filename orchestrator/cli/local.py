@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.app import SpecArg, app, err
+from orchestrator.cli.app import LOCAL_PANEL, SpecArg, app, err
+from orchestrator.cli.output import LocationOutputOpt, render
 
 
-@app.command()
+@app.command(rich_help_panel=LOCAL_PANEL)
 def run(
     spec: SpecArg,
     results: Annotated[
@@ -26,9 +27,14 @@ def run(
     endpoint_url: Annotated[
         str | None, typer.Option(help="S3 endpoint (e.g. MinIO); overrides storage.endpoint_url.")
     ] = None,
+    output: LocationOutputOpt = None,
 ) -> None:
     """Run every run of a sweep on this machine; print where the results are."""
-    from orchestrator.backends.local.backend import LocalBackend
+    from dataclasses import asdict
+    from functools import partial
+
+    from orchestrator.backends import open_backend
+    from orchestrator.cli.cluster import _runs_table
     from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec, parse_spec
 
@@ -40,14 +46,26 @@ def run(
         data = sweep.model_dump(mode="json")
         data["storage"] = {**data["storage"], "endpoint_url": endpoint_url}
         sweep = parse_spec(data, "--endpoint-url")
-    outcome = LocalBackend(workers=workers).submit(sweep)
+    outcome = open_backend("local", workers=workers).submit(sweep)
     err(outcome.summary())
-    print(outcome.results)
+    doc = {
+        "sweep": outcome.sweep,
+        "results": outcome.results,
+        "seconds": round(outcome.seconds, 3),
+        "log_dir": outcome.log_dir,
+        "failed": len(outcome.failed),
+        "runs": [{**asdict(s), "state": str(s.state)} for s in outcome.runs],
+    }
+    rows = [[str(s.index), s.run, str(s.state), s.message] for s in outcome.runs]
+    header = ["index", "run", "state", "message"]
+    table = partial(_runs_table, f"{outcome.sweep}: {outcome.results}", rows, header)
+    render(doc, output, table, location=outcome.results)
     if outcome.failed:
         raise typer.Exit(1)
 
 
-@app.command()
+# Hidden from --help (what pods and `run` start, not a user command) but callable.
+@app.command(hidden=True, rich_help_panel=LOCAL_PANEL)
 def trainer(
     sweep: Annotated[
         Path, typer.Option(help="Sweep file (YAML or JSON) holding the run.", show_default=False)

@@ -15,10 +15,13 @@ and reports the damaged one, exactly as it would without this file.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from orchestrator.results import layout
-from orchestrator.results.records import SCHEMA_VERSION, MetricsRecord, dump_run_records
-from orchestrator.store.base import Store
+from orchestrator.results.records import READABLE_VERSIONS, MetricsRecord, dump_run_records
+
+if TYPE_CHECKING:  # the protocol only: results stay below the store layer
+    from orchestrator.store.base import Store
 
 PACKED_FILES = ("run_json", "summary")
 
@@ -46,7 +49,7 @@ def write_run_records(store: Store, sweep: str, run: str) -> str | None:
             if isinstance(blob, Exception):
                 raise ValueError(str(blob))
             rec = MetricsRecord.model_validate(json.loads(blob))
-            if rec.schema_version != SCHEMA_VERSION:
+            if rec.schema_version not in READABLE_VERSIONS:
                 raise ValueError(f"schema_version {rec.schema_version}")
             records.append(rec.model_dump(mode="json"))
         except (ValueError, RecursionError):

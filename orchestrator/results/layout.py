@@ -6,6 +6,7 @@ Keys are relative to the results root (the spec's ``results`` URI):
     <sweep>/<run>/run.json
     <sweep>/<run>/train/history.csv
     <sweep>/<run>/train/summary.json
+    <sweep>/<run>/train/state.pt          (while training: the latest resumable state)
     <sweep>/<run>/checkpoints/epoch_NNN.pt
     <sweep>/<run>/epoch_NNN/base/metrics.json
     <sweep>/<run>/epoch_NNN/repair/<method>/class_C/{metrics.json,patch.json,search.csv}
@@ -56,6 +57,11 @@ def summary_json(sweep: str, run: str) -> str:
     return f"{sweep}/{run}/train/summary.json"
 
 
+def train_state(sweep: str, run: str) -> str:
+    """The latest resumable training state; deleted once ``summary.json`` exists."""
+    return f"{sweep}/{run}/train/state.pt"
+
+
 def checkpoint(sweep: str, run: str, epoch: int) -> str:
     return f"{sweep}/{run}/checkpoints/epoch_{epoch:03d}.pt"
 
@@ -68,21 +74,29 @@ def base_metrics(sweep: str, run: str, epoch: int) -> str:
     return f"{epoch_dir(sweep, run, epoch)}/base/metrics.json"
 
 
-def repair_dir(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_dir(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     """``method=None``: the first layout, without a method level (read as DEFAULT_METHOD)."""
     level = f"{method}/" if method else ""
     return f"{epoch_dir(sweep, run, epoch)}/repair/{level}class_{cls}"
 
 
-def repair_metrics(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_metrics(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     return f"{repair_dir(sweep, run, epoch, cls, method)}/metrics.json"
 
 
-def repair_patch(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_patch(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     return f"{repair_dir(sweep, run, epoch, cls, method)}/patch.json"
 
 
-def repair_search(sweep: str, run: str, epoch: int, cls: int, method: str | None = None) -> str:
+def repair_search(
+    sweep: str, run: str, epoch: int, cls: int, method: str | None = DEFAULT_METHOD
+) -> str:
     return f"{repair_dir(sweep, run, epoch, cls, method)}/search.csv"
 
 
@@ -109,6 +123,7 @@ Kind = Literal[
     "records",
     "summary",
     "history",
+    "train_state",
     "checkpoint",
     "base",
     "repair",
@@ -121,6 +136,7 @@ _RUN_FILES: dict[str, Kind] = {
     "records.arrow": "records",
     "train/summary.json": "summary",
     "train/history.csv": "history",
+    "train/state.pt": "train_state",
     "logs/trainer.log": "log",
 }
 _EPOCH_KEY = re.compile(

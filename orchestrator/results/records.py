@@ -15,14 +15,33 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 1
+# 2: repair records live under repair/<method>/ (the method became a sweep dimension).
+# Version 1 records (repair/class_C/, read as arachne) have the same fields and still read.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
+
+# What a run computes; a different value in an existing run.json means the stored results
+# belong to another experiment. Repair classes are left out: adding a class to a finished
+# run only adds outputs, and the trainer computes exactly the missing ones.
+EXPERIMENT_FIELDS = ("dataset", "model", "seed", "training", "repair")
+CLASS_FIELDS = {"dataset": {"repair_classes"}, "repair": {"classes"}}
+
+
+def experiment(run: dict[str, Any]) -> dict[str, Any]:
+    """The part of a ``RunSpec.model_dump(mode="json")`` that names the experiment."""
+    return {
+        f: {k: v for k, v in run[f].items() if k not in CLASS_FIELDS.get(f, ())}
+        if isinstance(run[f], dict)
+        else run[f]
+        for f in EXPERIMENT_FIELDS
+    }
 
 
 class MetricsRecord(BaseModel):
     """One evaluated model (a base checkpoint or a repaired one) on the test set.
 
     Repair-only fields are None for base records. ``rr`` and ``br`` are percentages on
-    the repair set (PAPER.md step 5); ``n_neg``/``n_pos`` are the target negatives and the
+    the repair set (docs/science.md, step 5); ``n_neg``/``n_pos`` are the target negatives and the
     positives the search used.
     """
 
@@ -55,6 +74,32 @@ class MetricsRecord(BaseModel):
     seconds: float | None = None
 
 
+class ReadinessTrack(BaseModel):
+    """What a readiness policy decided for one watched (method, class); both None for a
+    policy of the unrepaired model (val-loss)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str | None
+    repair_class: int | None
+    fired_epoch: int | None  # the epoch at which it fired; None: not within the epochs trained
+    ready_epoch: int | None  # the epoch it picks: best score up to firing (or to the end)
+    best_score: float | None  # that epoch's score (higher is better; val-loss: -loss)
+    evaluations: int
+
+
+class ReadinessOutcome(BaseModel):
+    """``training.readiness`` as it played out in one run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str
+    action: Literal["stop", "record"]
+    alpha: float
+    tracks: list[ReadinessTrack]
+    stopped_training: bool  # action stop, and the policy ended training
+
+
 class TrainSummary(BaseModel):
     """``train/summary.json``: the training step's completion marker."""
 
@@ -67,6 +112,7 @@ class TrainSummary(BaseModel):
     stopped_early: bool
     best_val_loss: float
     seconds: float
+    readiness: ReadinessOutcome | None = None  # only with training.readiness
 
 
 class RunInfo(BaseModel):
@@ -187,10 +233,10 @@ def load_run_records(data: bytes) -> RunRecords:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != RUN_RECORDS_FORMAT:
         raise ValueError(f"not a records file of format {RUN_RECORDS_FORMAT}")
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in READABLE_VERSIONS:
         raise ValueError(
             f"records of schema_version {meta.get('schema_version')!r}; this early-repair"
-            f" reads version {SCHEMA_VERSION}"
+            f" reads versions {sorted(READABLE_VERSIONS)}"
         )
     expected = run_records_schema()
     if not table.schema.remove_metadata().equals(expected):

@@ -115,7 +115,7 @@ def child(phase: str, raw: str, out: str, image_size: int, workers: int) -> dict
     start_rss = reset_peak()
     t0 = time.perf_counter()
     if phase == "prepare":
-        args = ["prepare", "rsna", "--input", raw, "--output", out]
+        args = ["prepare", "rsna", "--input", raw, "--out", out]
         try:
             main([*args, "--image-size", str(image_size), "--workers", str(workers)])
         except SystemExit as e:

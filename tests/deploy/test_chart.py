@@ -207,6 +207,30 @@ def test_kueue_objects_pass_kueue_crd_schemas(chart: helm.Chart, case: str) -> N
         jsonschema.Draft7Validator(schema).validate({**obj, "metadata": {}})
 
 
+@pytest.mark.skipif(not KUEUE_CRD_DIR, reason="set KUEUE_CRD_DIR (see above)")
+def test_values_comment_on_served_versions_matches_kueue() -> None:
+    """values.yaml says v1beta2 and the deprecated v1beta1 are both served; Kueue's CRDs
+    for every kind the chart renders must say the same."""
+    crds = load_crds(Path(KUEUE_CRD_DIR or "."))
+    for kind in ("ResourceFlavor", "ClusterQueue", "LocalQueue", "Workload"):
+        versions = {v["name"]: v for v in crds[("kueue.x-k8s.io", kind)]["spec"]["versions"]}
+        assert versions["v1beta2"]["served"] and versions["v1beta2"]["storage"], kind
+        assert versions["v1beta1"]["served"] and versions["v1beta1"].get("deprecated"), kind
+    comment = (CHART / "values.yaml").read_text()
+    assert "no longer serve" not in comment
+    assert "v1beta1 is deprecated since 0.16 but still served" in comment
+
+
+def test_submitter_role_reads_kueue_workloads(chart: helm.Chart) -> None:
+    objs, _ = render(chart)
+    (role,) = kinds(objs, "Role")
+    assert {
+        "apiGroups": ["kueue.x-k8s.io"],
+        "resources": ["workloads"],
+        "verbs": ["get", "list", "watch"],
+    } in role["rules"]
+
+
 def test_strict_crd_schema_rejects_unknown_fields() -> None:
     # The helper behind the CRD check above, on a minimal CRD of the same shape.
     crd = {

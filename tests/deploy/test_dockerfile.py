@@ -2,7 +2,8 @@
 
 hadolint lints it; Docker's own Dockerfile parser (the `dockerfile` package wraps BuildKit's
 Go parser) reads it so the tests can hold it to its contract with the rest of the project:
-pinned bases, torch versions pyproject.toml accepts, the non-root UID the Job runs as, the
+pinned bases, one torch (the lock's, the development venv's, one pyproject.toml accepts)
+installed from the lock in a layer before the project, the non-root UID the Job runs as, the
 entrypoint the CLI has, writable paths the Job mounts, and baked weights where the trainer
 looks for them. The build context is computed with Docker's .dockerignore rules (docker SDK)
 and the image's wheel stage is replayed on it offline.
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from importlib import metadata, util
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,6 +30,7 @@ from packaging.version import Version
 from paths import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
+LOCK = REPO / "constraints.txt"
 RUNTIME_STAGES = ("cpu", "gpu")
 UID = 10001
 ENTRYPOINT = ["early-repair", "trainer"]
@@ -88,6 +91,27 @@ def run_text(stage: dict[str, Any]) -> str:
 def requirement(name: str) -> Requirement:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     return next(r for r in map(Requirement, deps) if r.name == name)
+
+
+def locked() -> dict[str, str]:
+    """canonical name -> pinned version, from constraints.txt."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if spec:
+            name, _, version = spec.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def lock_script() -> Any:
+    loader = util.spec_from_file_location("lock_script", REPO / "scripts" / "lock.py")
+    assert loader is not None and loader.loader is not None
+    module = util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
 
 
 def under(path: str, folder: str) -> bool:
@@ -152,25 +176,97 @@ def test_base_images_are_pinned() -> None:
         repo, _, tag = ref.rpartition(":")
         assert repo and tag and tag != "latest", f"{name}: {base} is not pinned by tag"
         assert "/" not in tag
-    gpu = stages()["gpu"]["base"]
-    assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", gpu), gpu
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", stages()["cpu"]["base"])
+    # Both images start from the same Python; torch comes from the lock, not a base image.
+    for name in RUNTIME_STAGES:
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", stages()[name]["base"]), name
 
 
-def test_torch_versions_agree_with_pyproject_and_each_other() -> None:
-    cpu = stages()["cpu"]["args"]
-    torch, vision = Version(cpu["TORCH_VERSION"]), Version(cpu["TORCHVISION_VERSION"])
-    assert requirement("torch").specifier.contains(torch)
-    assert requirement("torchvision").specifier.contains(vision)
+def test_one_torch_for_development_the_lock_and_both_images() -> None:
+    """Must-show 2: the Dockerfile's torch pin is the development venv's and the lock's."""
+    import torch
+
+    dev = Version(metadata.version("torch"))
+    pins = locked()
+    assert Version(pins["torch"]) == dev
+    assert Version(pins["torchvision"]) == Version(metadata.version("torchvision"))
+    for name in RUNTIME_STAGES:
+        assert Version(stages()[name]["args"]["TORCH_VERSION"]) == dev, name
+    assert requirement("torch").specifier.contains(dev)
+    assert requirement("torchvision").specifier.contains(Version(pins["torchvision"]))
     # torchvision 0.(N+15) is built for torch 2.N.
-    assert (vision.major, vision.minor) == (0, torch.minor + 15)
-    assert cpu["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    # The GPU image carries the same torch as the CPU one, so both run the same numerics.
-    gpu_torch = re.match(r"pytorch/pytorch:([\d.]+)-", stages()["gpu"]["base"]).group(1)
-    assert Version(gpu_torch) == torch
-    # The GPU stage keeps the base image's CUDA build of torch (pip must not replace it).
-    assert "--constraint" in run_text(stages()["gpu"])
-    assert "--constraint" in run_text(stages()["cpu"])
+    vision = Version(pins["torchvision"])
+    assert (vision.major, vision.minor) == (0, dev.minor + 15)
+    # The GPU image's CUDA is the development torch's, and the lock's CUDA runtime wheel.
+    cuda = stages()["gpu"]["args"]["TORCH_CUDA"]
+    if torch.version.cuda is not None:  # a CPU build of torch in development says nothing
+        assert cuda == torch.version.cuda
+    assert pins["nvidia-cuda-runtime"].startswith(f"{cuda}.")
+    assert stages()["cpu"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("name", RUNTIME_STAGES)
+def test_dependencies_come_from_the_lock_in_a_layer_before_the_project(name: str) -> None:
+    cmds = stages()[name]["commands"]
+    layers = [c for c in cmds if c.cmd in ("COPY", "RUN")]
+    (lock_copy,) = [
+        i for i, c in enumerate(layers) if c.cmd == "COPY" and "constraints.txt" in c.value[0]
+    ]
+    deps = [
+        i
+        for i, c in enumerate(layers)
+        if c.cmd == "RUN" and "pip install" in c.value[0] and "constraints" in c.value[0]
+    ]
+    project = [i for i, c in enumerate(layers) if any("from=wheel" in f for f in c.flags)]
+    assert deps and project and lock_copy < min(deps) and max(deps) < min(project)
+    # Nothing of the project reaches the dependency layer: no bind of the context or wheel.
+    for i in deps:
+        assert not any(f.startswith("--mount=type=bind") for f in layers[i].flags), layers[i]
+    # The project's own install adds nothing the lock did not already install.
+    (install,) = [layers[i].value[0] for i in project]
+    assert "pip install --no-deps /wheels/" in install and "pip check" in install
+    # The image checks at build time that it got the pinned torch.
+    assert "${TORCH_VERSION}" in run_text(stages()[name])
+
+
+def test_lock_is_the_runtime_closure_of_the_development_venv() -> None:
+    """constraints.txt is what scripts/lock.py writes from this venv now, and every pin is
+    what `pip freeze` reports here: development and tests run the locked versions."""
+    if sys.platform != "linux":
+        pytest.skip("the lock is written on Linux (torch's CUDA dependencies are Linux-only)")
+    assert lock_script().render() == LOCK.read_text(), "run: .venv/bin/python scripts/lock.py"
+    from packaging.utils import canonicalize_name
+
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    frozen = {
+        canonicalize_name(n): v
+        for n, _, v in (line.partition("==") for line in freeze.splitlines())
+        if v
+    }
+    assert {n: frozen.get(n) for n in locked()} == locked()
+    # Runtime only: no test tool is locked, and every declared dependency is.
+    assert not {"pytest", "moto", "kmock", "ruff"} & set(locked())
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {canonicalize_name(Requirement(d).name) for d in deps} <= set(locked())
+
+
+def test_gpu_lines_are_what_only_torchs_cuda_build_needs() -> None:
+    gpu = {
+        line.split("==")[0].lower()
+        for line in LOCK.read_text().splitlines()
+        if line.rstrip().endswith("# gpu")
+    }
+    assert "triton" in gpu and any(n.startswith("nvidia-cu") for n in gpu)
+    assert not gpu & {"torch", "torchvision", "numpy", "nvidia-ml-py", "sympy", "filelock"}
+
+
+def test_bootstrap_installs_with_the_lock() -> None:
+    text = (REPO / "scripts" / "bootstrap").read_text()
+    assert re.search(r"pip install .*(-c|--constraint) constraints\.txt .*-e \"\.\[dev\]\"", text)
 
 
 # --- the runtime contract ----------------------------------------------------------------
@@ -281,6 +377,7 @@ def context(root: Path) -> set[str]:
 def test_dockerignore_keeps_data_results_and_environments_out(tmp_path: Path) -> None:
     files = {
         "pyproject.toml": "kept",
+        "constraints.txt": "kept",
         "README.md": "kept",
         "orchestrator/cli.py": "kept",
         "orchestrator/backends/base.py": "kept",
@@ -319,7 +416,9 @@ def test_real_build_context_holds_the_package_and_nothing_else() -> None:
     }
     assert sources and sources <= sent
     assert "pyproject.toml" in sent
-    others = sent - sources - {"pyproject.toml", "README.md", "LICENSE", "NOTICE", "Dockerfile"}
+    assert {"pyproject.toml", "constraints.txt", "LICENSE"} <= sent
+    known = {"pyproject.toml", "constraints.txt", "README.md", "LICENSE", "NOTICE", "Dockerfile"}
+    others = sent - sources - known
     assert all(p.startswith("weights/") or p == ".dockerignore" for p in others), others
     readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("readme")
     if readme and not (REPO / readme).exists():

@@ -38,7 +38,7 @@ DEFAULTS = KubernetesSpec()
 # What the submitter may do - and nothing else; never Secrets. Issue 7 listed configmaps
 # create/get/delete; the backend also lists them (idempotent submit, cancel) and patches the
 # new one's ownerReferences, which test_submitter_role_covers_every_call_the_backend_makes
-# derives from the backend's code.
+# derives from the backend's code. Issue 16: `status` reads Kueue's Workloads.
 SUBMITTER_RULES = [
     {
         "apiGroups": ["batch"],
@@ -53,6 +53,11 @@ SUBMITTER_RULES = [
         "apiGroups": [""],
         "resources": ["configmaps"],
         "verbs": ["create", "get", "list", "delete", "patch"],
+    },
+    {
+        "apiGroups": ["kueue.x-k8s.io"],
+        "resources": ["workloads"],
+        "verbs": ["get", "list", "watch"],
     },
 ]
 
@@ -172,24 +177,36 @@ def test_rbac_gives_the_submitter_exactly_what_it_needs() -> None:
     assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
 
 
-API_VERBS = {"list": "list", "read": "get", "create": "create", "delete": "delete"}
+API_VERBS = {"list": "list", "read": "get", "get": "get", "create": "create", "delete": "delete"}
 API_VERBS |= {"patch": "patch", "replace": "update"}
-RESOURCES = {"config_map": "configmaps", "job": "jobs", "pod": "pods", "pod_log": "pods/log"}
-RESOURCES |= {"event": "events"}
+# Client method suffix -> (API group, resource).
+RESOURCES = {
+    "config_map": ("", "configmaps"),
+    "job": ("batch", "jobs"),
+    "pod": ("", "pods"),
+    "pod_log": ("", "pods/log"),
+    "event": ("", "events"),
+}
+BACKEND = REPO / "orchestrator" / "backends" / "kubernetes" / "backend.py"
 
 
-def backend_api_calls() -> set[tuple[str, str]]:
-    """(verb, resource) of every namespaced API call in the Kubernetes backend's code, with
-    `watch` for list calls that are streamed by a Watch."""
+def backend_api_calls() -> set[tuple[str, str, str]]:
+    """(group, verb, resource) of every namespaced API call in the Kubernetes backend's code,
+    with `watch` for list calls that are streamed by a Watch. Custom objects (the
+    CustomObjectsApi's ``*_namespaced_custom_object``) are Kueue's Workloads, the only
+    custom resource the backend reads (checked below)."""
     import ast
 
-    source = REPO / "orchestrator" / "backends" / "kubernetes.py"
-    tree = ast.parse(source.read_text())
+    from orchestrator.backends.kubernetes.backend import KUEUE_GROUP
+
+    tree = ast.parse(BACKEND.read_text())
     pattern = re.compile(rf"^({'|'.join(API_VERBS)})_namespaced_(\w+)$")
+    resources = {**RESOURCES, "custom_object": (KUEUE_GROUP, "workloads")}
     calls = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and (m := pattern.match(node.attr)):
-            calls.add((API_VERBS[m.group(1)], RESOURCES[m.group(2)]))
+            group, resource = resources[m.group(2)]
+            calls.add((group, API_VERBS[m.group(1)], resource))
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -198,19 +215,41 @@ def backend_api_calls() -> set[tuple[str, str]]:
             and isinstance(node.args[0], ast.Attribute)
             and (m := pattern.match(node.args[0].attr))
         ):
-            calls.add(("watch", RESOURCES[m.group(2)]))
+            group, resource = resources[m.group(2)]
+            calls.add((group, "watch", resource))
+    plurals = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in ("workloads", "clusterqueues")
+    }
+    assert plurals == {"workloads"}, "the backend reads a custom resource the test does not map"
     return calls
 
 
-def test_submitter_role_covers_every_call_the_backend_makes() -> None:
-    if not (REPO / "orchestrator" / "backends" / "kubernetes.py").exists():
-        pytest.skip("orchestrator/backends/kubernetes.py (issue 6) not written yet")
+@pytest.mark.parametrize("source", ["k8s/rbac.yaml", "chart"])
+def test_submitter_role_covers_every_call_the_backend_makes(source: str) -> None:
     calls = backend_api_calls()
-    assert ("create", "jobs") in calls and ("get", "pods/log") in calls  # the parse works
-    (role,) = by_kind(objects("rbac.yaml"), "Role")
+    assert ("batch", "create", "jobs") in calls and ("", "get", "pods/log") in calls
+    assert ("kueue.x-k8s.io", "list", "workloads") in calls  # the parse works
+    if source == "chart":
+        import helm_python as helm
+
+        with helm.Chart.load(REPO / "charts" / "early-repair") as chart:
+            manifests = chart.render({}, name="early-repair", namespace="early-repair")
+        objs = [
+            o
+            for path, text in manifests.items()
+            if path.endswith(".yaml")
+            for o in yaml.safe_load_all(text)
+            if o
+        ]
+        (role,) = by_kind(objs, "Role")
+    else:
+        (role,) = by_kind(objects("rbac.yaml"), "Role")
     granted = {
-        (verb, resource)
+        (group, verb, resource)
         for rule in role["rules"]
+        for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }

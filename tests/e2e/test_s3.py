@@ -8,7 +8,6 @@ runs in about a minute on two cores.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -24,12 +23,13 @@ import pandas as pd
 import pytest
 import yaml
 from paths import REPO
+from results_compare import comparable
 from s3_faults import RECOVERABLE, FaultProxy, Request
 from s3_server import SECRET_ACCESS_KEY, S3Target
 
 from orchestrator.cli import main
 from orchestrator.results import layout as keys
-from orchestrator.store import Store, open_store
+from orchestrator.store import open_store
 from orchestrator.store.file import FileStore
 
 QUICKSTART = REPO / "settings" / "quickstart.yaml"
@@ -94,31 +94,6 @@ def assert_same_report(expected: Path, got: Path) -> None:
     b = pd.read_parquet(got / "records.parquet").drop(columns=list(TIMING))
     assert len(a) == 2 * 3 * 3  # 2 runs x 3 checkpoints x (base + 2 repaired)
     pd.testing.assert_frame_equal(a, b, obj="records")
-
-
-def comparable(store: Store, prefix: str) -> dict[str, Any]:
-    """Every result object of a run, minus timings, logs and where the store lives."""
-    import torch
-
-    out: dict[str, Any] = {}
-    for key in store.list(prefix):
-        blob = store.read_bytes(key)
-        if key.endswith(("trainer.log", "_SUCCESS")):
-            out[key] = "present"
-        elif key.endswith(".pt"):
-            state = torch.load(io.BytesIO(blob), weights_only=True)
-            out[key] = {k: v.numpy().tobytes() for k, v in state.items()}
-        elif key.endswith("history.csv"):
-            out[key] = pd.read_csv(io.BytesIO(blob)).drop(columns="seconds").to_dict("records")
-        elif key.endswith(("run.json", "sweep.json")):
-            spec = json.loads(blob)
-            spec = spec["run"] if key.endswith("run.json") else spec
-            out[key] = {k: v for k, v in spec.items() if k not in ("results", "storage")}
-        elif key.endswith(".json"):
-            out[key] = {k: v for k, v in json.loads(blob).items() if k not in TIMING}
-        else:
-            out[key] = blob
-    return out
 
 
 def one_line_error(r: Any) -> str:

@@ -71,7 +71,9 @@ def test_defaults_are_the_papers() -> None:
         10,
         4.1,
     )
-    assert (r.variant, r.n_positives, r.dedup_positives, r.grad_factor) == ("v1", 200, False, 20)
+    assert (r.variant, r.n_positives, r.positives, r.grad_factor) == ("v1", 200, "uniform", 20)
+    assert (r.update_order, r.stagnation_start, r.dedup_positives) == ("velocity-first", 1, False)
+    assert (t.validation, t.shuffle_each_epoch) == ("fixed", True)
     assert spec().datasets[0].split_seed == 42
 
 
@@ -132,3 +134,66 @@ def test_schema_command_prints_a_schema_the_quickstart_satisfies(cli, repo: Path
     jsonschema.validate(quickstart, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**quickstart, "seeds": "many"}, schema)
+
+
+# --- fields that reproduce the released code (docs/science.md) ---------------------------
+
+RELEASED = {
+    "datasets": ("stratify", "test_split_seed", "preprocess"),
+    "models": ("normalise",),
+    "training": ("validation", "shuffle_each_epoch"),
+    "repair": ("positives", "update_order", "stagnation_start"),
+}
+
+
+def test_released_code_fields_stay_out_of_dumps_at_their_defaults() -> None:
+    """Specs that never set them keep their sweep.json and spec hash (plan is unchanged)."""
+    dump = spec().model_dump(mode="json")
+    for part, fields in RELEASED.items():
+        section = dump[part][0] if part in ("datasets", "models") else dump[part]
+        assert not set(fields) & set(section), part
+    assert dump["repair"]["dedup_positives"] is False  # as the first release wrote it
+    released = spec(
+        datasets=[{"name": "rsna", "test_split_seed": 43, "stratify": False}],
+        models=[{"name": "vgg16", "normalise": "none"}],
+        training={"validation": "per-seed", "shuffle_each_epoch": False},
+        repair={"positives": "balanced", "update_order": "position-first", "stagnation_start": 12},
+    )
+    dump = released.model_dump(mode="json")
+    assert dump["datasets"][0]["test_split_seed"] == 43 and dump["datasets"][0]["stratify"] is False
+    assert dump["models"][0]["normalise"] == "none"
+    assert (dump["training"]["validation"], dump["training"]["shuffle_each_epoch"]) == (
+        "per-seed",
+        False,
+    )
+    assert dump["repair"]["positives"] == "balanced" and dump["repair"]["stagnation_start"] == 12
+    assert parse_spec(dump) == released and parse_spec(dump).spec_hash() == released.spec_hash()
+    assert released.spec_hash() != spec().spec_hash()
+
+
+def test_legacy_dedup_positives_still_reads_and_writes() -> None:
+    old = spec(repair={"dedup_positives": True})
+    assert old.repair.positives == "with-replacement-dedup"
+    dump = old.model_dump(mode="json")["repair"]
+    assert dump["dedup_positives"] is True and "positives" not in dump  # the old bytes
+    assert spec(repair={"positives": "with-replacement-dedup"}) == old
+    assert spec(repair={"dedup_positives": False}).repair.positives == "uniform"
+    with pytest.raises(BadInput, match=r"repair: .*dedup_positives: true contradicts positives"):
+        spec(repair={"dedup_positives": True, "positives": "balanced"})
+
+
+def test_every_released_code_field_is_described_in_the_schema(cli, repo: Path) -> None:
+    schema = json.loads(cli("schema").out)
+    defs = schema["$defs"]
+    names = {"datasets": "DatasetSpec", "models": "ModelSpec", "training": "TrainingSpec"}
+    names["repair"] = "ArachneSpec"  # the released-code fields belong to the arachne method
+    for part, fields in RELEASED.items():
+        props = defs[names[part]]["properties"]
+        for field in fields:
+            assert len(props[field]["description"]) > 40, (part, field)
+    assert defs["ArachneSpec"]["properties"]["dedup_positives"]["deprecated"] is True
+    for preset in ("paper-gtsrb-released", "paper-rsna-released"):
+        jsonschema.validate(yaml.safe_load((repo / f"settings/{preset}.yaml").read_text()), schema)
+    old = yaml.safe_load((repo / "settings/quickstart.yaml").read_text())
+    old["repair"]["dedup_positives"] = True
+    jsonschema.validate(old, schema)

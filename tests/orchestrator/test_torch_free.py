@@ -16,6 +16,7 @@ PROBE = """
 import json, sys
 from orchestrator.cli import app, main
 import orchestrator.backends.local, orchestrator.results, orchestrator.spec, orchestrator.store
+import orchestrator.catalog, orchestrator.results.events
 commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
 for argv in (["--help"], *([c, "--help"] for c in commands)):
     try:

@@ -247,7 +247,7 @@ def typed_run(
 
 
 def paper_table1_runs() -> list[RunTree]:
-    """A sweep whose Table 1 equals the paper's (PAPER.md): RSNA 3/2/4 pre and 2/3/1 post
+    """A sweep whose Table 1 equals the paper's (docs/science.md): RSNA 3/2/4 pre and 2/3/1 post
     over 5 seeds x class 1; GTSRB 9 pre and 6 post at every alpha over 5 seeds x 3 classes."""
     seeds = (1024, 2048, 4096, 8192, 16384)
     rsna = ["always-pre", "always-pre", "pre-at-0.2", "pre-at-0.8", "pre-at-0.8"]

@@ -18,7 +18,11 @@ over real HTTP. What a real API server does and it does not, added here as small
 The server runs on its own event loop in a daemon thread, so the synchronous kubernetes
 client in the tests talks to it exactly as it would to a cluster. ``Controller`` plays the
 Job controller: it creates pods with the index label and patches Job/pod status through the
-same HTTP API, so every change also reaches open watches.
+same HTTP API, so every change also reaches open watches. It also plays Kueue's job
+controller and scheduler: ``kueue_workload`` creates the Workload Kueue makes for a queued
+Job (its name, ``kueue.x-k8s.io/job-uid`` label, controller owner reference and pod set)
+and ``workload_status`` sets its conditions and admission, served under
+``/apis/kueue.x-k8s.io/<version>/`` for the versions the ``Cluster`` is told to serve.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import kmock
 import yaml
 
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+KUEUE_GROUP = "kueue.x-k8s.io"
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 @dataclass
@@ -181,7 +187,8 @@ class ClusterAPI(kmock.KubernetesEmulator):
 class Cluster:
     """``ClusterAPI`` served on 127.0.0.1 from a background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, kueue_versions: tuple[str, ...] = ("v1beta2", "v1beta1")) -> None:
+        self.kueue_versions = kueue_versions  # () plays a cluster without Kueue
         self.loop = asyncio.new_event_loop()
         self.api: ClusterAPI
         self.url = ""
@@ -196,7 +203,8 @@ class Cluster:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         async with ClusterAPI() as api, kmock.Server(api) as server:
-            for res in ("v1/pods", "v1/configmaps", "batch/v1/jobs"):
+            kueue = [f"{KUEUE_GROUP}/{v}/workloads" for v in self.kueue_versions]
+            for res in ("v1/pods", "v1/configmaps", "batch/v1/jobs", *kueue):
                 api.resources[res] = kmock.ResourceInfo(namespaced=True)
             self.api = api
             self.url = str(server.url).rstrip("/")
@@ -346,6 +354,77 @@ class Controller:
                 ],
             },
         )
+
+    def kueue_workload(self, job: str, version: str = "v1beta2") -> str:
+        """The Workload Kueue's job controller creates for a queued Job; returns its name."""
+        import hashlib
+
+        from kubernetes import client
+
+        obj = self.job(job)
+        meta, spec = obj["metadata"], obj["spec"]
+        uid = meta["uid"]
+        # pkg/controller/jobframework/workload_names.go: "job-<name>-<5 hex of a hash>".
+        name = f"job-{job}-{hashlib.sha256(f'{job}{uid}'.encode()).hexdigest()[:5]}"
+        pod_set: dict[str, Any] = {
+            "name": "main",
+            "count": min(spec["parallelism"], spec["completions"]),
+            "template": spec["template"],
+        }
+        min_count = (meta.get("annotations") or {}).get("kueue.x-k8s.io/job-min-parallelism")
+        if min_count is not None:
+            pod_set["minCount"] = int(min_count)
+        workload = {
+            "apiVersion": f"{KUEUE_GROUP}/{version}",
+            "kind": "Workload",
+            "metadata": {
+                "name": name,
+                "namespace": self.ns,
+                "labels": {JOB_UID_LABEL: uid},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": job,
+                        "uid": uid,
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "queueName": meta["labels"]["kueue.x-k8s.io/queue-name"],
+                "podSets": [pod_set],
+            },
+        }
+        client.CustomObjectsApi(self.core.api_client).create_namespaced_custom_object(
+            KUEUE_GROUP, version, self.ns, "workloads", workload, _preload_content=False
+        )
+        return name
+
+    def workload_status(self, name: str, status: dict[str, Any], version: str = "v1beta2") -> None:
+        from kubernetes import client
+
+        client.CustomObjectsApi(self.core.api_client).patch_namespaced_custom_object_status(
+            KUEUE_GROUP,
+            version,
+            self.ns,
+            "workloads",
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+        )
+
+    def workload(self, name: str, version: str = "v1beta2") -> dict[str, Any]:
+        import json
+
+        from kubernetes import client
+
+        resp = client.CustomObjectsApi(self.core.api_client).get_namespaced_custom_object(
+            KUEUE_GROUP, version, self.ns, "workloads", name, _preload_content=False
+        )
+        return json.loads(resp.data)
 
     def job_status(self, job: str, status: dict[str, Any]) -> None:
         self.batch.patch_namespaced_job_status(

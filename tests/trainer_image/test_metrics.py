@@ -29,7 +29,7 @@ def test_hand_computed_three_class_example() -> None:
 
 
 def test_auc_is_the_unweighted_mean_of_one_vs_rest_aucs() -> None:
-    # PAPER.md: macro one-vs-rest. Each class's AUC by counting (positive, negative) pairs
+    # docs/science.md: macro one-vs-rest. Each class's AUC by counting (positive, negative) pairs
     # (Mann-Whitney); unequal supports make a weighted average or one-vs-one differ.
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(4), [5, 9, 14, 22])

@@ -1,9 +1,9 @@
-"""The trainer entrypoint on real digits: layout, records, determinism (must-show 3),
-resuming after a kill without redoing finished steps (must-show 6), Store-protocol only."""
+"""The trainer pipeline on real digits: layout, records, determinism (must-show 3),
+resuming after a kill without redoing finished steps (must-show 6), Store-protocol only,
+and a repair method of the user's own, run end to end by import path."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import results_compare
 import torch
 
 from orchestrator.errors import BadInput
+from orchestrator.results import events as ev
 from orchestrator.results import layout as keys
 from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary
 from orchestrator.spec import parse_spec
@@ -45,8 +47,6 @@ TINY: dict[str, Any] = {
     "training": {"max_epochs": 6, "device": "cpu", "num_threads": 1},
     "repair": {"classes": [3, 6], "particles": 20, "iterations": 10},
 }
-TIMING = {"seconds"}
-WHERE = {"results", "storage"}  # where a store lives, not what was computed
 
 
 class MemoryStore:
@@ -103,29 +103,7 @@ def write_spec(path: Path, results: Path | str, **changes: Any) -> Path:
 
 
 def comparable(store: Store, prefix: str = f"{SWEEP}/") -> dict[str, Any]:
-    """Every result object, minus timing fields, logs and where the store lives."""
-    out: dict[str, Any] = {}
-    for key in store.list(prefix):
-        blob = store.read_bytes(key)
-        if key.endswith("trainer.log") or key.endswith("_SUCCESS"):
-            out[key] = "present"
-        elif key.endswith(".pt"):
-            state = torch.load(io.BytesIO(blob), weights_only=True)
-            out[key] = {k: v.numpy().tobytes() for k, v in state.items()}
-        elif key.endswith("history.csv"):
-            out[key] = pd.read_csv(io.BytesIO(blob)).drop(columns="seconds").to_dict("records")
-        elif key.endswith(".json"):
-            data = json.loads(blob)
-            if key.endswith("run.json"):
-                data = {k: v for k, v in data["run"].items() if k not in WHERE}
-            elif key.endswith("sweep.json"):
-                data = {k: v for k, v in data.items() if k not in WHERE}
-            else:
-                data = {k: v for k, v in data.items() if k not in TIMING}
-            out[key] = data
-        else:
-            out[key] = blob
-    return out
+    return results_compare.comparable(store, prefix)
 
 
 def mtimes(root: Path) -> dict[str, int]:
@@ -143,23 +121,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "results"
 
 
-def expected_keys(checkpoints: list[int], classes: list[int]) -> set[str]:
+def expected_keys(
+    checkpoints: list[int], classes: list[int], methods: tuple[str, ...] = ("arachne",)
+) -> set[str]:
     want = {
         keys.sweep_json(SWEEP),
         keys.run_json(SWEEP, RUN),
         keys.history_csv(SWEEP, RUN),
         keys.summary_json(SWEEP, RUN),
         keys.log(SWEEP, RUN),
+        keys.records(SWEEP, RUN),
         keys.success(SWEEP, RUN),
     }
     for e in checkpoints:
         want |= {keys.checkpoint(SWEEP, RUN, e), keys.base_metrics(SWEEP, RUN, e)}
         for c in classes:
-            want |= {
-                keys.repair_metrics(SWEEP, RUN, e, c),
-                keys.repair_patch(SWEEP, RUN, e, c),
-                keys.repair_search(SWEEP, RUN, e, c),
-            }
+            for m in methods:
+                want |= {
+                    keys.repair_metrics(SWEEP, RUN, e, c, m),
+                    keys.repair_patch(SWEEP, RUN, e, c, m),
+                    keys.repair_search(SWEEP, RUN, e, c, m),
+                }
     return want
 
 
@@ -233,7 +215,9 @@ def test_same_spec_twice_gives_identical_results(
     run_trainer(spec, 0)
     assert comparable(FileStore(tmp_path / "again")) == comparable(FileStore(reference))
 
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = capsys.readouterr().out.splitlines()
+    assert all(ev.from_line(line) is not None for line in lines)  # every line is an event
+    events = [json.loads(line) for line in lines]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4, 5, 6]
@@ -293,6 +277,7 @@ def test_a_new_repair_class_computes_only_what_is_missing(reference: Path, tmp_p
     assert changed == {
         keys.run_json(SWEEP, RUN),
         keys.log(SWEEP, RUN),
+        keys.records(SWEEP, RUN),
         keys.success(SWEEP, RUN),
     }
 
@@ -308,6 +293,63 @@ def test_results_of_another_experiment_are_refused(reference: Path, tmp_path: Pa
         run_trainer(spec, 0)
     after = mtimes(root)
     assert {k for k in before if before[k] != after[k]} <= {keys.log(SWEEP, RUN)}
+
+
+# --- a repair method of one's own: one module (tests/support/nudge_repair.py), by path ---
+
+NUDGE = {"method": "nudge_repair:repair", "classes": [3], "options": {"step": 2.0}}
+NUDGE_KEY = "nudge-repair-repair"  # its folder: a slug of the import path
+TWO_EPOCHS = {**TINY["training"], "max_epochs": 2}
+
+
+def test_a_repair_method_by_import_path_runs_end_to_end(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    run_trainer(write_spec(tmp_path / "sweep.json", root, training=TWO_EPOCHS, repair=NUDGE), 0)
+    store = FileStore(root)
+    summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(SWEEP, RUN)))
+    assert set(store.list()) == expected_keys(summary.checkpoint_epochs, [3], (NUDGE_KEY,))
+    run = parse_spec({**TINY, "training": TWO_EPOCHS, "repair": NUDGE}).runs()[0]
+    splits = load_splits(run.dataset, 0.2)
+    model = build_model(run.model, 1, 10, 8)
+    for epoch in summary.checkpoint_epochs:
+        rec = MetricsRecord.model_validate_json(
+            store.read_bytes(keys.repair_metrics(SWEEP, RUN, epoch, 3, NUDGE_KEY))
+        )
+        assert (rec.method, rec.repair_class, rec.n_patched, rec.iterations) == (
+            "nudge_repair:repair",
+            3,
+            1,
+            1,
+        )
+        patch = store.read_bytes(keys.repair_patch(SWEEP, RUN, epoch, 3, NUDGE_KEY))
+        (w,) = json.loads(patch)["weights"]
+        # The method got this checkpoint's head, its options, and the repair set's features.
+        model.load_state_dict(
+            torch.load(root / keys.checkpoint(SWEEP, RUN, epoch), weights_only=True)
+        )
+        model.eval()
+        assert w["row"] == 3 and w["old"] == model.head.weight[3, w["col"]].item()
+        assert w["new"] == pytest.approx(w["old"] + 2.0)
+        head = apply_patch(model.head, [PatchedWeight(**w)])
+        with torch.no_grad():
+            x_rep, x_test = torch.from_numpy(splits.repair.x), torch.from_numpy(splits.test.x)
+            before = model(x_rep).argmax(1).numpy()
+            after = head(model.penultimate(x_rep)).argmax(1).numpy()
+            test_logits = head(model.penultimate(x_test))
+        neg = (splits.repair.y == 3) & (before != 3)
+        assert rec.n_neg == neg.sum() > 0
+        assert rec.rr == pytest.approx(100 * np.mean(after[neg] == 3))
+        recomputed = classification_metrics(test_logits, splits.test.y, 10)
+        assert (recomputed["accuracy"], recomputed["f1_macro"]) == (rec.accuracy, rec.f1_macro)
+
+
+def test_a_repair_method_that_does_not_import_fails_before_training(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    bad = {**NUDGE, "method": "nudge_repair:no_such_function"}
+    spec = write_spec(tmp_path / "sweep.json", root, training=TWO_EPOCHS, repair=bad)
+    with pytest.raises(BadInput, match=r"cannot import 'nudge_repair:no_such_function'"):
+        run_trainer(spec, 0)
+    assert not FileStore(root).exists(keys.summary_json(SWEEP, RUN))
 
 
 def test_bad_run_index_names_the_range(tmp_path: Path) -> None:

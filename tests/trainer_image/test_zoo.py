@@ -81,6 +81,28 @@ def test_vgg16_loads_features_from_a_torchvision_checkpoint(vgg_file) -> None:
     torch.testing.assert_close(first(x)[0, :, 0, 0], expected)
 
 
+def test_normalise_none_feeds_unit_range_rgb_as_the_released_code(vgg_file) -> None:
+    path, _ = vgg_file
+    plain = build_model(ModelSpec(name="vgg16", weights=str(path), normalise="none"), 3, 43, 32)
+    default = build_model(ModelSpec(name="vgg16", weights=str(path)), 3, 43, 32)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(plain.body[0](x), x)  # [0, 1] RGB reaches the first conv
+    assert not torch.allclose(default.body[0](x), x)
+    # The same weights otherwise: skipping the normalisation is the only difference.
+    plain.load_state_dict(default.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), default.eval().head(default.body[1:](x)))
+    # The legacy spelling still reads, and a model without an ImageNet input refuses it.
+    assert ModelSpec(name="vgg16", options={"normalize": False}).normalise == "none"
+    for bad in (
+        {"name": "small_cnn"},
+        {"name": "densenet121"},
+        {"name": "vgg16", "pretrained": False},
+    ):
+        with pytest.raises(ValueError, match="applies to pretrained vgg16 and densenet121"):
+            ModelSpec(**bad, normalise="none")
+
+
 def test_features_only_file_and_one_channel_input(vgg_file, tmp_path: Path) -> None:
     _, features = vgg_file
     path = tmp_path / "features.pth"

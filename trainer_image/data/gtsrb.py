@@ -1,7 +1,8 @@
 """GTSRB (German Traffic Sign Recognition Benchmark) read from its official distribution.
 
-Why this exists: PAPER.md's GTSRB experiment (VGG16, 43 classes, 32x32 RGB) must run on the
-dataset exactly as users download it, unpacked from the three official archives::
+Why this exists: the paper's GTSRB experiment (docs/science.md: VGG16, 43 classes, 32x32
+RGB) must run on the dataset exactly as users download it, unpacked from the three official
+archives::
 
     GTSRB/Final_Training/Images/<00000..00042>/*.ppm + GT-<class>.csv   (training images)
     GTSRB/Final_Test/Images/*.ppm                                         (test images)
@@ -9,10 +10,13 @@ dataset exactly as users download it, unpacked from the three official archives:
 
 The CSVs are semicolon-separated: Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId.
 
-Split (PAPER.md): the official training set -> 70% train / 30% repair, stratified with the
-split seed; the official test set is the test set. Images are resized whole to
-``image_size`` (default 32) with Pillow's bilinear filter: the paper's code resized the
-full image and ignored the ROI, so that is the default; ``options: {crop_roi: true}`` (or
+Split (docs/science.md): the official training set -> 70% train / 30% repair, stratified
+with the split seed (``stratify: false``: a plain seeded random split, as the released
+code); the official test set is the test set. Images are resized whole to ``image_size``
+(default 32) with Pillow's bilinear filter: the paper's code resized the full image and
+ignored the ROI, so that is the default; ``preprocess: released`` prepares them as the
+released code did instead (HSV V-channel histogram equalisation, centre square crop,
+anti-aliased resize; ``trainer_image.data.released``). ``options: {crop_roi: true}`` (or
 ``prepare --crop-roi``) crops to the annotated ROI first (the ROI corners are inclusive,
 so the crop box is X1, Y1, X2 + 1, Y2 + 1, clamped to the image).
 """
@@ -28,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, StorageSpec
-from trainer_image.data import Splits
+from trainer_image.data import Holdout, Splits
 from trainer_image.data.prepared import (
     Item,
     Prepared,
@@ -43,6 +47,7 @@ from trainer_image.data.prepared import (
     read_table,
     stratified,
 )
+from trainer_image.data.released import gtsrb_image
 
 NUM_CLASSES = 43
 DEFAULT_IMAGE_SIZE = 32
@@ -107,7 +112,12 @@ def _items(
     return items
 
 
-def _decoder(size: int, crop_roi: bool) -> Any:
+def settings(spec: DatasetSpec) -> dict[str, Any]:
+    """The spec fields that shape the prepared arrays, as the manifest records them."""
+    return {"stratify": spec.stratify, "preprocess": spec.preprocess}
+
+
+def _decoder(size: int, crop_roi: bool, released: bool = False) -> Any:
     def decode(item: Item) -> np.ndarray:
         try:
             with Image.open(item.path) as im:
@@ -118,6 +128,8 @@ def _decoder(size: int, crop_roi: bool) -> Any:
                     if box[0] >= box[2] or box[1] >= box[3]:
                         raise Unreadable(f"empty ROI {item.extra} in a {w}x{h} image")
                     im = im.crop(box)
+                if released:
+                    return gtsrb_image(np.asarray(im.convert("RGB"), dtype=np.uint8), size)
                 rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
                 return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
         except Unreadable:
@@ -131,7 +143,7 @@ def _decoder(size: int, crop_roi: bool) -> Any:
 
 
 def prepare(spec: DatasetSpec, *, progress: Progress | None = None, workers: int = 1) -> Prepared:
-    """Read the raw GTSRB folder ``spec.input`` into one array and split it (PAPER.md)."""
+    """Read the raw GTSRB folder ``spec.input`` into one array and split it."""
     if not spec.input:
         raise BadInput(f"datasets[{spec.key}].input: not set; {LAYOUT}")
     options = parse_options(GtsrbOptions, spec)
@@ -165,9 +177,8 @@ def prepare(spec: DatasetSpec, *, progress: Progress | None = None, workers: int
 
     items = train_items + test_items
     total = len(items) + skipped.count
-    x, y, kept = read_images(
-        items, _decoder(size, options.crop_roi), (3, size, size), skipped, progress, workers
-    )
+    decode = _decoder(size, options.crop_roi, spec.preprocess == "released")
+    x, y, kept = read_images(items, decode, (3, size, size), skipped, progress, workers)
     check_skipped("gtsrb", skipped, total, spec.max_bad_fraction, len(y))
 
     is_test = kept >= len(train_items)
@@ -177,7 +188,11 @@ def prepare(spec: DatasetSpec, *, progress: Progress | None = None, workers: int
             f"{root}: no usable {'test' if len(official_train) else 'training'} images; {LAYOUT}"
         )
     train_i, repair_i = stratified(
-        y[official_train], REPAIR_FRACTION, spec.split_seed, f"{root} (official training set)"
+        y[official_train],
+        REPAIR_FRACTION,
+        spec.split_seed,
+        f"{root} (official training set)",
+        spec.stratify,
     )
     return Prepared(
         dataset="gtsrb",
@@ -198,9 +213,10 @@ def prepare(spec: DatasetSpec, *, progress: Progress | None = None, workers: int
         split_rule={
             "repair_fraction_of_official_train": REPAIR_FRACTION,
             "test": "official test set",
-            "stratified": True,
-            "resize": "bilinear",
+            "stratified": spec.stratify,
+            "resize": "bilinear" if spec.preprocess == "resize" else "released (docs/science.md)",
         },
+        settings=settings(spec),
     )
 
 
@@ -209,6 +225,7 @@ def load(
     validation_split: float,
     *,
     storage: StorageSpec | None = None,
+    holdout: Holdout | None = None,
     **_: Any,
 ) -> Splits:
     """Prepared splits from ``spec.prepared``, or prepared in memory from ``spec.input``."""
@@ -220,4 +237,6 @@ def load(
         prepare=prepare,
         options=options.model_dump(),
         default_size=DEFAULT_IMAGE_SIZE,
+        settings=settings(spec),
+        holdout=holdout,
     )

@@ -16,7 +16,10 @@ Layout under the prepared URI (the root of a Store)::
     manifest.json                 written last: its presence means the rest is complete
 
 The validation split is not stored: it is held out of ``train`` at load time with the
-training spec's ``validation_split`` (stratified, ``split_seed``), as for every dataset.
+training spec's ``validation_split`` and ``validation`` rule (``Holdout``), as for every
+dataset. The manifest records every spec field that changes the arrays (image size, split
+seeds, ``stratify``, ``preprocess``, the dataset's options); a spec that disagrees with the
+splits it points at is refused.
 
 Reading is streaming: images are decoded one by one into one preallocated uint8 array, and
 splits are written to temporary files in chunks, so peak memory stays near the size of the
@@ -43,10 +46,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from orchestrator import catalog
 from orchestrator.errors import BadInput, StoreError
 from orchestrator.spec import DatasetSpec, StorageSpec
 from orchestrator.store import KeyMissing, Store, open_results
-from trainer_image.data import Split, Splits, stratified_split
+from trainer_image.data import Holdout, Split, Splits, split_indices
 from trainer_image.versions import package_versions
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,19 @@ FIRST_NAMES = 5
 # Bytes per chunk when writing or compacting a split: bounds the temporary copy that
 # fancy indexing makes.
 CHUNK_BYTES = 4 * 2**20
+# Spec fields recorded in the manifest (beside split_seed and options), with the value that
+# a manifest written before the field existed implies.
+SETTINGS_BEFORE: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "stratify": lambda manifest: True,
+    "preprocess": lambda manifest: "resize",
+    "test_split_seed": lambda manifest: manifest["split_seed"],
+}
+# How `early-repair prepare` sets each of them.
+SETTINGS_FLAGS = {
+    "stratify": "--stratify / --no-stratify",
+    "preprocess": "--preprocess",
+    "test_split_seed": "--test-split-seed",
+}
 
 Progress = Callable[[int, int], None]
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -238,10 +255,12 @@ def parse_options(model: type[OptionsT], spec: DatasetSpec) -> OptionsT:
         ) from e
 
 
-def stratified(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, ...]:
-    """``stratified_split`` with a BadInput when the data are too few to stratify."""
+def stratified(
+    y: np.ndarray, fraction: float, seed: int, what: str, stratify: bool = True
+) -> tuple[np.ndarray, ...]:
+    """``split_indices`` with a BadInput when the data are too few to (stratify and) split."""
     try:
-        return stratified_split(y, fraction, seed)
+        return split_indices(y, fraction, seed, stratify=stratify)
     except ValueError as e:
         raise BadInput(
             f"{what}: cannot split {len(y)} images stratified ({e});"
@@ -266,6 +285,8 @@ class Prepared:
     candidates: int  # raw files considered (kept + skipped)
     split_rule: dict[str, Any]  # how the split was made, for the manifest
     notes: dict[str, Any] = field(default_factory=dict)
+    # Spec fields that shaped the arrays (SETTINGS_BEFORE's keys), checked at load time.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> list[int]:
@@ -291,6 +312,7 @@ class Prepared:
             "image_shape": self.image_shape,
             "dtype": "uint8",
             "split_seed": self.split_seed,
+            **self.settings,
             "split_rule": self.split_rule,
             "options": self.options,
             "source": self.source,
@@ -331,7 +353,7 @@ def check_output(store: Store, dataset: str, overwrite: bool) -> None:
     """Refuse to replace prepared splits unless asked: nothing already there is lost."""
     if not overwrite and (store.exists(MANIFEST) or store.list("train")):
         raise BadInput(
-            f"{store.uri}: already holds prepared splits; choose another --output"
+            f"{store.uri}: already holds prepared splits; choose another --out"
             f" or pass --overwrite to replace them ({dataset})"
         )
 
@@ -379,7 +401,7 @@ def read_manifest(store: Store, dataset: str) -> dict[str, Any]:
     except KeyMissing as e:
         raise BadInput(
             f"{store.uri}: no {MANIFEST}; write prepared splits there first with"
-            f" `early-repair prepare {dataset} --input DIR --output {store.uri}`"
+            f" `early-repair prepare {dataset} --input DIR --out {store.uri}`"
         ) from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(
@@ -449,7 +471,11 @@ def read_prepared(store: Store, dataset: str) -> tuple[dict[str, Split], dict[st
 
 
 def check_matches(
-    spec: DatasetSpec, manifest: dict[str, Any], options: dict[str, Any], default_size: int
+    spec: DatasetSpec,
+    manifest: dict[str, Any],
+    options: dict[str, Any],
+    default_size: int,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """The spec and the prepared splits must describe the same data, or training lies."""
     where = f"datasets[{spec.key}]"
@@ -468,6 +494,14 @@ def check_matches(
             f" {manifest['split_seed']} or prepare again with --split-seed"
             f" {spec.split_seed}"
         )
+    for key, want in (settings or {}).items():
+        got = manifest[key] if key in manifest else SETTINGS_BEFORE[key](manifest)
+        if got != want:
+            raise BadInput(
+                f"{where}.{key} is {json.dumps(want)} but {spec.prepared} was prepared with"
+                f" {key} {json.dumps(got)}; set {key}: {json.dumps(got)} or prepare again"
+                f" ({SETTINGS_FLAGS[key]})"
+            )
     if manifest.get("options", {}) != options:
         raise BadInput(
             f"{where}.options {options} differ from those {spec.prepared} was"
@@ -475,15 +509,15 @@ def check_matches(
         )
 
 
-def hold_out_in_place(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+def hold_out_in_place(train: Split, fraction: float, holdout: Holdout) -> tuple[Split, Split]:
     """``hold_out_validation`` without a second copy of the training images.
 
-    The same rows (the same ``stratified_split``), but the kept rows are moved to the front
+    The same rows (the same ``holdout.split``), but the kept rows are moved to the front
     of the array they are in, chunk by chunk, instead of being copied out: peak memory is
     the training array plus the validation rows, not twice the training array. The
     returned training images are a view of ``train.x``, which is overwritten.
     """
-    keep, held = stratified_split(train.y, fraction, seed)
+    keep, held = holdout.split(train.y, fraction)
     val = train.subset(held)
     x = train.x
     step = max(1, CHUNK_BYTES // max(1, x[:1].nbytes))
@@ -503,12 +537,17 @@ def load_dataset(
     prepare: Callable[[DatasetSpec], Prepared],
     options: dict[str, Any],
     default_size: int,
+    settings: dict[str, Any],
+    holdout: Holdout | None = None,
 ) -> Splits:
-    """The shared ``load`` of prepared datasets: from the store, or prepared on the fly."""
+    """The shared ``load`` of prepared datasets: from the store, or prepared on the fly.
+
+    ``settings`` are the manifest entries the spec implies (what ``prepare`` would record).
+    """
     if spec.prepared:
         store = open_results(spec.prepared, storage or StorageSpec())
         parts, manifest = read_prepared(store, spec.name)
-        check_matches(spec, manifest, options, default_size)
+        check_matches(spec, manifest, options, default_size, settings)
         meta = {k: v for k, v in manifest.items() if k != "splits"}
         meta["prepared"] = store.uri
     elif spec.input:
@@ -522,8 +561,9 @@ def load_dataset(
             f"datasets[{spec.key}]: set input (the raw folder, see inputs/README.md)"
             " or prepared (a URI written by `early-repair prepare`)"
         )
+    holdout = holdout or Holdout("fixed", spec.split_seed)
     try:
-        train, val = hold_out_in_place(parts["train"], validation_split, spec.split_seed)
+        train, val = hold_out_in_place(parts["train"], validation_split, holdout)
     except ValueError as e:  # sklearn: too few images per class to stratify
         raise BadInput(
             f"datasets[{spec.key}]: cannot hold out a stratified validation split"
@@ -540,13 +580,6 @@ def load_dataset(
     )
 
 
-# dataset name -> "module:function(spec, *, progress=None, workers=1) -> Prepared"
-PREPARERS: dict[str, str] = {
-    "gtsrb": "trainer_image.data.gtsrb:prepare",
-    "rsna": "trainer_image.data.rsna:prepare",
-}
-
-
 def prepare_to_store(
     spec: DatasetSpec,
     output: str,
@@ -557,18 +590,13 @@ def prepare_to_store(
     workers: int = 1,
 ) -> tuple[str, dict[str, Any]]:
     """``early-repair prepare``: read the raw folder once, write the splits; (uri, manifest)."""
-    from trainer_image.data import resolve
-
-    if spec.name not in PREPARERS:
-        raise BadInput(
-            f"prepare: no preparation for dataset {spec.name!r}; use one of {sorted(PREPARERS)}"
-        )
+    preparer = catalog.dataset_preparer(spec.name)
     if not spec.input:
         raise BadInput("prepare: --input is required (the raw dataset folder)")
     store = open_results(output, storage or StorageSpec())
     check_output(store, spec.name, overwrite)
     # Read everything before writing anything: a bad raw folder leaves the output untouched.
-    prep = resolve(PREPARERS[spec.name])(spec, progress=progress, workers=workers)
+    prep = catalog.resolve(preparer)(spec, progress=progress, workers=workers)
     try:
         manifest = write_prepared(prep, store)
     except OSError as e:

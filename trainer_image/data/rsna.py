@@ -1,7 +1,7 @@
 """RSNA Pneumonia Detection (Kaggle) chest X-rays, read from the DICOM files as distributed.
 
-Why this exists: PAPER.md's second experiment (DenseNet121 from scratch, 2 classes,
-1 = pneumonia) must read the Kaggle download unchanged::
+Why this exists: the paper's second experiment (docs/science.md: DenseNet121 from scratch,
+2 classes, 1 = pneumonia) must read the Kaggle download unchanged::
 
     stage_2_train_labels.csv               patientId,x,y,width,height,Target (one row per box)
     stage_2_train_images/<patientId>.dcm   one greyscale DICOM per patient
@@ -9,12 +9,16 @@ Why this exists: PAPER.md's second experiment (DenseNet121 from scratch, 2 class
 A patient with several boxes has several rows; the label is Target (1 if any row says 1).
 Pixels are decoded with pydicom (JPEG-compressed files through its Pillow plugin), the
 Modality LUT (RescaleSlope / RescaleIntercept) applied with pydicom's own utility, values
-rescaled linearly to 0..255 only when they fall outside it (PAPER.md: "rescaled to 0..255
+rescaled linearly to 0..255 only when they fall outside it (the paper: "rescaled to 0..255
 if needed"), MONOCHROME1 inverted so that bright always means dense, then resized to
 ``image_size`` (default 160, the paper's code) with Pillow's bilinear filter, one channel.
+``preprocess: released`` reads them as the released code did instead (raw pixels,
+truncating rescale, anti-aliased resize; ``trainer_image.data.released.rsna_image``).
 
-Split (PAPER.md): 10% test, then the rest 95% train / 5% repair, both stratified by label
-with the split seed. DICOMs without a label row, labelled patients without a file and
+Split (docs/science.md): 10% test (seeded with ``test_split_seed``, default the split seed;
+the released code used 43), then the rest 95% train / 5% repair (the split seed), both
+stratified by label unless ``stratify: false``. DICOMs without a label row, labelled
+patients without a file and
 unreadable DICOMs are skipped and reported (count and first names, in the log and the
 manifest); they are fatal only above ``max_bad_fraction`` of all files.
 """
@@ -30,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, StorageSpec
-from trainer_image.data import Splits
+from trainer_image.data import Holdout, Splits
 from trainer_image.data.prepared import (
     Item,
     Prepared,
@@ -45,6 +49,7 @@ from trainer_image.data.prepared import (
     read_table,
     stratified,
 )
+from trainer_image.data.released import rsna_image
 
 NUM_CLASSES = 2
 DEFAULT_IMAGE_SIZE = 160
@@ -75,7 +80,16 @@ def find_root(folder: Path) -> Path:
     return folder
 
 
-def read_dicom(path: Path, size: int) -> np.ndarray:
+def settings(spec: DatasetSpec) -> dict[str, Any]:
+    """The spec fields that shape the prepared arrays, as the manifest records them."""
+    return {
+        "stratify": spec.stratify,
+        "test_split_seed": spec.test_seed,
+        "preprocess": spec.preprocess,
+    }
+
+
+def read_dicom(path: Path, size: int, released: bool = False) -> np.ndarray:
     """One DICOM file -> 1 x size x size uint8 (see the module docstring for the steps)."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
@@ -88,6 +102,8 @@ def read_dicom(path: Path, size: int) -> np.ndarray:
         pixels = ds.pixel_array
         if pixels.ndim != 2:
             raise Unreadable(f"pixel array of shape {pixels.shape}, expected one 2-D frame")
+        if released:
+            return rsna_image(pixels, size)
         values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     except Unreadable:
         raise
@@ -123,7 +139,7 @@ def read_labels(csv: Path) -> tuple[dict[str, int], int]:
 
 
 def prepare(spec: DatasetSpec, *, progress: Progress | None = None, workers: int = 1) -> Prepared:
-    """Read the raw RSNA folder ``spec.input`` into one array and split it (PAPER.md)."""
+    """Read the raw RSNA folder ``spec.input`` into one array and split it."""
     if not spec.input:
         raise BadInput(f"datasets[{spec.key}].input: not set; {LAYOUT}")
     options = parse_options(RsnaOptions, spec)
@@ -149,13 +165,19 @@ def prepare(spec: DatasetSpec, *, progress: Progress | None = None, workers: int
         skipped.add("unlabelled", f"{pid}.dcm")
     total = len(set(labels) | set(files))
 
+    released = spec.preprocess == "released"
     x, y, kept = read_images(
-        items, lambda item: read_dicom(item.path, size), (1, size, size), skipped, progress, workers
+        items,
+        lambda item: read_dicom(item.path, size, released),
+        (1, size, size),
+        skipped,
+        progress,
+        workers,
     )
     check_skipped("rsna", skipped, total, spec.max_bad_fraction, len(y))
     what = f"{root} ({len(y)} images)"
-    rest, test = stratified(y, TEST_FRACTION, spec.split_seed, what)
-    train_i, repair_i = stratified(y[rest], REPAIR_FRACTION, spec.split_seed, what)
+    rest, test = stratified(y, TEST_FRACTION, spec.test_seed, what, spec.stratify)
+    train_i, repair_i = stratified(y[rest], REPAIR_FRACTION, spec.split_seed, what, spec.stratify)
     return Prepared(
         dataset="rsna",
         x=x,
@@ -171,11 +193,14 @@ def prepare(spec: DatasetSpec, *, progress: Progress | None = None, workers: int
         split_rule={
             "test_fraction": TEST_FRACTION,
             "repair_fraction_of_rest": REPAIR_FRACTION,
-            "stratified": True,
-            "intensity": "modality LUT; min-max to 0..255 when outside; MONOCHROME1 inverted",
-            "resize": "bilinear",
+            "stratified": spec.stratify,
+            "intensity": "raw pixels; truncating min-max to 0..255 when outside"
+            if released
+            else "modality LUT; min-max to 0..255 when outside; MONOCHROME1 inverted",
+            "resize": "released (docs/science.md)" if released else "bilinear",
         },
         notes={"patients_with_conflicting_targets": conflicts},
+        settings=settings(spec),
     )
 
 
@@ -184,6 +209,7 @@ def load(
     validation_split: float,
     *,
     storage: StorageSpec | None = None,
+    holdout: Holdout | None = None,
     **_: Any,
 ) -> Splits:
     """Prepared splits from ``spec.prepared``, or prepared in memory from ``spec.input``."""
@@ -195,4 +221,6 @@ def load(
         prepare=prepare,
         options=options.model_dump(),
         default_size=DEFAULT_IMAGE_SIZE,
+        settings=settings(spec),
+        holdout=holdout,
     )

@@ -1,4 +1,4 @@
-"""Arachne repair of a model's final Linear layer, as the paper used it (PAPER.md).
+"""Arachne repair of a model's final Linear layer, as the paper used it (docs/science.md).
 
 Why this module exists: repair is the science of the whole tool, and the paper's code made
 it slow (the whole network re-ran for every particle) and irreproducible (the swarm was
@@ -18,12 +18,19 @@ Steps (one call to :func:`repair` per checkpoint x target class):
    (:func:`pareto_front`, sort-based, O(n log n)). A weight is dropped only when another
    is at least as good on both objectives and strictly better on one, so points that are
    equal on both objectives are all kept (as in the released code).
-2. **Positives** ``I_pos``: ``n_positives`` of the split's positives (all classes), drawn
-   without replacement by the seeded generator (all of them when there are fewer).
-   ``dedup_positives`` reproduces the released code instead: ``n_positives`` draws *with*
-   replacement (``rng.choice(n, 200)`` in the Arachne code the paper built on), then
-   repeated draws and inputs with identical feature rows are removed, keeping the first,
-   so fewer than ``n_positives`` may remain.
+2. **Positives** ``I_pos`` (:func:`sample_positives`, ``positives``): ``uniform`` (default)
+   draws ``n_positives`` of the split's positives (all classes) without replacement by the
+   seeded generator (all of them when there are fewer). ``with-replacement-dedup``:
+   ``n_positives`` draws *with* replacement (``rng.choice(n, 200)`` in the Arachne code the
+   paper built on), then repeated draws and inputs with identical feature rows are
+   removed, keeping the first, so fewer than ``n_positives`` may remain. ``balanced``: the
+   released code's label-balanced sample (:func:`balanced_amounts`): per label ``a =
+   int(n / L x 2/3) + int(n x count / total x 1/3)``, capped at twice its count (a label
+   with ``a > 2 count`` is *saturated*); the shortfall ``n - sum(a)`` goes, uncapped, to one
+   uncapped label drawn at random; each label then gives all its positives when ``a >=
+   count``, else ``a`` of them without replacement - the released code's duplicates
+   removed (nothing is added when every label is saturated, where the released code
+   failed).
 3. **PSO** over the localised weights' values (:func:`pso`): ``particles`` positions drawn
    from Normal(current value, std of all the layer's weights (population std)), velocity 0.
    One *iteration* is one synchronous step of the whole swarm: every particle's velocity
@@ -38,9 +45,12 @@ Steps (one call to :func:`repair` per checkpoint x target class):
    max - min of the layer's weights. **Early stop**: the search ends after ``patience``
    consecutive iterations in which the global best fitness did not strictly increase, or
    after ``iterations`` iterations, whichever comes first; e.g. with patience 10 a swarm
-   that never beats its initial best runs exactly 10 iterations. (The released code checked
-   only from its 12th iteration on and updated positions before velocities, so its first
-   step re-scored the initial swarm; these off-by-ones are not reproduced.)
+   that never beats its initial best runs exactly 10 iterations. The released code's
+   order is an option: ``update_order: position-first`` moves every particle with its old
+   velocity first (``x' = x + v``) and then updates the velocity from the new position and
+   the personal and global bests of the iteration's start, so its first iteration re-scores
+   the initial swarm; ``stagnation_start: 12`` checks the early stop only from iteration 12
+   on, as the released code did.
 4. **Fitness** ``(N_patched + 1) / (L_neg + 1) + (N_intact + 1) / (L_pos + 1)`` with ``L``
    the mean cross-entropy on each set (``L_pos = 0`` when there are no positives), for all
    particles at once by :class:`SwarmFitness`: only the localised weights change, so
@@ -55,6 +65,11 @@ same on CPU and CUDA. The reported ``n_patched``, ``n_intact``, ``fitness``, ``r
 (:func:`~trainer_image.repair.base.apply_patch`) - exactly what a model rebuilt from the
 checkpoint and ``patch.json`` computes; they can differ from the float64 search's best in
 the last digits (``history`` holds the search's own values).
+
+Steps 1-2, the input checks and the final figures are not PSO-specific: :func:`set_up`
+and :class:`Problem` serve every method that repairs the final layer (``arachne_de.py``,
+``finetune.py``), and :class:`SwarmFitness` takes other fitness functions by overriding
+:meth:`SwarmFitness.fitness`.
 """
 
 from __future__ import annotations
@@ -173,21 +188,78 @@ def localise(
 # --- positives -----------------------------------------------------------------------
 
 
+# The released sampler's constants: the share of the sample split equally across labels,
+# and how many times a label's count it may ask for.
+BALANCED_SHARE = 2 / 3
+BALANCED_CAP = 2
+
+
+def balanced_amounts(counts: dict[int, int], n: int) -> tuple[dict[int, int], list[int]]:
+    """Per label, how many the released sampler asks for before the shortfall; and the
+    labels that may take the shortfall (not saturated). See the module docstring, step 2.
+
+    The float expressions are the released code's, so ``int`` truncates the same values.
+    """
+    total = sum(counts.values())
+    amounts: dict[int, int] = {}
+    open_labels: list[int] = []
+    for label, count in counts.items():
+        a = int((n / len(counts)) * BALANCED_SHARE)
+        a += int((n * (count / total)) * (1 - BALANCED_SHARE))
+        if a > count * BALANCED_CAP:
+            a = count * BALANCED_CAP
+        else:
+            open_labels.append(label)
+        amounts[label] = a
+    return amounts, open_labels
+
+
+def _balanced(
+    positives: np.ndarray, labels: np.ndarray, n: int, generator: torch.Generator
+) -> np.ndarray:
+    classes = np.unique(labels)
+    members = {int(c): positives[labels == c] for c in classes}
+    amounts, open_labels = balanced_amounts({c: len(m) for c, m in members.items()}, n)
+    shortfall = n - sum(amounts.values())
+    if shortfall > 0 and open_labels:
+        lucky = open_labels[int(torch.randint(len(open_labels), (1,), generator=generator))]
+        amounts[lucky] += shortfall
+    picked = []
+    for label, idx in members.items():
+        if amounts[label] >= len(idx):  # asked for all of them, some more than once
+            picked.append(idx)
+        else:
+            pick = torch.randperm(len(idx), generator=generator)[: amounts[label]].numpy()
+            picked.append(idx[pick])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 def sample_positives(
     positives: np.ndarray,
     features: torch.Tensor,
     n: int,
-    dedup: bool,
+    how: str,
     generator: torch.Generator,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Indices (into the repair set) of the positives the fitness uses (docstring, step 2)."""
+    """Indices (into the repair set) of the positives the fitness uses (docstring, step 2).
+
+    ``how`` is ``repair.positives``; ``labels`` (the repair set's) are needed for
+    ``balanced``.
+    """
     if positives.size == 0:
         return positives.astype(np.int64)
-    if not dedup:
+    if how == "uniform":
         if positives.size <= n:
             return np.sort(positives).astype(np.int64)
         pick = torch.randperm(positives.size, generator=generator)[:n].numpy()
         return np.sort(positives[pick]).astype(np.int64)
+    if how == "balanced":
+        if labels is None:
+            raise ValueError("balanced positives need the repair set's labels")
+        return _balanced(positives, labels[positives], n, generator)
+    if how != "with-replacement-dedup":
+        raise ValueError(f"unknown positives sampling {how!r}")
     draws = positives[torch.randint(positives.size, (n,), generator=generator).numpy()]
     rows = features[torch.as_tensor(draws)].detach().cpu().numpy()
     _, first = np.unique(rows, axis=0, return_index=True)
@@ -307,8 +379,23 @@ class SwarmFitness:
         n_intact = correct[:, pos].sum(dim=1)
         loss_neg = nll[:, neg].mean(dim=1)
         loss_pos = nll[:, pos].mean(dim=1) if self.n_pos else torch.zeros_like(loss_neg)
-        fit = fitness_of(n_patched, loss_neg, n_intact, loss_pos)
+        fit = self.fitness(correct, nll, n_patched, loss_neg, n_intact, loss_pos)
         return tuple(t.cpu() for t in (fit, n_patched, n_intact, loss_neg, loss_pos))
+
+    def fitness(
+        self,
+        correct: torch.Tensor,
+        nll: torch.Tensor,
+        n_patched: torch.Tensor,
+        loss_neg: torch.Tensor,
+        n_intact: torch.Tensor,
+        loss_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """Fitness of each particle from its per-input terms (P x N, negatives first).
+
+        The paper's fitness here; other searches over the same weights override it.
+        """
+        return fitness_of(n_patched, loss_neg, n_intact, loss_pos)
 
 
 # --- particle swarm ------------------------------------------------------------------
@@ -365,9 +452,12 @@ def pso(
     for it in range(1, cfg.iterations + 1):
         r1 = cfg.phi * torch.rand(r_shape, generator=generator, dtype=dt).to(device)
         r2 = cfg.phi * torch.rand(r_shape, generator=generator, dtype=dt).to(device)
+        if cfg.update_order == "position-first":  # the released code: move, then steer
+            x = x + v
         v = chi * (v + r1 * (pbest_x - x) + r2 * (gbest_x - x))
         v = clamp_velocity(v, wb, cfg.variant)
-        x = x + v
+        if cfg.update_order == "velocity-first":
+            x = x + v
         scores = fitness(x)
         better = scores.fitness > pbest.fitness
         pbest = scores.where(better, pbest)
@@ -381,9 +471,20 @@ def pso(
             stall += 1
         history.append(_record(it, gbest, scores, v, improved=improved, stall=stall))
         log.debug("arachne iteration %d: best fitness %.6f", it, float(gbest.fitness[0]))
-        if stall >= cfg.patience:
+        if stall >= cfg.patience and it >= cfg.stagnation_start:
             break
     return Search(best=gbest_x.cpu(), scores=gbest, iterations=it, history=history)
+
+
+def best_fields(best: SwarmScores) -> dict[str, float]:
+    """The history columns describing the best candidate so far (length-1 scores)."""
+    return {
+        "best_fitness": float(best.fitness[0]),
+        "best_n_patched": int(best.n_patched[0]),
+        "best_n_intact": int(best.n_intact[0]),
+        "best_loss_neg": float(best.loss_neg[0]),
+        "best_loss_pos": float(best.loss_pos[0]),
+    }
 
 
 def _record(
@@ -392,11 +493,7 @@ def _record(
     speed = v.abs()
     return {
         "iteration": it,
-        "best_fitness": float(best.fitness[0]),
-        "best_n_patched": int(best.n_patched[0]),
-        "best_n_intact": int(best.n_intact[0]),
-        "best_loss_neg": float(best.loss_neg[0]),
-        "best_loss_pos": float(best.loss_pos[0]),
+        **best_fields(best),
         "swarm_mean_fitness": float(swarm.fitness.mean()),
         "min_speed": float(speed.min()) if speed.numel() else 0.0,
         "max_speed": float(speed.max()) if speed.numel() else 0.0,
@@ -427,6 +524,182 @@ def repair(
     negatives. Raises BadInput when the layer, the features and the labels do not fit, and
     RunFailed when the checkpoint's weights or activations are not finite (it diverged).
     """
+    problem = set_up(
+        "arachne",
+        head,
+        features,
+        y,
+        split,
+        target_class,
+        seed,
+        device,
+        n_positives=cfg.n_positives,
+        sampling=cfg.positives,
+        grad_factor=cfg.grad_factor,
+    )
+    if isinstance(problem, RepairResult):
+        return problem
+    evaluator = problem.evaluator(SwarmFitness, int(cfg.max_batch_bytes))
+    w64 = problem.weight.to("cpu", torch.float64)
+    std = float(w64.std(correction=0))
+    wb = float(w64.max() - w64.min())
+    search = pso(evaluator, evaluator.initial, std, wb, cfg, problem.generator, problem.device)
+    patch = problem.localised_patch(search.best)
+    return problem.finish(patch, search.iterations, search.history, paper_fitness)
+
+
+# --- set-up and figures shared by every method that repairs the final layer ----------
+
+FinalFitness = Callable[[torch.Tensor, torch.Tensor, int], float | None]
+Evaluator = TypeVar("Evaluator", bound="SwarmFitness")
+
+
+def paper_fitness(logits: torch.Tensor, labels: torch.Tensor, n_neg: int) -> float:
+    """The paper's fitness of one patched layer from its float64 logits (negatives first)."""
+    pred = logits.argmax(dim=1)
+    neg, pos = slice(0, n_neg), slice(n_neg, None)
+    n_patched = float((pred[neg] == labels[neg]).sum())
+    n_intact = float((pred[pos] == labels[pos]).sum())
+    loss_pos = float(F.cross_entropy(logits[pos], labels[pos])) if len(labels) > n_neg else 0.0
+    return fitness_of(
+        n_patched, float(F.cross_entropy(logits[neg], labels[neg])), n_intact, loss_pos
+    )
+
+
+@dataclass
+class Problem:
+    """One checkpoint x target class, checked and ready for a search of the final layer.
+
+    ``pos`` are the sampled positives the search sees (``positives`` are all of them, for
+    BR); ``loc`` the localised weights, None when the method did not ask for them.
+    ``generator`` has drawn the positives and draws the search's random numbers next.
+    """
+
+    method: str
+    head: nn.Linear
+    features: torch.Tensor
+    target_class: int
+    device: torch.device
+    y: np.ndarray
+    neg: np.ndarray
+    positives: np.ndarray
+    pos: np.ndarray
+    loc: Localisation | None
+    generator: torch.Generator
+    start: float
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight.detach()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.head.bias is None else self.head.bias.detach()
+
+    def search_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features of the negatives, of the sampled positives, and those positives' labels."""
+        neg_t = torch.as_tensor(self.neg, dtype=torch.long)
+        pos_t = torch.as_tensor(self.pos, dtype=torch.long)
+        return self.features[neg_t], self.features[pos_t], torch.as_tensor(self.y[self.pos])
+
+    def evaluator(self, kind: type[Evaluator], max_batch_bytes: int, **extra: float) -> Evaluator:
+        """A vectorised scorer (``SwarmFitness`` or a subclass) of the localised weights."""
+        assert self.loc is not None, "the method did not localise"
+        neg_f, pos_f, pos_y = self.search_inputs()
+        return kind(
+            self.weight,
+            self.bias,
+            neg_f,
+            pos_f,
+            pos_y,
+            self.target_class,
+            self.loc.rows,
+            self.loc.cols,
+            self.device,
+            max_batch_bytes,
+            **extra,
+        )
+
+    def localised_patch(self, values: torch.Tensor) -> list[PatchedWeight]:
+        """Every localised weight with its old value and ``values`` (K,) cast to its dtype."""
+        assert self.loc is not None, "the method did not localise"
+        new = values.to(self.weight.dtype).tolist()
+        w_cpu = self.weight.cpu()
+        return [
+            PatchedWeight(row=int(r), col=int(c), old=float(w_cpu[r, c]), new=float(nv))
+            for r, c, nv in zip(self.loc.rows, self.loc.cols, new, strict=True)
+        ]
+
+    def finish(
+        self,
+        patch: list[PatchedWeight],
+        iterations: int,
+        history: list[dict[str, float]],
+        fitness: FinalFitness,
+    ) -> RepairResult:
+        """The result, its figures computed as a model rebuilt from ``patch`` would."""
+        final = _evaluate_patch(
+            self.head,
+            patch,
+            self.features,
+            self.y,
+            self.neg,
+            self.positives,
+            self.pos,
+            self.target_class,
+            self.device,
+            fitness,
+        )
+        result = RepairResult(
+            target_class=self.target_class,
+            status="repaired",
+            patch=patch,
+            n_neg=int(self.neg.size),
+            n_pos=int(self.pos.size),
+            iterations=iterations,
+            seconds=time.perf_counter() - self.start,
+            history=history,
+            **final,
+        )
+        localised = "" if self.loc is None else f" ({len(self.loc.rows)} localised"
+        localised += "" if self.loc is None else f" of {self.loc.n_candidates})"
+        log.info(
+            "%s class %d: %d negatives, %d positives, %d weights patched%s,"
+            " %d iterations, RR %.1f%%, BR %.1f%%, %.2fs",
+            self.method,
+            self.target_class,
+            result.n_neg,
+            result.n_pos,
+            len(patch),
+            localised,
+            result.iterations,
+            result.rr or 0.0,
+            result.br or 0.0,
+            result.seconds,
+        )
+        return result
+
+
+def set_up(
+    method: str,
+    head: nn.Linear,
+    features: torch.Tensor,
+    y: torch.Tensor,
+    split: TargetSplit,
+    target_class: int,
+    seed: int,
+    device: torch.device | str,
+    n_positives: int,
+    sampling: str,
+    grad_factor: int | None,
+) -> Problem | RepairResult:
+    """Check the inputs, localise (unless ``grad_factor`` is None), sample the positives
+    (``sampling``: how, as ``repair.positives``).
+
+    Returns the ``nothing_to_repair`` result when the class has no negatives. The positives
+    are the first draw of the generator seeded with ``seed``, so every method given the same
+    seed sees the same positives.
+    """
     start = time.perf_counter()
     dev = _device(device)
     y_np = _check_inputs(head, features, y, split, target_class)
@@ -449,59 +722,24 @@ def repair(
         )
     weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
     generator = torch.Generator().manual_seed(int(seed))
-    neg_t = torch.as_tensor(neg)
-    loc = localise(weight, bias, features[neg_t], target_class, cfg.grad_factor)
-    pos = sample_positives(positives, features, cfg.n_positives, cfg.dedup_positives, generator)
-    pos_t = torch.as_tensor(pos, dtype=torch.long)
-    evaluator = SwarmFitness(
-        weight,
-        bias,
-        features[neg_t],
-        features[pos_t],
-        torch.as_tensor(y_np[pos]),
-        target_class,
-        loc.rows,
-        loc.cols,
-        dev,
-        int(cfg.max_batch_bytes),
-    )
-    w64 = weight.to("cpu", torch.float64)
-    std = float(w64.std(correction=0))
-    wb = float(w64.max() - w64.min())
-    search = pso(evaluator, evaluator.initial, std, wb, cfg, generator, dev)
-
-    new = search.best.to(weight.dtype).tolist()
-    w_cpu = weight.cpu()
-    patch = [
-        PatchedWeight(row=int(r), col=int(c), old=float(w_cpu[r, c]), new=float(nv))
-        for r, c, nv in zip(loc.rows, loc.cols, new, strict=True)
-    ]
-    final = _evaluate_patch(head, patch, features, y_np, neg, positives, pos, target_class, dev)
-    result = RepairResult(
+    loc = None
+    if grad_factor is not None:
+        loc = localise(weight, bias, features[torch.as_tensor(neg)], target_class, grad_factor)
+    pos = sample_positives(positives, features, n_positives, sampling, generator, labels=y_np)
+    return Problem(
+        method=method,
+        head=head,
+        features=features,
         target_class=target_class,
-        status="repaired",
-        patch=patch,
-        n_neg=int(neg.size),
-        n_pos=int(pos.size),
-        iterations=search.iterations,
-        seconds=time.perf_counter() - start,
-        history=search.history,
-        **final,
+        device=dev,
+        y=y_np,
+        neg=neg,
+        positives=positives,
+        pos=pos,
+        loc=loc,
+        generator=generator,
+        start=start,
     )
-    log.info(
-        "arachne class %d: %d negatives, %d positives, %d weights localised (of %d),"
-        " %d iterations, RR %.1f%%, BR %.1f%%, %.2fs",
-        target_class,
-        result.n_neg,
-        result.n_pos,
-        len(patch),
-        loc.n_candidates,
-        result.iterations,
-        result.rr or 0.0,
-        result.br or 0.0,
-        result.seconds,
-    )
-    return result
 
 
 def _evaluate_patch(
@@ -514,26 +752,20 @@ def _evaluate_patch(
     pos_used: np.ndarray,
     target_class: int,
     device: torch.device,
+    fitness: FinalFitness,
 ) -> dict[str, float | int | None]:
     """The repaired layer's figures, computed as a model rebuilt from ``patch`` would."""
     patched = apply_patch(head, patch).to(device)
     with torch.no_grad():
         logits = patched(features.to(device, patched.weight.dtype)).to(torch.float64).cpu()
     pred = logits.argmax(dim=1).numpy()
-    y_t = torch.as_tensor(y)
-
-    def mean_ce(idx: np.ndarray) -> float:
-        if idx.size == 0:
-            return 0.0
-        i = torch.as_tensor(idx)
-        return float(F.cross_entropy(logits[i], y_t[i]))
-
+    used = torch.as_tensor(np.concatenate([neg, pos_used]), dtype=torch.long)
+    fit = fitness(logits[used], torch.as_tensor(y)[used], int(neg.size))
     n_patched = int((pred[neg] == target_class).sum())
     n_intact = int((pred[pos_used] == y[pos_used]).sum())
-    fit = fitness_of(float(n_patched), mean_ce(neg), float(n_intact), mean_ce(pos_used))
     broken = (pred[positives] != y[positives]).mean() if positives.size else None
     return {
-        "fitness": float(fit),
+        "fitness": None if fit is None else float(fit),
         "n_patched": n_patched,
         "n_intact": n_intact,
         "rr": 100.0 * n_patched / neg.size,

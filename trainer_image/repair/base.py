@@ -1,15 +1,17 @@
-"""Types shared by the trainer and repair methods: the target split and a repair's result.
+"""The contract between the trainer and repair methods: ``RepairMethod``, its inputs, its result.
 
 A repair method sees only the final Linear layer and the penultimate activations
 (``features``) of the repair set, computed once per checkpoint by the trainer; it returns
 the changed weights as a patch that, applied to the checkpoint, rebuilds the repaired model.
+The trainer finds a method by name through ``orchestrator.catalog`` (or an import path)
+and knows nothing else about it.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TargetSplit:
-    """Predictions of one checkpoint on the repair set (PAPER.md step 3)."""
+    """Predictions of one checkpoint on the repair set (docs/science.md, step 3)."""
 
     y: np.ndarray
     pred: np.ndarray
@@ -83,3 +85,26 @@ def apply_patch(head: nn.Linear, patch: list[PatchedWeight]) -> nn.Linear:
 def repair_seed(repair_seed: int, run_seed: int, epoch: int, cls: int) -> int:
     """One independent, reproducible seed per (spec seed, run seed, checkpoint, class)."""
     return int(np.random.SeedSequence([repair_seed, run_seed, epoch, cls]).generate_state(1)[0])
+
+
+class RepairMethod(Protocol):
+    """A repair method: one call per checkpoint and target class.
+
+    ``features`` are the penultimate activations of the whole repair set (N x D), ``y`` its
+    labels, ``split`` the checkpoint's predictions on it; ``cfg`` is the spec's ``repair``
+    section (the method's member of ``orchestrator.spec.RepairConfig``) and ``seed`` the
+    seed of this call (``repair_seed``). It must not change ``head``: the patch it returns
+    says what to change.
+    """
+
+    def __call__(
+        self,
+        head: nn.Linear,
+        features: torch.Tensor,
+        y: torch.Tensor,
+        split: TargetSplit,
+        target_class: int,
+        cfg: Any,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> RepairResult: ...

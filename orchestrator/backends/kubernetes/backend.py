@@ -12,7 +12,18 @@ How it copes with the API server's usual behaviour:
 - **Retries.** 429, 500, 502, 503 and 504 answers, timeouts and dropped connections are
   retried (``max_attempts`` in all) after ``Retry-After`` when the server sends one, else
   after an exponential back-off with jitter. urllib3's own retries are switched off: they
-  cannot honour our injected clock, and they would hide that a create was retried.
+  cannot honour our injected clock, and they would hide that a create was retried. What
+  retries could not fix is ``ClusterUnavailable`` (exit 69, ``EXIT_TRANSIENT``: try again
+  later), unlike a refusal (401/403/422: exit 2) or another answer (exit 1).
+- **Fail fast.** A server that cannot be connected to at all (connection refused, unknown
+  host, no answer within the connect timeout, 5 s) on the first request is not retried: a
+  wrong kubeconfig or context, or a cluster that is down, says so in one line at once
+  instead of after the whole back-off. Once the server has answered, a failed connection
+  is retried like any other transient failure (a restarting API server mid-watch).
+- **Kueue.** A Job queued by Kueue waits, suspended, until its Workload is admitted; the
+  Workload (found by Kueue's ``kueue.x-k8s.io/job-uid`` label through the
+  CustomObjectsApi, v1beta2 else v1beta1) says why, and ``status`` shows it. A cluster
+  without Kueue, or a Role that cannot read Workloads, costs that line, not the status.
 - **Idempotent submit.** Object names are ``<sweep>-<spec hash>``. Objects of the sweep with
   the same hash are reported unchanged and left alone; objects with another hash are an
   error unless ``replace`` (then they are deleted first). A create answered 409 after an
@@ -37,31 +48,55 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from orchestrator.backends.base import RunState, RunStatus, SubmitResult
+from orchestrator.backends.kubernetes.changes import (
+    Changes,
+    hash_of,
+    kind_of,
+    name_of,
+    plan_changes,
+    ref,
+)
 from orchestrator.backends.kubernetes.manifests import (
     CONTAINER,
     INSTANCE_LABEL,
+    QUEUE_LABEL,
     RUNS_ANNOTATION,
-    SPEC_HASH_ANNOTATION,
     SWEEP_KEY,
-    object_name,
     render_sweep,
     sweep_selector,
     with_namespace,
 )
-from orchestrator.backends.kubernetes.state import IndexRun, pod_index, run_states
-from orchestrator.errors import EXIT_FAILED, BadInput, EarlyRepairError
+from orchestrator.backends.kubernetes.state import (
+    IndexRun,
+    pod_index,
+    run_states,
+    workload_admission,
+)
+from orchestrator.errors import EXIT_FAILED, EXIT_TRANSIENT, BadInput, EarlyRepairError
 from orchestrator.spec import KubernetesSpec, SweepSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 DEFAULT_NAMESPACE = KubernetesSpec().namespace
+KUEUE_GROUP = "kueue.x-k8s.io"
+# Served Workload versions, newest first: v1beta2 since Kueue 0.15 (storage since 0.16),
+# v1beta1 still served, deprecated, through 0.19 (config/components/crd/bases).
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
+# Kueue's label on a Workload naming the UID of the Job it admits.
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 class ClusterError(EarlyRepairError):
     """The Kubernetes API could not do what we asked (after retries)."""
 
     exit_code = EXIT_FAILED
+
+
+class ClusterUnavailable(ClusterError):
+    """The Kubernetes API could not be reached, or kept failing after retries: try later."""
+
+    exit_code = EXIT_TRANSIENT
 
 
 @dataclass
@@ -78,6 +113,7 @@ class Sweep:
     job: dict[str, Any] | None
     spec: SweepSpec | None
     runs: list[IndexRun] = field(default_factory=list)
+    admission: str = ""  # where Kueue stands with the Job (state.workload_admission)
 
     @property
     def job_name(self) -> str | None:
@@ -86,10 +122,6 @@ class Sweep:
 
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return obj.get("metadata") or {}
-
-
-def _hash_of(obj: dict[str, Any]) -> str | None:
-    return (_meta(obj).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
 
 
 def _api_message(exc: Any) -> str:
@@ -101,6 +133,10 @@ def _api_message(exc: Any) -> str:
         data = {}
     msg = data.get("message") if isinstance(data, dict) else None
     return " ".join(str(msg or getattr(exc, "reason", "") or "").split())
+
+
+def _after(tries: int) -> str:
+    return f" after {tries} tries" if tries > 1 else ""
 
 
 def _retry_after(exc: Any, now: Callable[[], float] = time.time) -> float | None:
@@ -136,7 +172,7 @@ class KubernetesBackend:
         backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
         max_retry_after_s: float = 60.0,
-        request_timeout: tuple[float, float] = (10.0, 60.0),
+        request_timeout: tuple[float, float] = (5.0, 60.0),
         watch_timeout_s: int = 300,
         max_watch_failures: int = 10,
         progress_every_s: float = 15.0,
@@ -159,6 +195,14 @@ class KubernetesBackend:
         self.progress_every_s = progress_every_s
         self._core: Any = None
         self._batch: Any = None
+        self._custom: Any = None
+        self._kueue_version: str | None = None
+        self._reached = False  # the API server has answered at least once
+
+    name = "kubernetes"
+
+    # The CLI options this backend takes (``open_backend`` refuses the others).
+    options = ("namespace", "context", "endpoint_url")
 
     # --- client -------------------------------------------------------------------------
 
@@ -182,6 +226,14 @@ class KubernetesBackend:
 
             self._batch = client.BatchV1Api(self._client())
         return self._batch
+
+    @property
+    def custom(self) -> Any:
+        if self._custom is None:
+            from kubernetes import client
+
+            self._custom = client.CustomObjectsApi(self._client())
+        return self._custom
 
     def _ns(self, namespace: str | None = None) -> str:
         return namespace or self.namespace or DEFAULT_NAMESPACE
@@ -216,11 +268,13 @@ class KubernetesBackend:
             last = not retry or tries.count >= self.max_attempts
             try:
                 resp = fn(*args, _preload_content=False, **kwargs)
+                self._reached = True
                 if raw:
                     return resp
                 body = resp.data
                 return json.loads(body) if body else {}
             except ApiException as e:
+                self._reached = True
                 if e.status not in RETRY_STATUS or last:
                     raise
                 delay = _retry_after(e)
@@ -230,15 +284,35 @@ class KubernetesBackend:
                     else min(delay, self.max_retry_after_s)
                 )
                 log.info("%s: API answered %s, retrying in %.1fs", what, e.status, delay)
+            except urllib3.exceptions.ConnectTimeoutError as e:  # also refused, unknown host
+                if last or not self._reached:
+                    raise ClusterUnavailable(
+                        f"{what}: cannot reach the Kubernetes API at {self._host()}"
+                        f" ({self._connect_problem(e)}{_after(tries.count)}): check that the"
+                        " cluster is up and that KUBECONFIG / --context point at it"
+                    ) from e
+                delay = self.backoff(tries.count - 1)
+                log.info("%s: %s, retrying in %.1fs", what, type(e).__name__, delay)
             except urllib3.exceptions.HTTPError as e:
                 if last:
-                    raise ClusterError(
+                    raise ClusterUnavailable(
                         f"{what}: cannot reach the Kubernetes API at {self._host()}"
                         f" ({type(e).__name__}) after {tries.count} tries"
                     ) from e
                 delay = self.backoff(tries.count - 1)
                 log.info("%s: %s, retrying in %.1fs", what, type(e).__name__, delay)
             self._sleep(delay)
+
+    def _connect_problem(self, e: Exception) -> str:
+        """``connection refused``, ``host name not resolved`` or ``no answer within 5 s``."""
+        import urllib3
+
+        if isinstance(e, urllib3.exceptions.NameResolutionError):
+            return "host name not resolved"
+        if isinstance(e, urllib3.exceptions.NewConnectionError):
+            why = str(e).rpartition(": ")[2]
+            return " ".join(why.split("] ")[-1].split()).lower() or "connection failed"
+        return f"no answer within {self.request_timeout[0]:g} s"
 
     def _fail(self, e: Any, what: str, namespace: str) -> EarlyRepairError:
         """Our error for an ApiException that retries could not fix."""
@@ -255,6 +329,10 @@ class KubernetesBackend:
             )
         if status == 422 or status == 400:
             return BadInput(f"{what}: the API server rejected it ({status}): {msg}")
+        if status in RETRY_STATUS:
+            return ClusterUnavailable(
+                f"{what}: the Kubernetes API kept answering {status} ({msg}); try again later"
+            )
         return ClusterError(f"{what}: the Kubernetes API answered {status}: {msg}")
 
     def _call(self, what: str, namespace: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
@@ -284,68 +362,51 @@ class KubernetesBackend:
     def submit(
         self, spec: SweepSpec, *, dry_run: bool = False, replace: bool = False
     ) -> SubmitResult:
+        """Create the sweep's objects: list what exists, decide (pure), then apply."""
         spec = with_namespace(spec, self.namespace)
-        configmap, job = render_sweep(spec)
-        ns, name, digest = spec.kubernetes.namespace, object_name(spec), spec.spec_hash()
+        desired = render_sweep(spec)
+        ns, digest = spec.kubernetes.namespace, spec.spec_hash()
         selector = sweep_selector(spec.name)
-        kinds = (
-            (
-                "configmap",
-                configmap,
+        found = [
+            {"kind": kind, **obj}
+            for kind, lister in (
+                ("ConfigMap", self.core.list_namespaced_config_map),
+                ("Job", self.batch.list_namespaced_job),
+            )
+            for obj in self._list(f"{kind.lower()}s", lister, ns, selector)["items"]
+        ]
+        changes = plan_changes(
+            desired, found, digest=digest, sweep=spec.name, namespace=ns, replace=replace
+        )
+        return self.apply(changes, spec.name, ns, digest, dry_run=dry_run)
+
+    def apply(
+        self, changes: Changes, sweep: str, ns: str, digest: str, *, dry_run: bool = False
+    ) -> SubmitResult:
+        """Carry out ``plan_changes``' decision; a dry run asks the server to check only."""
+        result = SubmitResult(sweep=sweep, dry_run=dry_run)
+        for obj in changes.delete:
+            if not dry_run:
+                self._delete(kind_of(obj), name_of(obj), ns, "Foreground")
+            result.replaced.append(ref(obj))
+        result.unchanged.extend(ref(o) for o in changes.unchanged)
+        creators = {
+            "configmap": (
                 self.core.create_namespaced_config_map,
-                self.core.list_namespaced_config_map,
                 self.core.read_namespaced_config_map,
             ),
-            (
-                "job",
-                job,
-                self.batch.create_namespaced_job,
-                self.batch.list_namespaced_job,
-                self.batch.read_namespaced_job,
-            ),
-        )
-        found = {
-            kind: self._list(f"{kind}s", lister, ns, selector)["items"]
-            for kind, _o, _c, lister, _r in kinds
+            "job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
         }
-        stale = [
-            (kind, o)
-            for kind, items in found.items()
-            for o in items
-            if _hash_of(o) != digest or _meta(o).get("name") != name
-        ]
-        result = SubmitResult(sweep=spec.name, dry_run=dry_run)
-        if stale and not replace:
-            kind, obj = stale[0]
-            raise BadInput(
-                f"sweep {spec.name!r} already runs in namespace {ns!r} with another spec"
-                f" ({kind}/{_meta(obj).get('name')}, spec hash {(_hash_of(obj) or '?')[:8]} vs"
-                f" {digest[:8]}): pass --replace to delete it and submit this one, or rename"
-                " the sweep"
-            )
-        for kind, obj in sorted(stale, key=lambda ko: ko[0] == "configmap"):  # jobs first
-            if not dry_run:
-                self._delete(kind, _meta(obj)["name"], ns, "Foreground")
-            result.replaced.append(f"{kind}/{_meta(obj)['name']}")
-        current = {
-            kind
-            for kind, items in found.items()
-            for o in items
-            if _hash_of(o) == digest and _meta(o).get("name") == name
-        }
-        created_job: dict[str, Any] | None = None
-        for kind, obj, create, _lister, reader in kinds:
-            ref = f"{kind}/{name}"
-            if kind in current:
-                result.unchanged.append(ref)
-                continue
-            outcome, body = self._create(kind, obj, create, reader, ns, digest, dry_run)
-            (result.created if outcome == "created" else result.unchanged).append(ref)
-            if kind == "job":
-                created_job = body
+        job: dict[str, Any] | None = None
+        for obj in changes.create:
+            create, reader = creators[kind_of(obj)]
+            outcome, body = self._create(kind_of(obj), obj, create, reader, ns, digest, dry_run)
+            (result.created if outcome == "created" else result.unchanged).append(ref(obj))
+            if kind_of(obj) == "job":
+                job = body
         if not dry_run:
-            job_obj = created_job or next(o for o in found["job"] if _meta(o)["name"] == name)
-            self._own_configmap(ns, name, job_obj)
+            job = job or next(o for o in changes.unchanged if kind_of(o) == "job")
+            self._own_configmap(ns, name_of(job), job)
         return result
 
     def _create(
@@ -377,7 +438,7 @@ class KubernetesBackend:
         # 409: it exists. Ours if it carries our hash; then an earlier try (timed out or
         # answered 5xx) created it, so it counts as created, else someone else just did.
         existing = self._get(kind, reader, name, ns)
-        if existing is None or _hash_of(existing) != digest:
+        if existing is None or hash_of(existing) != digest:
             raise BadInput(
                 f"{kind}/{name} already exists in namespace {ns!r} and was not made from this"
                 " spec: delete it or rename the sweep"
@@ -500,10 +561,46 @@ class KubernetesBackend:
 
     # --- status and watch ---------------------------------------------------------------
 
+    def _admission(self, found: Sweep) -> str:
+        """Where Kueue stands with the sweep's Job; ``""`` when Kueue does not queue it."""
+        from kubernetes.client.exceptions import ApiException
+
+        job = found.job
+        uid = _meta(job or {}).get("uid")
+        if job is None or not uid or QUEUE_LABEL not in (_meta(job).get("labels") or {}):
+            return ""
+        for version in [self._kueue_version] if self._kueue_version else KUEUE_VERSIONS:
+            try:
+                data = self._request(
+                    f"list workloads.{KUEUE_GROUP}/{version}",
+                    self.custom.list_namespaced_custom_object,
+                    KUEUE_GROUP,
+                    version,
+                    found.namespace,
+                    "workloads",
+                    label_selector=f"{JOB_UID_LABEL}={uid}",
+                )
+            except ApiException as e:
+                if e.status == 404:
+                    continue  # this version is not served (Kueue < 0.15 has v1beta1 only)
+                if e.status in (401, 403):
+                    return (
+                        f"cannot read Kueue Workloads ({e.status}): bind the submitter Role"
+                        " from k8s/rbac.yaml (or the chart's) to your user"
+                    )
+                return f"cannot read Kueue Workloads ({e.status}: {_api_message(e)})"
+            self._kueue_version = version
+            items = sorted(
+                data.get("items") or [], key=lambda w: _meta(w).get("creationTimestamp") or ""
+            )
+            return workload_admission(items[-1] if items else None)
+        return "this cluster serves no Kueue Workloads (kueue.x-k8s.io): is Kueue installed?"
+
     def status(self, sweep: str, namespace: str | None = None) -> list[RunStatus]:
         found = self.find(sweep, namespace)
         pods, _rv = self._pods(found) if found.job else ([], None)
-        return run_states(found.job, pods, found.runs, self._progress(found))
+        found.admission = self._admission(found)
+        return run_states(found.job, pods, found.runs, self._progress(found), found.admission)
 
     def watch(self, sweep: str, namespace: str | None = None) -> Iterator[list[RunStatus]]:
         """Yield the sweep's statuses whenever they change, until every run is terminal.
@@ -527,7 +624,9 @@ class KubernetesBackend:
             nonlocal progress, progress_at, last
             if self._clock() - progress_at >= self.progress_every_s:
                 progress, progress_at = self._progress(found), self._clock()
-            states = run_states(found.job, list(pods.values()), found.runs, progress)
+            states = run_states(
+                found.job, list(pods.values()), found.runs, progress, found.admission
+            )
             if states == last:
                 return False
             last = states
@@ -620,6 +719,7 @@ class KubernetesBackend:
         if job is None:
             return False
         found.job = job
+        found.admission = self._admission(found)
         return True
 
     # --- logs ---------------------------------------------------------------------------
@@ -719,10 +819,7 @@ class KubernetesBackend:
 
     # --- cancel -------------------------------------------------------------------------
 
-    def cancel(self, sweep: str) -> None:
-        self.delete_sweep(sweep)
-
-    def delete_sweep(
+    def cancel(
         self, sweep: str, namespace: str | None = None, propagation: str = "Foreground"
     ) -> list[str]:
         """Delete the sweep's Jobs (their pods with them) and ConfigMaps; never results."""

@@ -20,10 +20,12 @@ admin would ask about:
   drain: condition ``DisruptionTarget``) is ``Ignore``d - it does not use up a retry; the
   trainer's bad-input exit code 2 (``EXIT_BAD_INPUT``) is ``FailIndex`` - retrying the same
   bad spec cannot help; the GPU guard's timeout exit code 75 (``EXIT_GUARD_TIMEOUT``, GPU
-  memory never came free) is an explicit ``Count``: the index is retried like after a crash,
-  with the controller's growing back-off between tries, and bounded by
-  ``backoffLimitPerIndex``. ``Ignore`` would retry it without bound, ``FailIndex`` would
-  never retry a merely busy GPU. With a pod failure policy the controller also waits until a
+  memory never came free) and the transient exit code 69 (``EXIT_TRANSIENT``: object
+  storage unreachable or failing after the store's own retries, say a MinIO restart) are an
+  explicit ``Count``: the index is retried like after a crash, with the controller's growing
+  back-off between tries, and bounded by ``backoffLimitPerIndex``. ``Ignore`` would retry
+  them without bound, ``FailIndex`` would never retry a merely busy GPU or a store that
+  comes back. With a pod failure policy the controller also waits until a
   failed pod has fully terminated before it starts the replacement, so an index never holds
   two GPUs at once.
 - **Resources.** cpu and memory requests always; a memory limit equal to the request (a
@@ -43,8 +45,15 @@ admin would ask about:
   trainer run with no credentials and fail later, or worse, talk to S3 anonymously. No
   secret value is ever part of a rendered object.
 - **Kueue.** When ``kubernetes.queue`` names a LocalQueue the Job gets the
-  ``kueue.x-k8s.io/queue-name`` label and nothing else: Kueue's webhook suspends the Job
-  and admits it, so we never set ``suspend`` ourselves.
+  ``kueue.x-k8s.io/queue-name`` label: Kueue's webhook suspends the Job and admits it, so
+  we never set ``suspend`` ourselves. Kueue admits a Job as one Workload of
+  ``parallelism`` pods, so a sweep wider than the queue's quota would wait forever; the
+  ``kueue.x-k8s.io/job-min-parallelism`` annotation (partial admission, beta and on by
+  default since Kueue 0.5) lets Kueue lower ``parallelism`` to what the quota holds, down
+  to ``kubernetes.min_parallelism`` (default 1). ``completions`` never changes, so every
+  run still runs, fewer at a time; Kueue does not raise ``parallelism`` again later.
+  Kueue's webhook wants the annotation between 1 and ``parallelism - 1``, so it is left
+  out when ``min_parallelism`` (or 1) is not below ``parallelism``.
 - **Names.** ``<sweep>-<first 8 hex of the spec hash>`` for both objects: the same spec
   always maps to the same objects, a changed spec to new ones. Sweep names are at most 40
   characters, so the name is at most 49 and the pods' ``<job>-<index>`` host names stay
@@ -58,7 +67,7 @@ import re
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.errors import EXIT_BAD_INPUT, EXIT_GUARD_TIMEOUT, BadInput
+from orchestrator.errors import EXIT_BAD_INPUT, EXIT_GUARD_TIMEOUT, EXIT_TRANSIENT, BadInput
 from orchestrator.spec import SweepSpec, parse_spec
 
 # Label and annotation keys of our own; the prefix is a DNS subdomain as Kubernetes requires.
@@ -67,6 +76,8 @@ SPEC_HASH_ANNOTATION = "early-repair/spec-hash"
 RESULTS_ANNOTATION = "early-repair/results"
 RUNS_ANNOTATION = "early-repair/runs"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue partial admission for batch/v1 Jobs (pkg/controller/jobs/job: JobMinParallelismAnnotation).
+MIN_PARALLELISM_ANNOTATION = "kueue.x-k8s.io/job-min-parallelism"
 # Set by the Job controller on every pod of an Indexed Job (label since 1.28, GA).
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 # Every object and pod of one submitted sweep carries its object name here.
@@ -226,6 +237,7 @@ def _pod_failure_policy() -> dict[str, Any]:
                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
             },
             exit_codes("FailIndex", EXIT_BAD_INPUT),
+            exit_codes("Count", EXIT_TRANSIENT),
             exit_codes("Count", EXIT_GUARD_TIMEOUT),
         ]
     }
@@ -308,13 +320,22 @@ def render_job(spec: SweepSpec) -> dict[str, Any]:
     _check(spec)
     k8s = spec.kubernetes
     runs = len(spec.runs())
+    parallelism = min(k8s.parallelism or runs, runs)
     meta_labels = labels(spec, "trainer")
+    annotations = {
+        SPEC_HASH_ANNOTATION: spec.spec_hash(),
+        RESULTS_ANNOTATION: spec.results,
+        RUNS_ANNOTATION: str(runs),
+    }
     if k8s.queue:
         meta_labels[QUEUE_LABEL] = k8s.queue
+        min_parallelism = k8s.min_parallelism or 1
+        if min_parallelism < parallelism:
+            annotations[MIN_PARALLELISM_ANNOTATION] = str(min_parallelism)
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": runs,
-        "parallelism": min(k8s.parallelism or runs, runs),
+        "parallelism": parallelism,
         "backoffLimitPerIndex": k8s.backoff_limit_per_index,
     }
     if k8s.max_failed_indexes is not None:
@@ -334,11 +355,7 @@ def render_job(spec: SweepSpec) -> dict[str, Any]:
             "name": object_name(spec),
             "namespace": k8s.namespace,
             "labels": meta_labels,
-            "annotations": {
-                SPEC_HASH_ANNOTATION: spec.spec_hash(),
-                RESULTS_ANNOTATION: spec.results,
-                RUNS_ANNOTATION: str(runs),
-            },
+            "annotations": annotations,
         },
         "spec": job_spec,
     }

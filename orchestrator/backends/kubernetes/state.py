@@ -13,6 +13,10 @@ whether the whole Job ended or is suspended, and each pod (label
    means the controller will retry it -> PENDING ("retrying")
 5. no pod yet -> PENDING
 
+A Job queued by Kueue is suspended until Kueue admits its Workload; ``workload_admission``
+turns that Workload's conditions into the line shown for its waiting runs (why it is not
+admitted, in Kueue's own words, or how many runs at once it was admitted with).
+
 Anything the tables do not know (a new pod phase, a malformed index) is UNKNOWN rather
 than a guess. Kept apart from the API calls so each rule is unit-tested on plain dicts.
 """
@@ -90,7 +94,7 @@ def _true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type"): c for c in conds if str(c.get("status")) == "True"}
 
 
-def _one_line(text: str | None, limit: int = 160) -> str:
+def _one_line(text: str | None, limit: int = 240) -> str:
     lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -140,17 +144,57 @@ class IndexRun:
     run: str
 
 
+def workload_admission(workload: dict[str, Any] | None) -> str:
+    """One line on where Kueue stands with a Job's Workload (``""`` when it has finished).
+
+    Conditions (kueue.x-k8s.io Workload, v1beta1 and v1beta2 alike): ``Evicted`` wins
+    (preempted, or its pods never got ready), then ``Admitted``, then ``QuotaReserved``
+    (True: admission checks still pending; False: why it does not fit, e.g.
+    ``insufficient quota for nvidia.com/gpu ...``).
+    """
+    if workload is None:
+        return "Kueue has not created a Workload for the Job yet"
+    conditions = _true_conditions(workload)
+    if "Finished" in conditions:
+        return ""
+    if "Evicted" in conditions:
+        cond = conditions["Evicted"]
+        detail = _one_line(cond.get("message"))
+        return f"evicted by Kueue ({cond.get('reason') or 'Evicted'}): {detail}".rstrip(": ")
+    admission = (workload.get("status") or {}).get("admission") or {}
+    queue = admission.get("clusterQueue") or "?"
+    if "Admitted" in conditions:
+        # One pod set for a Job ("main"); its count is what Kueue admitted, the spec's what
+        # the Job asked for (its parallelism before a partial admission lowered it).
+        assigned = (admission.get("podSetAssignments") or [{}])[0].get("count")
+        wanted = (((workload.get("spec") or {}).get("podSets") or [{}])[0]).get("count")
+        text = f"admitted by ClusterQueue {queue}"
+        if isinstance(assigned, int) and isinstance(wanted, int) and assigned < wanted:
+            text += f" with {assigned} of {wanted} runs at once (partial admission)"
+        return text
+    if "QuotaReserved" in conditions:
+        return f"quota reserved in ClusterQueue {queue}; waiting for admission checks"
+    for cond in (workload.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "QuotaReserved":
+            detail = _one_line(cond.get("message"))
+            reason = cond.get("reason") or "Pending"
+            return f"not admitted by Kueue ({reason}): {detail}".rstrip(": ")
+    return "queued in Kueue; not considered yet"
+
+
 def run_states(
     job: dict[str, Any] | None,
     pods: list[dict[str, Any]],
     runs: list[IndexRun],
     progress: dict[str, dict[str, Any]] | None = None,
+    admission: str = "",
 ) -> list[RunStatus]:
     """One ``RunStatus`` per run, following the precedence in the module docstring.
 
     ``job`` None means the Job no longer exists (deleted, or expired after
     ttlSecondsAfterFinished): finished runs are then recognised from the store's
-    ``done`` flag and everything else is UNKNOWN.
+    ``done`` flag and everything else is UNKNOWN. ``admission`` (``workload_admission``)
+    explains runs that wait for Kueue.
     """
     progress = progress or {}
     by_index: dict[int, list[dict[str, Any]]] = {}
@@ -179,6 +223,10 @@ def run_states(
         node = ((last or {}).get("spec") or {}).get("nodeName")
         prog = progress.get(r.run, {})
         state, message = _decide(job, r.index, last, completed, failed, conditions, deleting, prog)
+        suspended = "Suspended" in conditions
+        if admission and state is RunState.PENDING and (suspended or last is None):
+            # Waiting for Kueue (suspended) or for a slot of a partial admission.
+            message = f"{'suspended' if suspended else message}; {admission}"
         out.append(RunStatus(r.index, r.run, state, restarts, node, message, prog))
     return out
 

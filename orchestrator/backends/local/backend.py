@@ -5,13 +5,24 @@ It runs exactly what a Kubernetes pod runs (``early-repair trainer --sweep FILE
 sweep is resumed by running it again (the trainer skips finished steps). Runs are separate
 processes - at most ``workers`` at once, a failing run never stops the others - whose
 JSON progress lines feed one rich progress display on stderr and whose stderr is kept in
-a per-run log file. A small state file (``$XDG_CACHE_HOME/early-repair/local/<sweep>.json``)
-records the running processes so that ``cancel`` and ``status`` work from another shell.
+a per-run log file. A run the store shows complete (``_SUCCESS`` and every output of its
+current classes) starts no process at all.
+
+A small record per (results location, sweep) - ``<state dir>/<sweep>/<16 hex of the
+results URI>/`` holding ``state.json``, the sweep file the trainers read and their logs -
+lets ``cancel``, ``status`` and ``logs`` work from another shell. The state dir is
+``$EARLY_REPAIR_STATE_DIR``, else ``$XDG_CACHE_HOME/early-repair/local`` (``~/.cache/...``),
+so the same sweep name in two results folders (two projects, or the test suite next to a
+user's quickstart) never shares a record; the tests point it at a temporary folder. Sweep
+names are checked (DNS labels, as in a spec) before they become paths, and a pid read from
+a record is signalled only when /proc shows the very process recorded: the same start
+time and the same command line, which for a run is our trainer command.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -34,18 +45,57 @@ from orchestrator.backends.progress import describe, sweep_progress
 from orchestrator.errors import BadInput
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.gpu.packing import GpuPool
+from orchestrator.results import events
 from orchestrator.results import layout as keys
-from orchestrator.spec import RunSpec, SweepSpec, parse_spec
-from orchestrator.store import KeyMissing, Store, open_results, read_json
+from orchestrator.results.records import experiment
+from orchestrator.spec import DNS1123_LABEL, MAX_SWEEP_NAME, RunSpec, SweepSpec, parse_spec
+from orchestrator.store import KeyMissing, Store, open_results, open_store, read_json
 from orchestrator.store.file import FileStore
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+STATE_DIR_ENV = "EARLY_REPAIR_STATE_DIR"
+STATE_FILE = "state.json"
+SPEC_FILE = "sweep.json"
+LOCK_FILE = "run.lock"
+KEY_CHARS = 16
 
 
 def state_dir() -> Path:
-    """Where local sweeps keep their state and per-run logs (per user, not per project)."""
+    """Where local sweeps keep their records and per-run logs: ``$EARLY_REPAIR_STATE_DIR``,
+    else per user (not per project) in the XDG cache folder."""
+    override = os.environ.get(STATE_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "early-repair" / "local"
+
+
+def check_sweep_name(sweep: str) -> str:
+    """``sweep`` if it can be a sweep's name (and so a folder name), else BadInput."""
+    if (
+        not isinstance(sweep, str)
+        or len(sweep) > MAX_SWEEP_NAME
+        or not (DNS1123_LABEL.fullmatch(sweep))
+    ):
+        shown = repr(sweep) if len(sweep) <= 60 else repr(sweep[:57] + "...")
+        raise BadInput(
+            f"{shown} is not a sweep name: sweep names are the spec's `name`, lower-case"
+            f" letters, digits and '-', at most {MAX_SWEEP_NAME} characters"
+        )
+    return sweep
+
+
+def results_key(results: str) -> str:
+    """The record folder's name for a results location (its canonical URI)."""
+    return hashlib.sha256(results.encode()).hexdigest()[:KEY_CHARS]
+
+
+def canonical_results(uri: str, source: str = "--results") -> str:
+    """The URI a store reports for ``uri``: an absolute path, or s3://bucket/prefix."""
+    try:
+        return open_store(uri).uri
+    except BadInput as e:
+        raise BadInput(f"{source}: {e}") from e
 
 
 def default_workers(spec: SweepSpec, n_runs: int, cpus: int | None = None) -> int:
@@ -61,19 +111,62 @@ def _proc_start(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
 
 
-def _alive(pid: int | None, start: str | None) -> bool:
-    if not pid:
-        return False
+def _proc_cmdline(pid: int) -> list[str] | None:
     try:
-        os.kill(pid, 0)
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else None
+
+
+def _identity(pid: int) -> dict[str, Any]:
+    """What a record keeps of a process to know it again: pid, start time, command line."""
+    return {"pid": pid, "pid_start": _proc_start(pid), "cmdline": _proc_cmdline(pid)}
+
+
+def _ours(rec: dict[str, Any], *, trainer: bool = False) -> bool:
+    """Whether the process a record names is still that very process: alive, same start
+    time, same command line (and, for a run, our trainer command). A record without both
+    (another version's, or one written by hand) never matches: nothing is signalled on
+    a guess."""
+    pid, start, cmdline = rec.get("pid"), rec.get("pid_start"), rec.get("cmdline")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if not isinstance(start, str) or not isinstance(cmdline, list):
+        return False
+    if trainer and not ("trainer" in cmdline and "--run-index" in cmdline):
+        return False
+    return _proc_start(pid) == start and _proc_cmdline(pid) == cmdline
+
+
+def _terminate(rec: dict[str, Any], *, trainer: bool) -> bool:
+    """SIGTERM the process ``rec`` names if it is still that process (``_ours``). A pidfd
+    taken before the check pins the process, so a pid recycled between the check and the
+    signal cannot be hit."""
+    pid = rec["pid"]
+    try:
+        fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return False  # someone else's process now holds that pid
-    return start is None or _proc_start(pid) in (None, start)
+    except (AttributeError, OSError):  # no pidfd (old kernel): the narrow window remains
+        fd = None
+    try:
+        if not _ours(rec, trainer=trainer):
+            return False
+        if fd is None:
+            os.kill(pid, signal.SIGTERM)
+        else:
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -133,8 +226,9 @@ class LocalSubmitResult(SubmitResult):
 class LocalBackend:
     """Runs sweeps as local trainer processes; ``status``/``logs``/``cancel`` by sweep name.
 
-    ``store`` overrides where ``status`` and ``logs`` look (default: the results location
-    recorded when the sweep was submitted on this machine).
+    ``results`` picks the record of that results location when one sweep name was run
+    into several (``--results``); ``store`` overrides where ``status`` and ``logs`` look
+    (default: the results location recorded when the sweep was submitted on this machine).
     """
 
     def __init__(
@@ -148,11 +242,13 @@ class LocalBackend:
         poll_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         nvml: Nvml | None = None,
+        results: str | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise BadInput(f"--workers must be at least 1, got {workers}")
         self.workers = workers
         self._store = store
+        self.results = None if results is None else canonical_results(results)
         self.state_root = state_root or state_dir()
         self.console = console or Console(stderr=True)
         self.python = python
@@ -162,35 +258,87 @@ class LocalBackend:
         self._cancelled = threading.Event()
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._state: dict[str, Any] = {}
+        self._record: Path | None = None
         self.nvml = nvml  # None: the real NVML, asked once per submit
         self._gpus: GpuPool | None = None
 
-    # --- state file -------------------------------------------------------------------
+    name = "local"
 
-    def state_file(self, sweep: str) -> Path:
-        return self.state_root / f"{sweep}.json"
+    # The CLI options this backend takes (``open_backend`` refuses the others); ``results``
+    # picks one record when a sweep name was run into several results locations.
+    options = ("workers", "results")
 
-    def log_dir(self, sweep: str) -> Path:
-        return self.state_root / sweep
+    # --- records: one folder per (sweep, results location) --------------------------------
 
-    def read_state(self, sweep: str) -> dict[str, Any] | None:
+    def record_dir(self, sweep: str, results: str) -> Path:
+        """The record of ``sweep`` run into ``results`` (a store's canonical URI)."""
+        return self.state_root / check_sweep_name(sweep) / results_key(results)
+
+    def state_file(self, sweep: str, results: str) -> Path:
+        return self.record_dir(sweep, results) / STATE_FILE
+
+    def log_dir(self, sweep: str, results: str) -> Path:
+        return self.record_dir(sweep, results)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.state_file(sweep).read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            return None  # another version's record (or a damaged one) is not ours to act on
+        return data
 
-    def live_state(self, sweep: str) -> dict[str, Any] | None:
-        """The state of a sweep whose ``run`` process is still alive, else None."""
-        state = self.read_state(sweep)
-        if state and _alive(state.get("pid"), state.get("pid_start")):
-            return state
-        return None
+    def read_state(self, sweep: str, results: str) -> dict[str, Any] | None:
+        return self._read(self.state_file(sweep, results))
+
+    def records(self, sweep: str) -> list[dict[str, Any]]:
+        """Every record of ``sweep`` on this machine (one per results location)."""
+        folder = self.state_root / check_sweep_name(sweep)
+        found = []
+        for path in sorted(folder.glob(f"*/{STATE_FILE}")):
+            state = self._read(path)
+            if (
+                state
+                and state.get("sweep") == sweep
+                and isinstance(state.get("results"), str)
+                and path.parent.name == results_key(state["results"])
+            ):
+                found.append(state)
+        return sorted(found, key=lambda st: st["results"])
+
+    def _candidates(self, sweep: str) -> list[dict[str, Any]]:
+        if self.results is None:
+            return self.records(sweep)
+        state = self.read_state(sweep, self.results)
+        return [state] if state and state.get("results") == self.results else []
+
+    @staticmethod
+    def _one(sweep: str, found: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if len(found) > 1:
+            shown = ", ".join(s["results"] for s in found[:3]) + (", ..." if len(found) > 3 else "")
+            raise BadInput(
+                f"sweep {sweep!r} was run on this machine into {len(found)} results locations"
+                f" ({shown}): pass --results URI to pick one"
+            )
+        return found[0] if found else None
+
+    def find_state(self, sweep: str) -> dict[str, Any] | None:
+        """The one record ``sweep`` (and ``results``, if given) names, None if there is
+        none; BadInput when several results locations hold that sweep and none is picked."""
+        return self._one(sweep, self._candidates(sweep))
+
+    def live_state(self, sweep: str, results: str) -> dict[str, Any] | None:
+        """The record of a sweep whose ``run`` process is still alive, else None."""
+        state = self.read_state(sweep, results)
+        return state if state and _ours(state) else None
 
     def _save_state(self) -> None:
         with self._lock:
+            assert self._record is not None
             text = json.dumps(self._state, indent=2, sort_keys=True)
-            _atomic_write(self.state_file(self._state["sweep"]), text + "\n")
+            _atomic_write(self._record / STATE_FILE, text + "\n")
 
     def _set_run(self, name: str, **fields: Any) -> None:
         with self._lock:
@@ -231,7 +379,7 @@ class LocalBackend:
         """Everything that can be checked before anything is created; returns the store."""
         store = self._store or open_results(spec.results, spec.storage)
         store.check()  # a file for a folder, a missing bucket, bad credentials: exit 2 now
-        running = self.live_state(spec.name)
+        running = self.live_state(spec.name, store.uri)
         if running:
             raise BadInput(
                 f"sweep {spec.name!r} is already running on this machine (pid {running['pid']});"
@@ -249,7 +397,7 @@ class LocalBackend:
             sweep=spec.name,
             results=store.uri,
             dry_run=dry_run,
-            log_dir=str(self.log_dir(spec.name)),
+            log_dir=str(self.log_dir(spec.name, store.uri)),
             runs=[RunStatus(r.index, r.name, RunState.PENDING) for r in runs],
         )
         if dry_run:
@@ -264,8 +412,14 @@ class LocalBackend:
         workers = self.workers or default_workers(spec, len(runs))
         workers = min(workers, len(runs))
         started = time.perf_counter()
-        logs = self.log_dir(spec.name)
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = self.log_dir(spec.name, store.uri)
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(
+                f"cannot create the local state folder {logs} ({e.strerror or e}): set"
+                f" {STATE_DIR_ENV} to a writable folder"
+            ) from e
         claim = self._claim(spec.name, logs)
         try:
             out.runs = self._run_all(spec, runs, store, workers, logs)
@@ -279,7 +433,7 @@ class LocalBackend:
         `run`s of one sweep started at the same moment cannot both pass ``check``."""
         import fcntl
 
-        fd = os.open(logs / "run.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(logs / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -293,24 +447,27 @@ class LocalBackend:
     def _run_all(
         self, spec: SweepSpec, runs: list[RunSpec], store: Store, workers: int, logs: Path
     ) -> list[RunStatus]:
-        spec_file = logs / "sweep.json"
+        spec_file = logs / SPEC_FILE
         effective = spec
         if isinstance(store, FileStore) and spec.results != store.uri:
             # Children (and a later `status` from another folder) must find the same place.
             effective = spec.model_copy(update={"results": store.uri})
         _atomic_write(spec_file, effective.model_dump_json(indent=2) + "\n")
         self._cancelled.clear()
+        self._record = logs
         self._state = {
             "version": STATE_VERSION,
             "sweep": spec.name,
-            "pid": os.getpid(),
-            "pid_start": _proc_start(os.getpid()),
+            **_identity(os.getpid()),
             "results": store.uri,
             "spec_file": str(spec_file),
             "workers": workers,
             "runs": {r.name: {"index": r.index, "state": RunState.PENDING.value} for r in runs},
         }
         self._save_state()
+        # The store first: a run it shows complete needs no trainer (one that only starts,
+        # imports torch and says "nothing to do" costs seconds per run on resume).
+        complete = self._complete_runs(store, runs)
         restore = self._trap_signals()
         try:
             with (
@@ -318,15 +475,38 @@ class LocalBackend:
                 ThreadPoolExecutor(workers, thread_name_prefix="run") as pool,
             ):
                 futures = [
-                    pool.submit(self._run_one, run, spec_file, logs, workers, display)
+                    pool.submit(
+                        self._run_one, run, spec_file, logs, workers, display, run.name in complete
+                    )
                     for run in runs
                 ]
                 return [f.result() for f in futures]
         finally:
             restore()
             with self._lock:
-                self._state["pid"] = None  # ended: nothing for `cancel` to stop
+                self._state.update(pid=None, pid_start=None, cmdline=None)  # nothing to stop
             self._save_state()
+
+    def _complete_runs(self, store: Store, runs: list[RunSpec]) -> set[str]:
+        """Runs the store shows complete for this very experiment (its run.json names the
+        same dataset, model, seed, training and repair), so their trainer would do nothing.
+        Anything unclear is left to the trainer, which says what is wrong."""
+        progress = sweep_progress(store, runs)
+        candidates = {
+            keys.run_json(r.sweep, r.name): r for r in runs if progress[r.name]["complete"]
+        }
+        out = set()
+        for key, blob in store.read_many(list(candidates)).items():
+            run = candidates[key]
+            if not isinstance(blob, bytes):
+                continue
+            try:
+                stored = RunSpec.model_validate(json.loads(blob)["run"]).model_dump(mode="json")
+            except (ValueError, KeyError, TypeError):  # pydantic's ValidationError included
+                continue
+            if experiment(stored) == experiment(run.model_dump(mode="json")):
+                out.add(run.name)
+        return out
 
     def _trap_signals(self) -> Callable[[], None]:
         """SIGTERM/SIGINT stop the sweep cleanly: children terminated, no new runs started."""
@@ -355,11 +535,25 @@ class LocalBackend:
                 p.terminate()
 
     def _run_one(
-        self, run: RunSpec, spec_file: Path, logs: Path, workers: int, display: Display
+        self,
+        run: RunSpec,
+        spec_file: Path,
+        logs: Path,
+        workers: int,
+        display: Display,
+        complete: bool = False,
     ) -> RunStatus:
         if self._cancelled.is_set():
             status = RunStatus(run.index, run.name, RunState.CANCELLED, message="not started")
             self._set_run(run.name, state=status.state.value)
+            display.end(None, status, 0.0)
+            return status
+        if complete:
+            status = RunStatus(
+                run.index, run.name, RunState.SUCCEEDED, message="complete before; not started"
+            )
+            status.progress = {"seconds": 0.0, "exit_code": None, "log": None}
+            self._set_run(run.name, state=status.state.value, exit_code=None, pid=None)
             display.end(None, status, 0.0)
             return status
         log_path = logs / f"{run.name}.log"
@@ -390,22 +584,16 @@ class LocalBackend:
                 return status
             with self._lock:
                 self._procs[run.name] = proc
+            # Popen returns once the child has exec'd: /proc shows the trainer's command.
             self._set_run(
-                run.name,
-                state=RunState.RUNNING.value,
-                pid=proc.pid,
-                pid_start=_proc_start(proc.pid),
-                log=str(log_path),
+                run.name, state=RunState.RUNNING.value, log=str(log_path), **_identity(proc.pid)
             )
             if self._cancelled.is_set():
                 proc.terminate()  # cancelled between the check above and the start
             assert proc.stdout is not None
             for line in proc.stdout:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue  # a library printing to stdout; its stderr is in the log
-                if isinstance(ev, dict):
+                ev = events.from_line(line)
+                if ev is not None:  # else a library printing to stdout; stderr is in the log
                     display.event(task, ev, progress)
             code = proc.wait()
             with self._lock:
@@ -419,7 +607,7 @@ class LocalBackend:
             why = _last_line(log_path) or "no output"
             status = RunStatus(run.index, run.name, RunState.FAILED, message=f"exit {code}: {why}")
         status.progress = {"seconds": round(seconds, 3), "exit_code": code, "log": str(log_path)}
-        self._set_run(run.name, state=status.state.value, exit_code=code, pid=None)
+        self._set_run(run.name, state=status.state.value, exit_code=code, pid=None, pid_start=None)
         display.end(task, status, seconds)
         return status
 
@@ -427,19 +615,23 @@ class LocalBackend:
 
     def _locate(self, sweep: str) -> tuple[Store, list[RunSpec], dict[str, Any] | None]:
         """The sweep's store and runs: from this machine's record, else from the store."""
-        state = self.read_state(sweep)
+        check_sweep_name(sweep)
+        state = self.find_state(sweep)
         spec: SweepSpec | None = None
-        if state and state.get("spec_file"):
+        if state and isinstance(state.get("spec_file"), str):
             with contextlib.suppress(OSError, ValueError, BadInput):
                 spec = parse_spec(json.loads(Path(state["spec_file"]).read_text()))
         if spec is not None and spec.name != sweep:
             spec = None
         store = self._store
+        if store is None and spec is None and self.results is not None:
+            store = open_store(self.results)  # no record here: the store alone must do
         if store is None:
             if spec is None:
                 raise BadInput(
                     f"sweep {sweep!r} was not run on this machine (no record in"
-                    f" {self.state_root}); check the name, or drop --local for a cluster sweep"
+                    f" {self.state_root}); check the name, pass --results URI, or drop"
+                    " --local for a cluster sweep"
                 )
             # With the S3 endpoint and region it ran with.
             store = open_results(spec.results, spec.storage)
@@ -452,7 +644,7 @@ class LocalBackend:
 
     def status(self, sweep: str) -> list[RunStatus]:
         store, runs, state = self._locate(sweep)
-        live = bool(state and _alive(state.get("pid"), state.get("pid_start")))
+        live = bool(state and _ours(state))
         recorded = (state or {}).get("runs", {})
         progress = sweep_progress(store, runs)
         out = []
@@ -482,47 +674,88 @@ class LocalBackend:
         while True:
             states = self.status(sweep)
             yield states
-            if self.live_state(sweep) is None or all(s.state.terminal for s in states):
+            state = self.find_state(sweep)
+            if not (state and _ours(state)) or all(s.state.terminal for s in states):
                 return
             self.sleep(self.poll_s)
 
+    @staticmethod
+    def _select(sweep: str, runs: list[RunSpec], run: str | None) -> list[RunSpec]:
+        """Every run, or the one ``run`` names by name or index (as ``--run`` says)."""
+        if run is None:
+            return runs
+        for r in runs:
+            if run in (r.name, str(r.index)):
+                return [r]
+        names = ", ".join(r.name for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
+        raise BadInput(
+            f"--run: sweep {sweep!r} has no run {run[:80]!r}; runs (or their index"
+            f" 0..{len(runs) - 1}): {names}"
+        )
+
+    def _live_logs(self, state: dict[str, Any] | None) -> dict[str, Path]:
+        """The stderr log file of each run whose trainer is running now (kept in the
+        record's own folder: a path elsewhere in a record is not read)."""
+        if not state:
+            return {}
+        folder = self.record_dir(state["sweep"], state["results"])
+        out = {}
+        for name, rec in (state.get("runs") or {}).items():
+            log = rec.get("log") if isinstance(rec, dict) else None
+            if isinstance(log, str) and Path(log).parent == folder and _ours(rec, trainer=True):
+                out[name] = Path(log)
+        return out
+
     def logs(self, sweep: str, run: str | None = None, *, follow: bool = False) -> Iterator[str]:
-        """The archived trainer logs (``<run>/logs/trainer.log``), prefixed with the run name."""
-        store, runs, _state = self._locate(sweep)
-        names = [r.name for r in runs]
-        if run is not None and run not in names:
-            raise BadInput(f"run {run!r} is not in sweep {sweep!r}; runs: {', '.join(names)}")
-        wanted = [run] if run else names
+        """Each run's log, prefixed with the run name when there are several: the live log
+        of a run that is running now (its trainer's stderr), else the one archived in the
+        store (``<run>/logs/trainer.log``, which also holds earlier attempts)."""
+        store, runs, state = self._locate(sweep)
+        wanted = [r.name for r in self._select(sweep, runs, run)]
+        live = {n: p for n, p in self._live_logs(state).items() if n in wanted}
         seen = dict.fromkeys(wanted, 0)
         while True:
-            blobs = store.read_many([keys.log(sweep, n) for n in wanted])
+            blobs = store.read_many([keys.log(sweep, n) for n in wanted if n not in live])
             for name in wanted:
-                blob = blobs[keys.log(sweep, name)]
+                if name in live:
+                    try:
+                        blob: Any = live[name].read_bytes()
+                    except OSError:
+                        continue
+                else:
+                    blob = blobs[keys.log(sweep, name)]
                 if not isinstance(blob, bytes):
                     continue  # no log archived yet
                 # While following, hold back a partial last line until it is complete.
                 end = blob.rfind(b"\n", seen[name]) + 1 if follow else len(blob)
                 chunk, seen[name] = blob[seen[name] : max(end, seen[name])], max(end, seen[name])
                 for line in chunk.decode(errors="replace").splitlines():
-                    yield line if run else f"[{name}] {line}"
-            if not follow or not self.live_state(sweep):
+                    yield line if len(wanted) == 1 else f"[{name}] {line}"
+            state = self.find_state(sweep) if follow else None
+            if not follow or not (state and _ours(state)):
                 return
             self.sleep(self.poll_s)
 
-    def cancel(self, sweep: str) -> None:
-        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later."""
-        state = self.read_state(sweep) or {}
-        if _alive(state.get("pid"), state.get("pid_start")):
-            targets = [state["pid"]]  # it terminates its runs and starts no more
-        else:
-            # Runs outlive a `run` process that was killed; stop them one by one.
-            targets = [
-                rec["pid"]
-                for rec in state.get("runs", {}).values()
-                if _alive(rec.get("pid"), rec.get("pid_start"))
-            ]
-        if not targets:
+    def cancel(self, sweep: str) -> list[str]:
+        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later.
+
+        Returns what was signalled (``pid/N``)."""
+        check_sweep_name(sweep)
+
+        def trainers(state: dict[str, Any]) -> list[dict[str, Any]]:
+            runs = state.get("runs") or {}
+            return [r for r in runs.values() if isinstance(r, dict) and _ours(r, trainer=True)]
+
+        # Only records with something running are candidates: the finished ones of the
+        # same sweep name elsewhere make nothing ambiguous.
+        active = [s for s in self._candidates(sweep) if _ours(s) or trainers(s)]
+        state = self._one(sweep, active)
+        # The `run` process terminates its runs and starts no more; runs that outlived a
+        # killed `run` are stopped one by one.
+        targets = [] if state is None else [state] if _ours(state) else trainers(state)
+        stopped = [
+            f"pid/{rec['pid']}" for rec in targets if _terminate(rec, trainer=rec is not state)
+        ]
+        if not stopped:
             raise BadInput(f"nothing is running for sweep {sweep!r} on this machine")
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
+        return stopped

@@ -18,9 +18,11 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from orchestrator.backends.base import RunState, RunStatus
+from orchestrator.results import events
 from orchestrator.spec import RunSpec, SweepSpec
 
 
@@ -41,6 +43,8 @@ class Display:
             TaskProgressColumn(),
             TextColumn("{task.fields[stage]}"),
             TimeElapsedColumn(),
+            # From the task's speed so far (epochs and steps alike): a rough ETA per run.
+            TimeRemainingColumn(),
             console=console,
         )
         self.sweep = self.progress.add_task(
@@ -63,35 +67,28 @@ class Display:
         state["total"] = cfg.max_epochs + kept * (1 + len(run.repair_classes))
         return self.progress.add_task(run.name, total=state["total"], stage="starting")
 
-    def event(self, task: TaskID, ev: dict[str, Any], state: dict[str, Any]) -> None:
-        kind = ev.get("event")
-        if kind == "epoch":
-            state["epochs"] = int(ev.get("epoch", 0))
-            stage = f"epoch {ev.get('epoch')}/{ev.get('max_epochs')}"
-            if isinstance(ev.get("val_loss"), float):
-                stage += f" val_loss {ev['val_loss']:.3f}"
+    def event(self, task: TaskID, ev: events.Event, state: dict[str, Any]) -> None:
+        if isinstance(ev, events.Epoch):
+            state["epochs"] = ev.epoch
+            stage = f"epoch {ev.epoch}/{ev.max_epochs} val_loss {ev.val_loss:.3f}"
             self.progress.update(task, completed=state["epochs"], stage=stage)
-        elif kind == "trained":
-            state["epochs"] = int(ev.get("epochs", 0))
-            n_ckpt = len(ev.get("checkpoints") or [])
-            state["total"] = state["epochs"] + n_ckpt * (1 + state["classes"])
+        elif isinstance(ev, events.Trained):
+            state["epochs"] = ev.epochs
+            state["total"] = ev.epochs + len(ev.checkpoints) * (1 + state["classes"])
             self.progress.update(
                 task,
                 total=state["total"],
                 completed=state["epochs"],
-                stage=f"trained, convergence epoch {ev.get('convergence_epoch')}",
+                stage=f"trained, convergence epoch {ev.convergence_epoch}",
             )
-        elif kind == "step":
-            done = state.get("epochs", 0) + int(ev.get("n", 1)) - 1
-            what = ev.get("step")
-            if what == "repair":
-                stage = f"repair epoch {ev.get('epoch')} class {ev.get('class')}"
+        elif isinstance(ev, events.Step):
+            done = state.get("epochs", 0) + ev.n - 1
+            if ev.step == "repair":
+                stage = f"repair epoch {ev.epoch} class {ev.repair_class}"
             else:
-                stage = f"evaluate epoch {ev.get('epoch')}"
-            self.progress.update(
-                task, completed=done, stage=f"{stage} ({ev.get('n')}/{ev.get('of')})"
-            )
-        elif kind == "done":
+                stage = f"evaluate epoch {ev.epoch}"
+            self.progress.update(task, completed=done, stage=f"{stage} ({ev.n}/{ev.of})")
+        elif isinstance(ev, events.Done):
             self.progress.update(task, completed=state["total"], stage="done")
 
     def end(self, task: TaskID | None, status: RunStatus, seconds: float) -> None:
@@ -103,7 +100,8 @@ class Display:
         if task is not None:
             self.progress.remove_task(task)
         if status.state is RunState.SUCCEEDED:
-            self.progress.console.print(f"[green]ok[/] {status.run} ({duration(seconds)})")
+            how = status.message or duration(seconds)
+            self.progress.console.print(f"[green]ok[/] {status.run} ({how})", highlight=False)
         else:
             self.progress.console.print(
                 f"[red]{status.state.value.lower()}[/] {status.run}: {status.message}",

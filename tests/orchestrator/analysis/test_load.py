@@ -141,7 +141,7 @@ def test_impossible_values_are_problems(tmp_path: Path, packed, field, value, de
     store = FileStore(tmp_path / "results")
     run = typed_run("r", {1: "always-pre"}, seed=1, dataset="d", model="m", n_classes=2)
     write_tree(store, "sw", [run])
-    key = layout.repair_metrics("sw", "r", 5, 1)
+    key = layout.repair_metrics("sw", "r", 5, 1, None)
     data = json.loads(store.read_bytes(key))
     data[field] = value
     store.write_bytes(key, json.dumps(data).encode())  # Python writes NaN and Infinity
@@ -183,7 +183,7 @@ def _repack(store: FileStore, sweep: str, run: str) -> bytes:
 def test_unparsable_records_are_damaged(tmp_path: Path, blob: bytes, detail: str) -> None:
     store = FileStore(tmp_path / "results")
     write_tree(store, "sw", [pattern_run("r", "pre")])
-    key = layout.repair_metrics("sw", "r", 5, 3)
+    key = layout.repair_metrics("sw", "r", 5, 3, None)
     store.write_bytes(key, blob)
     agg = ag.aggregate(store)
     row = agg.problems[agg.problems["key"] == key].iloc[0]
@@ -245,7 +245,13 @@ def test_layout_parses_both_repair_layouts() -> None:
     assert (new.kind, new.repair_class, new.method) == ("repair", 3, "fast-v2")
     assert layout.parse("sw/r/epoch_005/repair/class_3/class_4/metrics.json") is None
     assert layout.parse("sw/r/records.arrow").kind == "records"
-    assert layout.repair_metrics("sw", "r", 5, 3) == "sw/r/epoch_005/repair/class_3/metrics.json"
+    assert (
+        layout.repair_metrics("sw", "r", 5, 3, None) == "sw/r/epoch_005/repair/class_3/metrics.json"
+    )
+    assert (
+        layout.repair_metrics("sw", "r", 5, 3)
+        == "sw/r/epoch_005/repair/arachne/class_3/metrics.json"
+    )
     assert layout.repair_metrics("sw", "r", 5, 3, "m") == (
         "sw/r/epoch_005/repair/m/class_3/metrics.json"
     )

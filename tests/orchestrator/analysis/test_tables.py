@@ -101,7 +101,7 @@ def test_records_have_one_row_per_model_and_expanded_class_accuracies(tmp_path: 
     ]
     r = rec[(rec.kind == "repaired") & (rec.epoch == 5) & (rec.repair_class == 3)].iloc[0]
     assert (r["acc_class_3"], r["accuracy"], r["acc_class_0"]) == (0.9, 0.7, 0.7)
-    assert r["key"] == results.repair_metrics(SWEEP, "digits-small-cnn-s1", 5, 3)
+    assert r["key"] == results.repair_metrics(SWEEP, "digits-small-cnn-s1", 5, 3, None)
     assert bool(r["run_complete"]) and r["n_classes"] == 10
     base = rec[rec.kind == "base"]
     assert base["repair_class"].isna().all() and base["rr"].isna().all()
@@ -281,8 +281,8 @@ def test_run_that_has_only_started_is_incomplete(tmp_path: Path) -> None:
 def test_truncated_and_unparsable_json_are_damaged_not_fatal(tmp_path: Path) -> None:
     store = build(tmp_path, [two_class_run()])
     run = "digits-small-cnn-s1"
-    pre = results.repair_metrics(SWEEP, run, 5, 3)
-    conv = results.repair_metrics(SWEEP, run, 10, 8)
+    pre = results.repair_metrics(SWEEP, run, 5, 3, None)
+    conv = results.repair_metrics(SWEEP, run, 10, 8, None)
     store.write_bytes(pre, store.read_bytes(pre)[:40])  # a torn write
     store.write_bytes(conv, b"[1, 2]")
     agg = ag.aggregate(store)
@@ -307,10 +307,10 @@ def test_invalid_record_is_damaged_with_the_field_named(tmp_path: Path) -> None:
     assert row["key"] == key and "accuracy" in row["detail"]
 
 
-@pytest.mark.parametrize("version", [0, 2])
+@pytest.mark.parametrize("version", [0, 3])
 def test_other_schema_versions_are_reported_not_read(tmp_path: Path, version: int) -> None:
     store = build(tmp_path, [two_class_run()])
-    key = results.repair_metrics(SWEEP, "digits-small-cnn-s1", 10, 3)
+    key = results.repair_metrics(SWEEP, "digits-small-cnn-s1", 10, 3, None)
     data = json.loads(store.read_bytes(key))
     data["schema_version"] = version
     if version > 1:
@@ -326,11 +326,11 @@ def test_other_schema_versions_are_reported_not_read(tmp_path: Path, version: in
 def test_record_in_the_wrong_place_is_misplaced(tmp_path: Path) -> None:
     store = build(tmp_path, [two_class_run()])
     run = "digits-small-cnn-s1"
-    src = store.read_bytes(results.repair_metrics(SWEEP, run, 5, 3))
-    store.write_bytes(results.repair_metrics(SWEEP, run, 1, 3), src)  # says epoch 5
+    src = store.read_bytes(results.repair_metrics(SWEEP, run, 5, 3, None))
+    store.write_bytes(results.repair_metrics(SWEEP, run, 1, 3, None), src)  # says epoch 5
     agg = ag.aggregate(store)
     p = agg.problems[agg.problems.kind == pb.MISPLACED]
-    assert p["key"].tolist() == [results.repair_metrics(SWEEP, run, 1, 3)]
+    assert p["key"].tolist() == [results.repair_metrics(SWEEP, run, 1, 3, None)]
     assert p["detail"].iloc[0] == "the record says epoch 5"
 
 
@@ -410,7 +410,7 @@ def test_summary_wins_when_records_disagree_on_convergence(tmp_path: Path) -> No
 
 def test_class_absent_from_test_set_is_incomplete(tmp_path: Path) -> None:
     store = build(tmp_path, [two_class_run()])
-    key = results.repair_metrics(SWEEP, "digits-small-cnn-s1", 10, 3)
+    key = results.repair_metrics(SWEEP, "digits-small-cnn-s1", 10, 3, None)
     data = json.loads(store.read_bytes(key))
     data["per_class_accuracy"][3] = None
     store.write_bytes(key, json.dumps(data).encode())

@@ -106,7 +106,7 @@ def test_default_out_is_report_sweep_in_the_working_dir(cli, tree: Path, tmp_pat
 
 
 def damage(tree: Path) -> str:
-    key = results.repair_metrics("sw", "r-pre", 5, 3)
+    key = results.repair_metrics("sw", "r-pre", 5, 3, None)
     (tree / key).write_text('{"schema_version": 1, "sweep": "sw", "ru')
     return key
 

@@ -58,6 +58,31 @@ CASES = {
     "unreadable yaml": (GOOD + "repair: {classes: [3\n", ["not valid YAML", "line"]),
     "not a mapping": ("- digits\n- small_cnn\n", ["must be a mapping"]),
     "unknown dataset": (GOOD.replace("[digits]", "[mnist]"), ["unknown dataset 'mnist'"]),
+    # Online repair and readiness (issue 15).
+    "repair_every below 1": (
+        GOOD.replace("max_epochs: 2", "max_epochs: 2, repair_every: 0"),
+        ["training.repair_every", "greater than or equal to 1"],
+    ),
+    "state_every below 1": (
+        GOOD.replace("max_epochs: 2", "max_epochs: 2, state_every: 0"),
+        ["training.state_every", "greater than or equal to 1"],
+    ),
+    "unknown readiness policy": (
+        GOOD.replace("max_epochs: 2", "max_epochs: 2, readiness: {policy: oracle}"),
+        ["training.readiness", "unknown readiness policy 'oracle'"],
+    ),
+    "readiness on a class not repaired": (
+        GOOD.replace(
+            "max_epochs: 2", "max_epochs: 2, repair_every: 1, readiness: {repair_class: 5}"
+        )
+        + "repair: {classes: [3]}\n",
+        ["training.readiness.repair_class", "class 5 is not repaired", "'digits'", "[3]"],
+    ),
+    "readiness without online repair": (
+        GOOD.replace("max_epochs: 2", "max_epochs: 2, readiness: {action: stop}")
+        + "repair: {classes: [3]}\n",
+        ["training", "'repaired-val-qual'", "training.repair_every"],
+    ),
 }
 
 
@@ -152,7 +177,7 @@ def test_trainer_with_a_bad_spec_exits_2(cli, tmp_path: Path) -> None:
 
 def test_prepare_with_a_missing_input_folder_is_one_line(cli, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    r = cli("prepare", "gtsrb", "--input", tmp_path / "nope", "--output", out)
+    r = cli("prepare", "gtsrb", "--input", tmp_path / "nope", "--out", out)
     one_line_exit_2(r, str(tmp_path / "nope"), "no such folder")
     assert r.out == "" and not out.exists()
     nothing_created(tmp_path)

@@ -21,7 +21,7 @@ SPEC = {
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("EARLY_REPAIR_STATE_DIR", str(tmp_path / "state"))
 
 
 def test_status_logs_cancel_of_a_finished_local_sweep(cli, tmp_path: Path) -> None:
@@ -42,6 +42,10 @@ def test_status_logs_cancel_of_a_finished_local_sweep(cli, tmp_path: Path) -> No
     r = cli("logs", "local-cli", "--local", "--run", "digits-small-cnn-s7")
     assert r.code == 0
     assert "run digits-small-cnn-s7 complete" in r.out
+    by_index = cli("logs", "local-cli", "--local", "--run", "0")
+    assert (by_index.code, by_index.out) == (0, r.out)  # "Run name or index", as --help says
+    r = cli("logs", "local-cli", "--local", "--run", "1")
+    assert r.code == 2 and r.err.startswith("error: --run: sweep 'local-cli' has no run '1'")
 
     r = cli("cancel", "local-cli", "--local")
     assert r.code == 2
@@ -52,3 +56,13 @@ def test_status_of_an_unknown_local_sweep_is_bad_input(cli) -> None:
     r = cli("status", "never-ran", "--local")
     assert r.code == 2
     assert len(r.err.strip().splitlines()) == 1 and "never-ran" in r.err
+
+
+def test_a_name_that_walks_out_of_the_state_folder_is_bad_input(cli, tmp_path: Path) -> None:
+    r = cli("cancel", "../x", "--local")
+    assert r.code == 2
+    assert r.err.strip() == (
+        "error: '../x' is not a sweep name: sweep names are the spec's `name`, lower-case"
+        " letters, digits and '-', at most 40 characters"
+    )
+    assert not (tmp_path / "state").exists()  # nothing created, nothing read

@@ -612,11 +612,18 @@ def _is_whole(blob: bytes) -> bool:
 
 def test_partial_objects_are_never_read_as_complete(s3_bucket: S3Target) -> None:
     # The writer's uploads are cut off mid-body or dropped; the reader's downloads are cut
-    # short. Every read that succeeds must be one whole version.
+    # short. Every read that succeeds must be one whole version. The reader runs alongside
+    # the writer, in lock-step rounds rather than free-running: in round n it reads while
+    # version n is being written, and the writer waits for the round's reads before it
+    # starts version n + 1. How many reads there are, and which of them meet a fault (each
+    # proxy's seeded draws, in its own client's request order), is then fixed; only which
+    # version a read sees depends on timing - and that is what is checked.
     write_faults = ("cut_upload", "drop", "drop_after", "500")
-    seen: list[bytes] = []
+    rounds, reads_per_round = 12, 3
+    seen: list[tuple[int, bytes]] = []
     errors: list[BaseException] = []
-    done = threading.Event()
+    go = [threading.Event() for _ in range(rounds + 1)]
+    finished = [threading.Event() for _ in range(rounds + 1)]
     with (
         FaultProxy(s3_bucket.endpoint_url, rate=0.3, seed=3, kinds=write_faults) as wproxy,
         FaultProxy(s3_bucket.endpoint_url, rate=0.3, seed=4, kinds=["truncate"]) as rproxy,
@@ -625,25 +632,36 @@ def test_partial_objects_are_never_read_as_complete(s3_bucket: S3Target) -> None
         reader = s3_store(s3_bucket, "race", endpoint_url=rproxy.endpoint_url)
         writer.write_bytes("blob", _version(0))
 
-        def read_loop() -> None:
-            while not done.is_set():
-                try:
-                    seen.append(reader.read_bytes("blob"))
-                except StoreError as e:  # allowed: an error, never a short object
-                    errors.append(e)
+        def read_rounds() -> None:
+            for n in range(1, rounds + 1):
+                if not go[n].wait(timeout=120):
+                    return
+                for _ in range(reads_per_round):
+                    try:
+                        seen.append((n, reader.read_bytes("blob")))
+                    except StoreError as e:  # allowed: an error, never a short object
+                        errors.append(e)
+                finished[n].set()
 
-        thread = threading.Thread(target=read_loop)
+        thread = threading.Thread(target=read_rounds)
         thread.start()
         try:
-            for n in range(1, 13):
+            for n in range(1, rounds + 1):
+                go[n].set()  # the reads of round n overlap the write of version n
                 writer.write_bytes("blob", _version(n))
+                assert finished[n].wait(timeout=120), f"round {n}: the reader is stuck"
         finally:
-            done.set()
+            for event in go:
+                event.set()
             thread.join()
     assert wproxy.faults["cut_upload"] > 0 and rproxy.faults["truncate"] > 0
-    assert len(seen) > 5
-    assert all(_is_whole(blob) for blob in seen)
-    assert s3_store(s3_bucket, "race").read_bytes("blob") == _version(12)
+    assert len(seen) + len(errors) == rounds * reads_per_round
+    assert len(seen) >= rounds  # a truncated read is refetched: errors are the exception
+    for n, blob in seen:
+        assert _is_whole(blob)
+        # Version n-1 (written before the round) or n (written during it), nothing else.
+        assert blob.split(b":", 1)[0] in (f"v{n - 1}".encode(), f"v{n}".encode()), n
+    assert s3_store(s3_bucket, "race").read_bytes("blob") == _version(rounds)
 
 
 def test_reads_cut_short_every_time_fail_loudly(s3_bucket: S3Target) -> None:

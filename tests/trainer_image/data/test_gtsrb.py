@@ -111,7 +111,7 @@ def test_cli_prepare_writes_splits_that_load_like_in_memory(
     cli, tree: GtsrbTree, tmp_path: Path
 ) -> None:
     out = tmp_path / "prepared"
-    r = cli("prepare", "gtsrb", "--input", tree.base, "--output", out)
+    r = cli("prepare", "gtsrb", "--input", tree.base, "--out", out)
     assert r.code == 0, r.err
     assert r.out.strip() == str(out)
     assert "train" in r.err and "repair" in r.err and "test" in r.err
@@ -132,7 +132,7 @@ def test_cli_prepare_writes_splits_that_load_like_in_memory(
 
 def test_crop_option_must_match_the_prepared_splits(cli, tree: GtsrbTree, tmp_path: Path) -> None:
     out = tmp_path / "cropped"
-    assert cli("prepare", "gtsrb", "--input", tree.base, "--output", out, "--crop-roi").code == 0
+    assert cli("prepare", "gtsrb", "--input", tree.base, "--out", out, "--crop-roi").code == 0
     assert json.loads((out / "manifest.json").read_text())["options"] == {"crop_roi": True}
     assert len(gtsrb.load(spec(prepared=str(out), options={"crop_roi": True}), 0.2).test) == 129
     with pytest.raises(BadInput, match="options"):
@@ -159,9 +159,7 @@ def test_skipped_files_are_reported_and_tolerated_up_to_the_threshold(
     assert report["unreadable"]["first"][0].startswith(copy.test[0])
     assert len(prep.y) == len(copy.truth) - 2
     out = tmp_path / "out"
-    r = cli(
-        "prepare", "gtsrb", "--input", copy.base, "--output", out, "--max-bad-fraction", "0.001"
-    )
+    r = cli("prepare", "gtsrb", "--input", copy.base, "--out", out, "--max-bad-fraction", "0.001")
     assert r.code == 2
     last = r.err.strip().splitlines()[-1]
     assert last.startswith(f"error: gtsrb: 3 of {total} raw files are unusable")
@@ -217,7 +215,7 @@ def _no_test_folder(t: GtsrbTree) -> str:
 def test_malformed_layout_is_one_line_exit_2(cli, copy: GtsrbTree, tmp_path: Path, damage) -> None:
     expected = damage(copy)
     out = tmp_path / "out"
-    r = cli("prepare", "gtsrb", "--input", copy.base, "--output", out)
+    r = cli("prepare", "gtsrb", "--input", copy.base, "--out", out)
     assert r.code == 2
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert expected in r.err and "Traceback" not in r.err
@@ -225,7 +223,7 @@ def test_malformed_layout_is_one_line_exit_2(cli, copy: GtsrbTree, tmp_path: Pat
 
 
 def test_missing_input_folder_and_unset_source(cli, tmp_path: Path) -> None:
-    r = cli("prepare", "gtsrb", "--input", tmp_path / "nope", "--output", tmp_path / "out")
+    r = cli("prepare", "gtsrb", "--input", tmp_path / "nope", "--out", tmp_path / "out")
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert f"{tmp_path / 'nope'}: no such folder; the layout must be GTSRB/" in r.err
     with pytest.raises(BadInput, match=r"set input .* or prepared"):

@@ -18,7 +18,7 @@ from s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, StorageSpec, load_spec
 from orchestrator.store.file import FileStore
-from trainer_image.data import Split, hold_out_validation, prepared, rsna
+from trainer_image.data import Holdout, Split, hold_out_validation, prepared, rsna
 from trainer_image.data.prepared import (
     Item,
     Prepared,
@@ -114,9 +114,9 @@ def test_in_place_hold_out_equals_hold_out_validation(monkeypatch, chunk: int) -
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, size=(101, 1, 4, 4), dtype=np.uint8)
     y = rng.integers(0, 3, size=101).astype(np.int64)
-    want_train, want_val = hold_out_validation(Split(x, y), 0.2, 42)
+    want_train, want_val = hold_out_validation(Split(x, y), 0.2, Holdout("fixed", 42))
     buffer = x.copy()
-    train, val = hold_out_in_place(Split(buffer, y), 0.2, 42)
+    train, val = hold_out_in_place(Split(buffer, y), 0.2, Holdout("fixed", 42))
     for got, want in ((train, want_train), (val, want_val)):
         np.testing.assert_array_equal(got.x, want.x)
         np.testing.assert_array_equal(got.y, want.y)
@@ -171,7 +171,7 @@ def test_spec_must_match_the_prepared_splits(tmp_path: Path, fields, message: st
 
 def test_existing_splits_are_kept_unless_overwrite(cli, raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    base = ("prepare", "rsna", "--input", raw, "--output", out, "--image-size", "16")
+    base = ("prepare", "rsna", "--input", raw, "--out", out, "--image-size", "16")
     assert cli(*base).code == 0
     before = (out / "manifest.json").read_bytes()
     r = cli(*base, "--split-seed", "7")
@@ -195,11 +195,11 @@ def test_existing_splits_are_kept_unless_overwrite(cli, raw: Path, tmp_path: Pat
         (("imagenet",), "no preparation for dataset 'imagenet'; use one of ['gtsrb', 'rsna']"),
         (("rsna", "--image-size", "0"), "prepare: image_size: Input should be greater than 0"),
         (("rsna", "--max-bad-fraction", "2"), "max_bad_fraction: Input should be less than"),
-        (("rsna", "--output", "ftp://host/x"), "unsupported URI scheme 'ftp'"),
+        (("rsna", "--out", "ftp://host/x"), "unsupported URI scheme 'ftp'"),
     ],
 )
 def test_bad_arguments_exit_2(cli, raw: Path, tmp_path: Path, args, message: str) -> None:
-    out = ("--output", str(tmp_path / "out")) if "--output" not in args else ()
+    out = ("--out", str(tmp_path / "out")) if "--out" not in args else ()
     r = cli("prepare", *args, "--input", raw, *out)
     assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert not (tmp_path / "out").exists()
@@ -212,7 +212,7 @@ def test_prepare_to_s3_and_load_back_over_http(cli, raw: Path, s3_bucket) -> Non
         "rsna",
         "--input",
         raw,
-        "--output",
+        "--out",
         uri,
         "--image-size",
         "16",
@@ -249,7 +249,7 @@ def test_prepare_does_not_import_torch(raw: Path, tmp_path: Path) -> None:
         "import sys\n"
         "from orchestrator.cli import main\n"
         "try:\n"
-        f"    main(['prepare', 'rsna', '--input', {str(raw)!r}, '--output', {str(tmp_path)!r},"
+        f"    main(['prepare', 'rsna', '--input', {str(raw)!r}, '--out', {str(tmp_path)!r},"
         " '--image-size', '16'])\n"
         "except SystemExit as e:\n"
         "    assert e.code in (0, None), e.code\n"

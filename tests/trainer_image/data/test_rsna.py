@@ -189,7 +189,7 @@ def test_skipped_files_are_reported_and_fatal_above_threshold(
     assert report["unreadable"]["first"][0].startswith(f"{corrupt}.dcm [InvalidDicomError")
     assert len(prep.y) == 89 and prep.candidates == 92
     out = tmp_path / "out"
-    r = cli("prepare", "rsna", "--input", copy.root, "--output", out, "--image-size", "32")
+    r = cli("prepare", "rsna", "--input", copy.root, "--out", out, "--image-size", "32")
     assert r.code == 2  # 3 of 92 is above the default 1%
     last = r.err.strip().splitlines()[-1]
     assert last.startswith("error: rsna: 3 of 92 raw files are unusable (3.3%)")
@@ -202,7 +202,7 @@ def test_skipped_files_are_reported_and_fatal_above_threshold(
         "rsna",
         "--input",
         copy.root,
-        "--output",
+        "--out",
         ok,
         "--image-size",
         "32",
@@ -231,7 +231,7 @@ def test_cli_prepare_writes_splits_that_load_like_in_memory(
     cli, tree: RsnaTree, tmp_path: Path
 ) -> None:
     out = tmp_path / "prepared"
-    r = cli("prepare", "rsna", "--input", tree.root, "--output", f"file://{out}", "--workers", "2")
+    r = cli("prepare", "rsna", "--input", tree.root, "--out", f"file://{out}", "--workers", "2")
     assert r.code == 0, r.err
     assert r.out.strip() == str(out)
     assert "class 0" in r.err and "class 1" in r.err  # per-class counts table on stderr
@@ -282,7 +282,7 @@ def _many_corrupt(t: RsnaTree) -> str:
 def test_malformed_layout_is_one_line_exit_2(cli, copy: RsnaTree, tmp_path: Path, damage) -> None:
     expected = damage(copy)
     out = tmp_path / "out"
-    r = cli("prepare", "rsna", "--input", copy.root, "--output", out)
+    r = cli("prepare", "rsna", "--input", copy.root, "--out", out)
     assert r.code == 2
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert expected in r.err and "Traceback" not in r.err
@@ -291,20 +291,18 @@ def test_malformed_layout_is_one_line_exit_2(cli, copy: RsnaTree, tmp_path: Path
 
 def test_corrupt_dicoms_above_threshold_exit_2(cli, copy: RsnaTree, tmp_path: Path) -> None:
     expected = _many_corrupt(copy)
-    r = cli(
-        "prepare", "rsna", "--input", copy.root, "--output", tmp_path / "o", "--image-size", "32"
-    )
+    r = cli("prepare", "rsna", "--input", copy.root, "--out", tmp_path / "o", "--image-size", "32")
     assert r.code == 2 and expected in r.err.strip().splitlines()[-1]
     assert "InvalidDicomError" in r.err and not (tmp_path / "o").exists()
 
 
 def test_missing_input_and_kaggle_folder(cli, tree: RsnaTree, tmp_path: Path) -> None:
-    r = cli("prepare", "rsna", "--input", tmp_path / "nope", "--output", tmp_path / "out")
+    r = cli("prepare", "rsna", "--input", tmp_path / "nope", "--out", tmp_path / "out")
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert "nope: no such folder; the layout must be stage_2_train_labels.csv" in r.err
     shutil.copytree(tree.root, tmp_path / "dl" / rsna.KAGGLE_DIR)
     assert rsna.find_root(tmp_path / "dl") == tmp_path / "dl" / rsna.KAGGLE_DIR
     with pytest.raises(BadInput, match=r"crop_roi: Extra inputs .*\(options for rsna: none\)"):
         rsna.load(spec(input=str(tree.root), options={"crop_roi": True}), 0.2)
-    r = cli("prepare", "rsna", "--input", tree.root, "--output", tmp_path / "x", "--crop-roi")
+    r = cli("prepare", "rsna", "--input", tree.root, "--out", tmp_path / "x", "--crop-roi")
     assert r.code == 2 and "crop_roi" in r.err

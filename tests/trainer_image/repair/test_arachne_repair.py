@@ -13,78 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from paths import REPO
+from digits_checkpoints import CPU, load, predict
+from digits_checkpoints import repair_checkpoint as repair_with
 
-from orchestrator.spec import SweepSpec, load_spec
-from trainer_image.data import Splits, load_splits
-from trainer_image.models import Repairable, build_model
+from orchestrator.spec import SweepSpec
+from trainer_image.data import Splits
+from trainer_image.models import Repairable
 from trainer_image.repair.arachne import SwarmFitness, repair
-from trainer_image.repair.base import (
-    PatchedWeight,
-    RepairResult,
-    TargetSplit,
-    apply_patch,
-    repair_seed,
-)
-from trainer_image.train import train
+from trainer_image.repair.base import PatchedWeight, RepairResult, TargetSplit, apply_patch
 
 torch.set_num_threads(1)
-CPU = torch.device("cpu")
-
-MAX_EPOCHS = 15
-
-
-@pytest.fixture(scope="module")
-def quickstart() -> SweepSpec:
-    return load_spec(REPO / "settings" / "quickstart.yaml")
-
-
-def build(spec: SweepSpec) -> Repairable:
-    return build_model(spec.models[0], in_channels=1, num_classes=10, image_size=8)
-
-
-@pytest.fixture(scope="module")
-def trained(quickstart: SweepSpec, tmp_path_factory) -> tuple[Splits, dict[int, Path]]:
-    """Checkpoints (epoch -> saved state file) of the quickstart's first run."""
-    spec = quickstart
-    assert spec.datasets[0].name == "digits"
-    cfg = spec.training.model_copy(update={"max_epochs": min(MAX_EPOCHS, spec.training.max_epochs)})
-    splits = load_splits(spec.datasets[0], cfg.validation_split)
-    torch.manual_seed(spec.seeds[0])
-    model = build(spec)
-    folder = tmp_path_factory.mktemp("checkpoints")
-    saved: dict[int, Path] = {}
-
-    def keep(epoch: int, state: dict[str, torch.Tensor]) -> None:
-        saved[epoch] = folder / f"epoch_{epoch:03d}.pt"
-        torch.save(state, saved[epoch])
-
-    train(model, splits, cfg, spec.seeds[0], CPU, on_checkpoint=keep)
-    return splits, saved
-
-
-def load(spec: SweepSpec, path: Path) -> Repairable:
-    model = build(spec)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
-
-
-def predict(model: Repairable, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.as_tensor(x)).argmax(1).numpy()
 
 
 def repair_checkpoint(
     spec: SweepSpec, splits: Splits, path: Path, epoch: int, cls: int
 ) -> tuple[Repairable, torch.Tensor, TargetSplit, RepairResult]:
-    model = load(spec, path)
-    x = torch.as_tensor(splits.repair.x)
-    with torch.no_grad():
-        feats = model.penultimate(x)
-    split = TargetSplit(y=splits.repair.y, pred=predict(model, splits.repair.x))
-    seed = repair_seed(spec.repair.seed, spec.seeds[0], epoch, cls)
-    y = torch.as_tensor(splits.repair.y)
-    return model, feats, split, repair(model.head, feats, y, split, cls, spec.repair, seed)
+    return repair_with(spec, splits, path, epoch, cls, repair, spec.repair)
 
 
 def test_repair_fixes_something_real_for_every_quickstart_class(quickstart, trained) -> None:

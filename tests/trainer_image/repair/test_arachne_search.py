@@ -306,31 +306,33 @@ def test_positive_sampling_without_replacement_and_all_when_fewer() -> None:
     feats = torch.arange(40.0).reshape(20, 2)
     positives = np.arange(3, 20)
     gen = torch.Generator().manual_seed(0)
-    some = sample_positives(positives, feats, 10, False, gen)
+    some = sample_positives(positives, feats, 10, "uniform", gen)
     assert len(some) == len(set(some.tolist())) == 10 and set(some) <= set(positives)
-    assert sample_positives(positives, feats, 50, False, gen).tolist() == positives.tolist()
-    again = sample_positives(positives, feats, 10, False, torch.Generator().manual_seed(0))
+    assert sample_positives(positives, feats, 50, "uniform", gen).tolist() == positives.tolist()
+    again = sample_positives(positives, feats, 10, "uniform", torch.Generator().manual_seed(0))
     assert again.tolist() == some.tolist()
 
 
-def test_dedup_positives_removes_identical_feature_rows() -> None:
+def test_with_replacement_dedup_removes_identical_feature_rows() -> None:
     # 30 positives but only 5 distinct feature rows: dedup leaves at most 5.
     feats = torch.tensor([[float(i % 5), 1.0] for i in range(30)])
     positives = np.arange(30)
     gen = torch.Generator().manual_seed(1)
-    kept = sample_positives(positives, feats, 20, True, gen)
+    kept = sample_positives(positives, feats, 20, "with-replacement-dedup", gen)
     assert 1 <= len(kept) <= 5
     rows = {tuple(r) for r in feats[torch.as_tensor(kept)].tolist()}
     assert len(rows) == len(kept)
     # Plain sampling keeps duplicates of content: 20 distinct indices.
-    assert len(sample_positives(positives, feats, 20, False, gen)) == 20
+    assert len(sample_positives(positives, feats, 20, "uniform", gen)) == 20
 
 
-def test_dedup_positives_in_a_repair_uses_fewer_positives() -> None:
+def test_with_replacement_dedup_in_a_repair_uses_fewer_positives() -> None:
     head, feats, y, split = synthetic(6, n=300)
     cls = weakest(split, 6)
     n_positives = len(split.positives())
-    cfg = RepairSpec(particles=10, iterations=3, dedup_positives=True, n_positives=n_positives)
+    cfg = RepairSpec(
+        particles=10, iterations=3, positives="with-replacement-dedup", n_positives=n_positives
+    )
     res = repair(head, feats, y, split, cls, cfg, seed=0)
     # n draws with replacement from n items: about 63% distinct.
     assert res.n_pos < n_positives

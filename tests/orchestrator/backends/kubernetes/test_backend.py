@@ -10,23 +10,32 @@ came to it over the wire, by list or by watch.
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kmock
 import pytest
 import yaml
+from k8s_checks import load_crds, strict_crd_schema
 from kube_api import Cluster, Controller, Fault
 from paths import QUICKSTART
 from s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
 
-from orchestrator.backends.kubernetes.backend import ClusterError, KubernetesBackend
+from orchestrator.backends.kubernetes.backend import (
+    ClusterUnavailable,
+    KubernetesBackend,
+)
 from orchestrator.backends.kubernetes.manifests import (
+    MIN_PARALLELISM_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     object_name,
     render_sweep,
 )
-from orchestrator.errors import BadInput
+from orchestrator.errors import EXIT_TRANSIENT, BadInput
 from orchestrator.results import layout as results
 from orchestrator.spec import SweepSpec, load_spec, parse_spec
 from orchestrator.store import write_json
@@ -204,8 +213,9 @@ def test_backoff_grows_and_gives_up(
     cluster: Cluster, backend: KubernetesBackend, sleeps: Sleeps
 ) -> None:
     cluster.api.faults.append(Fault("LIST", "jobs", 503, times=99))
-    with pytest.raises(ClusterError, match="503"):
+    with pytest.raises(ClusterUnavailable, match="kept answering 503") as info:
         backend.status("quickstart")
+    assert info.value.exit_code == EXIT_TRANSIENT  # try again later, not "bad input"
     assert len(cluster.requests("LIST", "jobs")) == backend.max_attempts
     assert sleeps == [0.375, 0.75, 1.5, 3.0, 6.0]  # doubling, capped at max_backoff_s
 
@@ -289,12 +299,14 @@ def test_status_follows_indexes_from_pending_to_succeeded_and_failed(
     st = backend.status("quickstart")
     assert st[0].progress == {
         "epoch": 5,
+        "checkpoint": 5,
         "trained": True,
         "evaluated": 1,
         "checkpoints": 2,
         "repairs_done": 1,
         "repairs_total": 6,
         "done": False,
+        "complete": False,
     }
 
     # Index 0 succeeds; index 1 crashes once (retried), then exits 2 (bad input: FailIndex).
@@ -507,7 +519,7 @@ def test_cancel_removes_the_objects_and_keeps_results(
     spec = make_spec()
     backend.submit(spec)
     store.write_bytes(results.success("quickstart", spec.runs()[0].name), b"")
-    deleted = backend.delete_sweep("quickstart")
+    deleted = backend.cancel("quickstart")
     name = object_name(spec)
     assert deleted == [f"job/{name}", f"configmap/{name}"]
     assert cluster.stored("jobs", NS) == {} and cluster.stored("configmaps", NS) == {}
@@ -587,7 +599,7 @@ def test_cli_submit_status_logs_cancel(
     assert [x["state"] for x in runs] == ["RUNNING", "PENDING", "PENDING"]
     assert runs[0]["node"] == "gpu-7"
     assert runs[0]["progress"]["epoch"] == 5
-    r = cli("status", "quickstart", "--endpoint-url", s3.endpoint_url)
+    r = cli("status", "quickstart", "--endpoint-url", s3.endpoint_url, "-o", "table")
     assert r.code == 0 and "RUNNING" in r.out and "gpu-7" in r.out and "epoch 5" in r.out
 
     store.write_bytes(results.log("quickstart", spec.runs()[1].name), b"archived\n")
@@ -622,7 +634,7 @@ def test_cli_watch_prints_one_json_line_per_change(
     assert r.code == 0, r.err
     lines = [json.loads(x) for x in r.out.splitlines()]
     assert [x["runs"][0]["state"] for x in lines] == ["SUCCEEDED"]
-    r = cli("status", "quickstart", "--watch", "--endpoint-url", s3.endpoint_url)
+    r = cli("status", "quickstart", "--watch", "--endpoint-url", s3.endpoint_url, "-o", "table")
     assert r.code == 0 and "1 succeeded" in r.out and "done" not in r.out
 
 
@@ -670,3 +682,239 @@ def test_progress_from_a_real_s3_store(cluster: Cluster, s3, sleeps: Sleeps) -> 
     st = backend.status("quickstart")
     assert [s.progress.get("done") for s in st] == [False, False, True]
     assert list(backend.logs("quickstart", run)) == ["archived in S3"]
+
+
+# --- an API server that cannot be reached -----------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> Iterator[str]:
+    """A loopback URL where nothing listens: the port is bound (so nobody else takes it)
+    but not listening, so every connection is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_an_unreachable_api_server_fails_at_once(closed_port: str, sleeps: Sleeps) -> None:
+    from kubernetes import client
+
+    cfg = client.Configuration(host=closed_port)
+    cfg.retries = False
+    backend = KubernetesBackend(api_client=client.ApiClient(cfg), sleep=sleeps)
+    with pytest.raises(ClusterUnavailable) as info:
+        backend.status("quickstart")
+    assert str(info.value) == (
+        f"list jobs: cannot reach the Kubernetes API at {closed_port} (connection refused):"
+        " check that the cluster is up and that KUBECONFIG / --context point at it"
+    )
+    assert sleeps == []  # no back-off before the first answer: one try, one line
+    with pytest.raises(ClusterUnavailable):
+        backend.submit(make_spec())
+    assert sleeps == []
+
+
+def test_a_server_that_answered_once_is_retried_when_it_goes_away(sleeps: Sleeps) -> None:
+    with Cluster() as cluster:
+        backend = KubernetesBackend(api_client=cluster.api_client(), sleep=sleeps, rand=lambda: 0.5)
+        backend.submit(make_spec())
+    # The server has gone (an API server restarting): now connections are refused.
+    with pytest.raises(ClusterUnavailable, match=r"\(connection refused after 6 tries\)"):
+        backend.status("quickstart")
+    assert sleeps == [0.375, 0.75, 1.5, 3.0, 6.0]
+
+
+def test_cli_against_a_closed_port_is_one_line_with_the_transient_code(
+    cli, closed_port: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec_file: Path
+) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "gone", "cluster": {"server": closed_port}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+        "current-context": "gone",
+    }
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    for args in (("submit", spec_file), ("status", "quickstart"), ("cancel", "quickstart")):
+        r = cli(*args)
+        assert r.code == EXIT_TRANSIENT, (args, r.err)
+        assert r.out == ""
+        (line,) = r.err.strip().splitlines()
+        assert line.startswith("error: ") and "cannot reach the Kubernetes API at" in line
+        assert "connection refused" in line and "Traceback" not in r.err
+
+
+# --- Kueue ------------------------------------------------------------------------------
+
+
+def kueue_condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+
+
+NO_FIT = (
+    "couldn't assign flavors to pod set main: insufficient quota for cpu in flavor"
+    " early-repair, previously considered podsets requests (0) + current podset request (6)"
+    " > maximum capacity (4)"
+)
+
+
+def check_kueue_crd(workload: dict[str, Any], version: str) -> None:
+    """The stand-in's Workload is one Kueue's CRD admits (when KUEUE_CRD_DIR is set): the
+    conditions and admission the backend reads are shaped as a real Kueue writes them."""
+    if not os.environ.get("KUEUE_CRD_DIR"):
+        return
+    crd = load_crds(Path(os.environ["KUEUE_CRD_DIR"]))[("kueue.x-k8s.io", "Workload")]
+    jsonschema.Draft7Validator(strict_crd_schema(crd, version)).validate(
+        {**workload, "metadata": {}}
+    )
+
+
+def queued_spec(**kubernetes: Any) -> SweepSpec:
+    return make_spec(kubernetes={"queue": "early-repair", **kubernetes})
+
+
+def test_status_says_why_kueue_holds_a_sweep_back_and_what_it_admitted(
+    cluster: Cluster, backend: KubernetesBackend, ctl: Controller
+) -> None:
+    spec = queued_spec()
+    backend.submit(spec)
+    job = object_name(spec)
+    sent = cluster.stored("jobs", NS)[job]
+    assert sent["metadata"]["annotations"][MIN_PARALLELISM_ANNOTATION] == "1"
+    # Kueue's webhook suspends the Job; its job controller creates the Workload.
+    ctl.job_status(job, {"conditions": [{"type": "Suspended", "status": "True"}]})
+    st = backend.status("quickstart")
+    assert [s.message for s in st] == [
+        "suspended; Kueue has not created a Workload for the Job yet"
+    ] * 3
+    workload = ctl.kueue_workload(job)
+    assert ctl.workload(workload)["spec"]["podSets"][0] | {"template": None} == {
+        "name": "main",
+        "count": 3,
+        "minCount": 1,
+        "template": None,
+    }
+    ctl.workload_status(
+        workload, {"conditions": [kueue_condition("QuotaReserved", "False", "Pending", NO_FIT)]}
+    )
+    st = backend.status("quickstart")
+    assert [str(s.state) for s in st] == ["PENDING"] * 3
+    assert st[0].message == f"suspended; not admitted by Kueue (Pending): {NO_FIT}"
+    lists = cluster.requests("LIST", "workloads")
+    assert lists[-1].params["labelSelector"] == (
+        f"kueue.x-k8s.io/job-uid={sent['metadata']['uid']}"
+    )
+    assert lists[-1].resource.group == "kueue.x-k8s.io"
+    assert lists[-1].resource.version == "v1beta2"
+
+    # Partial admission: two runs at once fit; Kueue lowers parallelism and resumes.
+    ctl.workload_status(
+        workload,
+        {
+            "conditions": [
+                kueue_condition("QuotaReserved", "True", "QuotaReserved", "Quota reserved"),
+                kueue_condition("Admitted", "True", "Admitted", "The workload is admitted"),
+            ],
+            "admission": {
+                "clusterQueue": "early-repair",
+                "podSetAssignments": [
+                    {
+                        "name": "main",
+                        "flavors": {"cpu": "early-repair", "memory": "early-repair"},
+                        "resourceUsage": {"cpu": "4", "memory": "16Gi"},
+                        "count": 2,
+                    }
+                ],
+            },
+        },
+    )
+    ctl.job_status(job, {"conditions": [], "active": 2})
+    pods = [ctl.start_pod(job, i) for i in range(2)]
+    for p in pods:
+        ctl.run_pod(p)
+    st = backend.status("quickstart")
+    assert [str(s.state) for s in st] == ["RUNNING", "RUNNING", "PENDING"]
+    assert st[2].message == (
+        "waiting for a pod; admitted by ClusterQueue early-repair with 2 of 3 runs at once"
+        " (partial admission)"
+    )
+    check_kueue_crd(ctl.workload(workload), "v1beta2")
+
+
+def test_watch_follows_the_admission(
+    cluster: Cluster, backend: KubernetesBackend, ctl: Controller
+) -> None:
+    spec = make_spec(seeds=[1], kubernetes={"queue": "early-repair"})
+    backend.submit(spec)
+    job = object_name(spec)
+    ctl.job_status(job, {"conditions": [{"type": "Suspended", "status": "True"}]})
+    workload = ctl.kueue_workload(job)
+    updates = backend.watch("quickstart")
+    assert next(updates)[0].message == "suspended; queued in Kueue; not considered yet"
+    ctl.workload_status(
+        workload, {"conditions": [kueue_condition("QuotaReserved", "False", "Pending", NO_FIT)]}
+    )
+    # Only the Workload changed: the next watch timeout (1 s) re-reads Job and Workload.
+    assert next(updates)[0].message == f"suspended; not admitted by Kueue (Pending): {NO_FIT}"
+
+
+@pytest.mark.parametrize("served", [("v1beta1",), ()], ids=["kueue-0.14", "no-kueue"])
+def test_older_kueue_or_none(served: tuple[str, ...], sleeps: Sleeps) -> None:
+    with Cluster(kueue_versions=served) as cluster:
+        backend = KubernetesBackend(api_client=cluster.api_client(), sleep=sleeps)
+        spec = queued_spec()
+        backend.submit(spec)
+        ctl = Controller(cluster, NS)
+        job = object_name(spec)
+        ctl.job_status(job, {"conditions": [{"type": "Suspended", "status": "True"}]})
+        if served:
+            workload = ctl.kueue_workload(job, version="v1beta1")
+            pending = [kueue_condition("QuotaReserved", "False", "Pending", NO_FIT)]
+            ctl.workload_status(workload, {"conditions": pending}, version="v1beta1")
+            check_kueue_crd(ctl.workload(workload, "v1beta1"), "v1beta1")
+            want = f"suspended; not admitted by Kueue (Pending): {NO_FIT}"
+        else:
+            want = (
+                "suspended; this cluster serves no Kueue Workloads (kueue.x-k8s.io): is Kueue"
+                " installed?"
+            )
+        assert backend.status("quickstart")[0].message == want
+        assert backend.status("quickstart")[0].message == want
+        versions = [r.resource.version for r in cluster.requests("LIST", "workloads")]
+        if served:
+            # v1beta2 first; once v1beta1 answered, only v1beta1.
+            assert versions == ["v1beta2", "v1beta1", "v1beta1"]
+        else:
+            assert versions == ["v1beta2", "v1beta1"] * 2
+        assert sleeps == []
+
+
+def test_a_role_that_cannot_read_workloads_costs_one_line_not_the_status(
+    cluster: Cluster, backend: KubernetesBackend, ctl: Controller
+) -> None:
+    spec = queued_spec()
+    backend.submit(spec)
+    ctl.job_status(object_name(spec), {"conditions": [{"type": "Suspended", "status": "True"}]})
+    cluster.api.faults.append(Fault("LIST", "workloads", 403, times=99))
+    st = backend.status("quickstart")
+    assert [str(s.state) for s in st] == ["PENDING"] * 3
+    assert st[0].message == (
+        "suspended; cannot read Kueue Workloads (403): bind the submitter Role from"
+        " k8s/rbac.yaml (or the chart's) to your user"
+    )
+
+
+def test_no_workload_lookup_for_a_sweep_without_a_queue(
+    cluster: Cluster, backend: KubernetesBackend
+) -> None:
+    backend.submit(make_spec())
+    backend.status("quickstart")
+    assert cluster.requests("LIST", "workloads") == []

@@ -5,7 +5,8 @@ Golden files pin the exact output of ``render_sweep`` (what ``plan --out`` write
 intended change (to manifests.py, or a spec field or default, which changes the spec hash
 and so the names), regenerate them and review the diff:
 
-    EARLY_REPAIR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_manifests.py
+    EARLY_REPAIR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest \
+        tests/orchestrator/backends/kubernetes/test_manifests.py
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from paths import GOLDEN, QUICKSTART
 from orchestrator.backends.kubernetes.manifests import (
     GPU_RESOURCE,
     INDEX_LABEL,
+    MIN_PARALLELISM_ANNOTATION,
     QUEUE_LABEL,
     SPEC_HASH_ANNOTATION,
     SWEEP_FILE,
@@ -34,7 +36,7 @@ from orchestrator.backends.kubernetes.manifests import (
     to_yaml,
     with_namespace,
 )
-from orchestrator.errors import EXIT_BAD_INPUT, EXIT_GUARD_TIMEOUT, BadInput
+from orchestrator.errors import EXIT_BAD_INPUT, EXIT_GUARD_TIMEOUT, EXIT_TRANSIENT, BadInput
 from orchestrator.spec import KubernetesSpec, SweepSpec, load_spec, parse_spec
 
 UPDATE = os.environ.get("EARLY_REPAIR_UPDATE_GOLDEN") == "1"
@@ -206,7 +208,7 @@ def test_parallelism_and_failure_limits_come_from_the_spec() -> None:
     assert js["activeDeadlineSeconds"] == 86400
 
 
-def test_pod_failure_policy_ignores_disruptions_fails_bad_input_retries_guard_timeout() -> None:
+def test_pod_failure_policy_ignores_disruptions_fails_bad_input_retries_transient() -> None:
     rules = render_sweep(quickstart())[1]["spec"]["podFailurePolicy"]["rules"]
     disruption = [r for r in rules if "onPodConditions" in r]
     assert disruption == [
@@ -224,7 +226,62 @@ def test_pod_failure_policy_ignores_disruptions_fails_bad_input_retries_guard_ti
 
     assert action_for(EXIT_BAD_INPUT) == "FailIndex"
     assert action_for(EXIT_GUARD_TIMEOUT) == "Count"  # retried within backoffLimitPerIndex
+    # A store that failed after its retries (MinIO restarting) is retried, not given up on.
+    assert action_for(EXIT_TRANSIENT) == "Count"
     assert action_for(1) == "Count"
+    # Both retriable codes are explicit rules, so a later rule for "everything else" (or a
+    # change of the default action) cannot turn them into FailIndex.
+    explicit = [r["onExitCodes"]["values"] for r in rules if r["action"] == "Count"]
+    assert explicit == [[EXIT_TRANSIENT], [EXIT_GUARD_TIMEOUT]]
+    assert len({EXIT_BAD_INPUT, EXIT_TRANSIENT, EXIT_GUARD_TIMEOUT, 0, 1}) == 5
+
+
+def min_parallelism(job: dict[str, Any]) -> int | None:
+    raw = job["metadata"]["annotations"].get(MIN_PARALLELISM_ANNOTATION)
+    return None if raw is None else int(raw)
+
+
+def test_a_queued_sweep_may_be_admitted_in_parts() -> None:
+    queued = {"kubernetes__queue": "early-repair"}
+    # Three runs at once wanted; Kueue may start with as few as one (the default).
+    job = render_sweep(quickstart(**queued))[1]
+    assert job["spec"]["parallelism"] == 3 and job["spec"]["completions"] == 3
+    assert min_parallelism(job) == 1
+    spec = quickstart(**queued, kubernetes__min_parallelism=2)
+    configmap, job = render_sweep(spec)
+    assert min_parallelism(job) == 2
+    # Set, it is part of the spec (hash, names, the mounted sweep.json); unset, it is left
+    # out of the dump, so sweeps that never set it keep their hash and object names.
+    assert parse_spec(json.loads(configmap["data"]["sweep.json"]), "cm") == spec
+    assert spec.spec_hash() != quickstart(**queued).spec_hash()
+    assert "min_parallelism" not in quickstart(**queued).model_dump()["kubernetes"]
+    # Kueue's webhook (validatePartialAdmissionCreate) accepts only 0 < min < pods count,
+    # the pods count being min(parallelism, completions); anything else is left out.
+    for changes in (
+        {"kubernetes__min_parallelism": 3},  # = parallelism: all or nothing
+        {"kubernetes__parallelism": 1},
+        {"seeds": [1]},  # one run
+        {"kubernetes__min_parallelism": 5},  # more than the runs: all or nothing
+    ):
+        job = render_sweep(quickstart(**queued, **changes))[1]
+        assert MIN_PARALLELISM_ANNOTATION not in job["metadata"]["annotations"], changes
+    for case in CASES.values():
+        job = render_sweep(quickstart(**case))[1]
+        pods = min(job["spec"]["parallelism"], job["spec"]["completions"])
+        value = min_parallelism(job)
+        assert value is None or 0 < value < pods
+        assert (value is not None) == (QUEUE_LABEL in job["metadata"]["labels"] and pods > 1)
+    # Without Kueue nothing would read it.
+    assert min_parallelism(render_sweep(quickstart())[1]) is None
+
+
+def test_min_parallelism_is_checked_in_the_spec() -> None:
+    with pytest.raises(BadInput, match=r"^test: kubernetes: min_parallelism only applies to"):
+        quickstart(kubernetes__min_parallelism=2)
+    with pytest.raises(BadInput, match=r"min_parallelism \(3\) is larger than parallelism \(2\)"):
+        quickstart(kubernetes__queue="q", kubernetes__parallelism=2, kubernetes__min_parallelism=3)
+    with pytest.raises(BadInput, match=r"kubernetes\.min_parallelism: Input should be greater"):
+        quickstart(kubernetes__queue="q", kubernetes__min_parallelism=0)
 
 
 def test_gpus_become_limits_with_the_gpu_toleration() -> None:

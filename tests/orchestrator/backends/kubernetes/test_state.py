@@ -13,8 +13,9 @@ from orchestrator.backends.kubernetes.state import (
     IndexRun,
     parse_intervals,
     run_states,
+    workload_admission,
 )
-from orchestrator.backends.progress import describe, run_progress
+from orchestrator.backends.progress import describe, history_epoch, run_progress
 from orchestrator.results import layout as results
 from orchestrator.spec import parse_spec
 
@@ -114,6 +115,77 @@ def test_job_conditions_decide_open_indexes() -> None:
     assert str(run_states(job({"conditions": [not_true]}), [], RUNS)[0].state) == "PENDING"
 
 
+def condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+
+
+def workload(*conditions: dict[str, Any], count: int | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": list(conditions)}
+    if count is not None:
+        status["admission"] = {
+            "clusterQueue": "early-repair",
+            "podSetAssignments": [{"name": "main", "count": count}],
+        }
+    return {"spec": {"podSets": [{"name": "main", "count": 5, "minCount": 1}]}, "status": status}
+
+
+# Kueue's own words (pkg/scheduler/flavorassigner) for a Job wider than the whole quota.
+NO_FIT = (
+    "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor"
+    " early-repair, previously considered podsets requests (0) + current podset request (5)"
+    " > maximum capacity (4)"
+)
+
+
+def test_workload_conditions_say_where_kueue_stands() -> None:
+    assert workload_admission(None) == "Kueue has not created a Workload for the Job yet"
+    assert workload_admission(workload()) == "queued in Kueue; not considered yet"
+    pending = workload(condition("QuotaReserved", "False", "ExceedsMaxQuota", NO_FIT))
+    assert workload_admission(pending) == f"not admitted by Kueue (ExceedsMaxQuota): {NO_FIT}"
+    reserved = workload(condition("QuotaReserved", "True", "QuotaReserved"), count=5)
+    assert workload_admission(reserved) == (
+        "quota reserved in ClusterQueue early-repair; waiting for admission checks"
+    )
+    admitted = [condition("QuotaReserved", "True", "QuotaReserved")]
+    admitted.append(condition("Admitted", "True", "Admitted"))
+    assert workload_admission(workload(*admitted, count=5)) == (
+        "admitted by ClusterQueue early-repair"
+    )
+    assert workload_admission(workload(*admitted, count=4)) == (
+        "admitted by ClusterQueue early-repair with 4 of 5 runs at once (partial admission)"
+    )
+    evicted = condition("Evicted", "True", "Preempted", "Preempted to accommodate a workload")
+    assert workload_admission(workload(*admitted, evicted, count=4)) == (
+        "evicted by Kueue (Preempted): Preempted to accommodate a workload"
+    )
+    finished = condition("Finished", "True", "JobFinished", "Job finished successfully")
+    assert workload_admission(workload(*admitted, finished, count=5)) == ""
+
+
+def test_runs_waiting_for_kueue_say_why() -> None:
+    suspended = {"type": "Suspended", "status": "True", "reason": "JobSuspended"}
+    why = f"not admitted by Kueue (ExceedsMaxQuota): {NO_FIT}"
+    st = run_states(job({"conditions": [suspended]}), [], RUNS, admission=why)
+    assert [one(st, i) for i in range(3)] == [("PENDING", f"suspended; {why}")] * 3
+    # Admitted in part: started runs say nothing about Kueue, waiting ones do.
+    part = "admitted by ClusterQueue q with 2 of 3 runs at once (partial admission)"
+    st = run_states(job({"active": 2}), [pod(0, "Running"), pod(1, "Running")], RUNS, None, part)
+    assert [one(st, i) for i in range(3)] == [
+        ("RUNNING", ""),
+        ("RUNNING", ""),
+        ("PENDING", f"waiting for a pod; {part}"),
+    ]
+    # Terminal runs keep their own message.
+    st = run_states(job({"completedIndexes": "0-2"}), [], RUNS, admission=part)
+    assert [one(st, i) for i in range(3)] == [("SUCCEEDED", "")] * 3
+
+
 def test_a_job_being_deleted_cancels_open_runs() -> None:
     st = run_states(
         job({"completedIndexes": "2"}, deletionTimestamp="2026-01-01T00:00:00Z"),
@@ -197,19 +269,66 @@ def test_progress_from_keys_uses_the_result_layout() -> None:
     p = run_progress(keys, run)
     assert p == {
         "epoch": 10,
+        "checkpoint": 10,
         "trained": False,
         "evaluated": 1,
         "checkpoints": None,
         "repairs_done": 1,
         "repairs_total": None,
         "done": False,
+        "complete": False,
     }
     assert describe(p) == "epoch 10, eval 1/?, repairs 1/?"
+    # Training has gone on past the last checkpoint: history.csv says how far.
+    assert run_progress(keys, run, trained_epochs=13)["epoch"] == 13
+    assert describe(run_progress(keys, run, trained_epochs=13)).startswith("epoch 13,")
     keys.add(results.summary_json("s", run.name))
-    p = run_progress(keys, run, {"checkpoint_epochs": [1, 5, 10]})
+    p = run_progress(keys, run, {"checkpoint_epochs": [1, 5, 10], "epochs_trained": 15})
     assert (p["trained"], p["checkpoints"], p["repairs_total"]) == (True, 3, 6)
+    assert (p["epoch"], p["checkpoint"]) == (15, 10)
     assert describe(p) == "trained, eval 1/3, repairs 1/6"
     keys.add(results.success("s", run.name))
     assert describe(run_progress(keys, run)) == "done"
     assert describe({}) == ""
     assert describe({"error": "store not readable: x"}) == "? (store not readable: x)"
+
+
+def test_a_run_is_complete_only_with_every_output_of_its_classes() -> None:
+    def spec(classes: list[int]) -> Any:
+        data = {"name": "s", "datasets": ["digits"], "models": ["small_cnn"], "seeds": [1]}
+        (run,) = parse_spec({**data, "repair": {"classes": classes}}, "test").runs()
+        return run
+
+    run = spec([3, 8])
+    summary = {"checkpoint_epochs": [1, 5]}
+    keys = {results.summary_json("s", run.name), results.success("s", run.name)}
+    for e in (1, 5):
+        keys.add(results.base_metrics("s", run.name, e))
+        keys |= {results.repair_metrics("s", run.name, e, c) for c in (3, 8)}
+    assert run_progress(keys, run, summary)["complete"]
+    # A class added since it finished: _SUCCESS is there, but work is left.
+    wider = spec([3, 8, 9])
+    p = run_progress(keys, wider, summary)
+    assert p["done"] and not p["complete"] and (p["repairs_done"], p["repairs_total"]) == (4, 6)
+    # A class dropped: still complete, and the dropped class's records are not counted.
+    narrower = run_progress(keys, spec([3]), summary)
+    assert narrower["complete"] and narrower["repairs_done"] == 2
+    for missing in (
+        results.success("s", run.name),
+        results.base_metrics("s", run.name, 5),
+        results.repair_metrics("s", run.name, 1, 8),
+    ):
+        assert not run_progress(keys - {missing}, run, summary)["complete"], missing
+    assert not run_progress(keys, run, None)["complete"]  # summary unread: cannot tell
+    assert not run_progress(keys, run, {"checkpoint_epochs": "garbage"})["complete"]
+
+
+def test_history_epoch_reads_the_last_whole_row() -> None:
+    header = "epoch,loss,acc,val_loss,val_acc,lr,seconds\n"
+    row = "{},0.5,0.8,0.6,0.7,0.001,1.2\n"
+    assert history_epoch(b"") is None
+    assert history_epoch(header.encode()) is None
+    assert history_epoch((header + row.format(1) + row.format(2)).encode()) == 2
+    # A row being written (no newline yet) is not counted; garbage is no epoch.
+    assert history_epoch((header + row.format(1) + "2,0.4").encode()) == 1
+    assert history_epoch(b"epoch\nnot-a-number\n") is None

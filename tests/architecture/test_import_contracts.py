@@ -1,0 +1,80 @@
+"""The architecture's import contracts (pyproject's [tool.importlinter]) hold, and they bite.
+
+``lint-imports`` runs on the real tree; then on a copy of the packages with one offending
+import added per contract, to show each contract reports a violation instead of passing
+whatever the tree holds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from paths import REPO
+
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_tree_keeps_every_contract() -> None:
+    done = lint(REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    for package in ("orchestrator", "trainer_image"):
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("module", "offence", "contract"),
+    [
+        ("orchestrator/spec.py", "import torch", "never imports torch"),
+        (
+            "orchestrator/results/layout.py",
+            "import trainer_image.train",
+            "reaches the trainer only",
+        ),
+        ("orchestrator/store/base.py", "import orchestrator.store.s3", "knows no implementation"),
+        ("trainer_image/metrics.py", "import orchestrator.cli", "never imports the CLI"),
+        ("orchestrator/spec.py", "import orchestrator.store", "Control-plane layers"),
+    ],
+)
+def test_an_offending_import_is_reported(
+    copy: Path, module: str, offence: str, contract: str
+) -> None:
+    path = copy / module
+    original = path.read_text()
+    path.write_text(original + f"\n{offence}  # added by the test\n")
+    try:
+        done = lint(copy)
+    finally:
+        path.write_text(original)
+    assert done.returncode != 0, done.stdout
+    # The report lists each broken contract by name, then the offending import chain.
+    _, sep, broken = done.stdout.partition("Broken contracts")
+    assert sep, done.stdout
+    assert contract in " ".join(broken.split()), done.stdout
+    assert module.removesuffix(".py").replace("/", ".") in broken
