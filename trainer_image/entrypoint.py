@@ -136,7 +136,9 @@ def run_trainer_process(sweep_file: str | Path, run_index: int) -> None:
         run_trainer(sweep_file, run_index)
         return
     previous = signal.signal(signal.SIGTERM, _terminate)
+    interrupt = signal.signal(signal.SIGINT, _terminate)  # Ctrl-C reaches trainers too
     try:
         run_trainer(sweep_file, run_index)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, interrupt)

@@ -30,8 +30,9 @@ from rich.console import Console
 
 from orchestrator.backends.base import RunState, RunStatus, SubmitResult
 from orchestrator.backends.local.display import Display, duration
+from orchestrator.backends.local.parent import PARENT_ENV
 from orchestrator.backends.progress import describe, sweep_progress
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, EarlyRepairError, StoreError
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.gpu.packing import GpuPool
 from orchestrator.results import events
@@ -161,6 +162,7 @@ class LocalBackend:
         self.sleep = sleep
         self._lock = threading.RLock()  # also taken by the signal handler, on the main thread
         self._cancelled = threading.Event()
+        self.stopped_by: int | None = None  # the signal that stopped the last submit
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._state: dict[str, Any] = {}
         self.nvml = nvml  # None: the real NVML, asked once per submit
@@ -210,6 +212,7 @@ class LocalBackend:
         """The child's environment, held for the run's lifetime (a GPU slot hooks in here)."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        env[PARENT_ENV] = str(os.getpid())  # the trainer ends with us (backends.local.parent)
         if run.training.num_threads is None:
             # torch would take every core in every run; share them out instead.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
@@ -243,7 +246,25 @@ class LocalBackend:
                 f"sweep {spec.name!r} is already running on this machine (pid {running['pid']});"
                 " wait for it or cancel it first"
             )
+        self._check_state_root()
         return store
+
+    def _check_state_root(self) -> None:
+        """BadInput, before anything is created, if the state folder cannot be made or
+        written (XDG_CACHE_HOME read-only, or a file): its first existing ancestor decides."""
+        where = self.state_root
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        problem = None
+        if not where.is_dir():
+            problem = f"{where} is not a folder"
+        elif not os.access(where, os.W_OK | os.X_OK):
+            problem = f"{where} is not writable"
+        if problem:
+            raise BadInput(
+                f"cannot keep local state in {self.state_root}: {problem}; set XDG_CACHE_HOME"
+                " to a writable folder"
+            )
 
     def submit(self, spec: SweepSpec, *, dry_run: bool = False) -> LocalSubmitResult:
         """Run every run of the sweep; returns when all have ended."""
@@ -271,7 +292,13 @@ class LocalBackend:
         workers = min(workers, len(runs))
         started = time.perf_counter()
         logs = self.log_dir(spec.name)
-        logs.mkdir(parents=True, exist_ok=True)
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(
+                f"cannot keep local state in {logs} ({e.strerror or e}); set XDG_CACHE_HOME"
+                " to a writable folder"
+            ) from e
         claim = self._claim(spec.name, logs)
         try:
             out.runs = self._run_all(spec, runs, store, workers, logs)
@@ -306,6 +333,7 @@ class LocalBackend:
             effective = spec.model_copy(update={"results": store.uri})
         _atomic_write(spec_file, effective.model_dump_json(indent=2) + "\n")
         self._cancelled.clear()
+        self.stopped_by = None
         self._state = {
             "version": STATE_VERSION,
             "sweep": spec.name,
@@ -341,6 +369,7 @@ class LocalBackend:
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
         def handler(signum: int, _frame: Any) -> None:
+            self.stopped_by = signum
             self._cancel_children()
 
         for s in previous:
@@ -501,8 +530,12 @@ class LocalBackend:
             blobs = store.read_many([keys.log(sweep, n) for n in wanted])
             for name in wanted:
                 blob = blobs[keys.log(sweep, name)]
-                if not isinstance(blob, bytes):
+                if isinstance(blob, KeyMissing):
                     continue  # no log archived yet
+                if isinstance(blob, EarlyRepairError):  # wrong credentials, no bucket, ...
+                    raise blob
+                if isinstance(blob, Exception):  # an OSError from a folder store
+                    raise StoreError(f"{store.uri}/{keys.log(sweep, name)}: cannot read ({blob})")
                 # While following, hold back a partial last line until it is complete.
                 end = blob.rfind(b"\n", seen[name]) + 1 if follow else len(blob)
                 chunk, seen[name] = blob[seen[name] : max(end, seen[name])], max(end, seen[name])
