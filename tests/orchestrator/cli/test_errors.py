@@ -238,7 +238,7 @@ def test_a_read_only_cache_folder_is_one_line(
             "gtsrb",
             "--input",
             "{tmp}",
-            "--output",
+            "--out",
             "s3://b/x",
             "--endpoint-url",
             CREDENTIALS_URL,

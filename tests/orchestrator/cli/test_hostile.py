@@ -250,7 +250,7 @@ for _id, _argv in {
 }.items():
     case(f"aggregate:{_id}", ["aggregate", *_argv])
 
-_PREP = ["--output", "{cwd}/prepared"]
+_PREP = ["--out", "{cwd}/prepared"]
 for _id, _argv in {
     "unknown-dataset": ["mnist", "--input", "{in}/folder", *_PREP],
     "traversal-dataset": ["../x", "--input", "{in}/folder", *_PREP],
@@ -260,14 +260,14 @@ for _id, _argv in {
     "input-empty-folder": ["gtsrb", "--input", "{in}/folder", *_PREP],
     "input-empty-folder-rsna": ["rsna", "--input", "{in}/folder", *_PREP],
     "input-binary-tree": ["gtsrb", "--input", "{in}/binary-tree", *_PREP],
-    "output-credentials": ["gtsrb", "--input", "{in}/folder", "--output", f"s3://{CREDS}b/x"],
-    "output-empty": ["gtsrb", "--input", "{in}/folder", "--output", ""],
-    "output-a-file": ["gtsrb", "--input", "{in}/folder", "--output", "{in}/a-file"],
+    "output-credentials": ["gtsrb", "--input", "{in}/folder", "--out", f"s3://{CREDS}b/x"],
+    "output-empty": ["gtsrb", "--input", "{in}/folder", "--out", ""],
+    "output-a-file": ["gtsrb", "--input", "{in}/folder", "--out", "{in}/a-file"],
     "endpoint-credentials": [
         "gtsrb",
         "--input",
         "{in}/folder",
-        "--output",
+        "--out",
         "s3://b/x",
         "--endpoint-url",
         f"http://{CREDS}h:9",
