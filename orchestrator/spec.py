@@ -1008,7 +1008,7 @@ class _LastLayerCommon(_RepairCommon):
     """What the methods over Arachne's problem share with it: the positives, the fault
     localisation and the memory bound of a batch of scores."""
 
-    n_positives: int = _ARACHNE["n_positives"]
+    n_positives: int = _ARACHNE["n_positives"]  # Arachne's field: its Int type included
     positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
         "uniform",
         description="How the positives are drawn, as Arachne's `positives`: uniform,"
@@ -1025,21 +1025,21 @@ class ArachneDERepairSpec(_LastLayerCommon):
     method: Literal["arachne-de"] = Field(
         "arachne-de", description="Arachne with differential evolution (TOSEM 2023)."
     )
-    population: int = Field(
+    population: Int = Field(
         100, ge=4, description="Candidates per generation (TOSEM 100); DE/rand/1 needs >= 4."
     )
-    generations: int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
-    patience: int = Field(
+    generations: Int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
+    patience: Int = Field(
         10, gt=0, description="Stop after this many generations without a better best."
     )
-    mutation: tuple[float, float] = Field(
+    mutation: tuple[Float, Float] = Field(
         (0.5, 1.0),
         description="The scale factor F is drawn from U(low, high) once per generation.",
     )
-    recombination: float = Field(
+    recombination: Float = Field(
         0.7, ge=0, le=1, description="Binomial crossover rate (one dimension always crosses)."
     )
-    patch_aggr: float = Field(
+    patch_aggr: Float = Field(
         10.0,
         gt=0,
         description="Weight of the negatives in the fitness N_intact' + patch_aggr x N_patched'.",
@@ -1067,20 +1067,20 @@ class FinetuneRepairSpec(_LastLayerCommon):
     method: Literal["finetune"] = Field(
         "finetune", description="Fine-tune the final layer on the negatives and positives."
     )
-    steps: int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
-    lr: float = Field(
+    steps: Int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
+    lr: Float = Field(
         1.0,
         gt=0,
         description="Step size in units of 1/L, L a bound on the loss's curvature that"
         " scales with the squared feature norm; below 2 every step lowers the loss.",
     )
-    neg_weight: float = Field(
+    neg_weight: Float = Field(
         1.0, ge=0, description="Weight of the negatives' mean cross-entropy in the loss."
     )
-    pos_weight: float = Field(
+    pos_weight: Float = Field(
         1.0, ge=0, description="Weight of the sampled positives' mean cross-entropy."
     )
-    l2: float = Field(
+    l2: Float = Field(
         0.01, ge=0, description="Penalty l2 x sum (w - w_original)^2 toward the original layer."
     )
     weights: Literal["all", "localised"] = Field(
