@@ -124,9 +124,11 @@ def run_trainer(
 
 
 def _terminate(signum: int, _frame: Any) -> None:
-    # A second SIGTERM (the local backend and a user's kill, say) must not cut short the
-    # log upload the first one started; SIGKILL still ends the process.
-    signal.signal(signum, signal.SIG_IGN)
+    # A second SIGTERM or SIGINT (Ctrl-C reaches the trainer and `run`, which then sends
+    # SIGTERM) must not cut short the log upload the first one started; SIGKILL still ends
+    # the process.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
