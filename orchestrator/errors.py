@@ -3,7 +3,15 @@
 Every layer raises one of these (``raise ... from e``) with a message that says what to
 do; the CLI turns them into one line on stderr and the exit code below. The trainer uses
 the same codes so that a Kubernetes podFailurePolicy can tell bad input (never retry)
-from a GPU-memory wait that timed out (retry) from a crash (count against the backoff).
+from a failure that may pass if tried again later (retry) from a crash (count against the
+backoff).
+
+Errors are permanent or transient, as in Kopf's ``PermanentError``/``TemporaryError``:
+``BadInput`` (and a ``StoreError``: a missing bucket, wrong credentials) fails the same
+way however often it is retried; a ``Transient`` error (a storage server answering 5xx,
+refusing connections or timing out after botocore's own retries; the GPU guard's timeout)
+may well pass a minute later, so it exits with a code that the podFailurePolicy counts
+against ``backoffLimitPerIndex`` instead of failing the index.
 """
 
 from __future__ import annotations
@@ -16,6 +24,10 @@ EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 69
 # EX_TEMPFAIL from sysexits.h: "try again later" - the GPU guard's timeout.
 EXIT_GUARD_TIMEOUT = 75
+# 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
+# Exit codes after which running the same thing again may succeed.
+RETRIABLE_EXIT_CODES = (EXIT_TRANSIENT, EXIT_GUARD_TIMEOUT)
 
 
 class EarlyRepairError(Exception):
@@ -25,9 +37,16 @@ class EarlyRepairError(Exception):
 
 
 class BadInput(EarlyRepairError):
-    """The user gave us something we cannot use: spec, flag, path, URI, dataset layout."""
+    """The user gave us something we cannot use: spec, flag, path, URI, dataset layout.
+    Permanent: retrying cannot help."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class Transient(EarlyRepairError):
+    """Something outside us failed in a way that may pass: try the same thing again later."""
+
+    exit_code = EXIT_TRANSIENT
 
 
 class RunFailed(EarlyRepairError):
@@ -37,12 +56,27 @@ class RunFailed(EarlyRepairError):
 
 
 class StoreError(EarlyRepairError):
-    """Object storage could not be used (after retries)."""
+    """Object storage cannot be used as configured (bucket, credentials, region, a
+    request the server refuses): permanent, so bad input."""
 
     exit_code = EXIT_BAD_INPUT
 
 
-class GuardTimeout(EarlyRepairError):
+class TransientStoreError(StoreError, Transient):
+    """Object storage failed even after the client's retries (5xx, throttling, refused or
+    timed-out connections, bodies cut short): the server may be back soon."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class GuardTimeout(Transient):
     """The GPU never had enough free memory within the guard's timeout."""
 
     exit_code = EXIT_GUARD_TIMEOUT
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: a message that
+    quotes user input (a key with a newline, a megabyte of garbage) stays one line."""
+    flat = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(text.split()))
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -13,8 +13,10 @@ trainer alike, so it must stay light (no torch).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,7 @@ from pydantic import (
     Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    Strict,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -37,10 +40,17 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    NodeEvent,
+)
 
 from orchestrator import catalog
 from orchestrator.catalog import is_import_path
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, one_line
+from orchestrator.urls import endpoint_problem, uri_credentials_problem
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Sweep names become object names: "<name>-<8 hex>" plus the Job controller's pod
@@ -52,6 +62,94 @@ MAX_RUN_NAME = 63
 RAW_DATASETS = ("gtsrb", "rsna")
 # Built-in models with an ImageNet input layer when pretrained.
 IMAGENET_MODELS = ("vgg16", "densenet121")
+
+# Bounds that keep a hostile or mistyped spec from reaching the runs (or the memory) at all.
+INT64_MAX = 2**63 - 1  # what JSON consumers, Kubernetes int64 fields and torch seeds hold
+INT32_MAX = 2**31 - 1  # Kubernetes int32 fields (parallelism, backoffLimitPerIndex, ...)
+SPLIT_SEED_MAX = 2**32 - 1  # scikit-learn's random_state goes to numpy's RandomState
+MAX_RUNS = 100_000  # an Indexed Job allows at most 100,000 completions
+MAX_SPEC_BYTES = 4 << 20  # 100,000 seeds fit, even as indented JSON (sweep.json)
+MAX_DEPTH = 64  # YAML nesting (mappings and sequences); a spec needs fewer than 10
+# Nodes of the spec with every YAML alias expanded: bounds the memory an alias bomb takes
+# once validation and hashing walk it as a tree.
+MAX_NODES = 1_000_000
+# The C parser when PyYAML has it: ~30x faster, and it refuses absurd nesting by itself.
+_YAML_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _not_bool(value: Any) -> Any:
+    # YAML's `true`/`yes`/`on` are booleans; pydantic would take them as 1 (or 1.0).
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    # Before range checks, so `.nan` is called what it is rather than "not >= 0".
+    _not_bool(value)
+    try:
+        number = float(value) if isinstance(value, float | str) else None
+    except ValueError:
+        return value  # not a number at all: pydantic says so
+    if number is not None and not math.isfinite(number):
+        raise ValueError(f"expected a finite number, not {value!r}")
+    return value
+
+
+# Shared number types: integers in 64 bits and never a boolean or a string; floats finite
+# (`.inf`/`.nan` would pass `gt=0` and fail only once a run started) and never a boolean.
+# Floats stay lax about strings because YAML 1.1 reads `1e-4` (no dot) as a string.
+Int = Annotated[int, Strict(), BeforeValidator(_not_bool), Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+Int32 = Annotated[int, Strict(), BeforeValidator(_not_bool), Field(ge=-(2**31), le=INT32_MAX)]
+Seed = Annotated[int, Strict(), BeforeValidator(_not_bool), Field(ge=0, le=INT64_MAX)]
+Float = Annotated[float, BeforeValidator(_finite), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+Bytes = Annotated[ByteSize, BeforeValidator(_not_bool), Field(le=INT64_MAX)]
+
+
+def _plain(value: Any, where: str = "") -> None:
+    """Free-form data (options, tolerations): JSON-like, with finite numbers in 64 bits."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where or 'a'} key {k!r} is not a string")
+            _plain(v, f"{where}.{k}" if where else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain(v, f"{where}.{i}" if where else str(i))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'value'}: {value} is not a finite number")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        raise ValueError(f"{where or 'value'}: {value} does not fit in 64 bits")
+    elif not isinstance(value, str | int | float | type(None)):
+        raise ValueError(f"{where or 'value'}: a {type(value).__name__} is not plain data")
+
+
+def _plain_data(value: Any) -> Any:
+    _plain(value)
+    return value
+
+
+def _endpoint(value: str | None) -> str | None:
+    problem = endpoint_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value.rstrip("/") if value else value
+
+
+def _path_text(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if "\x00" in value:
+        raise ValueError("a path may not contain a NUL character")
+    problem = uri_credentials_problem(value)
+    if problem:  # s3://KEY:SECRET@bucket would be written to sweep.json and a ConfigMap
+        raise ValueError(problem)
+    return value
+
+
+PlainDict = Annotated[dict[str, Any], AfterValidator(_plain_data)]
+PathText = Annotated[str, AfterValidator(_path_text)]
 
 
 def _added(default: Any, **kwargs: Any) -> Any:
@@ -84,6 +182,24 @@ DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 SweepName = Annotated[str, AfterValidator(_sweep_name)]
 
 
+def check_sweep_name(value: str, field: str | None = None) -> str:
+    """``value`` if it can be a sweep's name (a spec's ``name``), else BadInput - before a
+    name typed on the command line becomes a path, a label selector or an object name."""
+    if not (
+        isinstance(value, str) and len(value) <= MAX_SWEEP_NAME and DNS1123_LABEL.fullmatch(value)
+    ):
+        shown = repr(value) if len(value) <= 60 else repr(value[:57] + "...")
+        where = f"{field}: " if field else ""
+        raise BadInput(
+            one_line(
+                f"{where}{shown} is not a sweep name: sweep names are the spec's `name`,"
+                f" lower-case letters, digits and '-', at most {MAX_SWEEP_NAME} characters"
+            )
+        )
+    return value
+
+
+@functools.lru_cache(maxsize=1024)  # run names of a 100,000-run sweep ask for the same few
 def slug(value: str) -> str:
     """A DNS-1123 label derived from a registry key or an import path."""
     out = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
@@ -113,32 +229,35 @@ class DatasetSpec(_Strict):
     label: DnsLabel | None = Field(
         None, description="Short name used in run names; derived from `name` when omitted."
     )
-    input: str | None = Field(
+    input: PathText | None = Field(
         None, description="Folder holding the raw dataset as distributed (see inputs/README.md)."
     )
-    prepared: str | None = Field(
+    prepared: PathText | None = Field(
         None,
         description="URI (path, file:// or s3://) of splits written by `early-repair prepare`;"
         " preferred over `input` when both are set.",
     )
-    num_classes: int | None = Field(
+    num_classes: Int | None = Field(
         None, gt=1, description="Number of classes; required for import-path datasets."
     )
-    image_size: int | None = Field(
+    image_size: Int | None = Field(
         None, gt=0, description="Side of the square input images (gtsrb 32, rsna 160)."
     )
-    split_seed: int = Field(42, ge=0, description="Seed of the train/repair/test split.")
+    split_seed: Int = Field(
+        42, ge=0, le=SPLIT_SEED_MAX, description="Seed of the train/repair/test split (32 bits)."
+    )
     # Split and preprocessing choices of the released code (docs/science.md).
-    stratify: bool = _added(
+    stratify: Bool = _added(
         True,
         description="Split by label (train/repair, and test where the dataset has a test"
         " split), so every class keeps its share. false: a plain seeded random split, as the"
         " released GTSRB code (whose shuffle was also unseeded, so its split cannot be"
         " reproduced exactly).",
     )
-    test_split_seed: int | None = _added(
+    test_split_seed: Int | None = _added(
         None,
         ge=0,
+        le=SPLIT_SEED_MAX,
         description="Seed of the test split of digits and rsna (default: split_seed); the"
         " train/repair split keeps split_seed. The released RSNA code used 43 with split_seed"
         " 42. Not for gtsrb, whose test set is the official one.",
@@ -151,16 +270,16 @@ class DatasetSpec(_Strict):
         " equalisation of the HSV V channel, centre square crop, anti-aliased resize; rsna: raw"
         " pixels, truncating 0..255 rescale when outside it, anti-aliased resize.",
     )
-    max_bad_fraction: float = Field(
+    max_bad_fraction: Float = Field(
         0.01,
         ge=0,
         le=1,
         description="Share of unreadable or unlabelled raw files tolerated before failing.",
     )
-    repair_classes: list[int] | None = Field(
+    repair_classes: list[Int] | None = Field(
         None, description="Classes to repair for this dataset; overrides `repair.classes`."
     )
-    options: dict[str, Any] = Field(
+    options: PlainDict = Field(
         default_factory=dict, description="Extra keyword arguments for import-path datasets."
     )
 
@@ -211,10 +330,10 @@ class ModelSpec(_Strict):
         " 'pkg.module:fn' returning a torch module whose last layer is Linear."
     )
     label: DnsLabel | None = Field(None, description="Short name used in run names.")
-    pretrained: bool | None = Field(
+    pretrained: Bool | None = Field(
         None, description="Start from ImageNet weights (vgg16 default true, others false)."
     )
-    weights: str | None = Field(
+    weights: PathText | None = Field(
         None, description="Local file with pretrained weights; never downloaded at run time."
     )
     normalise: Literal["imagenet", "none"] = _added(
@@ -224,7 +343,7 @@ class ModelSpec(_Strict):
         " none: fed [0, 1] RGB as they are, as the released code fed VGG16. Import-path models"
         " receive it as the keyword `normalise` when it is not the default.",
     )
-    options: dict[str, Any] = Field(
+    options: PlainDict = Field(
         default_factory=dict, description="Extra keyword arguments for the model factory."
     )
 
@@ -278,13 +397,13 @@ class ReadinessSpec(_Strict):
         " after every online repair (needs training.repair_every). val-loss: the unrepaired"
         " validation loss, every epoch (what early stopping watches).",
     )
-    alpha: float = Field(
+    alpha: Float = Field(
         0.5,
         ge=0,
         le=1,
         description="Stakeholder weight of Qual = alpha x Acc_c + (1 - alpha) x Acc_total.",
     )
-    repair_class: int | None = Field(
+    repair_class: Int | None = Field(
         None,
         description="The repaired class whose Qual is watched; default: every repaired class,"
         " each decided on its own.",
@@ -293,13 +412,13 @@ class ReadinessSpec(_Strict):
         None,
         description="The repair method whose result is watched; default: every configured one.",
     )
-    patience: int = Field(
+    patience: Int = Field(
         5,
         gt=0,
         description="Fire after this many evaluations without improvement (one evaluation per"
         " online repair for repaired-val-qual, per epoch for val-loss).",
     )
-    min_delta: float = Field(
+    min_delta: Float = Field(
         0.0, ge=0, description="An improvement smaller than this does not reset the patience."
     )
     action: Literal["stop", "record"] = Field(
@@ -324,27 +443,27 @@ class TrainingSpec(_Strict):
     """The paper's training procedure; fields marked 'released code' reproduce its deviations."""
 
     optimizer: Literal["sgd"] = "sgd"
-    lr: float = Field(1e-2, gt=0, description="Initial learning rate (released code: 1e-4).")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: Float = Field(1e-2, gt=0, description="Initial learning rate (released code: 1e-4).")
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(0.0, ge=0)
     lr_schedule: Literal["step", "compound"] = Field(
         "step",
         description="step: lr x gamma every lr_step_epochs epochs. compound: the released"
         " code's bug, current lr x gamma^floor(epoch/lr_step_epochs) every epoch.",
     )
-    lr_step_epochs: int = Field(10, gt=0)
-    lr_gamma: float = Field(0.1, gt=0, le=1)
-    batch_size: int = Field(128, gt=0, description="Released code effectively used 4.")
-    max_epochs: int = Field(30, gt=0)
-    early_stopping: bool = Field(
+    lr_step_epochs: Int = Field(10, gt=0)
+    lr_gamma: Float = Field(0.1, gt=0, le=1)
+    batch_size: Int = Field(128, gt=0, description="Released code effectively used 4.")
+    max_epochs: Int = Field(30, gt=0)
+    early_stopping: Bool = Field(
         True, description="Stop when val loss stalls (released code: never stopped early)."
     )
-    patience: int = Field(5, gt=0, description="Epochs without val-loss improvement.")
-    min_delta: float = Field(0.0, ge=0, description="Improvement smaller than this is none.")
-    checkpoint_every: int = Field(5, gt=0)
-    checkpoint_first: bool = Field(True, description="Also keep epoch 1.")
-    checkpoint_convergence: bool = Field(True, description="Also keep the convergence epoch.")
-    validation_split: float = Field(0.2, gt=0, lt=1)
+    patience: Int = Field(5, gt=0, description="Epochs without val-loss improvement.")
+    min_delta: Float = Field(0.0, ge=0, description="Improvement smaller than this is none.")
+    checkpoint_every: Int = Field(5, gt=0)
+    checkpoint_first: Bool = Field(True, description="Also keep epoch 1.")
+    checkpoint_convergence: Bool = Field(True, description="Also keep the convergence epoch.")
+    validation_split: Float = Field(0.2, gt=0, lt=1)
     # How the released code held out validation data and ordered batches (docs/science.md).
     validation: Literal["fixed", "per-seed"] = _added(
         "fixed",
@@ -353,22 +472,22 @@ class TrainingSpec(_Strict):
         " released code - floor(validation_split x n) images chosen by numpy's"
         " RandomState(training seed), not stratified, so every seed validates on others.",
     )
-    shuffle_each_epoch: bool = _added(
+    shuffle_each_epoch: Bool = _added(
         True,
         description="Draw a new batch order every epoch. false: one order, drawn once from the"
         " training seed, reused in every epoch (the released code never reshuffled).",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = Field(
+    num_threads: Int | None = Field(
         None, gt=0, description="CPU threads for torch; default: what the scheduler gives."
     )
-    state_every: int | None = Field(
+    state_every: Int | None = Field(
         1,
         ge=1,
         description="Store a resumable training state (train/state.pt) every this many epochs"
         " and at the last one, so that a killed run resumes after that epoch; null: never.",
     )
-    repair_every: int | None = Field(
+    repair_every: Int | None = Field(
         None,
         ge=1,
         description="Also repair the model after every N-th epoch's validation (dense online"
@@ -407,11 +526,11 @@ class _RepairCommon(_Strict):
     """What every repair method shares: which classes it repairs, and its seed."""
 
     method: str = Field(description="The repair method.")
-    classes: list[int] = Field(
+    classes: list[Int] = Field(
         default_factory=list, description="Target classes repaired in every run."
     )
-    seed: int = Field(
-        0, ge=0, description="Mixed with run seed, epoch and class: the method's random seed."
+    seed: Seed = Field(
+        0, description="Mixed with run seed, epoch and class: the method's random seed."
     )
     methods: list[str | dict[str, Any]] | None = _added(
         None,
@@ -447,25 +566,25 @@ class ArachneSpec(_RepairCommon):
     method: Literal["arachne"] = Field(
         "arachne", description="arachne (the default): the paper's search over the last layer."
     )
-    particles: int = Field(100, gt=0)
-    iterations: int = Field(50, gt=0, description="Paper 50; released code default 100.")
-    patience: int = Field(10, gt=0, description="Stop after this many iterations w/o gain.")
-    phi: float = Field(4.1, gt=4)
+    particles: Int = Field(100, gt=0)
+    iterations: Int = Field(50, gt=0, description="Paper 50; released code default 100.")
+    patience: Int = Field(10, gt=0, description="Stop after this many iterations w/o gain.")
+    phi: Float = Field(4.1, gt=4)
     variant: Literal["v1", "textbook"] = Field(
         "v1",
         description="v1: one r1, r2 per particle and step, |v| clamped to [wb/5, 5wb]"
         " (paper's code). textbook: per-dimension r, |v| <= 5wb, no minimum speed.",
     )
-    n_positives: int = Field(200, gt=0, description="Positives sampled for the fitness.")
-    dedup_positives: bool = Field(
+    n_positives: Int = Field(200, gt=0, description="Positives sampled for the fitness.")
+    dedup_positives: Bool = Field(
         False,
         json_schema_extra={"deprecated": True},
         description="Legacy spelling of `positives` (true = with-replacement-dedup), kept equal"
         " to it and written so that stored specs and their hashes stay those of the first"
         " release; set `positives` instead.",
     )
-    grad_factor: int = Field(20, gt=0, description="N_g = grad_factor x |negatives|.")
-    max_batch_bytes: ByteSize = Field(
+    grad_factor: Int = Field(20, gt=0, description="N_g = grad_factor x |negatives|.")
+    max_batch_bytes: Bytes = Field(
         ByteSize(256 * 2**20), description="Memory bound for one batch of particle scores."
     )
     # --- Arachne as the released code ran it (docs/science.md, "Released code") ----------
@@ -491,7 +610,7 @@ class ArachneSpec(_RepairCommon):
         " old velocity, then the velocity update from the new x, so its first iteration"
         " re-scores the initial swarm.",
     )
-    stagnation_start: int = _added(
+    stagnation_start: Int = _added(
         1,
         ge=1,
         description="First iteration at which the early stop (patience iterations without a"
@@ -541,7 +660,7 @@ class _LastLayerCommon(_RepairCommon):
     """What the methods over Arachne's problem share with it: the positives, the fault
     localisation and the memory bound of a batch of scores."""
 
-    n_positives: int = _ARACHNE["n_positives"]
+    n_positives: int = _ARACHNE["n_positives"]  # Arachne's field: its Int type included
     positives: Literal["uniform", "with-replacement-dedup", "balanced"] = Field(
         "uniform",
         description="How the positives are drawn, as Arachne's `positives`: uniform,"
@@ -560,21 +679,21 @@ class ArachneDERepairSpec(_LastLayerCommon):
     method: Literal["arachne-de"] = Field(
         "arachne-de", description="Arachne with differential evolution (TOSEM 2023)."
     )
-    population: int = Field(
+    population: Int = Field(
         100, ge=4, description="Candidates per generation (TOSEM 100); DE/rand/1 needs >= 4."
     )
-    generations: int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
-    patience: int = Field(
+    generations: Int = Field(100, gt=0, description="At most this many generations (TOSEM 100).")
+    patience: Int = Field(
         10, gt=0, description="Stop after this many generations without a better best."
     )
-    mutation: tuple[float, float] = Field(
+    mutation: tuple[Float, Float] = Field(
         (0.5, 1.0),
         description="The scale factor F is drawn from U(low, high) once per generation.",
     )
-    recombination: float = Field(
+    recombination: Float = Field(
         0.7, ge=0, le=1, description="Binomial crossover rate (one dimension always crosses)."
     )
-    patch_aggr: float = Field(
+    patch_aggr: Float = Field(
         10.0,
         gt=0,
         description="Weight of the negatives in the fitness N_intact' + patch_aggr x N_patched'.",
@@ -604,20 +723,20 @@ class FinetuneRepairSpec(_LastLayerCommon):
     method: Literal["finetune"] = Field(
         "finetune", description="Fine-tune the final layer on the negatives and positives."
     )
-    steps: int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
-    lr: float = Field(
+    steps: Int = Field(100, gt=0, description="Full-batch gradient-descent steps.")
+    lr: Float = Field(
         1.0,
         gt=0,
         description="Step size in units of 1/L, L a bound on the loss's curvature that"
         " scales with the squared feature norm; below 2 every step lowers the loss.",
     )
-    neg_weight: float = Field(
+    neg_weight: Float = Field(
         1.0, ge=0, description="Weight of the negatives' mean cross-entropy in the loss."
     )
-    pos_weight: float = Field(
+    pos_weight: Float = Field(
         1.0, ge=0, description="Weight of the sampled positives' mean cross-entropy."
     )
-    l2: float = Field(
+    l2: Float = Field(
         0.01, ge=0, description="Penalty l2 x sum (w - w_original)^2 toward the original layer."
     )
     weights: Literal["all", "localised"] = Field(
@@ -635,7 +754,7 @@ class ImportedRepairSpec(_RepairCommon):
         description="Import path 'package.module:function' of a RepairMethod"
         " (trainer_image.repair.base).",
     )
-    options: dict[str, Any] = Field(
+    options: PlainDict = Field(
         default_factory=dict, description="Keyword settings passed to the method as `cfg.options`."
     )
 
@@ -741,31 +860,33 @@ def _member_fields(method: Any) -> set[str]:
 
 
 class ResourcesSpec(_Strict):
-    gpus: int = Field(0, ge=0, description="GPUs per run; 0 = CPU only.")
+    gpus: Int = Field(0, ge=0, description="GPUs per run; 0 = CPU only.")
     cpu: str = Field("2", description="Kubernetes CPU request per run.")
     memory: str = Field("8Gi", description="Kubernetes memory request per run.")
-    min_free_vram: ByteSize = Field(
+    min_free_vram: Bytes = Field(
         ByteSize(0), description="Wait until each visible GPU has this much free (e.g. 10GiB)."
     )
-    max_used_vram: ByteSize | None = Field(
+    max_used_vram: Bytes | None = Field(
         None, description="Also wait until each visible GPU has at most this much in use."
     )
-    vram_estimate: ByteSize = Field(
+    vram_estimate: Bytes = Field(
         ByteSize(2 * 2**30), description="Memory one run needs, for packing runs onto GPUs."
     )
-    guard_timeout_s: float = Field(3600.0, gt=0)
-    guard_poll_s: float = Field(10.0, gt=0)
+    guard_timeout_s: Float = Field(
+        3600.0, gt=0, description="Seconds the GPU guard waits at most (finite; 86400 = a day)."
+    )
+    guard_poll_s: Float = Field(10.0, gt=0, description="Longest pause between GPU checks.")
 
 
 class KubernetesSpec(_Strict):
     namespace: DnsLabel = "early-repair"
-    parallelism: int | None = Field(
+    parallelism: Int32 | None = Field(
         None,
         gt=0,
         description="Runs at once (the Job's parallelism). Default: all runs at once; with a"
         " Kueue queue, Kueue may start fewer (see min_parallelism).",
     )
-    min_parallelism: int | None = _added(
+    min_parallelism: Int32 | None = _added(
         None,
         gt=0,
         description="With a Kueue queue: the fewest runs at once Kueue may start the sweep"
@@ -774,14 +895,14 @@ class KubernetesSpec(_Strict):
         " admitted parallelism until it ends). Default 1: a sweep larger than the quota starts"
         " in parts instead of never; set it to `parallelism` for all-or-nothing admission.",
     )
-    backoff_limit_per_index: int = Field(2, ge=0)
-    max_failed_indexes: int | None = Field(None, ge=0)
-    ttl_seconds_after_finished: int = Field(86400, ge=0)
-    active_deadline_seconds: int | None = Field(None, gt=0)
+    backoff_limit_per_index: Int32 = Field(2, ge=0)
+    max_failed_indexes: Int32 | None = Field(None, ge=0)
+    ttl_seconds_after_finished: Int32 = Field(86400, ge=0)
+    active_deadline_seconds: Int | None = Field(None, gt=0)
     queue: DnsLabel | None = Field(None, description="Kueue LocalQueue name.")
     node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    affinity: dict[str, Any] | None = None
+    tolerations: list[PlainDict] = Field(default_factory=list)
+    affinity: PlainDict | None = None
     priority_class_name: str | None = None
     runtime_class_name: str | None = None
     service_account: DnsLabel = "early-repair-trainer"
@@ -807,7 +928,11 @@ class KubernetesSpec(_Strict):
 
 
 class StorageSpec(_Strict):
-    endpoint_url: str | None = Field(None, description="S3 endpoint, e.g. MinIO's URL.")
+    endpoint_url: Annotated[str | None, AfterValidator(_endpoint)] = Field(
+        None,
+        description="S3 endpoint, e.g. MinIO's URL: http(s)://host[:port], no credentials"
+        " (those come from the AWS chain).",
+    )
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
@@ -835,7 +960,7 @@ class SweepSpec(_Strict):
         BeforeValidator(_as_list),
         Field(min_length=1),
     ]
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    seeds: Annotated[list[Seed], Field(min_length=1)]
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     repair: RepairConfig = Field(
         default_factory=ArachneSpec, description="The repair method and its settings."
@@ -843,7 +968,7 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
-    results: str = Field("results", description="Where results go: path, file:// or s3://.")
+    results: PathText = Field("results", description="Where results go: path, file:// or s3://.")
     image: str = Field("ghcr.io/early-repair/trainer:0.1.0", description="Trainer image.")
 
     @model_validator(mode="after")
@@ -865,9 +990,21 @@ class SweepSpec(_Strict):
                     f"repair class {bad[0]} is out of range for dataset {ds.name!r}"
                     f" (classes 0..{(n or 1) - 1})"
                 )
-        for run in self.runs():
-            if len(run.name) > MAX_RUN_NAME:
-                raise ValueError(f"run name {run.name!r} is too long: shorten the labels")
+        n_runs = len(self.datasets) * len(self.models) * len(self.seeds)
+        if n_runs > MAX_RUNS:
+            raise ValueError(
+                f"{n_runs} runs ({len(self.datasets)} datasets x {len(self.models)} models x"
+                f" {len(self.seeds)} seeds) is more than {MAX_RUNS:,} (an Indexed Job's limit);"
+                " split the sweep"
+            )
+        # The longest run name is the longest dataset, model and seed put together.
+        longest = _run_name(
+            max(self.datasets, key=lambda d: len(d.key)),
+            max(self.models, key=lambda m: len(m.key)),
+            max(self.seeds, key=lambda s: len(str(s))),
+        )
+        if len(longest) > MAX_RUN_NAME:
+            raise ValueError(f"run name {longest!r} is too long: shorten the labels")
         return self
 
     @model_validator(mode="after")
@@ -911,17 +1048,21 @@ class RunSpec(_Strict):
     """One run = dataset x model x seed; index N is the Nth run of ``expand``."""
 
     sweep: str
-    index: int
+    index: Int
     name: str
     dataset: DatasetSpec
     model: ModelSpec
-    seed: int
-    repair_classes: list[int]
+    seed: Seed
+    repair_classes: list[Int]
     training: TrainingSpec
     repair: RepairConfig
     resources: ResourcesSpec
     storage: StorageSpec
     results: str
+
+
+def _run_name(ds: DatasetSpec, model: ModelSpec, seed: int) -> str:
+    return f"{ds.key}-{model.key}-s{seed}"
 
 
 def expand(spec: SweepSpec) -> list[RunSpec]:
@@ -931,10 +1072,12 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
         for model in spec.models:
             for seed in spec.seeds:
                 runs.append(
-                    RunSpec(
+                    # Every part comes from the validated spec; validating each of up to
+                    # 100,000 runs again would only cost seconds.
+                    RunSpec.model_construct(
                         sweep=spec.name,
                         index=len(runs),
-                        name=f"{ds.key}-{model.key}-s{seed}",
+                        name=_run_name(ds, model, seed),
                         dataset=ds,
                         model=model,
                         seed=seed,
@@ -958,10 +1101,11 @@ def describe_error(err: ValidationError, source: str) -> str:
     parts = [
         p for i, p in enumerate(parts) if not (i and parts[i - 1] == "repair" and p in REPAIR_TAGS)
     ]
-    loc = ".".join(parts) or "spec"
+    # A check of the whole spec (loc ()) names its fields itself.
+    loc = ".".join(parts) + ": " if parts else ""
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    return one_line(f"{source}: {loc}{msg}{more}")
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
@@ -973,27 +1117,99 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         return SweepSpec.model_validate(data)
     except ValidationError as e:
         raise BadInput(describe_error(e, source)) from e
+    except RecursionError as e:  # a dict that contains itself, handed in by a caller
+        raise BadInput(f"{source}: the spec refers to itself; write it out as a tree") from e
+
+
+def _read_spec_text(p: Path) -> str:
+    """The file's text, reading at most MAX_SPEC_BYTES (+1 to notice more): /dev/zero or a
+    multi-gigabyte file is refused without being read."""
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except FileNotFoundError as e:
+        raise BadInput(f"{p}: no such file; pass the path of a sweep YAML file") from e
+    except (OSError, ValueError) as e:  # a folder, no permission, a symlink loop, a NUL byte
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise BadInput(f"{p}: cannot read the sweep file ({why})") from e
+    if len(data) > MAX_SPEC_BYTES:
+        raise BadInput(
+            f"{p}: larger than {MAX_SPEC_BYTES // 1024} KiB; a sweep file is a short YAML"
+            " document (pass data through files it names, not inline)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{p}: not a text file (not UTF-8); pass a sweep YAML file") from e
+
+
+def _check_shape(text: str, source: str) -> None:
+    """Walk the YAML events (no objects built) and refuse nesting deeper than MAX_DEPTH or
+    more than MAX_NODES nodes once aliases are expanded - before anything is constructed,
+    so an alias bomb or a 50,000-deep document costs neither memory nor a deep recursion."""
+    sizes: list[int] = [0]  # expanded node count of each open collection; [0] is the root
+    anchors: list[str | None] = [None]
+    done: dict[str, int] = {}  # anchor -> expanded size of its finished node
+
+    def add(n: int, line: int) -> None:
+        sizes[-1] += n
+        if sizes[-1] > MAX_NODES:
+            raise BadInput(
+                f"{source}: more than {MAX_NODES:,} values once YAML aliases are expanded"
+                f" (line {line}); write the spec out without an alias bomb"
+            )
+
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        if isinstance(event, CollectionStartEvent):
+            if len(sizes) > MAX_DEPTH:
+                raise BadInput(
+                    f"{source}: nested deeper than {MAX_DEPTH} levels (line {line}); a sweep"
+                    " spec needs only a few"
+                )
+            sizes.append(1)
+            anchors.append(event.anchor)
+            if event.anchor:
+                done.pop(event.anchor, None)  # open: an alias to it now would be a cycle
+        elif isinstance(event, CollectionEndEvent):
+            size, anchor = sizes.pop(), anchors.pop()
+            if anchor:
+                done[anchor] = size
+            add(size, line)
+        elif isinstance(event, AliasEvent):
+            if event.anchor in anchors:
+                raise BadInput(f"{source}: alias *{event.anchor} refers to itself (line {line})")
+            add(done.get(event.anchor or "", 1), line)  # an unknown one: the loader says so
+        elif isinstance(event, NodeEvent):  # a scalar
+            if event.anchor:
+                done[event.anchor] = 1
+            add(1, line)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """A YAML (or JSON) file as plain data, within bounds: at most MAX_SPEC_BYTES, nested
+    at most MAX_DEPTH deep, at most MAX_NODES values with aliases expanded."""
+    p = Path(path)
+    text = _read_spec_text(p)
+    try:
+        _check_shape(text, str(p))
+        return yaml.load(text, Loader=_YAML_LOADER)  # CSafeLoader or SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None)
+        why = f" ({' '.join(str(problem).split())})" if problem else ""
+        raise BadInput(one_line(f"{p}: not valid YAML{where}{why}; fix the syntax")) from e
+    except (ValueError, OverflowError) as e:  # an int of 5,000 digits, a date like 2024-13-45
+        raise BadInput(one_line(f"{p}: a value cannot be read ({e}); fix it")) from e
 
 
 def load_spec(path: str | Path, **overrides: Any) -> SweepSpec:
     """Read a YAML (or JSON) sweep file; ``overrides`` replace top-level fields."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError as e:
-        raise BadInput(f"{p}: no such file; pass the path of a sweep YAML file") from e
-    except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, a symlink loop, ...
-        why = getattr(e, "strerror", None) or type(e).__name__
-        raise BadInput(f"{p}: cannot read the sweep file ({why})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{p}: not valid YAML{where}; fix the syntax") from e
+    data = load_yaml(path)
     if isinstance(data, dict):
         data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    return parse_spec(data, str(p))
+    return parse_spec(data, str(path))
 
 
 def json_schema() -> dict[str, Any]:

@@ -124,9 +124,11 @@ def run_trainer(
 
 
 def _terminate(signum: int, _frame: Any) -> None:
-    # A second SIGTERM (the local backend and a user's kill, say) must not cut short the
-    # log upload the first one started; SIGKILL still ends the process.
-    signal.signal(signum, signal.SIG_IGN)
+    # A second SIGTERM or SIGINT (Ctrl-C reaches the trainer and `run`, which then sends
+    # SIGTERM) must not cut short the log upload the first one started; SIGKILL still ends
+    # the process.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
@@ -136,7 +138,9 @@ def run_trainer_process(sweep_file: str | Path, run_index: int) -> None:
         run_trainer(sweep_file, run_index)
         return
     previous = signal.signal(signal.SIGTERM, _terminate)
+    interrupt = signal.signal(signal.SIGINT, _terminate)  # Ctrl-C reaches trainers too
     try:
         run_trainer(sweep_file, run_index)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, interrupt)

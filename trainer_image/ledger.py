@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import platform
+import signal
 import socket
 import sys
 import time
@@ -47,8 +49,14 @@ LOGFILE = "trainer.log"  # in the scratch folder; archived as logs/trainer.log
 
 def emit(event: events.Event) -> None:
     """One progress event as a JSON line on stdout (logs go to stderr)."""
-    sys.stdout.write(events.to_line(event) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(events.to_line(event) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (the local `run`) is gone: stop as on SIGTERM, quietly and resumable;
+        # stdout now leads nowhere so that exiting does not trip over it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None
 
 
 def now() -> str:

@@ -23,7 +23,9 @@ events, the archived log) out of the way of the steps.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +179,7 @@ def train_step(
         log.info("step train: resuming after epoch %d (train/state.pt)", resume.epoch)
 
     def on_state(state: TrainState) -> None:
-        save_state(state, state_path)
+        scratch_write(state_path, lambda: save_state(state, state_path))
         job.put_file(state_key, state_path)
 
     def on_epoch(row: dict[str, float]) -> None:
@@ -200,7 +202,7 @@ def train_step(
     def on_checkpoint(epoch: int, state: dict[str, torch.Tensor]) -> None:
         path = job.checkpoint_path(epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path)
+        scratch_write(path, lambda: torch.save(state, path))
         job.put_file(keys.checkpoint(job.sweep, job.name, epoch), path)
 
     readiness = (
@@ -343,11 +345,35 @@ def evaluate_step(
     )
 
 
+def scratch_write(path: Path, write: Callable[[], None]) -> None:
+    """``write()`` a file of the scratch folder; a full disk (torch only says "unexpected
+    pos") becomes one line naming the folder."""
+    try:
+        write()
+    except (OSError, RuntimeError) as e:
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        raise RunFailed(
+            f"cannot write {path} ({getattr(e, 'strerror', None) or 'write'} failed,"
+            f" {free:,} bytes free); free space in {path.parent} or set TMPDIR to a folder"
+            " with room"
+        ) from e
+
+
 def load_checkpoint(job: Ledger, model: Repairable, epoch: int, device: torch.device) -> None:
     path = job.checkpoint_path(epoch)
+    key = keys.checkpoint(job.sweep, job.name, epoch)
     if not path.exists():
-        job.store.download_file(keys.checkpoint(job.sweep, job.name, epoch), path)
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        job.store.download_file(key, path)
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except Exception as e:  # not a zip, not our pickle, another model's weights, ...
+        path.unlink(missing_ok=True)
+        why = " ".join(str(e).split())[:160]
+        raise RunFailed(
+            f"{job.store.uri}/{key} is not a usable checkpoint ({type(e).__name__}: {why});"
+            f" delete {job.store.uri}/{keys.run_prefix(job.sweep, job.name)} to train the"
+            " run again"
+        ) from e
     model.eval()
 
 

@@ -71,13 +71,15 @@ def aggregate(
     from a sweep's results."""
     from rich.console import Group
 
-    from orchestrator.analysis import output as report_files
-    from orchestrator.analysis import report
     from orchestrator.analysis import tables as ag
     from orchestrator.analysis.problems import raise_if_problems
     from orchestrator.errors import BadInput
     from orchestrator.store import open_store
 
+    if sweep is not None:
+        from orchestrator.spec import check_sweep_name
+
+        check_sweep_name(sweep, "--sweep")
     if endpoint_url and not results_uri.startswith("s3://"):
         raise BadInput(f"--endpoint-url applies to s3:// URIs only, not {results_uri}")
     mode = after_convergence or "exclude"
@@ -99,6 +101,10 @@ def aggregate(
     if strict:
         raise_if_problems(agg.loaded.uri, agg.problems)
     folder = (out or Path("report") / agg.sweep).absolute()
+    # Only now: matplotlib writes its font cache on import, bad input must leave no trace.
+    from orchestrator.analysis import output as report_files
+    from orchestrator.analysis import report
+
     report_files.publish(agg, folder, max_figures=max_figures)
     if len(agg.problems):
         err(f"{len(agg.problems)} incomplete or damaged result(s): see {folder / 'report.md'}")

@@ -1,7 +1,8 @@
 """The Typer app, its shared argument types and the one place errors become exit codes.
 
 Machine-readable output goes to stdout, logs and progress to stderr. Our errors become one
-line on stderr and their exit code (0 ok, 1 a run failed, 2 bad input); heavy modules
+line on stderr and their exit code (0 ok, 1 a run failed, 2 bad input, 69 storage failing
+after retries, 130 Ctrl-C; see ``orchestrator.errors``); heavy modules
 (torch, boto3, kubernetes) are imported inside the commands that need them so that
 ``early-repair --help`` stays fast and torch-free. Commands are grouped in the help by
 where they act (the ``*_PANEL`` names); ``Command`` keeps option help readable at 80
@@ -19,7 +20,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from typer.exceptions import TyperException
 
-from orchestrator.errors import EXIT_BAD_INPUT, EarlyRepairError
+from orchestrator.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EarlyRepairError, one_line
 
 LOCAL_PANEL = "Local"
 CLUSTER_PANEL = "Cluster (also --local)"
@@ -135,13 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     except TyperException as e:  # usage errors: unknown flag, bad value, missing argument
         ctx = getattr(e, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
-        err(f"error: {e.format_message()}{hint}")
+        err(f"error: {one_line(e.format_message())}{hint}")
         sys.exit(EXIT_BAD_INPUT if e.exit_code == 2 else e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):  # typer turns most Ctrl-Cs into Exit(130) itself
         err("aborted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except EarlyRepairError as e:
-        err(f"error: {e}")
+        err(f"error: {one_line(str(e))}")
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -31,7 +31,17 @@ EndpointOpt = Annotated[
         " in-cluster address)."
     ),
 ]
-SweepArg = Annotated[str, typer.Argument(help="Sweep name (the spec's `name`).")]
+
+
+def _sweep_arg(value: str) -> str:
+    from orchestrator.spec import check_sweep_name
+
+    return check_sweep_name(value)
+
+
+SweepArg = Annotated[
+    str, typer.Argument(help="Sweep name (the spec's `name`).", callback=_sweep_arg)
+]
 LocalOpt = Annotated[
     bool, typer.Option("--local", help="A sweep started with `early-repair run` on this machine.")
 ]
@@ -66,6 +76,11 @@ def _backend(
     from orchestrator.backends import open_backend
     from orchestrator.errors import BadInput
 
+    if endpoint_url is not None:
+        from orchestrator.urls import check_endpoint
+
+        check_endpoint(endpoint_url, "--endpoint-url")
+
     if local and backend not in (None, "local"):
         raise BadInput(f"--local contradicts --backend {backend}; pass one of them")
     name = "local" if local else backend or "kubernetes"
@@ -86,12 +101,31 @@ def _where(backend: Any) -> str:
 _OBJECT_HEADER = ["object", "action"]
 
 
-def _runs_table(title: str, rows: list[list[str]], header: list[str]) -> object:
+def _check_results(sweep: Any) -> None:
+    """The results URI must at least open (scheme, bucket name, ``~user``): nothing is read
+    or created, but a sweep `plan` passes must not fail on its URI once it runs."""
+    from orchestrator.store import open_results
+
+    open_results(sweep.results, sweep.storage)
+
+
+# A table longer than this shows its first and last rows around a count of the rest: a
+# 100,000-run sweep is read from the JSON on stdout, not from 100,000 table lines.
+TABLE_HEAD, TABLE_TAIL = 15, 5
+
+
+def _runs_table(
+    title: str, rows: list[list[str]], header: list[str], *, summarise: bool = False
+) -> object:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for name in header:
         table.add_column(name, overflow="fold")
+    skipped = len(rows) - TABLE_HEAD - TABLE_TAIL
+    if summarise and skipped > 1:
+        gap = [f"... {skipped} more ...", *[""] * (len(header) - 1)]
+        rows = [*rows[:TABLE_HEAD], gap, *rows[-TABLE_TAIL:]]
     for row in rows:
         table.add_row(*row)
     return table
@@ -129,6 +163,7 @@ def k8s_plan(
     if to_stdout and output is not None:
         raise BadInput("--out - prints the objects on stdout: drop -o, or --out to a file")
     sweep = with_namespace(load_spec(spec), namespace)
+    _check_results(sweep)
     runs = sweep.runs()
     doc: dict[str, object] = {
         "sweep": sweep.name,
@@ -147,7 +182,8 @@ def k8s_plan(
     }
     rows = [[str(r.index), r.name, r.dataset.key, r.model.key, str(r.seed)] for r in runs]
     header = ["index", "run", "dataset", "model", "seed"]
-    table = partial(_runs_table, f"{sweep.name}: {len(runs)} runs", rows, header)
+    title = f"{sweep.name}: {len(runs)} runs"
+    table = partial(_runs_table, title, rows, header, summarise=True)
     if out is not None:
         objects = render_sweep(sweep)
         if to_stdout:
@@ -193,6 +229,7 @@ def k8s_submit(
     from orchestrator.spec import load_spec
 
     sweep = with_namespace(load_spec(spec), namespace)
+    _check_results(sweep)
     backend = open_backend("kubernetes", context=context)
     result = backend.submit(sweep, dry_run=dry_run, replace=replace)
     ns = sweep.kubernetes.namespace

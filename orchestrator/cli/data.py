@@ -99,6 +99,7 @@ def prepare(
     from orchestrator.catalog import dataset_preparer
     from orchestrator.errors import BadInput
     from orchestrator.spec import DatasetSpec, StorageSpec, describe_error
+    from orchestrator.urls import check_endpoint
     from trainer_image.data.prepared import SPLITS, prepare_to_store
 
     dataset_preparer(dataset)  # a dataset it cannot prepare is bad input before anything else
@@ -113,8 +114,11 @@ def prepare(
         "stratify": False if no_stratify else None,
         "test_split_seed": test_split_seed,
     }
+    if endpoint_url is not None:
+        check_endpoint(endpoint_url, "--endpoint-url")
     try:
         spec = DatasetSpec.model_validate({k: v for k, v in fields.items() if v is not None})
+        storage = StorageSpec(endpoint_url=endpoint_url, region=region)
     except ValidationError as e:
         raise BadInput(describe_error(e, "prepare")) from e
     console = Console(stderr=True)
@@ -135,7 +139,7 @@ def prepare(
             uri, manifest = prepare_to_store(
                 spec,
                 out,
-                storage=StorageSpec(endpoint_url=endpoint_url, region=region),
+                storage=storage,
                 overwrite=overwrite,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 workers=workers or min(8, os.cpu_count() or 1),

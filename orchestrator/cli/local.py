@@ -46,7 +46,8 @@ def run(
         data = sweep.model_dump(mode="json")
         data["storage"] = {**data["storage"], "endpoint_url": endpoint_url}
         sweep = parse_spec(data, "--endpoint-url")
-    outcome = open_backend("local", workers=workers).submit(sweep)
+    backend = open_backend("local", workers=workers)
+    outcome = backend.submit(sweep)
     err(outcome.summary())
     doc = {
         "sweep": outcome.sweep,
@@ -60,6 +61,8 @@ def run(
     header = ["index", "run", "state", "message"]
     table = partial(_runs_table, f"{outcome.sweep}: {outcome.results}", rows, header)
     render(doc, output, table, location=outcome.results)
+    if backend.stopped_by is not None:  # Ctrl-C (130) or SIGTERM (143), as a shell reports
+        raise typer.Exit(128 + backend.stopped_by)
     if outcome.failed:
         raise typer.Exit(1)
 
@@ -90,6 +93,8 @@ def trainer(
             run_index = int(raw)
         except ValueError as e:
             raise BadInput(f"JOB_COMPLETION_INDEX={raw!r} is not an integer") from e
+    from orchestrator.backends.local.parent import die_with_parent
     from trainer_image.entrypoint import run_trainer_process
 
+    die_with_parent()
     run_trainer_process(sweep, run_index)

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from orchestrator.errors import BadInput
 from orchestrator.store.base import KeyMissing, Store, clean_key, read_json, write_json
+from orchestrator.urls import redact
 
 if TYPE_CHECKING:
     from orchestrator.spec import StorageSpec
@@ -53,7 +54,12 @@ def open_store(uri: str, **s3_options: Any) -> Store:
     """
     if not uri or not uri.strip():
         raise BadInput("results URI is empty: pass a folder, file:// or s3:// URI")
-    scheme = urlparse(uri).scheme
+    try:
+        scheme = urlparse(uri).scheme
+    except ValueError as e:  # "s3://[bucket": an unbalanced '[' where a host should be
+        raise BadInput(
+            f"{redact(uri)!r}: not a valid URI; pass a folder, file:// or s3:// URI"
+        ) from e
     if len(scheme) == 1 and os.name == "nt":  # a drive letter, not a scheme
         scheme = ""
     if scheme not in SCHEMES:

@@ -27,7 +27,24 @@ class FileStore:
     """A folder on the local file system (a plain path or ``file://`` URI)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().absolute()
+        if "\x00" in str(root):
+            raise BadInput(f"results: {str(root)!r} contains a NUL character; pass a folder")
+        try:
+            self.root = Path(root).expanduser().absolute()
+        except RuntimeError as e:  # "~nosuchuser/x": no such user, so no home to expand
+            raise BadInput(
+                f"results: cannot expand {str(root)!r} ({e}); write the folder out in full"
+            ) from e
+        try:
+            too_long = len(os.fsencode(self.root)) > 4096 or any(
+                len(os.fsencode(part)) > 255 for part in self.root.parts
+            )
+        except UnicodeEncodeError as e:
+            raise BadInput(f"results: {str(root)[:100]!r}... is not a valid path") from e
+        if too_long:  # the file system would answer ENAMETOOLONG to every call
+            raise BadInput(
+                f"results: {str(root)[:100]!r}... is longer than a path or file name may be"
+            )
         self.uri = str(self.root)
 
     @classmethod

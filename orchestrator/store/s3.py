@@ -22,8 +22,11 @@ rule ``AbortIncompleteMultipartUpload`` reclaims its parts). Reads are checked a
 Content-Length and, where the server stores one, the object's checksum, so a body cut
 short is an error, never a shorter record.
 
-Failures become one-line ``StoreError``/``BadInput`` messages (exit code 2) that name the
-URI and the fix and never contain a secret.
+Failures become one-line messages that name the URI and the fix and never contain a
+secret: permanent ones (a missing bucket, wrong credentials, a refused request) are
+``StoreError``/``BadInput`` (exit code 2); what botocore's retries could not ride out (5xx,
+throttling, refused or timed-out connections, bodies cut short) is ``TransientStoreError``
+(exit code 69, ``EXIT_TRANSIENT``), which a Kubernetes Job retries.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 from boto3.exceptions import Boto3Error, RetriesExceededError
 from botocore.exceptions import (
@@ -55,8 +58,9 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
 
-from orchestrator.errors import BadInput, EarlyRepairError, StoreError
+from orchestrator.errors import BadInput, EarlyRepairError, StoreError, TransientStoreError
 from orchestrator.store.base import KeyMissing, clean_key
+from orchestrator.urls import check_endpoint, credentials_problem, redact, uri_credentials_problem
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
@@ -116,29 +120,50 @@ _REGION_CODES = {
 _STREAM_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError)
 
 
+# Answers that mean "the server is busy or failing, not you": after botocore's retries these
+# are transient (exit 69, retried by the podFailurePolicy), every other refusal is permanent.
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequests",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "OperationAborted",
+}
+
+
+def _transient(code: str, status: object) -> bool:
+    busy = isinstance(status, int) and (status >= 500 or status == 429)
+    return busy or code in _TRANSIENT_CODES
+
+
 class StoreUnavailable(StoreError):
     """The store as a whole cannot be used (credentials, bucket, endpoint): retrying other
     keys cannot help, so bulk operations stop at the first one."""
 
 
-def _redact(url: str) -> str:
-    """``url`` without any user:password@ part, for messages."""
-    parsed = urlparse(url)
-    if parsed.username is None and parsed.password is None:
-        return url
-    host = parsed.hostname or ""
-    if parsed.port:
-        host = f"{host}:{parsed.port}"
-    return urlunparse(parsed._replace(netloc=f"***@{host}"))
+class EndpointUnreachable(StoreUnavailable, TransientStoreError):
+    """No connection to the endpoint (refused, reset, timed out) after botocore's retries:
+    the whole store is out of reach, but perhaps only until the server is back."""
+
+    exit_code = TransientStoreError.exit_code
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix"); BadInput when malformed."""
-    shown = _redact(uri)
-    parsed = urlparse(uri.strip())
+    shown = redact(uri)
+    try:
+        parsed = urlparse(uri.strip())
+    except ValueError as e:  # e.g. an unbalanced '[' where the bucket should be
+        raise BadInput(f"{shown!r}: not a valid URI; write s3://bucket/prefix") from e
     if parsed.scheme.lower() != "s3":
         raise BadInput(f"{shown}: not an S3 URI; write s3://bucket/prefix")
-    if parsed.username is not None or parsed.password is not None:
+    if uri_credentials_problem(uri.strip()):
         raise BadInput(
             f"{shown}: credentials do not belong in the URI; set AWS_ACCESS_KEY_ID and"
             " AWS_SECRET_ACCESS_KEY (or a profile) instead"
@@ -157,21 +182,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     except ValueError as e:
         raise BadInput(f"{shown}: the prefix may not contain '..'") from e
     return bucket, prefix
-
-
-def _check_endpoint(url: str) -> str:
-    parsed = urlparse(url)
-    try:
-        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
-        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname)
-    except ValueError:
-        ok = False
-    if not ok or parsed.path not in ("", "/") or parsed.query:
-        raise BadInput(
-            f"endpoint URL {_redact(url)!r} is not valid: write http(s)://host[:port], e.g."
-            " http://minio.minio.svc:9000 (storage.endpoint_url or --endpoint-url)"
-        )
-    return url.rstrip("/")
 
 
 def _root_cause(e: BaseException) -> BaseException:
@@ -227,7 +237,7 @@ class S3Store:
         self.bucket = bucket
         self.prefix = clean_key(prefix)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self.endpoint_url = _check_endpoint(endpoint_url) if endpoint_url else None
+        self.endpoint_url = check_endpoint(endpoint_url) if endpoint_url else None
         self.region = region or None
         self.addressing_style = addressing_style
         self.max_attempts = max_attempts
@@ -297,18 +307,24 @@ class S3Store:
                 s3={"addressing_style": self.addressing_style},
             )
             session = boto3.session.Session(botocore_session=core, region_name=self.region)
-            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
         except ProfileNotFound as e:
             raise BadInput(
                 f"{self.uri}: AWS_PROFILE names a profile that is not in the AWS config"
                 " files; fix AWS_PROFILE or ~/.aws/config"
             ) from e
         except ValueError as e:  # e.g. AWS_ENDPOINT_URL=minio:9000, AWS_MAX_ATTEMPTS=many
-            detail = " ".join(_redact(word) for word in str(e).split())[:200]
+            detail = " ".join(redact(word) for word in str(e).split())[:200]
             raise BadInput(
                 f"{self.uri}: the AWS configuration is not usable ({detail}); check"
                 " AWS_ENDPOINT_URL (http(s)://host[:port]), AWS_MAX_ATTEMPTS and ~/.aws/config"
             ) from e
+        # AWS_ENDPOINT_URL or the config file may carry user:password@ too; never send it.
+        problem = credentials_problem(client.meta.endpoint_url or "")
+        if problem:
+            client.close()
+            raise BadInput(f"{self.uri}: AWS_ENDPOINT_URL or ~/.aws/config: {problem}")
+        return client
 
     @property
     def transfer_config(self) -> TransferConfig:
@@ -356,7 +372,7 @@ class S3Store:
 
     def _endpoint(self) -> str:
         url = self._client.meta.endpoint_url if self._client is not None else self.endpoint_url
-        return _redact(url) if url else "the default AWS S3 endpoint"
+        return redact(url) if url else "the default AWS S3 endpoint"
 
     def _error(self, e: BaseException, op: str, key: str | None = None) -> EarlyRepairError:
         """Our one-line error for a boto3/botocore failure; never includes credentials."""
@@ -380,13 +396,13 @@ class S3Store:
                 if isinstance(root, ReadTimeoutError)
                 else "cannot connect to"
             )
-            return StoreUnavailable(
+            return EndpointUnreachable(
                 f"{where}: {what} the S3 endpoint {endpoint} after {self._attempts}"
                 f" attempts ({type(root).__name__}); check --endpoint-url,"
                 " storage.endpoint_url or AWS_ENDPOINT_URL and that the server is up"
             )
         if isinstance(root, IncompleteReadError | ResponseStreamingError):
-            return StoreError(
+            return TransientStoreError(
                 f"{where}: the connection broke while reading the object"
                 f" ({type(root).__name__}) even after retries; try again"
             )
@@ -423,9 +439,14 @@ class S3Store:
         retried = f" after {attempts} attempts" if attempts > 1 else ""
         message = " ".join(str(err.get("Message", "")).split())[:200]
         detail = f": {message}" if message else ""
+        if _transient(code, status):
+            return TransientStoreError(
+                f"{where}: S3 {op} failed{retried} with {code} (HTTP {status}){detail}; the"
+                " server is overloaded or failing: try again later"
+            )
         return StoreError(
-            f"{where}: S3 {op} failed{retried} with {code} (HTTP {status}){detail}; if the"
-            " server is overloaded or failing, try again later"
+            f"{where}: S3 {op} refused with {code} (HTTP {status}){detail}; check the"
+            " results URI, storage settings and the credentials' permissions"
         )
 
     @contextmanager
@@ -594,7 +615,8 @@ class S3Store:
             errors = response.get("Errors") or []
             if errors:
                 first = errors[0]
-                raise StoreError(
+                busy = _transient(first.get("Code", ""), None)
+                raise (TransientStoreError if busy else StoreError)(
                     f"{self.uri}/{self._rel(first.get('Key', ''))}: could not delete"
                     f" ({first.get('Code')}); {len(errors)} objects were left - check the"
                     " credentials' s3:DeleteObject permission"

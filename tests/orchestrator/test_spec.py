@@ -9,11 +9,13 @@ import jsonschema
 import pytest
 import yaml
 
+from orchestrator import spec as spec_module
 from orchestrator.errors import BadInput
 from orchestrator.spec import (
     MAX_SWEEP_NAME,
     RepairSpec,
     ResourcesSpec,
+    RunSpec,
     SweepSpec,
     TrainingSpec,
     load_spec,
@@ -197,3 +199,223 @@ def test_every_released_code_field_is_described_in_the_schema(cli, repo: Path) -
     old = yaml.safe_load((repo / "settings/quickstart.yaml").read_text())
     old["repair"]["dedup_positives"] = True
     jsonschema.validate(old, schema)
+
+
+# -- what validation lets through: nothing a run would only fail on later (issue 16) ---------
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"training": {"lr": float("inf")}}, "training.lr"),
+        ({"training": {"lr": "1.0e400"}}, "training.lr"),  # YAML 1.1 reads it as a string
+        ({"training": {"min_delta": float("nan")}}, "training.min_delta"),
+        ({"repair": {"phi": float("inf")}}, "repair.phi"),
+        ({"resources": {"guard_timeout_s": float("inf")}}, "resources.guard_timeout_s"),
+        ({"resources": {"guard_poll_s": "nan"}}, "resources.guard_poll_s"),
+        ({"datasets": [{"name": "digits", "max_bad_fraction": float("nan")}]}, "datasets.0"),
+    ],
+)
+def test_non_finite_numbers_are_refused(fields: dict, where: str) -> None:
+    with pytest.raises(BadInput, match=rf"^spec: {where}.*finite number"):
+        spec(**fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"seeds": [True]}, "seeds.0"),
+        ({"seeds": [1, False]}, "seeds.1"),
+        ({"training": {"max_epochs": True}}, "training.max_epochs"),
+        ({"training": {"lr": True}}, "training.lr"),
+        ({"resources": {"min_free_vram": True}}, "resources.min_free_vram"),
+        ({"repair": {"classes": [True]}}, "repair.classes.0"),
+    ],
+)
+def test_booleans_are_not_numbers(fields: dict, where: str) -> None:
+    with pytest.raises(BadInput, match=rf"^spec: {where}: expected a number, not a boolean"):
+        spec(**fields)
+
+
+def test_numbers_and_strings_are_not_booleans_or_integers() -> None:
+    with pytest.raises(BadInput, match=r"training\.early_stopping: .*boolean"):
+        spec(training={"early_stopping": 1})
+    with pytest.raises(BadInput, match=r"seeds\.0: .*integer"):
+        spec(seeds=["7"])
+    with pytest.raises(BadInput, match=r"training\.max_epochs: .*integer"):
+        spec(training={"max_epochs": 2.0})
+    # Floats stay lax about strings: YAML reads 1e-4 (no dot) as one.
+    assert spec(training={"lr": "1e-4"}).training.lr == 1e-4
+
+
+def test_integers_stay_within_what_numpy_torch_and_kubernetes_hold() -> None:
+    assert spec(seeds=[2**63 - 1]).seeds == [2**63 - 1]
+    assert spec(repair={"seed": 2**63 - 1}).repair.seed == 2**63 - 1
+    for bad in (2**63, 10**30):
+        with pytest.raises(BadInput, match=r"^spec: seeds\.0: .*less than or equal to"):
+            spec(seeds=[bad])
+    with pytest.raises(BadInput, match=r"datasets\.0\.split_seed: .*4294967295"):
+        spec(datasets=[{"name": "digits", "split_seed": 2**32}])  # scikit-learn's limit
+    with pytest.raises(BadInput, match=r"kubernetes\.parallelism: .*2147483647"):
+        spec(kubernetes={"parallelism": 2**31})  # an int32 in the Job API
+    with pytest.raises(BadInput, match=r"repair\.max_batch_bytes"):
+        spec(repair={"max_batch_bytes": "100000000PiB"})
+
+
+def test_free_form_options_hold_plain_finite_data() -> None:
+    nested = {"depth": 3, "widths": [8, 16], "act": {"name": "relu", "slope": 0.1}}
+    assert spec(models=[{"name": "pkg.nets:tiny", "options": nested}]).models[0].options == nested
+    with pytest.raises(BadInput, match=r"models\.0\.options: act\.slope: inf is not a finite"):
+        spec(models=[{"name": "pkg.nets:tiny", "options": {"act": {"slope": float("inf")}}}])
+    with pytest.raises(BadInput, match=r"kubernetes\.tolerations\.0: .*64 bits"):
+        spec(kubernetes={"tolerations": [{"tolerationSeconds": 2**64}]})
+
+
+def test_endpoint_urls_are_checked_and_never_carry_credentials() -> None:
+    ok = spec(storage={"endpoint_url": "http://minio.minio.svc:9000/"})
+    assert ok.storage.endpoint_url == "http://minio.minio.svc:9000"
+    secret = "wJalrXUtnFEMI/K7MDENG"
+    with pytest.raises(BadInput) as info:
+        spec(storage={"endpoint_url": f"http://AKIAEXAMPLE:{secret}@minio:9000"})
+    text = str(info.value)
+    assert text.startswith("spec: storage.endpoint_url: credentials do not belong in a URL")
+    assert secret not in text and "AKIAEXAMPLE" not in text and "\n" not in text
+    with pytest.raises(BadInput, match=r"storage\.endpoint_url: endpoint URL 'minio:9000'"):
+        spec(storage={"endpoint_url": "minio:9000"})
+
+
+def test_paths_with_a_nul_character_are_refused() -> None:
+    with pytest.raises(BadInput, match=r"^spec: results: a path may not contain a NUL"):
+        spec(results="res\x00ults")
+    with pytest.raises(BadInput, match=r"^spec: results: credentials do not belong") as info:
+        spec(results="s3://AKIAEXAMPLE:se/cret@bucket/x")
+    assert "se/cret" not in str(info.value) and "AKIA" not in str(info.value)
+    assert spec(results="runs@2024/results").results == "runs@2024/results"  # a plain path
+
+
+def test_more_runs_than_an_indexed_job_holds_are_refused() -> None:
+    many = list(range(50_000))
+    two = [{"name": "digits", "label": "a"}, {"name": "digits", "label": "b"}]
+    assert len(spec(datasets=two, seeds=many).seeds) == 50_000  # 100,000 runs: the limit
+    three = [*two, {"name": "digits", "label": "c"}]
+    with pytest.raises(BadInput, match=r"^spec: 150000 runs \(3 datasets x 1 models x 50000"):
+        spec(datasets=three, seeds=many)
+
+
+def test_expanded_runs_equal_validated_ones() -> None:
+    s = spec(seeds=[3, 1], repair={"classes": [2]})
+    for run in s.runs():
+        assert RunSpec.model_validate(run.model_dump(mode="json")) == run
+
+
+# -- bounded YAML: size, nesting, aliases - refused before anything is built ----------------
+
+ALIAS_BOMB = """\
+name: bomb
+datasets:
+  - name: pkg.mod:load
+    num_classes: 2
+    options:
+      a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+      b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+      c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+      d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+      e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+      f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+      g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+      h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+      i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+models: [small_cnn]
+seeds: [1]
+"""
+
+
+@pytest.fixture(params=["c", "python"])
+def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both parsers: libyaml's when PyYAML has it, and the pure-Python fallback."""
+    if request.param == "c":
+        if not hasattr(yaml, "CSafeLoader"):
+            pytest.skip("PyYAML without libyaml")
+        monkeypatch.setattr(spec_module, "_YAML_LOADER", yaml.CSafeLoader)
+    else:
+        monkeypatch.setattr(spec_module, "_YAML_LOADER", yaml.SafeLoader)
+    return request.param
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_an_alias_bomb_is_refused(tmp_path: Path, yaml_loader: str) -> None:
+    path = write(tmp_path, ALIAS_BOMB)
+    assert path.stat().st_size < 1024
+    with pytest.raises(BadInput, match=r"more than 1,000,000 values once YAML aliases"):
+        load_spec(path)
+
+
+def test_aliases_within_bounds_still_work(tmp_path: Path, yaml_loader: str) -> None:
+    text = "name: a\ndatasets: [&d digits]\nmodels: [small_cnn]\nseeds: &s [1, 2]\n"
+    text += "training: &t {max_epochs: 3}\n"
+    assert load_spec(write(tmp_path, text)).seeds == [1, 2]
+
+
+def test_an_alias_to_itself_is_refused(tmp_path: Path, yaml_loader: str) -> None:
+    path = write(tmp_path, "name: a\noptions: &o {self: *o}\n")
+    with pytest.raises(BadInput, match=r"alias \*o refers to itself \(line 2\)"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("opener", ["[", "{a: "])
+def test_deep_nesting_is_one_line(tmp_path: Path, yaml_loader: str, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    path = write(tmp_path, "name: deep\nx: " + opener * 50_000 + closer * 50_000 + "\n")
+    with pytest.raises(BadInput) as info:
+        load_spec(path)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text
+    assert "nested deeper than 64" in text or "nesting depth" in text
+
+
+def test_block_nesting_is_bounded_too(tmp_path: Path, yaml_loader: str) -> None:
+    text = "".join(" " * i + "a:\n" for i in range(100)) + " " * 100 + "b: 1\n"
+    with pytest.raises(BadInput, match=r"nested deeper than 64 levels \(line 6[45]\)"):
+        load_spec(write(tmp_path, text))
+
+
+def test_a_spec_file_is_read_only_up_to_its_limit(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match=r"^/dev/zero: larger than 4096 KiB"):
+        load_spec("/dev/zero")
+    path = write(tmp_path, "name: big\ndescription: " + "x" * (4 << 20) + "\n")
+    with pytest.raises(BadInput, match=r"larger than 4096 KiB"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a text file"),
+        (b"name: x\x00\x01\x02\n", "not valid YAML"),
+        (b"name: x\nseeds: [" + b"9" * 5000 + b"]\n", "a value cannot be read"),
+        (b"name: x\nseeds: [2024-02-30]\n", "a value cannot be read"),
+        (b"name: x\n---\nname: y\n", "not valid YAML"),
+        (b"", "must be a mapping"),
+    ],
+)
+def test_unreadable_content_is_one_line(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(content)
+    with pytest.raises(BadInput) as info:
+        load_spec(path)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith(str(path))
+
+
+def test_keys_with_newlines_still_give_one_line(tmp_path: Path) -> None:
+    text = yaml.safe_dump(BASE) + '"evil\\nkey\\u2028more": 1\n'
+    path = write(tmp_path, text)
+    with pytest.raises(BadInput) as info:
+        load_spec(path)
+    assert "\n" not in str(info.value) and "\u2028" not in str(info.value)
+    assert "evil" in str(info.value)

@@ -6,6 +6,8 @@ between boto3 and the moto server and, for a seeded share of requests, does one 
 
 - ``500``: answer ``500 InternalError`` (S3's XML error body) without forwarding;
 - ``503``: answer ``503 SlowDown`` without forwarding (a throttling error for botocore);
+- ``400``: answer ``400 InvalidRequest`` without forwarding (a refusal no retry changes);
+- ``403``: answer ``403 AccessDenied`` without forwarding (credentials that may not);
 - ``drop``: close the connection without forwarding (the server never saw the request);
 - ``drop_after``: forward, let the server apply the request, then close without an answer
   (the ambiguous failure: the client must retry an operation that already happened);
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-FAULT_KINDS = ("500", "503", "drop", "drop_after", "truncate", "cut_upload", "stall")
+FAULT_KINDS = ("500", "503", "400", "403", "drop", "drop_after", "truncate", "cut_upload", "stall")
 # What a random share of requests suffers by default: every kind that botocore's retry
 # configuration (or the store's managed-download fallback) is expected to absorb.
 RECOVERABLE = ("500", "503", "drop", "drop_after", "truncate")
@@ -217,6 +219,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply_error(500, "InternalError")
         if kind == "503":
             return self._reply_error(503, "SlowDown")
+        if kind == "400":
+            return self._reply_error(400, "InvalidRequest")
+        if kind == "403":
+            return self._reply_error(403, "AccessDenied")
         if kind == "drop":
             return self._hang_up()
         if kind == "stall":

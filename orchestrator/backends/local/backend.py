@@ -41,14 +41,20 @@ from rich.console import Console
 
 from orchestrator.backends.base import RunState, RunStatus, SubmitResult
 from orchestrator.backends.local.display import Display, duration
+from orchestrator.backends.local.parent import PARENT_ENV
 from orchestrator.backends.progress import describe, sweep_progress
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, EarlyRepairError, StoreError
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.gpu.packing import GpuPool
 from orchestrator.results import events
 from orchestrator.results import layout as keys
 from orchestrator.results.records import experiment
-from orchestrator.spec import DNS1123_LABEL, MAX_SWEEP_NAME, RunSpec, SweepSpec, parse_spec
+from orchestrator.spec import (
+    RunSpec,
+    SweepSpec,
+    check_sweep_name,
+    parse_spec,
+)
 from orchestrator.store import KeyMissing, Store, open_results, open_store, read_json
 from orchestrator.store.file import FileStore
 
@@ -68,21 +74,6 @@ def state_dir() -> Path:
         return Path(override).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "early-repair" / "local"
-
-
-def check_sweep_name(sweep: str) -> str:
-    """``sweep`` if it can be a sweep's name (and so a folder name), else BadInput."""
-    if (
-        not isinstance(sweep, str)
-        or len(sweep) > MAX_SWEEP_NAME
-        or not (DNS1123_LABEL.fullmatch(sweep))
-    ):
-        shown = repr(sweep) if len(sweep) <= 60 else repr(sweep[:57] + "...")
-        raise BadInput(
-            f"{shown} is not a sweep name: sweep names are the spec's `name`, lower-case"
-            f" letters, digits and '-', at most {MAX_SWEEP_NAME} characters"
-        )
-    return sweep
 
 
 def results_key(results: str) -> str:
@@ -256,6 +247,7 @@ class LocalBackend:
         self.sleep = sleep
         self._lock = threading.RLock()  # also taken by the signal handler, on the main thread
         self._cancelled = threading.Event()
+        self.stopped_by: int | None = None  # the signal that stopped the last submit
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._state: dict[str, Any] = {}
         self._record: Path | None = None
@@ -352,6 +344,7 @@ class LocalBackend:
         """The child's environment, held for the run's lifetime (a GPU slot hooks in here)."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        env[PARENT_ENV] = str(os.getpid())  # the trainer ends with us (backends.local.parent)
         if run.training.num_threads is None:
             # torch would take every core in every run; share them out instead.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
@@ -385,7 +378,25 @@ class LocalBackend:
                 f"sweep {spec.name!r} is already running on this machine (pid {running['pid']});"
                 " wait for it or cancel it first"
             )
+        self._check_state_root()
         return store
+
+    def _check_state_root(self) -> None:
+        """BadInput, before anything is created, if the state folder cannot be made or
+        written (XDG_CACHE_HOME read-only, or a file): its first existing ancestor decides."""
+        where = self.state_root
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        problem = None
+        if not where.is_dir():
+            problem = f"{where} is not a folder"
+        elif not os.access(where, os.W_OK | os.X_OK):
+            problem = f"{where} is not writable"
+        if problem:
+            raise BadInput(
+                f"cannot keep local state in {self.state_root}: {problem}; set"
+                f" {STATE_DIR_ENV} to a writable folder"
+            )
 
     def submit(self, spec: SweepSpec, *, dry_run: bool = False) -> LocalSubmitResult:
         """Run every run of the sweep; returns when all have ended."""
@@ -455,6 +466,7 @@ class LocalBackend:
         _atomic_write(spec_file, effective.model_dump_json(indent=2) + "\n")
         self._cancelled.clear()
         self._record = logs
+        self.stopped_by = None
         self._state = {
             "version": STATE_VERSION,
             "sweep": spec.name,
@@ -515,6 +527,7 @@ class LocalBackend:
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
         def handler(signum: int, _frame: Any) -> None:
+            self.stopped_by = signum
             self._cancel_children()
 
         for s in previous:
@@ -724,8 +737,12 @@ class LocalBackend:
                         continue
                 else:
                     blob = blobs[keys.log(sweep, name)]
-                if not isinstance(blob, bytes):
+                if isinstance(blob, KeyMissing):
                     continue  # no log archived yet
+                if isinstance(blob, EarlyRepairError):  # wrong credentials, no bucket, ...
+                    raise blob
+                if isinstance(blob, Exception):  # an OSError from a folder store
+                    raise StoreError(f"{store.uri}/{keys.log(sweep, name)}: cannot read ({blob})")
                 # While following, hold back a partial last line until it is complete.
                 end = blob.rfind(b"\n", seen[name]) + 1 if follow else len(blob)
                 chunk, seen[name] = blob[seen[name] : max(end, seen[name])], max(end, seen[name])

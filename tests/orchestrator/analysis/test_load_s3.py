@@ -10,6 +10,7 @@ import pandas as pd
 from aggregate_tree import paper_table1_runs, write_tree
 from s3_server import S3Target, free_port
 
+from orchestrator.errors import EXIT_TRANSIENT
 from orchestrator.store.file import FileStore
 from orchestrator.store.s3 import S3Store
 
@@ -54,9 +55,9 @@ def test_s3_and_local_give_the_same_tables(cli, s3_bucket: S3Target, tmp_path: P
     assert (tmp_path / "b" / "report.html").is_file()
 
 
-def test_unreachable_endpoint_is_one_line_exit_2(cli, s3_env: None, tmp_path: Path):
+def test_unreachable_endpoint_is_one_line_and_retriable(cli, s3_env: None, tmp_path: Path):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     r = cli("aggregate", "s3://bucket/results", "--endpoint-url", dead, "--out", tmp_path / "o")
-    assert r.code == 2
+    assert r.code == EXIT_TRANSIENT  # the server may be back later: not bad input
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
     assert r.out == "" and not (tmp_path / "o").exists()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,98 @@ def test_prepare_with_a_missing_input_folder_is_one_line(cli, tmp_path: Path) ->
     one_line_exit_2(r, str(tmp_path / "nope"), "no such folder")
     assert r.out == "" and not out.exists()
     nothing_created(tmp_path)
+
+
+# -- issue 16: what still gave a traceback, or exit 0 -----------------------------------------
+
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+CREDENTIALS_URL = f"http://AKIAIOSFODNN7EXAMPLE:{SECRET}@minio.example:9000"
+
+
+def test_results_under_an_unknown_user_is_one_line(cli, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD)
+    r = cli("run", path, "--results", "~nosuchuser-early-repair/x")
+    one_line_exit_2(r, "~nosuchuser-early-repair/x", "write the folder out in full")
+    nothing_created(tmp_path)
+
+
+def test_a_cache_folder_that_is_a_file_is_one_line(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD)
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EARLY_REPAIR_STATE_DIR", str(blocker))
+    r = cli("run", path, "--results", tmp_path / "results")
+    one_line_exit_2(r, "cannot keep local state", str(blocker), "EARLY_REPAIR_STATE_DIR")
+    nothing_created(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_a_read_only_cache_folder_is_one_line(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    monkeypatch.setenv("EARLY_REPAIR_STATE_DIR", str(locked / "state"))
+    r = cli("run", path, "--results", tmp_path / "results")
+    one_line_exit_2(r, "cannot keep local state", "not writable", "EARLY_REPAIR_STATE_DIR")
+    nothing_created(tmp_path)
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "{spec}", "--results", "s3://bucket/x", "--endpoint-url", CREDENTIALS_URL],
+        ["aggregate", "s3://bucket/x", "--endpoint-url", CREDENTIALS_URL, "--out", "{tmp}/o"],
+        ["status", "bad-input", "--endpoint-url", CREDENTIALS_URL],
+        ["logs", "bad-input", "--endpoint-url", CREDENTIALS_URL],
+        [
+            "prepare",
+            "gtsrb",
+            "--input",
+            "{tmp}",
+            "--out",
+            "s3://b/x",
+            "--endpoint-url",
+            CREDENTIALS_URL,
+        ],
+        ["run", "{creds_spec}", "--results", "{tmp}/results"],
+        ["plan", "{creds_spec}", "--out", "{tmp}/objects.yaml"],
+        ["run", "{spec}", "--results", f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/x"],
+    ],
+)
+def test_credentials_in_a_url_are_refused_and_never_shown(
+    cli, tmp_path: Path, argv: list[str]
+) -> None:
+    (tmp_path / "sweep.yaml").write_text(GOOD)
+    (tmp_path / "creds.yaml").write_text(GOOD + f"storage: {{endpoint_url: '{CREDENTIALS_URL}'}}\n")
+    names = {
+        "spec": tmp_path / "sweep.yaml",
+        "creds_spec": tmp_path / "creds.yaml",
+        "tmp": tmp_path,
+    }
+    r = cli(*[a.format(**names) for a in argv])
+    line = one_line_exit_2(r, "credentials do not belong in a URL", "AWS_ACCESS_KEY_ID")
+    assert SECRET not in r.err + r.out and "AKIAIOSFODNN7EXAMPLE" not in r.err + r.out
+    assert "***@" in line
+    nothing_created(tmp_path)
+    assert not (tmp_path / "objects.yaml").exists() and not (tmp_path / "o").exists()
+
+
+def test_plan_summarises_a_large_sweep(cli, tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD.replace("seeds: [1]", f"seeds: {list(range(1000))}"))
+    r = cli("plan", path)
+    assert r.code == 0, r.err
+    assert len(json.loads(r.out)["runs"]) == 1000  # the JSON keeps every run
+    table = r.err.splitlines()
+    assert len(table) < 40 and "... 980 more ..." in r.err
+    assert "digits-small-cnn-s0 " in r.err and "digits-small-cnn-s999 " in r.err

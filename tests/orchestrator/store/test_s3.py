@@ -27,10 +27,23 @@ from paths import REPO
 from s3_faults import RECOVERABLE, FaultProxy, Request
 from s3_server import SECRET_ACCESS_KEY, S3Target, free_port
 
-from orchestrator.errors import EXIT_BAD_INPUT, BadInput, StoreError
+from orchestrator.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_TRANSIENT,
+    BadInput,
+    StoreError,
+    Transient,
+    TransientStoreError,
+)
 from orchestrator.store import KeyMissing, Store, open_store
 from orchestrator.store.file import FileStore
-from orchestrator.store.s3 import DEFAULT_MAX_ATTEMPTS, S3Store, StoreUnavailable, parse_s3_uri
+from orchestrator.store.s3 import (
+    DEFAULT_MAX_ATTEMPTS,
+    EndpointUnreachable,
+    S3Store,
+    StoreUnavailable,
+    parse_s3_uri,
+)
 
 MiB = 1 << 20
 
@@ -209,10 +222,38 @@ def test_malformed_uris_are_bad_input(uri: str, expected: str) -> None:
     assert info.value.exit_code == EXIT_BAD_INPUT
 
 
-@pytest.mark.parametrize("endpoint", ["minio:9000", "ftp://minio", "http://", "http://h:port"])
+@pytest.mark.parametrize(
+    "endpoint",
+    ["minio:9000", "ftp://minio", "http://", "http://h:port", "http://[::1", "http://h/p"],
+)
 def test_bad_endpoint_urls_are_bad_input(endpoint: str) -> None:
     with pytest.raises(BadInput, match=r"endpoint URL .* is not valid"):
         S3Store.from_uri("s3://bucket/x", endpoint_url=endpoint)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        f"http://AKIAEXAMPLE:{SECRET_ACCESS_KEY}@minio:9000",
+        f"https://{SECRET_ACCESS_KEY}@minio",
+        f"http://AKIAEXAMPLE:{SECRET_ACCESS_KEY}@[::1",  # unparsable as well
+    ],
+)
+def test_credentials_in_an_endpoint_url_are_refused_without_echoing_them(endpoint: str) -> None:
+    with pytest.raises(BadInput) as info:
+        S3Store.from_uri("s3://bucket/x", endpoint_url=endpoint)
+    text = one_line_without_secret(info.value)
+    assert "credentials do not belong in a URL" in text and "AWS_ACCESS_KEY_ID" in text
+
+
+def test_credentials_in_aws_endpoint_url_are_refused(
+    s3_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://AKIAEXAMPLE:{SECRET_ACCESS_KEY}@127.0.0.1:9")
+    store = open_store("s3://bucket/results")
+    with pytest.raises(BadInput) as info:
+        store.read_bytes("a.json")
+    assert "AWS_ENDPOINT_URL" in one_line_without_secret(info.value)
 
 
 def test_bad_addressing_style_is_bad_input() -> None:
@@ -337,9 +378,10 @@ def test_failed_multipart_upload_leaves_no_object(
     with FaultProxy(s3_bucket.endpoint_url, rule=fail_part_two) as proxy:
         store = multipart_store(proxy.endpoint_url, s3_bucket, max_attempts=2)
         for key in ("ckpt/new.pt", "ckpt/keep.pt"):
-            with pytest.raises(StoreError) as info:
+            with pytest.raises(TransientStoreError) as info:
                 store.upload_file(key, big_file)
             assert "InternalError" in one_line_without_secret(info.value)
+            assert info.value.exit_code == EXIT_TRANSIENT
     assert proxy.faults["500"] >= 2
     assert not direct.exists("ckpt/new.pt")
     # A failed upload over an existing object leaves the old one whole.
@@ -428,7 +470,8 @@ def test_missing_bucket(moto_endpoint: str, s3_env: None, tmp_path: Path) -> Non
         text = one_line_without_secret(info.value)
         assert "s3://no-such-bucket-here/results" in text
         assert "does not exist" in text and "create it" in text
-        assert info.value.exit_code == EXIT_BAD_INPUT
+        assert info.value.exit_code == EXIT_BAD_INPUT  # permanent: retrying cannot help
+        assert not isinstance(info.value, Transient)
 
 
 def test_no_credentials(s3_bucket: S3Target, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,6 +564,7 @@ def test_wrong_credentials(
         assert secret not in text and writer_secret not in text
         assert code in text and hint in text
         assert s3_bucket.uri("results") in text
+        assert info.value.exit_code == EXIT_BAD_INPUT
 
 
 def test_unreachable_endpoint(s3_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -528,11 +572,14 @@ def test_unreachable_endpoint(s3_env: None, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     store = open_store("s3://bucket/results", endpoint_url=endpoint)
     started = time.monotonic()
-    with pytest.raises(StoreUnavailable) as info:
+    with pytest.raises(EndpointUnreachable) as info:
         store.read_bytes("a.json")
     text = one_line_without_secret(info.value)
     assert endpoint in text and "after 2 attempts" in text and "--endpoint-url" in text
     assert "EndpointConnectionError" in text
+    # The whole store is out of reach (bulk reads stop), but maybe only for now: retriable.
+    assert isinstance(info.value, StoreUnavailable) and isinstance(info.value, Transient)
+    assert info.value.exit_code == EXIT_TRANSIENT
     assert time.monotonic() - started < 30
 
 
@@ -548,7 +595,36 @@ def test_endpoint_that_never_answers(s3_bucket: S3Target) -> None:
             store.write_bytes("a.json", b"1")
     text = one_line_without_secret(info.value)
     assert "no answer within 0.5 s" in text and "after 2 attempts" in text
+    assert info.value.exit_code == EXIT_TRANSIENT
     assert proxy.faults["stall"] == 2  # botocore retried once, as configured
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"), [("500", "InternalError"), ("503", "SlowDown"), ("drop", "Connection")]
+)
+def test_failures_that_outlast_the_retries_are_transient(
+    s3_bucket: S3Target, kind: str, code: str
+) -> None:
+    with FaultProxy(s3_bucket.endpoint_url, rate=1.0, kinds=[kind]) as proxy:
+        store = s3_store(s3_bucket, endpoint_url=proxy.endpoint_url, max_attempts=2)
+        for op in (store.check, lambda: store.write_bytes("a.json", b"1")):
+            with pytest.raises(TransientStoreError) as info:
+                op()
+            text = one_line_without_secret(info.value)
+            assert code in text and s3_bucket.uri("results") in text
+            assert info.value.exit_code == EXIT_TRANSIENT
+    assert proxy.faults[kind] == 4  # two attempts per operation, as configured
+
+
+def test_a_request_the_server_refuses_is_permanent(s3_bucket: S3Target) -> None:
+    with FaultProxy(s3_bucket.endpoint_url, rate=1.0, kinds=["400"]) as proxy:
+        store = s3_store(s3_bucket, endpoint_url=proxy.endpoint_url)
+        with pytest.raises(StoreError) as info:
+            store.write_bytes("a.json", b"1")
+    assert proxy.faults["400"] == 1  # botocore does not retry a 400 either
+    assert not isinstance(info.value, Transient)
+    assert "InvalidRequest" in one_line_without_secret(info.value)
+    assert info.value.exit_code == EXIT_BAD_INPUT
 
 
 def test_read_many_stops_at_an_unusable_store(moto_endpoint: str, s3_env: None) -> None:
@@ -668,11 +744,12 @@ def test_reads_cut_short_every_time_fail_loudly(s3_bucket: S3Target) -> None:
     s3_store(s3_bucket).write_bytes("big.json", b"x" * 100_000)
     with FaultProxy(s3_bucket.endpoint_url, rate=1.0, kinds=["truncate"]) as proxy:
         store = s3_store(s3_bucket, endpoint_url=proxy.endpoint_url)
-        with pytest.raises(StoreError) as info:
+        with pytest.raises(TransientStoreError) as info:
             store.read_bytes("big.json")
         got = store.read_many(["big.json"])
     assert "broke while reading" in one_line_without_secret(info.value)
-    assert isinstance(got["big.json"], StoreError)
+    assert info.value.exit_code == EXIT_TRANSIENT
+    assert isinstance(got["big.json"], TransientStoreError)
     assert proxy.faults["truncate"] >= 2  # the managed download retried too
 
 

@@ -1,0 +1,36 @@
+"""A trainer started by the local backend ends when the ``run`` that started it does.
+
+Killing only ``run`` (``kill PID``, a closed terminal, an OOM kill) used to leave trainers
+that went on until their next progress line hit the closed pipe and died of a
+BrokenPipeError traceback. On Linux the child asks the kernel for SIGTERM when its parent
+goes (``PR_SET_PDEATHSIG``); the trainer's SIGTERM handler then stops it the usual way -
+one log line, the log archived, resumable. Elsewhere the closed pipe still ends it quietly
+(the trainer treats a broken stdout as a stop).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+
+# Set by the local backend to its own pid; absent on a cluster, where the kubelet is the
+# parent and pod deletion already sends SIGTERM.
+PARENT_ENV = "EARLY_REPAIR_PARENT_PID"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Arrange SIGTERM for this process when its parent (named in $PARENT_ENV) exits."""
+    expected = os.environ.get(PARENT_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # no libc to ask (musl without prctl, ...): the pipe
+        return
+    if str(os.getppid()) != expected:  # the parent died before we asked: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
