@@ -32,5 +32,17 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # no libc to ask (musl without prctl, ...): the pipe
         return
-    if str(os.getppid()) != expected:  # the parent died before we asked: stop now
+    # The run may have died before we asked. It need not be our direct parent: a wrapper
+    # given as the backend's python (``nice``, a recording shell script) sits between.
+    if str(os.getppid()) != expected and not _alive(int(expected)):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # someone else's, or not a pid
+        return True
+    return True

@@ -206,6 +206,8 @@ for _id, _flags in {
 for _id, _env in {
     "cache-is-a-file": {"XDG_CACHE_HOME": "{in}/a-file"},
     "cache-under-a-file": {"XDG_CACHE_HOME": "{in}/a-file/cache"},
+    "state-is-a-file": {"EARLY_REPAIR_STATE_DIR": "{in}/a-file"},
+    "state-under-a-file": {"EARLY_REPAIR_STATE_DIR": "{in}/a-file/state"},
 }.items():
     case(f"run-env:{_id}", ["run", _GOOD, "--results", "{cwd}/results"], env=_env)
 
@@ -365,6 +367,8 @@ def run_batch(tmp: Path, name: str, ids: list[str], preload: list[str]) -> dict[
         "MALLOC_ARENA_MAX": "2",  # per-thread malloc arenas would eat the address space
         "OMP_NUM_THREADS": "1",
     }
+    # The session's state folder (tests/conftest.py) would override each case's own cache.
+    env.pop("EARLY_REPAIR_STATE_DIR", None)
     env.pop("JOB_COMPLETION_INDEX", None)
     got: dict[str, Any] = {}
     for attempt in range(len(cases)):
