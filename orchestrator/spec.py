@@ -442,28 +442,45 @@ TRAINING_ADDITIONS = ("state_every", "repair_every", "readiness")
 class TrainingSpec(_Strict):
     """The paper's training procedure; fields marked 'released code' reproduce its deviations."""
 
-    optimizer: Literal["sgd"] = "sgd"
+    optimizer: Literal["sgd"] = Field(
+        "sgd", description="sgd (the only choice): torch's SGD with momentum and weight_decay."
+    )
     lr: Float = Field(1e-2, gt=0, description="Initial learning rate (released code: 1e-4).")
-    momentum: Float = Field(0.9, ge=0, lt=1)
-    weight_decay: Float = Field(0.0, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD momentum in [0, 1); 0 = none.")
+    weight_decay: Float = Field(
+        0.0, ge=0, description="SGD weight decay (L2 penalty); 0 = none, as in the paper."
+    )
     lr_schedule: Literal["step", "compound"] = Field(
         "step",
         description="step: lr x gamma every lr_step_epochs epochs. compound: the released"
         " code's bug, current lr x gamma^floor(epoch/lr_step_epochs) every epoch.",
     )
-    lr_step_epochs: Int = Field(10, gt=0)
-    lr_gamma: Float = Field(0.1, gt=0, le=1)
+    lr_step_epochs: Int = Field(
+        10, gt=0, description="Epochs between learning-rate steps (see lr_schedule)."
+    )
+    lr_gamma: Float = Field(
+        0.1, gt=0, le=1, description="Factor of each learning-rate step; 1 = a constant rate."
+    )
     batch_size: Int = Field(128, gt=0, description="Released code effectively used 4.")
-    max_epochs: Int = Field(30, gt=0)
+    max_epochs: Int = Field(
+        30, gt=0, description="Train at most this many epochs (early stopping may end sooner)."
+    )
     early_stopping: Bool = Field(
         True, description="Stop when val loss stalls (released code: never stopped early)."
     )
     patience: Int = Field(5, gt=0, description="Epochs without val-loss improvement.")
     min_delta: Float = Field(0.0, ge=0, description="Improvement smaller than this is none.")
-    checkpoint_every: Int = Field(5, gt=0)
+    checkpoint_every: Int = Field(
+        5, gt=0, description="Keep (and repair) the checkpoint of every N-th epoch."
+    )
     checkpoint_first: Bool = Field(True, description="Also keep epoch 1.")
     checkpoint_convergence: Bool = Field(True, description="Also keep the convergence epoch.")
-    validation_split: Float = Field(0.2, gt=0, lt=1)
+    validation_split: Float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share of the training split held out for validation (see `validation`).",
+    )
     # How the released code held out validation data and ordered batches (docs/science.md).
     validation: Literal["fixed", "per-seed"] = _added(
         "fixed",
@@ -477,7 +494,11 @@ class TrainingSpec(_Strict):
         description="Draw a new batch order every epoch. false: one order, drawn once from the"
         " training seed, reused in every epoch (the released code never reshuffled).",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto: the GPU when one is visible, else the CPU. cuda: a GPU or the run"
+        " fails as bad input. cpu: never a GPU (and no wait for the GPU guard).",
+    )
     num_threads: Int | None = Field(
         None, gt=0, description="CPU threads for torch; default: what the scheduler gives."
     )
@@ -566,10 +587,15 @@ class ArachneSpec(_RepairCommon):
     method: Literal["arachne"] = Field(
         "arachne", description="arachne (the default): the paper's search over the last layer."
     )
-    particles: Int = Field(100, gt=0)
+    particles: Int = Field(100, gt=0, description="Swarm size: candidates per PSO iteration.")
     iterations: Int = Field(50, gt=0, description="Paper 50; released code default 100.")
     patience: Int = Field(10, gt=0, description="Stop after this many iterations w/o gain.")
-    phi: Float = Field(4.1, gt=4)
+    phi: Float = Field(
+        4.1,
+        gt=4,
+        description="PSO constant (> 4): r1, r2 ~ U(0, phi), constriction"
+        " chi = 2 / (phi - 2 + sqrt(phi^2 - 4 phi)).",
+    )
     variant: Literal["v1", "textbook"] = Field(
         "v1",
         description="v1: one r1, r2 per particle and step, |v| clamped to [wb/5, 5wb]"
@@ -879,7 +905,10 @@ class ResourcesSpec(_Strict):
 
 
 class KubernetesSpec(_Strict):
-    namespace: DnsLabel = "early-repair"
+    namespace: DnsLabel = Field(
+        "early-repair",
+        description="Namespace of the sweep's ConfigMap and Job; `--namespace` overrides it.",
+    )
     parallelism: Int32 | None = Field(
         None,
         gt=0,
@@ -895,20 +924,61 @@ class KubernetesSpec(_Strict):
         " admitted parallelism until it ends). Default 1: a sweep larger than the quota starts"
         " in parts instead of never; set it to `parallelism` for all-or-nothing admission.",
     )
-    backoff_limit_per_index: Int32 = Field(2, ge=0)
-    max_failed_indexes: Int32 | None = Field(None, ge=0)
-    ttl_seconds_after_finished: Int32 = Field(86400, ge=0)
-    active_deadline_seconds: Int | None = Field(None, gt=0)
+    backoff_limit_per_index: Int32 = Field(
+        2,
+        ge=0,
+        description="Retries of a failed run (the Job's backoffLimitPerIndex); bad input"
+        " (exit 2) is never retried and evicted pods do not count.",
+    )
+    max_failed_indexes: Int32 | None = Field(
+        None,
+        ge=0,
+        description="Fail the whole Job once more runs than this have failed (the Job's"
+        " maxFailedIndexes); default: every run is tried.",
+    )
+    ttl_seconds_after_finished: Int32 = Field(
+        86400,
+        ge=0,
+        description="Seconds after the Job finishes before Kubernetes deletes it, its pods and"
+        " its ConfigMap (86400 = a day); results in storage stay.",
+    )
+    active_deadline_seconds: Int | None = Field(
+        None,
+        gt=0,
+        description="Seconds the whole Job may run before Kubernetes stops its pods and fails"
+        " it (activeDeadlineSeconds); default: no limit.",
+    )
     queue: DnsLabel | None = Field(None, description="Kueue LocalQueue name.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[PlainDict] = Field(default_factory=list)
-    affinity: PlainDict | None = None
-    priority_class_name: str | None = None
-    runtime_class_name: str | None = None
-    service_account: DnsLabel = "early-repair-trainer"
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pods must run on (nodeSelector)."
+    )
+    tolerations: list[PlainDict] = Field(
+        default_factory=list,
+        description="Pod tolerations as Kubernetes writes them; with resources.gpus, one for"
+        " nvidia.com/gpu taints is added.",
+    )
+    affinity: PlainDict | None = Field(
+        None, description="Pod affinity as Kubernetes writes it (nodeAffinity, podAffinity, ...)."
+    )
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of the pods; default: the cluster's default priority."
+    )
+    runtime_class_name: str | None = Field(
+        None, description="RuntimeClass of the pods (e.g. nvidia); default: the node's runtime."
+    )
+    service_account: DnsLabel = Field(
+        "early-repair-trainer",
+        description="ServiceAccount the pods run as (no API token is mounted); k8s/ and the"
+        " chart create the default.",
+    )
     s3_secret: DnsLabel = Field("early-repair-s3", description="Secret with AWS_* keys.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    image_pull_secrets: list[str] = Field(default_factory=list)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="When the kubelet pulls `image` (the imagePullPolicy)."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets in the namespace with credentials for a private `image` registry.",
+    )
 
     @model_validator(mode="after")
     def _partial_admission(self) -> KubernetesSpec:
@@ -933,15 +1003,28 @@ class StorageSpec(_Strict):
         description="S3 endpoint, e.g. MinIO's URL: http(s)://host[:port], no credentials"
         " (those come from the AWS chain).",
     )
-    region: str | None = None
-    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    region: str | None = Field(
+        None, description="S3 region (AWS_REGION in the pods); default: the AWS chain's."
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto",
+        description="S3 URL style: auto (botocore decides), path (endpoint/bucket/key, what"
+        " MinIO often needs) or virtual (bucket.endpoint/key).",
+    )
 
 
 class SweepSpec(_Strict):
     """A whole experiment."""
 
-    name: SweepName
-    description: str = ""
+    name: SweepName = Field(
+        description=f"Sweep name: lower-case letters, digits and '-', at most {MAX_SWEEP_NAME}"
+        " characters; names the results folder <results>/<name> and the Kubernetes objects."
+    )
+    description: str = Field(
+        "",
+        description="Free text shown in the report under 'What was run'; the runs ignore it,"
+        " but it is part of the spec hash.",
+    )
     datasets: Annotated[
         # The schema must admit the name-only shorthand that _as_named accepts.
         list[
@@ -950,7 +1033,10 @@ class SweepSpec(_Strict):
             ]
         ],
         BeforeValidator(_as_list),
-        Field(min_length=1),
+        Field(
+            min_length=1,
+            description="Datasets of the grid (at least one): entries, or built-in names alone.",
+        ),
     ]
     models: Annotated[
         # The schema must admit the name-only shorthand that _as_named accepts.
@@ -958,16 +1044,38 @@ class SweepSpec(_Strict):
             Annotated[ModelSpec, BeforeValidator(_as_named, json_schema_input_type=str | ModelSpec)]
         ],
         BeforeValidator(_as_list),
-        Field(min_length=1),
+        Field(
+            min_length=1,
+            description="Models of the grid (at least one): entries, or built-in names alone.",
+        ),
     ]
-    seeds: Annotated[list[Seed], Field(min_length=1)]
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    seeds: Annotated[
+        list[Seed],
+        Field(
+            min_length=1,
+            description="Training seeds, each once: one run per dataset x model x seed, its"
+            " initial weights, batch order and repairs drawn from it.",
+        ),
+    ]
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="How every model is trained and which checkpoints are kept.",
+    )
     repair: RepairConfig = Field(
         default_factory=ArachneSpec, description="The repair method and its settings."
     )
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec,
+        description="CPU, memory and GPUs per run, and the GPU guard's wait for free GPU memory.",
+    )
+    kubernetes: KubernetesSpec = Field(
+        default_factory=KubernetesSpec,
+        description="The Kubernetes Job that `submit` creates; `run` (local) ignores it.",
+    )
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec,
+        description="How an s3:// `results` (or `prepared`) location is reached.",
+    )
     results: PathText = Field("results", description="Where results go: path, file:// or s3://.")
     image: str = Field("ghcr.io/early-repair/trainer:0.1.0", description="Trainer image.")
 

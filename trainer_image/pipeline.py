@@ -8,7 +8,9 @@ running it again and redoes only the step it was in:
     data     load the splits                          (every attempt)
     model    build the model from the run seed        (every attempt)
     train    history.csv, checkpoints                 done-key train/summary.json
-             (train/state.pt while it runs: a killed run resumes after the last stored epoch)
+             (train/state.pt while it runs: a killed run resumes after the last stored epoch;
+             with training.repair_every, every N-th epoch's base and repair records are
+             written as it trains - the same files as a checkpoint's, below)
     per checkpoint:
       evaluate  base metrics, features, target split  done-key epoch_NNN/base/metrics.json
       per class:
@@ -44,11 +46,25 @@ from trainer_image.data import Holdout, Splits, load_splits
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
+from trainer_image.online import RepairOutcome, configured_methods, repair_epoch
+from trainer_image.readiness import RepairedScores, Track
 from trainer_image.readiness import build as build_readiness
 from trainer_image.repair import method_for
-from trainer_image.repair.base import RepairMethod, TargetSplit, apply_patch, repair_seed
+from trainer_image.repair.base import (
+    RepairMethod,
+    RepairResult,
+    TargetSplit,
+    apply_patch,
+    repair_seed,
+)
 from trainer_image.resume import TrainState, load_state, save_state
-from trainer_image.train import forward_split, make_deterministic, resolve_device, train
+from trainer_image.train import (
+    OnlineRepair,
+    forward_split,
+    make_deterministic,
+    resolve_device,
+    train,
+)
 
 log = logging.getLogger("trainer_image")
 
@@ -221,6 +237,7 @@ def train_step(
             device,
             on_epoch=on_epoch,
             on_checkpoint=on_checkpoint,
+            on_repair=None if cfg.repair_every is None else online_repair(job, splits, device),
             readiness=readiness,
             resume=resume,
             on_state=on_state,
@@ -229,6 +246,7 @@ def train_step(
         summary = TrainSummary(
             convergence_epoch=result.convergence_epoch,
             checkpoint_epochs=result.checkpoint_epochs,
+            online_epochs=online_epochs(cfg.repair_every, result.epochs_trained),
             epochs_trained=result.epochs_trained,
             stopped_early=result.stopped_early,
             best_val_loss=result.best_val_loss,
@@ -267,6 +285,71 @@ def drop_state(job: Ledger) -> None:
     key = keys.train_state(job.sweep, job.name)
     if job.done(key):
         job.forget(key)
+
+
+def online_epochs(repair_every: int | None, epochs_trained: int) -> list[int]:
+    """The epochs ``train`` repaired while it trained."""
+    if repair_every is None:
+        return []
+    return list(range(repair_every, epochs_trained + 1, repair_every))
+
+
+def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRepair:
+    """``train``'s hook for ``training.repair_every``: repair the epoch's model by every method
+    for every class and write the same records a kept checkpoint gets (base and repair
+    metrics, patch, search history), as they are computed; returns the validation figures
+    for the readiness policy. The convergence epoch is not known yet: these records say None
+    and the aggregator takes it from train/summary.json."""
+    run = job.run
+    methods = configured_methods(run.repair)
+    where = {c.method: c.key for c in run.repair.configs()}
+
+    def repair(
+        epoch: int, model: torch.nn.Module, val_feats: torch.Tensor
+    ) -> dict[Track, RepairedScores]:
+        assert isinstance(model, Repairable)
+
+        def write(outcome: RepairOutcome) -> None:
+            record = metrics_record(
+                run,
+                None,
+                epoch,
+                outcome.test,
+                kind="repaired",
+                repair_class=outcome.repair_class,
+                method=outcome.method,
+                **repair_fields(outcome.result),
+            )
+            write_repair(
+                job, epoch, outcome.repair_class, where[outcome.method], outcome.result, record
+            )
+
+        with job.timed("online"):  # part of "train", which it runs inside
+            out = repair_epoch(
+                model,
+                splits,
+                epoch,
+                methods,
+                run.repair_classes,
+                run_seed=run.seed,
+                device=device,
+                val_features=val_feats,
+                on_result=write,
+            )
+            base = metrics_record(run, None, epoch, out.base_test, kind="base")
+            job.put_json(
+                keys.base_metrics(job.sweep, job.name, epoch), base.model_dump(mode="json")
+            )
+        log.info(
+            "epoch %d: online repair, %d repairs in %.1f s (features %.1f s)",
+            epoch,
+            len(out.repairs),
+            sum(out.seconds.values()),
+            out.seconds["features"],
+        )
+        return out.evidence()
+
+    return repair
 
 
 @dataclass(frozen=True)
@@ -327,7 +410,8 @@ def evaluate_step(
         assert repair_feats is not None and test_feats is not None
         split = TargetSplit(y=splits.repair.y, pred=repair_logits.argmax(1).cpu().numpy())
         if not job.done(base_key):
-            record = metrics_record(job.run, summary, epoch, splits, test_logits, kind="base")
+            test = classification_metrics(test_logits, splits.test.y, splits.num_classes)
+            record = metrics_record(job.run, summary.convergence_epoch, epoch, test, kind="base")
             job.put_json(base_key, record.model_dump(mode="json"))
             log.info(
                 "epoch %d: test accuracy %.4f; repair set %d positives, negatives per class %s",
@@ -403,26 +487,15 @@ def repair_step(
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)
         record = metrics_record(
             job.run,
-            summary,
+            summary.convergence_epoch,
             epoch,
-            splits,
-            test_logits,
+            classification_metrics(test_logits, splits.test.y, splits.num_classes),
             kind="repaired",
             repair_class=cls,
             method=cfg.method,
-            rr=result.rr,
-            br=result.br,
-            n_neg=result.n_neg,
-            n_pos=result.n_pos,
-            fitness=result.fitness,
-            n_patched=result.n_patched,
-            n_intact=result.n_intact,
-            iterations=result.iterations,
-            seconds=round(result.seconds, 3),
+            **repair_fields(result),
         )
-        job.put_json(keys.repair_patch(sweep, name, epoch, cls, where), result.patch_json())
-        job.put_bytes(keys.repair_search(sweep, name, epoch, cls, where), csv_bytes(result.history))
-        job.put_json(metrics_key, record.model_dump(mode="json"))
+        write_repair(job, epoch, cls, where, result, record)
     if result.status == "nothing_to_repair":
         log.info("epoch %d class %d: no negatives; nothing to repair", epoch, cls)
     else:
@@ -471,13 +544,13 @@ def step_event(
 
 def metrics_record(
     run: RunSpec,
-    summary: TrainSummary,
+    convergence_epoch: int | None,
     epoch: int,
-    splits: Splits,
-    test_logits: torch.Tensor,
+    test: dict[str, Any],
     **fields: Any,
 ) -> MetricsRecord:
-    """The one place a ``MetricsRecord`` is built: a model's test metrics and what it is."""
+    """The one place a ``MetricsRecord`` is built: a model's test metrics (``test``, from
+    ``classification_metrics``) and what it is."""
     return MetricsRecord(
         sweep=run.sweep,
         run=run.name,
@@ -485,7 +558,34 @@ def metrics_record(
         model=run.model.key,
         seed=run.seed,
         epoch=epoch,
-        convergence_epoch=summary.convergence_epoch,
-        **classification_metrics(test_logits, splits.test.y, splits.num_classes),
+        convergence_epoch=convergence_epoch,
+        **test,
         **fields,
+    )
+
+
+def repair_fields(result: RepairResult) -> dict[str, Any]:
+    """What a repaired model's record says about its repair."""
+    return {
+        "rr": result.rr,
+        "br": result.br,
+        "n_neg": result.n_neg,
+        "n_pos": result.n_pos,
+        "fitness": result.fitness,
+        "n_patched": result.n_patched,
+        "n_intact": result.n_intact,
+        "iterations": result.iterations,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def write_repair(
+    job: Ledger, epoch: int, cls: int, where: str, result: RepairResult, record: MetricsRecord
+) -> None:
+    """A repair's patch, search history and, last (its done-key), its metrics."""
+    sweep, name = job.sweep, job.name
+    job.put_json(keys.repair_patch(sweep, name, epoch, cls, where), result.patch_json())
+    job.put_bytes(keys.repair_search(sweep, name, epoch, cls, where), csv_bytes(result.history))
+    job.put_json(
+        keys.repair_metrics(sweep, name, epoch, cls, where), record.model_dump(mode="json")
     )

@@ -110,6 +110,8 @@ class Loaded:
     problems: list[Problem] = field(default_factory=list)
     objects_read: int = 0
     packed_runs: int = 0  # runs read from their records.arrow
+    # One row per (run, watched track) of a training.readiness policy (READINESS_COLUMNS).
+    readiness: pd.DataFrame = field(default_factory=lambda: _readiness_frame({}))
 
 
 # --- finding the sweep ------------------------------------------------------------------
@@ -293,8 +295,71 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     others = {r for r, v in runs.items() if {"run_json", "summary"} & set(v.files)}
     runs_df = _runs_frame(name, records, infos, sums, finished, others | set(infos) | set(sums))
     problems.extend(_run_problems(prefix, records, runs_df, sums))
+    records = _with_convergence(records, runs_df)
     n_packed = len(tables) - 1
-    return Loaded(uri, name, prefix, records, runs_df, sweep_info, problems, len(blobs), n_packed)
+    return Loaded(
+        uri,
+        name,
+        prefix,
+        records,
+        runs_df,
+        sweep_info,
+        problems,
+        len(blobs),
+        n_packed,
+        _readiness_frame(sums),
+    )
+
+
+READINESS_COLUMNS = [
+    "run",
+    "policy",
+    "action",
+    "alpha",
+    "stopped_training",
+    "method",
+    "repair_class",
+    "fired_epoch",
+    "ready_epoch",
+    "epochs_trained",
+]
+
+
+def _readiness_frame(sums: dict[str, TrainSummary | None]) -> pd.DataFrame:
+    """What each run's readiness policy decided (train/summary.json), one row per track."""
+    rows = [
+        (
+            run,
+            r.policy,
+            r.action,
+            r.alpha,
+            r.stopped_training,
+            t.method,
+            t.repair_class,
+            t.fired_epoch,
+            t.ready_epoch,
+            s.epochs_trained,
+        )
+        for run, s in sorted(sums.items())
+        if s is not None and (r := s.readiness) is not None
+        for t in r.tracks
+    ]
+    df = pd.DataFrame(rows, columns=READINESS_COLUMNS)
+    for col in ("repair_class", "fired_epoch", "ready_epoch", "epochs_trained"):
+        df[col] = df[col].astype("Int64")
+    df["alpha"] = df["alpha"].astype(float)
+    return plain_strings(df.astype({c: object for c in ("run", "policy", "action", "method")}))
+
+
+def _with_convergence(records: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Records written while training (training.repair_every) without a convergence epoch
+    take their run's (train/summary.json)."""
+    missing = records["convergence_epoch"].isna()
+    if not missing.any():
+        return records
+    conv = records["run"].map(runs.set_index("run")["convergence_epoch"]).astype("Int64")
+    records["convergence_epoch"] = records["convergence_epoch"].fillna(conv)
+    return records
 
 
 def _list_records(store: Store, prefix: str, names: list[str], runs: dict[str, _Run]) -> None:
@@ -438,7 +503,8 @@ def _runs_frame(
         conv = int(seen[0]) if len(seen) == 1 else None
         if summary is not None:
             conv = summary.convergence_epoch
-            epochs = sorted(set(summary.checkpoint_epochs))
+            # The epochs a run evaluates: its checkpoints and those repaired while it trained.
+            epochs = sorted(set(summary.checkpoint_epochs) | set(summary.online_epochs))
         rows.append(
             {
                 "sweep": sweep,
@@ -521,7 +587,8 @@ def _run_problems(
 ) -> list[Problem]:
     out = []
     seen: dict[str, list[int]] = {}
-    pairs = records[["run", "convergence_epoch"]].drop_duplicates()
+    # Records written while training (training.repair_every) say None: nothing to compare.
+    pairs = records[["run", "convergence_epoch"]].dropna().drop_duplicates()
     for run, conv in zip(
         pairs["run"].to_numpy(), pairs["convergence_epoch"].to_numpy(), strict=True
     ):
@@ -624,8 +691,10 @@ def _records_frame(
         df[col] = df[col].astype("Int64")
     for col in _FLOAT_COLUMNS:
         df[col] = df[col].astype(float)
-    for col in ("seed", "epoch", "convergence_epoch", "n_classes", "schema_version"):
+    for col in ("seed", "epoch", "n_classes", "schema_version"):
         df[col] = df[col].astype("int64")
+    # Missing in records written while training, until _with_convergence fills it in.
+    df["convergence_epoch"] = df["convergence_epoch"].astype("Int64")
     df = df[RECORD_COLUMNS + list(acc.columns)]
     # Base before repaired, classes and epochs ascending: the order people read them in.
     by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]

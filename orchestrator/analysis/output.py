@@ -49,6 +49,13 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
     ):
         df.to_csv(out / name, index=False)
         written.append(out / name)
+    if len(agg.readiness_runs):  # only sweeps with training.readiness
+        for name, df in (
+            ("readiness.csv", agg.readiness),
+            ("readiness_runs.csv", agg.readiness_runs),
+        ):
+            df.to_csv(out / name, index=False)
+            written.append(out / name)
     return written
 
 

@@ -234,6 +234,74 @@ def _resamples(agg: ag.Aggregation) -> str:
     return f"{n} (fewer than the usual {stats.N_RESAMPLES}: this sweep has that many units)"
 
 
+def readiness_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """analysis.readiness.summary for reading: percentage points, epochs, 95% CIs."""
+
+    def ci(prefix: str, scale: float, fmt: str) -> list[str]:
+        out = []
+        for mean, lo, hi in zip(
+            summary[f"{prefix}_mean"],
+            summary[f"{prefix}_ci_low"],
+            summary[f"{prefix}_ci_high"],
+            strict=True,
+        ):
+            if pd.isna(mean):
+                out.append("")
+            elif pd.isna(lo):
+                out.append(format(scale * mean, fmt))
+            else:
+                out.append(f"{scale * mean:{fmt}} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]")
+        return out
+
+    return pd.DataFrame(
+        {
+            "dataset": summary["dataset"],
+            "model": summary["model"],
+            "policy": summary["policy"],
+            "action": summary["action"],
+            "method": summary["method"],
+            "class": summary["repair_class"],
+            "α": summary["alpha"],
+            "n seeds": summary["n"],
+            "regret (pp) [95% CI]": ci("regret", 100, ".2f"),
+            "gain over conv. (pp) [95% CI]": ci("gain", 100, "+.2f"),
+            "epochs saved [95% CI]": ci("epochs_saved", 1, ".1f"),
+        }
+    )
+
+
+def _readiness_section(doc: Doc, agg: ag.Aggregation, figdir: Path) -> None:
+    """The readiness policy's choices against the full repaired curve (analysis.readiness)."""
+    doc.h("Readiness policy: when to stop training and repair")
+    per_run = agg.readiness_runs
+    doc.p(
+        "Each run's policy (`training.readiness`) chose, from validation data only, the epoch"
+        " to repair (its *policy epoch*); the oracle epoch has the best repaired test Qual of"
+        " every evaluated epoch. Per seed: regret = oracle − policy Qual (≥ 0),"
+        " gain = policy Qual − Qual repaired at convergence, epochs saved = epochs trained −"
+        " the epoch the policy fired (`action: record`; 0 when it never fired). Means over"
+        f" seeds with 95% percentile bootstrap CIs (seed {agg.bootstrap_seed}); no CI with"
+        " n < 2."
+    )
+    doc.table(*_capped(readiness_table(agg.readiness), "readiness.csv"), name="readiness")
+    groups = per_run[["dataset", "model"]].drop_duplicates().head(MAX_GROUP_FIGURES)
+    figs = [
+        (
+            fg.readiness_figure(
+                agg.loaded.records,
+                per_run,
+                d,
+                m,
+                figdir / f"readiness_{_safe(d)}_{_safe(m)}.png",
+            ),
+            f"Repaired test Qual per epoch and the policy's choice - {d} / {m}",
+        )
+        for d, m in groups.itertuples(index=False)
+    ]
+    if figs:
+        doc.images(figs)
+
+
 def _definitions(agg: ag.Aggregation) -> list[str]:
     return [
         "`Qual(α, c) = α·Acc_c + (1 − α)·Acc_total` on the test set, accuracies as fractions"
@@ -454,6 +522,9 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
     if len(table):
         doc.table(*_capped(table, "methods.csv"))
 
+    if len(agg.readiness_runs):
+        _readiness_section(doc, agg, figdir)
+
     doc.h("What was run")
     desc = loaded.sweep_info.get("description")
     if isinstance(desc, str) and desc:
@@ -562,8 +633,13 @@ FILES = [
     "`patterns.csv`: Table 1 per method - scope `dataset` rows (model and class `all`) and"
     " scope `model-class` rows.",
     "`runs.csv`: one row per run; `problems.csv`: every incomplete or damaged result.",
+    "`readiness.csv` (sweeps with `training.readiness`): per (dataset, model, policy, method,"
+    " class, α) `n` and the mean with 95% CI (`_ci_low`/`_ci_high`) of `regret`, `gain`,"
+    " `epochs_saved`; `readiness_runs.csv`: the same per run, with `fired_epoch`,"
+    " `policy_epoch`, `oracle_epoch`, `convergence_epoch` and the three Quals.",
     "`figures/`: `effect_*.png`, `seeds_*.png` per (dataset, model, class), `table1.png`,"
-    " `overview.png`, `fig3_<run>_class<c>.png`, `fig4_<run>_class<c>.png`.",
+    " `overview.png`, `fig3_<run>_class<c>.png`, `fig4_<run>_class<c>.png`,"
+    " `readiness_<dataset>_<model>.png` (with `training.readiness`).",
 ]
 
 

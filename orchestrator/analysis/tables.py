@@ -35,7 +35,7 @@ Both are here (``--rules``), and the report and README repeat these definitions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -76,6 +76,10 @@ class Aggregation:
     sentences: list[str]
     problems: pd.DataFrame
     bootstrap_seed: int = 0
+    # training.readiness judged against the repaired curve (analysis.readiness); empty
+    # without such runs.
+    readiness_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    readiness: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def sweep(self) -> str:
@@ -468,7 +472,7 @@ def aggregate(
     packed: bool = True,
 ) -> Aggregation:
     """Load one sweep and compute every table; never writes anything."""
-    from orchestrator.analysis import effects, headline
+    from orchestrator.analysis import effects, headline, readiness
 
     alphas = check_alphas(alphas)
     check_rules(rules, after_convergence)
@@ -484,6 +488,7 @@ def aggregate(
     head = headline.headline(sp, bootstrap_seed, reference)
     sentences = headline.sentences(sp, head, reference)
     probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
+    ready = readiness.per_run(loaded)
     return Aggregation(
         loaded,
         alphas,
@@ -498,4 +503,6 @@ def aggregate(
         sentences,
         probs,
         bootstrap_seed,
+        ready,
+        readiness.summary(ready, bootstrap_seed),
     )

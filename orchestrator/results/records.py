@@ -54,7 +54,9 @@ class MetricsRecord(BaseModel):
     model: str
     seed: int
     epoch: int
-    convergence_epoch: int
+    # None in records written while the model trained (training.repair_every), before the
+    # convergence epoch was known: train/summary.json says it.
+    convergence_epoch: int | None
     kind: Literal["base", "repaired"]
     repair_class: int | None = None
     method: str | None = None
@@ -108,6 +110,8 @@ class TrainSummary(BaseModel):
     schema_version: int = SCHEMA_VERSION
     convergence_epoch: int  # epoch with the lowest validation loss
     checkpoint_epochs: list[int]  # sorted; every one has checkpoints/epoch_NNN.pt
+    # Sorted epochs repaired while training (training.repair_every): records, no checkpoint.
+    online_epochs: list[int] = []
     epochs_trained: int
     stopped_early: bool
     best_val_loss: float

@@ -43,6 +43,8 @@ class RunTree:
     packed: bool = False
     methods: tuple[str, ...] = ()  # named in run.json's spec (repair.methods) when given
     costs: dict[tuple, tuple[float, float, float]] = field(default_factory=dict)
+    readiness: dict | None = None  # train/summary.json's readiness (ReadinessOutcome)
+    online: bool = False  # records written while training: no convergence epoch in them
 
 
 def unit(key: tuple) -> tuple[int, int, str]:
@@ -82,7 +84,7 @@ def record(
         model=t.model,
         seed=t.seed,
         epoch=epoch,
-        convergence_epoch=t.convergence,
+        convergence_epoch=None if t.online else t.convergence,
         kind="repaired" if repaired else "base",
         repair_class=cls,
         method=method if repaired else None,
@@ -129,6 +131,8 @@ def write_run(store: Store, sweep: str, t: RunTree) -> None:
             stopped_early=True,
             best_val_loss=0.1,
             seconds=1.0,
+            online_epochs=sorted(t.epochs) if t.online else [],
+            readiness=t.readiness,
         )
         write_json(store, results.summary_json(sweep, t.run), summary.model_dump(mode="json"))
     for epoch in t.epochs:

@@ -429,3 +429,79 @@ def test_killed_trainer_resumes_without_redoing_finished_steps(tmp_path: Path, r
     assert np.isfinite(
         [json.loads((root / k).read_text())["accuracy"] for k in repairs_before]
     ).all()
+
+
+# --- dense online repair (issue 15): training.repair_every ----------------------------
+
+ONLINE = {**TINY["training"], "repair_every": 1, "readiness": {"action": "record", "patience": 2}}
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TINY repaired after every epoch while it trains, with a recording readiness policy."""
+    base = tmp_path_factory.mktemp("online")
+    run_trainer(write_spec(base / "sweep.json", base / "results", training=ONLINE), 0)
+    return base / "results"
+
+
+def test_online_repair_writes_every_epochs_records_without_changing_training(
+    reference: Path, online: Path
+) -> None:
+    ref, got = FileStore(reference), FileStore(online)
+    summary = TrainSummary.model_validate_json(got.read_bytes(keys.summary_json(SWEEP, RUN)))
+    before = TrainSummary.model_validate_json(ref.read_bytes(keys.summary_json(SWEEP, RUN)))
+    # Online repair never changes the training trajectory.
+    history = pd.read_csv(online / keys.history_csv(SWEEP, RUN)).drop(columns="seconds")
+    pd.testing.assert_frame_equal(
+        history, pd.read_csv(reference / keys.history_csv(SWEEP, RUN)).drop(columns="seconds")
+    )
+    assert (summary.checkpoint_epochs, summary.convergence_epoch) == (
+        before.checkpoint_epochs,
+        before.convergence_epoch,
+    )
+    assert summary.online_epochs == list(range(1, summary.epochs_trained + 1))
+    # Every epoch has its records; only the paper's checkpoint set has weights.
+    want = expected_keys(summary.checkpoint_epochs, [3, 6])
+    for e in summary.online_epochs:
+        want |= expected_keys([e], [3, 6]) - {keys.checkpoint(SWEEP, RUN, e)}
+    assert set(got.list()) == want
+    # A dense epoch's records are the ones the checkpoint step writes for it, except that
+    # the convergence epoch was not known yet (and the repair's own wall time).
+    for e in summary.checkpoint_epochs:
+        for key in [keys.base_metrics(SWEEP, RUN, e)] + [
+            keys.repair_metrics(SWEEP, RUN, e, c, "arachne") for c in (3, 6)
+        ]:
+            a, b = json.loads(ref.read_bytes(key)), json.loads(got.read_bytes(key))
+            assert b["convergence_epoch"] is None
+            for rec in (a, b):
+                rec.pop("convergence_epoch"), rec.pop("seconds")
+            assert a == b, key
+        for c in (3, 6):
+            for key in (keys.repair_patch(SWEEP, RUN, e, c), keys.repair_search(SWEEP, RUN, e, c)):
+                assert ref.read_bytes(key) == got.read_bytes(key), key
+    assert summary.readiness is not None
+    assert {(t.method, t.repair_class) for t in summary.readiness.tracks} == {
+        ("arachne", 3),
+        ("arachne", 6),
+    }
+
+
+def test_online_records_aggregate_with_the_summarys_convergence_epoch(online: Path) -> None:
+    from orchestrator.analysis.tables import aggregate
+
+    agg = aggregate(FileStore(online))
+    summary = TrainSummary.model_validate_json(
+        FileStore(online).read_bytes(keys.summary_json(SWEEP, RUN))
+    )
+    assert set(agg.loaded.records["convergence_epoch"]) == {summary.convergence_epoch}
+    assert set(agg.loaded.records["epoch"]) == set(summary.online_epochs)
+    # The policy is judged against every epoch's repaired test Qual.
+    ready = agg.readiness_runs.set_index("repair_class")
+    assert sorted(ready.index) == [3, 6]
+    for t in summary.readiness.tracks:
+        row = ready.loc[t.repair_class]
+        assert row["policy_epoch"] == t.ready_epoch and row["regret"] >= 0
+        q = agg.quality
+        q = q[(q["kind"] == "repaired") & (q["repair_class"] == t.repair_class)]
+        best = q[q["alpha"] == 0.5]["qual"].max()
+        assert row["oracle_qual"] == pytest.approx(best)

@@ -1,0 +1,139 @@
+"""How good was the readiness policy? Its choice of epoch against the whole repaired curve.
+
+A run with ``training.readiness`` says in train/summary.json, per watched (method, class),
+at which epoch its policy fired and which epoch it would repair (the *policy epoch*,
+decided from validation data only). With ``training.repair_every`` the run also repaired
+every epoch, so the test Qual(alpha, c) of the repaired model is known at each: the
+*oracle epoch* is the best of them (first on ties) - what a policy that could read the
+test set would pick. Per (run, method, class) at the policy's alpha:
+
+    regret       oracle Qual - policy Qual (>= 0; 0 is a perfect choice)
+    gain         policy Qual - Qual of the model repaired at the convergence epoch
+    epochs_saved epochs trained - fired epoch, with ``action: record`` and a policy that
+                 fired (training would have ended there); 0 when it never fired; NaN with
+                 ``action: stop`` (the rest of the curve was never trained)
+
+A policy of the unrepaired model (val-loss) watches no track of its own: its epoch is
+judged for every (method, class) the run repaired. ``summary`` gives the mean and a 95%
+bootstrap interval across seeds (``stats.mean_cis``), per (dataset, model, policy, method,
+class, alpha).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis import stats
+from orchestrator.analysis.load import Loaded, plain_strings
+
+KEYS = ["dataset", "model", "policy", "action", "method", "repair_class", "alpha"]
+PER_RUN = [
+    *KEYS[:2],
+    "run",
+    "seed",
+    *KEYS[2:],
+    "fired_epoch",
+    "policy_epoch",
+    "oracle_epoch",
+    "convergence_epoch",
+    "epochs_trained",
+    "policy_qual",
+    "oracle_qual",
+    "convergence_qual",
+    "regret",
+    "gain",
+    "epochs_saved",
+]
+MEASURES = ("regret", "gain", "epochs_saved")
+SUMMARY = [
+    *KEYS,
+    "n",
+    *(f"{m}_{part}" for m in MEASURES for part in ("mean", "ci_low", "ci_high")),
+]
+
+
+def per_run(loaded: Loaded) -> pd.DataFrame:
+    """One row per (run, method, class) a readiness policy decided (PER_RUN columns)."""
+    decided = loaded.readiness
+    rec = loaded.records
+    repaired = rec[rec["kind"] == "repaired"]
+    if decided.empty or repaired.empty:
+        return pd.DataFrame(columns=PER_RUN)
+    units = repaired[["run", "method", "repair_class"]].drop_duplicates()
+    # A policy of the unrepaired model (no method, no class) judges every repaired unit.
+    own = decided.dropna(subset=["method"])
+    whole = decided[decided["method"].isna()].drop(columns=["method", "repair_class"])
+    tracks = pd.concat([own, whole.merge(units, on="run")], ignore_index=True)
+    info = loaded.runs.set_index("run")
+    by_unit = dict(list(repaired.groupby(["run", "method", "repair_class"], sort=False)))
+    rows = []
+    for t in tracks.itertuples(index=False):
+        unit = by_unit.get((t.run, t.method, t.repair_class))
+        col = f"acc_class_{int(t.repair_class)}"
+        if unit is None or col not in unit:
+            continue
+        quals = (t.alpha * unit[col] + (1 - t.alpha) * unit["accuracy"]).to_numpy(float)
+        epochs = unit["epoch"].to_numpy(int)
+        qual_at = dict(zip(epochs.tolist(), quals.tolist(), strict=True))
+        order = np.lexsort((epochs, -np.nan_to_num(quals, nan=-np.inf)))
+        oracle = int(epochs[order[0]])
+        conv = info.at[t.run, "convergence_epoch"]
+        policy = t.ready_epoch
+        p_q = _at(qual_at, policy)
+        c_q = _at(qual_at, conv)
+        o_q = qual_at[oracle]
+        saved = np.nan
+        if t.action == "record":
+            saved = 0 if pd.isna(t.fired_epoch) else int(t.epochs_trained) - int(t.fired_epoch)
+        rows.append(
+            (
+                unit["dataset"].iloc[0],
+                unit["model"].iloc[0],
+                t.run,
+                int(unit["seed"].iloc[0]),
+                t.policy,
+                t.action,
+                t.method,
+                int(t.repair_class),
+                float(t.alpha),
+                t.fired_epoch,
+                policy,
+                oracle,
+                conv,
+                t.epochs_trained,
+                p_q,
+                o_q,
+                c_q,
+                o_q - p_q,
+                p_q - c_q,
+                saved,
+            )
+        )
+    df = pd.DataFrame(rows, columns=PER_RUN)
+    for c in ("fired_epoch", "policy_epoch", "oracle_epoch", "convergence_epoch"):
+        df[c] = df[c].astype("Int64")
+    df["epochs_trained"] = df["epochs_trained"].astype("Int64")
+    for c in ("policy_qual", "oracle_qual", "convergence_qual", *MEASURES):
+        df[c] = df[c].astype(float)
+    df = plain_strings(df)
+    return df.sort_values(["dataset", "model", "policy", "method", "repair_class", "alpha", "seed"])
+
+
+def _at(qual_at: dict[int, float], epoch: object) -> float:
+    if epoch is None or pd.isna(epoch):
+        return float("nan")
+    return qual_at.get(int(epoch), float("nan"))  # type: ignore[call-overload]
+
+
+def summary(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Mean and 95% bootstrap CI across seeds of each measure (SUMMARY columns)."""
+    if runs.empty:
+        return pd.DataFrame(columns=SUMMARY)
+    groups = list(runs.groupby(KEYS, sort=True, dropna=False))
+    out = pd.DataFrame([k for k, _ in groups], columns=KEYS)
+    out["n"] = [len(g) for _, g in groups]
+    for m in MEASURES:
+        cis = stats.mean_cis([g[m].to_numpy(float) for _, g in groups], seed)
+        out[f"{m}_mean"], out[f"{m}_ci_low"], out[f"{m}_ci_high"] = cis.T
+    return plain_strings(out[SUMMARY])
