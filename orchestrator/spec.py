@@ -939,8 +939,8 @@ class KubernetesSpec(_Strict):
     ttl_seconds_after_finished: Int32 = Field(
         86400,
         ge=0,
-        description="Seconds after the Job finishes before Kubernetes deletes it, its pods and"
-        " its ConfigMap (86400 = a day); results in storage stay.",
+        description="Seconds after the Job finishes before Kubernetes deletes it and its pods"
+        " (and the ConfigMap `submit` made); 86400 = a day, 0 = at once.",
     )
     active_deadline_seconds: Int | None = Field(
         None,
@@ -954,8 +954,8 @@ class KubernetesSpec(_Strict):
     )
     tolerations: list[PlainDict] = Field(
         default_factory=list,
-        description="Pod tolerations as Kubernetes writes them; with resources.gpus, one for"
-        " nvidia.com/gpu taints is added.",
+        description="Pod tolerations as Kubernetes writes them; with resources.gpus > 0, one"
+        " for the nvidia.com/gpu NoSchedule taint is added.",
     )
     affinity: PlainDict | None = Field(
         None, description="Pod affinity as Kubernetes writes it (nodeAffinity, podAffinity, ...)."
@@ -1004,7 +1004,7 @@ class StorageSpec(_Strict):
         " (those come from the AWS chain).",
     )
     region: str | None = Field(
-        None, description="S3 region (AWS_REGION in the pods); default: the AWS chain's."
+        None, description="The bucket's S3 region (AWS_REGION in pods); default: the AWS chain's."
     )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto",
@@ -1066,7 +1066,7 @@ class SweepSpec(_Strict):
     )
     resources: ResourcesSpec = Field(
         default_factory=ResourcesSpec,
-        description="CPU, memory and GPUs per run, and the GPU guard's wait for free GPU memory.",
+        description="What each run needs (CPU, memory, GPUs) and how long it waits for GPUs.",
     )
     kubernetes: KubernetesSpec = Field(
         default_factory=KubernetesSpec,

@@ -284,7 +284,10 @@ SPEC: dict[str, Any] = {
         "max_epochs": 6,
         "device": "cpu",
         "num_threads": 1,
-        "readiness": {"policy": "val-loss", "patience": 2, "action": "record"},
+        # Repaired after every epoch: the online records of the epochs trained again are
+        # rewritten, and must come out the same.
+        "repair_every": 1,
+        "readiness": {"patience": 2, "action": "record"},
     },
     "repair": {"classes": [3], "particles": 10, "iterations": 5},
 }
@@ -348,6 +351,9 @@ def test_trainer_killed_at_several_epochs_resumes_identically(tmp_path: Path, re
     assert comparable(FileStore(root), f"{SWEEP}/") == comparable(FileStore(clean), f"{SWEEP}/")
     summary = TrainSummary.model_validate_json((root / keys.summary_json(SWEEP, RUN)).read_text())
     assert summary.readiness is not None and summary.readiness.tracks[0].evaluations == 6
+    assert summary.online_epochs == [1, 2, 3, 4, 5, 6]
+    for e in summary.online_epochs:  # every epoch's online repair is in both
+        assert (root / keys.repair_metrics(SWEEP, RUN, e, 3)).exists()
 
 
 def test_an_unreadable_stored_state_names_the_file(tmp_path: Path) -> None:

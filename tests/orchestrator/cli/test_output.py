@@ -254,10 +254,6 @@ def test_undescribed_finds_a_field_without_description() -> None:
     assert undescribed(schema) == ["SweepSpec.b"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 18: the lead adds the missing descriptions after merging the spec branches",
-)
 def test_every_spec_field_is_described_in_the_schema(cli) -> None:
     assert undescribed(json.loads(cli("schema").out)) == []
 
