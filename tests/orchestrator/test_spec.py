@@ -419,3 +419,12 @@ def test_keys_with_newlines_still_give_one_line(tmp_path: Path) -> None:
         load_spec(path)
     assert "\n" not in str(info.value) and "\u2028" not in str(info.value)
     assert "evil" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (Path(__file__).parents[2] / "settings").glob("*.yaml"))
+)
+def test_every_preset_is_a_valid_spec(cli, repo: Path, preset: str) -> None:
+    data = yaml.safe_load((repo / f"settings/{preset}.yaml").read_text())
+    jsonschema.validate(data, json.loads(cli("schema").out))
+    assert parse_spec(data).name == preset

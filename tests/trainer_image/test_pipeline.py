@@ -505,3 +505,38 @@ def test_online_records_aggregate_with_the_summarys_convergence_epoch(online: Pa
         q = q[(q["kind"] == "repaired") & (q["repair_class"] == t.repair_class)]
         best = q[q["alpha"] == 0.5]["qual"].max()
         assert row["oracle_qual"] == pytest.approx(best)
+
+
+# --- several repair methods in one run (issue 13) ---------------------------------------
+
+THREE = {"methods": ["arachne", "arachne-de", "finetune"], "classes": [3], "particles": 20}
+
+
+def test_three_methods_share_training_and_each_gets_its_own_records(tmp_path: Path) -> None:
+    from orchestrator.analysis.tables import aggregate
+
+    one, three = tmp_path / "one", tmp_path / "three"
+    single = {k: v for k, v in THREE.items() if k != "methods"}
+    run_trainer(write_spec(tmp_path / "a.json", one, training=TWO_EPOCHS, repair=single), 0)
+    run_trainer(write_spec(tmp_path / "b.json", three, training=TWO_EPOCHS, repair=THREE), 0)
+    a, b = FileStore(one), FileStore(three)
+    summary = TrainSummary.model_validate_json(b.read_bytes(keys.summary_json(SWEEP, RUN)))
+    methods = ("arachne", "arachne-de", "finetune")
+    assert set(b.list()) == expected_keys(summary.checkpoint_epochs, [3], methods)
+    # Training and arachne's repairs are those of the single-method run.
+    for e in summary.checkpoint_epochs:
+        assert a.read_bytes(keys.checkpoint(SWEEP, RUN, e)) == b.read_bytes(
+            keys.checkpoint(SWEEP, RUN, e)
+        )
+        for key in (keys.repair_patch(SWEEP, RUN, e, 3), keys.repair_search(SWEEP, RUN, e, 3)):
+            assert a.read_bytes(key) == b.read_bytes(key)
+        recs = {
+            m: MetricsRecord.model_validate_json(
+                b.read_bytes(keys.repair_metrics(SWEEP, RUN, e, 3, m))
+            )
+            for m in methods
+        }
+        assert {r.method for r in recs.values()} == set(methods)
+    agg = aggregate(b)
+    assert sorted(agg.methods["method"].unique()) == sorted(methods)
+    assert sorted(agg.switch_points["method"].unique()) == sorted(methods)
