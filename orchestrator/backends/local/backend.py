@@ -106,6 +106,9 @@ def _proc_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+_CMDLINE_WAIT_S = 5.0  # a bound for a process that never gets its arguments, not a delay
+
+
 def _proc_cmdline(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -116,7 +119,15 @@ def _proc_cmdline(pid: int) -> list[str] | None:
 
 def _identity(pid: int) -> dict[str, Any]:
     """What a record keeps of a process to know it again: pid, start time, command line."""
-    return {"pid": pid, "pid_start": _proc_start(pid), "cmdline": _proc_cmdline(pid)}
+    cmdline = _proc_cmdline(pid)
+    # Popen returns as soon as the child execs (CPython vforks), which can be before the
+    # kernel has set up the new program's arguments: /proc/PID/cmdline then reads empty
+    # for a moment. Recorded so, the process could never be recognised (cancel --local).
+    deadline = time.monotonic() + _CMDLINE_WAIT_S
+    while cmdline is None and _proc_start(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.001)
+        cmdline = _proc_cmdline(pid)
+    return {"pid": pid, "pid_start": _proc_start(pid), "cmdline": cmdline}
 
 
 def _ours(rec: dict[str, Any], *, trainer: bool = False) -> bool:

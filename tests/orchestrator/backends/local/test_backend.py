@@ -234,8 +234,12 @@ def processes() -> Any:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+        code = "import time; print('ready', flush=True); time.sleep(60)"
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE)
         started.append(proc)
+        # Its identity (start time, command line) is read from /proc next: only once it
+        # prints is it sure to be past exec, and not still a copy of this process.
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         return proc
 
     yield start
@@ -544,3 +548,17 @@ def test_the_real_quickstart(cli, repo: Path, tmp_path: Path) -> None:
             (results / keys.base_metrics("quickstart", run, summary.convergence_epoch)).read_bytes()
         )
         assert conv.accuracy > 0.9
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_process_is_recorded_with_its_command_line_right_after_popen() -> None:
+    # CPython's Popen returns when the child execs, at times before the kernel has set up
+    # its arguments (/proc/PID/cmdline empty); about a third of 300 tries showed it here.
+    cmd = [sys.executable, "-c", "import time; time.sleep(60)", "trainer", "--run-index", "0"]
+    for _ in range(50):
+        proc = subprocess.Popen(cmd)
+        try:
+            assert _identity(proc.pid)["cmdline"] == cmd
+        finally:
+            proc.kill()
+            proc.wait()
