@@ -246,7 +246,7 @@ def train_step(
         summary = TrainSummary(
             convergence_epoch=result.convergence_epoch,
             checkpoint_epochs=result.checkpoint_epochs,
-            online_epochs=online_epochs(cfg.repair_every, result.epochs_trained),
+            online_epochs=result.online_epochs,
             epochs_trained=result.epochs_trained,
             stopped_early=result.stopped_early,
             best_val_loss=result.best_val_loss,
@@ -285,13 +285,6 @@ def drop_state(job: Ledger) -> None:
     key = keys.train_state(job.sweep, job.name)
     if job.done(key):
         job.forget(key)
-
-
-def online_epochs(repair_every: int | None, epochs_trained: int) -> list[int]:
-    """The epochs ``train`` repaired while it trained."""
-    if repair_every is None:
-        return []
-    return list(range(repair_every, epochs_trained + 1, repair_every))
 
 
 def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRepair:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -101,6 +101,11 @@ def periodic(epoch: int, every: int, first: bool = True) -> bool:
     as some other epoch's checkpoint.
     """
     return (first and epoch == 1) or epoch % every == 0
+
+
+def online_epochs(repair_every: int | None, last: int) -> list[int]:
+    """The epochs online repair follows: every ``repair_every``-th, up to ``last``."""
+    return [] if repair_every is None else list(range(repair_every, last + 1, repair_every))
 
 
 def checkpoint_epochs(
@@ -207,6 +212,7 @@ class TrainResult:
     best_val_loss: float
     seconds: float
     resumed_after: int = 0  # the epoch a resumed run went on from (0: trained from scratch)
+    online_epochs: list[int] = field(default_factory=list)  # repaired while training
     readiness: dict[str, Any] | None = None  # records.ReadinessOutcome, with training.readiness
 
 
@@ -415,6 +421,7 @@ def train(
         best_val_loss=stopper.best_loss,
         seconds=spent + time.perf_counter() - started,
         resumed_after=resumed_after,
+        online_epochs=online_epochs(cfg.repair_every if on_repair else None, epoch),
         readiness=None if readiness is None else readiness.outcome(stopped_training=policy_stopped),
     )
 

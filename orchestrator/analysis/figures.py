@@ -31,6 +31,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from orchestrator.analysis import stats
 from orchestrator.analysis.problems import INCOMPLETE
+from orchestrator.analysis.readiness import repaired_qual
 from orchestrator.analysis.tables import AFTER, POST, PRE
 
 DPI = 90
@@ -510,12 +511,11 @@ def readiness_figure(
             & (d["method"] == u.method)
             & (d["repair_class"] == u.repair_class)
         ]
-        col = f"acc_class_{int(u.repair_class)}"
         for i, r in enumerate(rows.itertuples(index=False)):
             c = f"C{i % 10}"
             curve = rep[(rep["run"] == r.run) & (rep["method"] == u.method)]
             curve = curve[curve["repair_class"] == u.repair_class].sort_values("epoch")
-            qual = 100 * (r.alpha * curve[col] + (1 - r.alpha) * curve["accuracy"])
+            qual = 100 * repaired_qual(curve, int(u.repair_class), r.alpha)
             ax.plot(curve["epoch"], qual, "-", color=c, lw=1, label=f"seed {r.seed}")
             for epoch, value, marker, fill in (
                 (r.policy_epoch, r.policy_qual, "v", c),

@@ -53,6 +53,12 @@ SUMMARY = [
 ]
 
 
+def repaired_qual(records: pd.DataFrame, cls: int, alpha: float) -> pd.Series:
+    """Test Qual(alpha, cls) of each record, at the policy's own alpha (which need not be
+    one of aggregate's ``--alpha`` values, so the quality table may not hold it)."""
+    return alpha * records[f"acc_class_{cls}"] + (1 - alpha) * records["accuracy"]
+
+
 def per_run(loaded: Loaded) -> pd.DataFrame:
     """One row per (run, method, class) a readiness policy decided (PER_RUN columns)."""
     decided = loaded.readiness
@@ -70,10 +76,9 @@ def per_run(loaded: Loaded) -> pd.DataFrame:
     rows = []
     for t in tracks.itertuples(index=False):
         unit = by_unit.get((t.run, t.method, t.repair_class))
-        col = f"acc_class_{int(t.repair_class)}"
-        if unit is None or col not in unit:
+        if unit is None or f"acc_class_{int(t.repair_class)}" not in unit:
             continue
-        quals = (t.alpha * unit[col] + (1 - t.alpha) * unit["accuracy"]).to_numpy(float)
+        quals = repaired_qual(unit, int(t.repair_class), t.alpha).to_numpy(float)
         epochs = unit["epoch"].to_numpy(int)
         qual_at = dict(zip(epochs.tolist(), quals.tolist(), strict=True))
         order = np.lexsort((epochs, -np.nan_to_num(quals, nan=-np.inf)))

@@ -34,13 +34,13 @@ def die_with_parent() -> None:
         return
     # The run may have died before we asked. It need not be our direct parent: a wrapper
     # given as the backend's python (``nice``, a recording shell script) sits between.
-    if str(os.getppid()) != expected and not _alive(int(expected)):
+    if str(os.getppid()) != expected and not _alive(expected):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: str) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, ValueError):  # someone else's, or not a pid
