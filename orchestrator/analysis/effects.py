@@ -47,11 +47,12 @@ EFFECT_COLUMNS = [
 def effects(q: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """One row per repaired model and alpha, against the base model of its checkpoint."""
     keys = ["run", "repair_class", "epoch", "alpha"]
-    base = q[q["kind"] == "base"][[*keys, "qual", "accuracy", "acc_class"]]
+    is_base = (q["kind"] == "base").to_numpy(dtype=bool)
+    base = q[[*keys, "qual", "accuracy", "acc_class"]][is_base]
     base = base.rename(
         columns={"qual": "qual_before", "accuracy": "acc_before", "acc_class": "acc_class_before"}
     )
-    rep = q[q["kind"] == "repaired"].rename(
+    rep = q[(q["kind"] == "repaired").to_numpy(dtype=bool)].rename(
         columns={"qual": "qual_after", "accuracy": "acc_after", "acc_class": "acc_class_after"}
     )
     eff = rep.merge(base, on=keys, how="left")
@@ -97,14 +98,16 @@ def methods(eff: pd.DataFrame) -> pd.DataFrame:
     """
     if eff.empty:
         return pd.DataFrame(columns=METHOD_COLUMNS)
+    by = ["dataset", "model", "repair_class", "_o", "checkpoint", "method", "alpha"]
+    values = ["run", "rr", "br", "delta_acc", "delta_acc_class", "delta_qual", "harmed", "seconds"]
+    used = eff[["dataset", "model", "repair_class", "method", "alpha", "epoch", *values]]
     rows = pd.concat(
         [
-            eff.assign(checkpoint=eff["epoch"].astype(str), _o=eff["epoch"]),
-            eff[eff["at_convergence"]].assign(checkpoint=CONVERGENCE, _o=10**9),
+            used.assign(checkpoint=used["epoch"].astype(str), _o=used["epoch"]),
+            used[eff["at_convergence"]].assign(checkpoint=CONVERGENCE, _o=10**9),
         ],
         ignore_index=True,
     )
-    by = ["dataset", "model", "repair_class", "_o", "checkpoint", "method", "alpha"]
     g = rows.groupby(by, sort=True, dropna=False)
     out = g.agg(
         n=("run", "size"),

@@ -60,23 +60,33 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
     done = sp[sp["status"] != INCOMPLETE]
     if done.empty:
         return pd.DataFrame(columns=HEADLINE_COLUMNS)
-    groups = list(done.groupby(GROUP, sort=True))
-    gains = [rounded(g["earlier_gain"].to_numpy(dtype=float)) for _, g in groups]
-    offsets = [g["offset"].to_numpy(dtype=float, na_value=np.nan) for _, g in groups]
+    pre = done["pattern"] == PRE
+    counted = pd.DataFrame(
+        {
+            "k": pre,
+            "harm_wins": done["harm_win"].astype(bool),
+            "beat_unrepaired": pre & done["beats_unrepaired"].fillna(False).astype(bool),
+        }
+    )
+    grouped = done.groupby(GROUP, sort=True)
+    counts = counted.groupby([done[c] for c in GROUP], sort=True).sum()
+    gains, offsets = [], []
+    for _, g in grouped[["earlier_gain", "offset"]]:
+        gains.append(rounded(g["earlier_gain"].to_numpy(dtype=float)))
+        offsets.append(g["offset"].to_numpy(dtype=float, na_value=np.nan))
     g_ci = stats.mean_cis(gains, seed)
     o_ci = stats.mean_cis(offsets, seed)
     tests = stats.wilcoxons(gains)
     n_resamples = stats.resamples(gains)
     rows = []
-    for i, (key, g) in enumerate(groups):
-        pre = g["pattern"] == PRE
+    for i, (key, (k, harm_wins, beat)) in enumerate(counts.iterrows()):
         p, n_w = tests[i]
         row = dict(zip(GROUP, key, strict=True))
         row.update(
-            n=len(g),
-            k=int(pre.sum()),
-            harm_wins=int(g["harm_win"].sum()),
-            beat_unrepaired=int((pre & g["beats_unrepaired"].fillna(False)).sum()),
+            n=len(gains[i]),
+            k=int(k),
+            harm_wins=int(harm_wins),
+            beat_unrepaired=int(beat),
             mean_gain=g_ci[i, 0],
             gain_low=g_ci[i, 1],
             gain_high=g_ci[i, 2],

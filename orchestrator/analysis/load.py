@@ -120,7 +120,13 @@ class Loaded:
 def _locate(uri: str, keys: list[str], sweep: str | None) -> tuple[str | None, str] | None:
     """(sweep name or None when it must come from the records, key prefix of the sweep);
     None when ``keys`` show no results at all."""
-    sweeps = sorted({k.sweep for e in keys if (k := layout.parse(e)) and k.sweep})
+    found: set[str] = set()
+    for e in keys:
+        # a key names its sweep in its first part: once one key there parses, the rest of
+        # that folder's (thousands of) keys need not be
+        if e.partition("/")[0] not in found and (k := layout.parse(e)) and k.sweep:
+            found.add(k.sweep)
+    sweeps = sorted(found)
     if sweeps:
         if sweep is None:
             if len(sweeps) > 1:
@@ -186,6 +192,15 @@ def _schema_detail(version: object) -> str:
 def _validate(
     model: type[M], key: str, run: str, blob: bytes | Exception, problems: list[Problem]
 ) -> M | None:
+    if isinstance(blob, bytes):
+        # pydantic's own JSON parser, twice as fast as json.loads + model_validate; a blob
+        # it refuses takes the path below, which says what is wrong with it.
+        try:
+            valid = model.model_validate_json(blob)
+        except (ValidationError, ValueError, RecursionError):
+            valid = None
+        if valid is not None and getattr(valid, "schema_version", None) in READABLE_VERSIONS:
+            return valid
     data = _decode(key, run, blob, problems)
     if data is None:
         return None
@@ -470,20 +485,33 @@ def _runs_frame(
 ) -> pd.DataFrame:
     # Per-run facts from the records in a few grouped passes: a loop of pandas operations
     # per run would cost seconds for a sweep of thousands of runs.
-    def sets(frame: pd.DataFrame, col: str) -> dict[str, list[Any]]:
+    run_codes, run_index = pd.factorize(records["run"])
+    run_names = run_index.tolist()
+
+    def sets(col: str, rows: Any = True) -> dict[str, list[Any]]:
+        """The distinct values of ``col`` per run (of the ``rows`` chosen), from codes."""
+        values = records[col]
+        keep = values.notna().to_numpy() & rows
+        codes, found = pd.factorize(values[keep])
+        width, uniques = max(len(found), 1), found.tolist()
+        runs, which = divmod(np.unique(run_codes[keep] * width + codes), width)
         out: dict[str, list[Any]] = {}
-        pairs = frame[["run", col]].dropna().drop_duplicates()
-        for run, value in zip(pairs["run"].to_numpy(), pairs[col].to_numpy(), strict=True):
-            out.setdefault(run, []).append(value)
+        for run, i in zip(runs.tolist(), which.tolist(), strict=True):
+            out.setdefault(run_names[run], []).append(uniques[i])
         return out
 
-    firsts = records.drop_duplicates("run").set_index("run")[["dataset", "model", "seed"]]
-    first_of = firsts.to_dict("index")
-    n_of = records.groupby("run", sort=False).size().to_dict()
-    classes_of = sets(records, "repair_class")
-    methods_of = sets(records, "method")
-    epochs_of = sets(records[records["kind"] == "base"], "epoch")
-    convs_of = sets(records, "convergence_epoch")
+    firsts = records.drop_duplicates("run")
+    first_of = {
+        run: {"dataset": d, "model": m, "seed": s}
+        for run, d, m, s in zip(
+            *(firsts[c].tolist() for c in ("run", "dataset", "model", "seed")), strict=True
+        )
+    }
+    n_of = dict(zip(run_names, np.bincount(run_codes, minlength=len(run_names)), strict=True))
+    classes_of = sets("repair_class")
+    methods_of = sets("method")
+    epochs_of = sets("epoch", (records["kind"] == "base").to_numpy())
+    convs_of = sets("convergence_epoch")
     rows = []
     for run in sorted(set(n_of) | finished | others):
         info = infos.get(run)
@@ -701,18 +729,25 @@ def _records_frame(
     return df.take(sorted_rows(df, by)).reset_index(drop=True)
 
 
-def sorted_rows(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
-    """The row order that sorts ``frame`` by ``by`` (missing values first; strings in
-    code point order), from integer codes: sorting by string columns directly is what
-    makes large sweeps slow. Stable, so equal keys keep their order."""
+def sort_keys(frame: pd.DataFrame, by: list[str]) -> list[np.ndarray]:
+    """One numeric array per column of ``by`` that sorts as the column does (missing
+    values first; strings in code point order): sorting by string columns directly is
+    what makes large sweeps slow."""
     keys = []
-    for col in reversed(by):
+    for col in by:
         values = frame[col]
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             keys.append(values.to_numpy(dtype=float, na_value=-np.inf))
         else:
             keys.append(pd.factorize(values, sort=True)[0])  # missing -> -1, first
-    return np.lexsort(keys) if keys else np.arange(len(frame))
+    return keys
+
+
+def sorted_rows(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
+    """The row order that sorts ``frame`` by ``by`` (see ``sort_keys``). Stable, so equal
+    keys keep their order."""
+    keys = sort_keys(frame, by)
+    return np.lexsort(keys[::-1]) if keys else np.arange(len(frame))
 
 
 def _check(

@@ -35,13 +35,23 @@ Both are here (``--rules``), and the report and README repeat these definitions:
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.load import Loaded, join_epochs, load, plain_strings, sorted_rows
+from orchestrator.analysis.load import (
+    Loaded,
+    join_epochs,
+    load,
+    plain_strings,
+    sort_keys,
+    sorted_rows,
+)
 from orchestrator.analysis.problems import INCOMPLETE, PARTIAL, Problem, problems_frame
 from orchestrator.errors import BadInput
 from orchestrator.results.layout import DEFAULT_METHOD
@@ -138,13 +148,24 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
             "accuracy",
         ]
     ]
-    n = len(frame)
-    a = np.asarray(alphas, dtype=float)
-    out = frame.take(np.tile(np.arange(n), len(a))).reset_index(drop=True)
-    out.insert(10, "alpha", np.repeat(a, n))
+    # Rows sorted by (dataset, model, run, repair_class, alpha, kind, method, epoch). The
+    # models are sorted without alpha (a third of the rows to sort), then each
+    # (dataset, model, run, repair_class) group is repeated once per alpha.
+    n, a = len(frame), np.asarray(alphas, dtype=float)
+    keys = sort_keys(frame, ["dataset", "model", "run", "repair_class", "kind", "method", "epoch"])
+    order = np.lexsort(keys[::-1])
+    starts = np.zeros(n, dtype=bool)
+    starts[:1] = True
+    for key in keys[:4]:
+        in_order = key[order]
+        starts[1:] |= in_order[1:] != in_order[:-1]
+    group, rank = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    group[order], rank[order] = np.cumsum(starts), np.arange(n)
+    tiled = np.lexsort((np.tile(rank, len(a)), np.repeat(a, n), np.tile(group, len(a))))
+    out = frame.take(tiled % n if n else tiled).reset_index(drop=True)
+    out.insert(10, "alpha", np.repeat(a, n)[tiled])
     out["qual"] = out["alpha"] * out["acc_class"] + (1 - out["alpha"]) * out["accuracy"]
-    by = ["dataset", "model", "run", "repair_class", "alpha", "kind", "method", "epoch"]
-    return out.take(sorted_rows(out, by)).reset_index(drop=True)
+    return out
 
 
 # --- switch points ----------------------------------------------------------------------
@@ -186,9 +207,15 @@ def switch_points(
     expected = expected_units(runs, alphas)
     ref_of = _reference_epochs(runs, rules)
 
-    rep = qual[qual["kind"] == "repaired"].copy()
-    rep["reference_epoch"] = rep["run"].map(ref_of).astype("Int64")
-    rep = rep[rep["reference_epoch"].notna()]
+    # Only the columns used below: each filter copies every column it keeps.
+    narrow = qual[[*KEYS, "epoch", "convergence_epoch", "qual"]]
+    if rules == "text":  # quality() gave every row its run's convergence epoch already
+        reference_epoch = qual["convergence_epoch"].astype("Int64")
+    else:
+        reference_epoch = qual["run"].map(ref_of).astype("Int64")
+    is_repaired = (qual["kind"] == "repaired").to_numpy(dtype=bool)
+    narrow = narrow.assign(reference_epoch=reference_epoch)
+    rep = narrow[is_repaired & reference_epoch.notna().to_numpy(dtype=bool)]
     defined = rep[rep["qual"].notna()]
     if rules == "text" and after_convergence == "exclude":
         compared = defined[defined["epoch"] <= defined["convergence_epoch"]]
@@ -216,8 +243,7 @@ def switch_points(
     conv_q = at(defined, defined["epoch"] == defined["convergence_epoch"], "convergence_qual")
     before = compared[compared["epoch"] < compared["reference_epoch"]]
     earlier = before.groupby(KEYS)["qual"].max().rename("best_earlier_qual")
-    base = qual[qual["kind"] == "base"].copy()
-    base["reference_epoch"] = base["run"].map(ref_of).astype("Int64")
+    base = narrow[(qual["kind"] == "base").to_numpy(dtype=bool)]
     bkeys = ["run", "repair_class", "alpha"]
     base_ref = base[base["epoch"] == base["reference_epoch"]][[*bkeys, "qual"]]
     base_conv = base[base["epoch"] == base["convergence_epoch"]][[*bkeys, "qual"]]
@@ -309,17 +335,26 @@ def _status(
 ) -> pd.DataFrame:
     """(status, missing epochs, note) per (run, method, class): the same for every alpha."""
     one = rep[rep["alpha"] == rep["alpha"].min()] if len(rep) else rep  # alike per alpha
-    present = _epoch_sets(one)
-    undefined = _epoch_sets(one[one["qual"].isna()])
     info = runs.set_index("run")
     conv_of = info["convergence_epoch"].to_dict()
     epochs_of = info["checkpoint_epochs"].map(set).to_dict()
     complete = info["complete"].to_dict()
+    units = expected[UNIT].drop_duplicates().reset_index(drop=True)
+    whole = _whole_units(one, units, conv_of, epochs_of, rules, after_convergence)
+    # Only the other units need their epochs one by one, for what to say about them.
+    rest = one.merge(units[~whole], on=UNIT) if not whole.all() else one.iloc[:0]
+    present = _epoch_sets(rest)
+    undefined = _epoch_sets(rest[rest["qual"].isna()])
     rows = []
-    for run, method, cls in expected[UNIT].drop_duplicates().itertuples(index=False):
-        have = present.get((run, method, cls), set())
-        bad = undefined.get((run, method, cls), set())
-        state = _unit_status(rules, after_convergence, cls, conv_of[run], epochs_of[run], have, bad)
+    for run, method, cls, ok in zip(*(units[c].tolist() for c in UNIT), whole, strict=True):
+        if ok:
+            state = ("ok", "", "")
+        else:
+            have = present.get((run, method, cls), set())
+            bad = undefined.get((run, method, cls), set())
+            state = _unit_status(
+                rules, after_convergence, cls, conv_of[run], epochs_of[run], have, bad
+            )
         if state[0] != INCOMPLETE and not complete[run]:
             note = "; ".join(n for n in (state[2], "run not finished (no _SUCCESS)") if n)
             state = (PARTIAL, state[1], note)
@@ -327,11 +362,42 @@ def _status(
     return plain_strings(pd.DataFrame(rows, columns=[*UNIT, "status", "missing_epochs", "note"]))
 
 
+def _whole_units(
+    one: pd.DataFrame,
+    units: pd.DataFrame,
+    conv_of: dict[str, Any],
+    epochs_of: dict[str, set[int]],
+    rules: Rules,
+    after_convergence: AfterConvergence,
+) -> np.ndarray:
+    """Which units have a defined repaired model at every checkpoint the rules want - the
+    common case, found with grouped counts rather than a loop over records."""
+    wanted: dict[str, set[int]] = {}
+    for run, epochs in epochs_of.items():
+        conv = conv_of[run]
+        if rules == "notebook":
+            wanted[run] = epochs
+        elif not pd.isna(conv):
+            w = epochs | {int(conv)}
+            wanted[run] = {e for e in w if e <= conv} if after_convergence == "exclude" else w
+    pairs = pd.DataFrame(
+        [(run, e) for run, w in wanted.items() for e in w], columns=["run", "epoch"]
+    ).astype({"epoch": one["epoch"].dtype})
+    rows = one[[*UNIT, "epoch", "qual"]].merge(pairs, on=["run", "epoch"])
+    defined = rows["qual"].notna()
+    n_defined = rows[defined].groupby(UNIT)["epoch"].nunique().rename("_n")
+    n_undefined = rows[~defined].groupby(UNIT).size().rename("_u")
+    counts = units.join(n_defined, on=UNIT).join(n_undefined, on=UNIT)
+    n_wanted = units["run"].map({r: len(w) for r, w in wanted.items()})
+    whole = (counts["_n"] == n_wanted) & counts["_u"].isna() & (n_wanted > 0)
+    return whole.fillna(False).to_numpy(dtype=bool)
+
+
 def _epoch_sets(frame: pd.DataFrame) -> dict[tuple[str, str, int], set[int]]:
     out: dict[tuple[str, str, int], set[int]] = {}
-    for run, method, cls, epoch in (
-        frame[[*UNIT, "epoch"]].drop_duplicates().itertuples(index=False)
-    ):
+    # plain lists: iterating rows of a DataFrame costs more than the whole rest here
+    columns = (frame[c].tolist() for c in (*UNIT, "epoch"))
+    for run, method, cls, epoch in zip(*columns, strict=True):
         out.setdefault((run, method, cls), set()).add(epoch)
     return out
 
@@ -472,10 +538,39 @@ def aggregate(
     packed: bool = True,
 ) -> Aggregation:
     """Load one sweep and compute every table; never writes anything."""
-    from orchestrator.analysis import effects, headline, readiness
-
     alphas = check_alphas(alphas)
     check_rules(rules, after_convergence)
+    with _collector_paused():
+        return _aggregate(store, alphas, after_convergence, rules, sweep, bootstrap_seed, packed)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while the tables are built: they make millions of
+    short-lived objects (parsed records, row tuples) that plain reference counting frees,
+    and each collector pass walks every live object - 5-15 % of the time at 100,000
+    records, more when the caller holds other results. Cycles left meanwhile are
+    collected once it is back on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _aggregate(
+    store: Store,
+    alphas: tuple[float, ...],
+    after_convergence: AfterConvergence,
+    rules: Rules,
+    sweep: str | None,
+    bootstrap_seed: int,
+    packed: bool,
+) -> Aggregation:
+    from orchestrator.analysis import effects, headline, readiness
+
     loaded = load(store, sweep, packed=packed)
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")

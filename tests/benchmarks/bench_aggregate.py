@@ -313,12 +313,17 @@ def main() -> None:
                 s3 = s3_store(endpoint, remote)
                 s3_packed = measure(where, "records.arrow per run", s3, remote, True)
                 same_tables(packed, s3_packed)
-                # The floor on this machine: as many bare GETs of empty objects (_SUCCESS)
+                # The floor on this machine: as many bare GETs of empty objects (_SUCCESS),
+                # and the listing that finds the runs, each on its own.
                 tiny = [layout.success(SWEEP, r) for r in packed.loaded.runs["run"]]
                 t_floor, _ = timed(lambda: s3.read_many(tiny))
+                remote.n = 0
+                listing = layout.RUN_FILES_DELIMITER
+                t_list, _ = timed(lambda: s3.list(f"{SWEEP}/", delimiter=listing))
                 print(
                     f"  (floor: {len(tiny):,} GETs of empty objects alone take {t_floor:.2f} s"
-                    f" here, {len(tiny) / t_floor:,.0f} requests/s)",
+                    f" here, {len(tiny) / t_floor:,.0f} requests/s; listing the sweep alone"
+                    f" {t_list:.2f} s in {remote.n} requests)",
                     flush=True,
                 )
                 if not args.no_s3_per_file:
