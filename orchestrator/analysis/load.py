@@ -690,6 +690,9 @@ def _not_finite(array: Any, pc: Any) -> np.ndarray:
     return pc.fill_null(pc.invert(pc.is_finite(array)), False).to_numpy(zero_copy_only=False)
 
 
+_FEW_STRINGS = ("sweep", "run", "dataset", "model", "kind", "method", "_folder", "_rel")
+
+
 def _records_frame(
     table: Any, sweep: str, prefix: str, finished: set[str], problems: list[Problem]
 ) -> pd.DataFrame:
@@ -701,7 +704,17 @@ def _records_frame(
         n for n, t in zip(table.column_names, table.schema.types, strict=True) if t == pa.float64()
     ]
     nonfinite = {n: _not_finite(table.column(n), pc) for n in floats}
-    df = table.drop_columns(["per_class_accuracy"]).to_pandas()
+    table = table.drop_columns(["per_class_accuracy"])
+    # Columns of few distinct strings go through a dictionary: each value becomes one
+    # Python object shared by all its rows, which converts faster and compares faster
+    # (by identity first) in every table built later.
+    for i, (name, kind) in enumerate(zip(table.column_names, table.schema.types, strict=True)):
+        if name in _FEW_STRINGS and pa.types.is_string(kind):
+            table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
+    df = table.to_pandas()
+    for name in _FEW_STRINGS:
+        if name in df.columns and isinstance(df[name].dtype, pd.CategoricalDtype):
+            df[name] = df[name].astype(object)
     df = plain_strings(df)
     df["n_classes"] = lengths.astype("int64")
     repaired = df["kind"] == "repaired"

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from aggregate_tree import (
@@ -417,6 +418,38 @@ def test_class_absent_from_test_set_is_incomplete(tmp_path: Path) -> None:
     agg = ag.aggregate(store)
     r = sp_row(agg, "digits-small-cnn-s1", 3, 0.5)
     assert r["status"] == pb.INCOMPLETE and "Acc_3 undefined" in r["note"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "after"), [("text", "exclude"), ("text", "include"), ("notebook", "exclude")]
+)
+def test_units_found_whole_by_counts_get_what_the_epoch_by_epoch_check_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules: ag.Rules, after: str
+) -> None:
+    """The grouped counts that pass whole units without a loop must agree with the
+    epoch-by-epoch rules on every kind of unit: whole, missing an earlier or the
+    convergence or the last checkpoint, Acc_c undefined, after convergence, unfinished."""
+    cases = [
+        two_class_run(run="whole"),
+        two_class_run(run="unfinished", success=False),
+        two_class_run(run="no-summary", summary=False),
+    ]
+    for name, epoch, cls in (("early", 5, 3), ("conv", 10, 8), ("last", 15, 3)):
+        t = two_class_run(run=f"missing-{name}")
+        del t.repaired[(epoch, cls)]
+        cases.append(t)
+    store = build(tmp_path, cases)
+    for run, epoch in (("whole", 15), ("missing-early", 10)):  # Acc_3 undefined there
+        key = results.repair_metrics(SWEEP, run, epoch, 3, None)
+        data = json.loads(store.read_bytes(key))
+        data["per_class_accuracy"][3] = None
+        store.write_bytes(key, json.dumps(data).encode())
+
+    fast = ag.aggregate(store, rules=rules, after_convergence=after).switch_points
+    monkeypatch.setattr(ag, "_whole_units", lambda one, units, *a: np.zeros(len(units), bool))
+    slow = ag.aggregate(store, rules=rules, after_convergence=after).switch_points
+    pd.testing.assert_frame_equal(fast, slow, check_exact=True)
+    assert {"ok", pb.PARTIAL, pb.INCOMPLETE} <= set(fast["status"])
 
 
 # --- where the sweep is ---------------------------------------------------------------------------
