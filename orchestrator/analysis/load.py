@@ -725,7 +725,7 @@ def _records_frame(
     bad = _check(df, sweep, nonfinite, class_nonfinite)
     for i, (kind, detail) in sorted(bad.items()):
         problems.append(Problem(kind, df.at[i, "key"], df.at[i, "_folder"], detail))
-    df = df.drop(index=list(bad)).drop(columns=["_folder", "_rel"])
+    df = df.drop(index=list(bad), columns=["_folder", "_rel"])
 
     df["run_complete"] = df["run"].isin(finished)
     for col in _INT_COLUMNS:
@@ -843,16 +843,15 @@ def _expected_keys(rel: pd.Series) -> pd.DataFrame:
     """What each record's key (relative to its run folder) says it is, parsed once per
     distinct relative key (2,500 runs share 40 of them)."""
     kinds = {"base": "base", "repair": "repaired"}
-    rows = {}
-    for r in rel.unique():
+    codes, distinct = pd.factorize(rel, use_na_sentinel=False)
+    rows = []
+    for r in distinct:
         k = layout.parse(f"_/{r}", root=False)
-        rows[r] = (
+        rows.append(
             (k.epoch, kinds.get(k.kind), k.repair_class, k.method) if k else (-1, None, None, None)
         )
-    out = pd.DataFrame.from_dict(
-        rows, orient="index", columns=["epoch", "kind", "repair_class", "method"]
-    )
-    return out.reindex(rel.to_numpy()).set_axis(rel.index)
+    out = pd.DataFrame(rows, columns=["epoch", "kind", "repair_class", "method"])
+    return out.take(codes).set_axis(rel.index)
 
 
 def _class_detail(row: np.ndarray) -> str:

@@ -221,39 +221,14 @@ def switch_points(
         compared = defined[defined["epoch"] <= defined["convergence_epoch"]]
     else:
         compared = defined
-    at_ref = compared["epoch"] == compared["reference_epoch"]
-    r = rounded(compared["qual"])
-    top = r.groupby([compared[k] for k in KEYS]).transform("max")
-    cand = compared[r == top].assign(_ref=at_ref[r == top])
-    # text: the reference wins a tie, then the earliest; notebook: the earliest
-    by, asc = ([*KEYS, "_ref", "epoch"], [True] * 4 + [False, True])
-    if rules == "notebook":
-        by, asc = [*KEYS, "epoch"], [True] * 5
-    cand = cand.sort_values(by, ascending=asc)
-    best = cand.drop_duplicates(KEYS)[[*KEYS, "epoch", "qual"]]
-    best = best.rename(columns={"epoch": "best_epoch", "qual": "best_qual"})
-    n_tied = cand.groupby(KEYS).size()
-    many = cand.set_index(KEYS).loc[n_tied[n_tied > 1].index]
-    tied = many.groupby(KEYS)["epoch"].agg(join_epochs).rename("tied_epochs")
-
-    def at(frame: pd.DataFrame, mask: Any, name: str) -> pd.DataFrame:
-        return frame[mask][[*KEYS, "qual"]].rename(columns={"qual": name})
-
-    ref_q = at(compared, at_ref, "reference_qual")
-    conv_q = at(defined, defined["epoch"] == defined["convergence_epoch"], "convergence_qual")
-    before = compared[compared["epoch"] < compared["reference_epoch"]]
-    earlier = before.groupby(KEYS)["qual"].max().rename("best_earlier_qual")
+    units = _unit_summary(compared, rules)
     base = narrow[(qual["kind"] == "base").to_numpy(dtype=bool)]
     bkeys = ["run", "repair_class", "alpha"]
     base_ref = base[base["epoch"] == base["reference_epoch"]][[*bkeys, "qual"]]
     base_conv = base[base["epoch"] == base["convergence_epoch"]][[*bkeys, "qual"]]
-    n_cmp = compared.groupby(KEYS).size().rename("n_compared")
 
     sp = expected.assign(reference_epoch=expected["run"].map(ref_of).astype("Int64"))
-    for part in (best, ref_q, conv_q):
-        sp = sp.merge(part, on=KEYS, how="left")
-    for part in (earlier, tied, n_cmp):
-        sp = sp.merge(part, left_on=KEYS, right_index=True, how="left")
+    sp = sp.merge(units, on=KEYS, how="left")
     sp = sp.merge(base_ref.rename(columns={"qual": "base_reference_qual"}), on=bkeys, how="left")
     sp = sp.merge(base_conv.rename(columns={"qual": "base_convergence_qual"}), on=bkeys, how="left")
     sp["best_epoch"] = sp["best_epoch"].astype("Int64")
@@ -324,6 +299,50 @@ def switch_points(
     ]
     order = ["dataset", "model", "method", "repair_class", "alpha", "seed", "run"]
     return plain_strings(sp[cols].take(sorted_rows(sp, order)).reset_index(drop=True))
+
+
+def _unit_summary(compared: pd.DataFrame, rules: Rules) -> pd.DataFrame:
+    """Per unit (KEYS) among the compared repaired models: the best one (ties: under the
+    text rules the reference checkpoint, then the earliest; under the notebook's the
+    earliest), the tied epochs, the Qual at the reference and at convergence, the best
+    before the reference and how many were compared. One integer per unit and numpy
+    arrays throughout: grouping and merging by the string keys again and again cost most
+    of the time for large sweeps."""
+    uid = compared.groupby(KEYS, sort=False, dropna=False).ngroup().to_numpy()
+    n = int(uid.max()) + 1 if len(uid) else 0
+    epoch = compared["epoch"].to_numpy(dtype=np.int64)
+    qual = compared["qual"].to_numpy(dtype=float)
+    ref_e = compared["reference_epoch"].to_numpy(dtype=float, na_value=np.nan)
+    conv_e = compared["convergence_epoch"].to_numpy(dtype=float, na_value=np.nan)
+    at_ref = epoch == ref_e
+    r = rounded(qual)
+    top = pd.Series(r).groupby(uid).transform("max").to_numpy()
+    cand = np.flatnonzero(r == top)
+    if rules == "notebook":
+        cand = cand[np.lexsort((epoch[cand], uid[cand]))]
+    else:
+        cand = cand[np.lexsort((epoch[cand], ~at_ref[cand], uid[cand]))]
+    first = np.ones(len(cand), dtype=bool)
+    first[1:] = uid[cand][1:] != uid[cand][:-1]
+    best = cand[first]  # one per unit, in unit order
+    n_tied = np.bincount(uid[cand], minlength=n)
+    many = cand[n_tied[uid[cand]] > 1]
+    tied = pd.Series(epoch[many]).groupby(uid[many]).agg(join_epochs)
+
+    def per_unit(mask: np.ndarray, how: str = "first") -> np.ndarray:
+        """The Qual of the rows in ``mask`` per unit, NaN for units without one."""
+        got = pd.Series(qual[mask]).groupby(uid[mask]).agg(how)
+        return got.reindex(range(n)).to_numpy(dtype=float)
+
+    out = compared.iloc[best][KEYS].reset_index(drop=True)
+    out["best_epoch"] = epoch[best]
+    out["best_qual"] = qual[best]
+    out["reference_qual"] = per_unit(at_ref)
+    out["convergence_qual"] = per_unit(epoch == conv_e)
+    out["best_earlier_qual"] = per_unit(epoch < ref_e, "max")
+    out["tied_epochs"] = tied.reindex(range(n)).to_numpy(dtype=object)
+    out["n_compared"] = np.bincount(uid, minlength=n)
+    return out
 
 
 def _status(
