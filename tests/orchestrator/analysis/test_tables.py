@@ -193,6 +193,64 @@ def test_tie_between_earlier_checkpoints_goes_to_the_earliest(tmp_path: Path) ->
     assert (r["best_epoch"], r["pattern"], r["tied_epochs"]) == (1, ag.PRE, "1;5")
 
 
+@pytest.mark.parametrize(
+    ("rules", "after"), [("text", "exclude"), ("text", "include"), ("notebook", "exclude")]
+)
+def test_switch_points_equal_a_unit_by_unit_reference_on_random_ties(
+    tmp_path: Path, rules: ag.Rules, after: str
+) -> None:
+    """Accuracies drawn from a few values, so that many checkpoints tie: the vectorised
+    switch points must equal a plain loop over each unit's checkpoints."""
+    rng = np.random.default_rng(5)
+    values = [0.2, 0.4, 0.6, 0.8]
+    runs = []
+    for i in range(12):
+        epochs = [1, 5, 10, 15, 20]
+        conv = int(rng.choice(epochs[:-1]))
+        runs.append(
+            RunTree(
+                run=f"r{i}",
+                convergence=conv,
+                epochs=epochs,
+                classes=[3, 8],
+                repaired={
+                    (e, c): (float(rng.choice(values)), float(rng.choice(values)))
+                    for e in epochs
+                    for c in (3, 8)
+                },
+                base={e: (0.5, {3: 0.5, 8: 0.5}) for e in epochs},
+                seed=i,
+            )
+        )
+    agg = ag.aggregate(build(tmp_path, runs), rules=rules, after_convergence=after)
+    q = agg.quality
+    rep = q[(q["kind"] == "repaired") & q["qual"].notna()]
+    seen = 0
+    for (run, method, cls, alpha), g in rep.groupby(ag.KEYS):
+        conv = int(g["convergence_epoch"].iloc[0])
+        ref = conv if rules == "text" else 20
+        if rules == "text" and after == "exclude":
+            g = g[g["epoch"] <= conv]
+        rounded = np.round(g["qual"].to_numpy(), ag.TIE_DECIMALS)
+        by_epoch = dict(zip(g["epoch"].tolist(), rounded.tolist(), strict=True))
+        top = max(by_epoch.values())
+        tied = sorted(e for e, v in by_epoch.items() if v == top)
+        best = ref if rules == "text" and ref in tied else tied[0]
+        earlier = [v for e, v in by_epoch.items() if e < ref]
+        r = agg.switch_points.set_index(ag.KEYS).loc[(run, method, cls, alpha)]
+        assert r["best_epoch"] == best and r["best_qual"] == pytest.approx(top, abs=1e-12)
+        assert r["tied_epochs"] == (";".join(map(str, tied)) if len(tied) > 1 else "")
+        assert r["reference_qual"] == pytest.approx(by_epoch[ref], abs=1e-12)
+        assert r["n_compared"] == len(by_epoch)
+        if earlier:
+            assert r["best_earlier_qual"] == pytest.approx(max(earlier), abs=1e-12)
+        else:
+            assert pd.isna(r["best_earlier_qual"])
+        seen += 1
+    assert seen == 12 * 2 * 3
+    assert (agg.switch_points["tied_epochs"] != "").sum() >= 5  # ties did occur
+
+
 def test_float_noise_is_a_tie_after_rounding_to_12_decimals(tmp_path: Path) -> None:
     # 0.2*0.05 + 0.8*0.2 = 0.17000000000000004 and 0.2*0.25 + 0.8*0.15 = 0.16999999999999998:
     # equal in exact arithmetic, so the convergence checkpoint must win the tie.
