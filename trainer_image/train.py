@@ -105,7 +105,9 @@ def periodic(epoch: int, every: int, first: bool = True) -> bool:
 
 def online_epochs(repair_every: int | None, last: int) -> list[int]:
     """The epochs online repair follows: every ``repair_every``-th, up to ``last``."""
-    return [] if repair_every is None else list(range(repair_every, last + 1, repair_every))
+    if repair_every is None:
+        return []
+    return [e for e in range(1, last + 1) if periodic(e, repair_every, first=False)]
 
 
 def checkpoint_epochs(
@@ -341,7 +343,7 @@ def train(
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
         repair_now = on_repair is not None and repair_every is not None
-        repair_now = repair_now and epoch % repair_every == 0
+        repair_now = repair_now and periodic(epoch, repair_every, first=False)
         val_feats = None
         if repair_now:
             # One validation pass serves both: head(body(x)) is exactly model(x).
@@ -421,7 +423,7 @@ def train(
         best_val_loss=stopper.best_loss,
         seconds=spent + time.perf_counter() - started,
         resumed_after=resumed_after,
-        online_epochs=online_epochs(cfg.repair_every if on_repair else None, epoch),
+        online_epochs=online_epochs(repair_every, epoch),
         readiness=None if readiness is None else readiness.outcome(stopped_training=policy_stopped),
     )
 

@@ -52,7 +52,7 @@ def effects(q: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     base = base.rename(
         columns={"qual": "qual_before", "accuracy": "acc_before", "acc_class": "acc_class_before"}
     )
-    rep = q[(q["kind"] == "repaired").to_numpy(dtype=bool)].rename(
+    rep = q[~is_base].rename(  # kind is base or repaired: load() leaves out any other
         columns={"qual": "qual_after", "accuracy": "acc_after", "acc_class": "acc_class_after"}
     )
     eff = rep.merge(base, on=keys, how="left")

@@ -61,15 +61,12 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
     if done.empty:
         return pd.DataFrame(columns=HEADLINE_COLUMNS)
     pre = done["pattern"] == PRE
-    counted = pd.DataFrame(
-        {
-            "k": pre,
-            "harm_wins": done["harm_win"].astype(bool),
-            "beat_unrepaired": pre & done["beats_unrepaired"].fillna(False).astype(bool),
-        }
-    )
-    grouped = done.groupby(GROUP, sort=True)
-    counts = counted.groupby([done[c] for c in GROUP], sort=True).sum()
+    grouped = done.assign(
+        k=pre,
+        harm_wins=done["harm_win"].astype(bool),
+        beat_unrepaired=pre & done["beats_unrepaired"].fillna(False).astype(bool),
+    ).groupby(GROUP, sort=True)
+    counts = grouped[["k", "harm_wins", "beat_unrepaired"]].sum()
     gains, offsets = [], []
     for _, g in grouped[["earlier_gain", "offset"]]:
         gains.append(rounded(g["earlier_gain"].to_numpy(dtype=float)))

@@ -708,13 +708,14 @@ def _records_frame(
     # Columns of few distinct strings go through a dictionary: each value becomes one
     # Python object shared by all its rows, which converts faster and compares faster
     # (by identity first) in every table built later.
+    encoded = []
     for i, (name, kind) in enumerate(zip(table.column_names, table.schema.types, strict=True)):
         if name in _FEW_STRINGS and pa.types.is_string(kind):
             table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
+            encoded.append(name)
     df = table.to_pandas()
-    for name in _FEW_STRINGS:
-        if name in df.columns and isinstance(df[name].dtype, pd.CategoricalDtype):
-            df[name] = df[name].astype(object)
+    for name in encoded:  # categorical from the dictionary; plain objects from here on
+        df[name] = df[name].astype(object)
     df = plain_strings(df)
     df["n_classes"] = lengths.astype("int64")
     repaired = df["kind"] == "repaired"

@@ -98,7 +98,12 @@ class Aggregation:
     @property
     def reference_name(self) -> str:
         """What the reference checkpoint is, in words."""
-        return "convergence" if self.rules == "text" else "the last checkpoint"
+        return describe_reference(self.rules)
+
+
+def describe_reference(rules: Rules) -> str:
+    """What the reference checkpoint is under ``rules``, in words."""
+    return "convergence" if rules == "text" else "the last checkpoint"
 
 
 def rounded(values: Any) -> Any:
@@ -162,7 +167,7 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
     group, rank = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     group[order], rank[order] = np.cumsum(starts), np.arange(n)
     tiled = np.lexsort((np.tile(rank, len(a)), np.repeat(a, n), np.tile(group, len(a))))
-    out = frame.take(tiled % n if n else tiled).reset_index(drop=True)
+    out = frame.take(np.tile(np.arange(n), len(a))[tiled]).reset_index(drop=True)
     out.insert(10, "alpha", np.repeat(a, n)[tiled])
     out["qual"] = out["alpha"] * out["acc_class"] + (1 - out["alpha"]) * out["accuracy"]
     return out
@@ -222,7 +227,7 @@ def switch_points(
     else:
         compared = defined
     units = _unit_summary(compared, rules)
-    base = narrow[(qual["kind"] == "base").to_numpy(dtype=bool)]
+    base = narrow[~is_repaired]  # kind is base or repaired: load() leaves out any other
     bkeys = ["run", "repair_class", "alpha"]
     base_ref = base[base["epoch"] == base["reference_epoch"]][[*bkeys, "qual"]]
     base_conv = base[base["epoch"] == base["convergence_epoch"]][[*bkeys, "qual"]]
@@ -598,7 +603,7 @@ def _aggregate(
     pt = patterns(sp, after_convergence, rules)
     eff = effects.effects(q, loaded.records)
     meth = effects.methods(eff)
-    reference = "convergence" if rules == "text" else "the last checkpoint"
+    reference = describe_reference(rules)
     head = headline.headline(sp, bootstrap_seed, reference)
     sentences = headline.sentences(sp, head, reference)
     probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
