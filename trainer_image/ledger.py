@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +122,11 @@ class Ledger:
     def done(self, key: str) -> bool:
         return key in self.existing
 
+    def record_done(self, metrics_key: str) -> bool:
+        """A model's evaluation is done when its metrics.json and the predictions.npy
+        beside it both exist (predictions are written first, metrics.json last)."""
+        return self.done(metrics_key) and self.done(keys.predictions(metrics_key))
+
     def forget(self, key: str) -> None:
         self.store.delete_prefix(key)
         self.existing.discard(key)
@@ -154,20 +159,26 @@ class Ledger:
         return self.read_model(key, TrainSummary) if self.done(key) else None
 
     def pending(self, summary: TrainSummary) -> bool:
-        """Whether a checkpoint still lacks its base metrics or a repair."""
+        """Whether a checkpoint still lacks its base metrics or a repair. A run finished
+        before predictions were stored (metrics.json without predictions.npy) counts as
+        finished: it is not redone for them."""
         return any(
             not self.done(keys.base_metrics(self.sweep, self.name, epoch))
-            or self.pending_repairs(epoch)
+            or self.pending_repairs(epoch, self.done)
             for epoch in summary.checkpoint_epochs
         )
 
-    def pending_repairs(self, epoch: int) -> list[tuple[int, str]]:
-        """The (class, method key) repairs of a checkpoint whose record is still missing."""
+    def pending_repairs(
+        self, epoch: int, done: Callable[[str], bool] | None = None
+    ) -> list[tuple[int, str]]:
+        """The (class, method key) repairs of a checkpoint whose record is still missing
+        (by default: its metrics.json or its predictions.npy)."""
+        done = done or self.record_done
         return [
             (cls, cfg.key)
             for cls in self.run.repair_classes
             for cfg in self.run.repair.configs()
-            if not self.done(keys.repair_metrics(self.sweep, self.name, epoch, cls, cfg.key))
+            if not done(keys.repair_metrics(self.sweep, self.name, epoch, cls, cfg.key))
         ]
 
     # --- writing ----------------------------------------------------------------------

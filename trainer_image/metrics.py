@@ -65,6 +65,11 @@ def per_class_accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> lis
     return [float(cm[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
 
 
+def predicted_labels(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The label each row of ``logits`` predicts (its argmax), what ``predictions.npy`` holds."""
+    return _numpy(logits).argmax(axis=1)
+
+
 def classification_metrics(
     logits: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, num_classes: int
 ) -> dict[str, Any]:

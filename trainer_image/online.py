@@ -26,7 +26,7 @@ import torch
 
 from orchestrator.spec import RepairConfig
 from trainer_image.data import Splits
-from trainer_image.metrics import classification_metrics, per_class_accuracy
+from trainer_image.metrics import classification_metrics, per_class_accuracy, predicted_labels
 from trainer_image.models import Repairable
 from trainer_image.readiness import RepairedScores, Track
 from trainer_image.repair import method_for
@@ -65,6 +65,7 @@ class RepairOutcome:
     test: dict[str, Any]  # classification_metrics of model + patch on the test split
     val: RepairedScores | None  # model + patch on the validation split (None: not asked)
     seconds: float  # the search and both evaluations
+    predictions: np.ndarray = field(compare=False)  # model + patch's test labels
 
 
 @dataclass
@@ -74,6 +75,7 @@ class OnlineEpoch:
     epoch: int
     split: TargetSplit  # the unrepaired model's predictions on the repair set
     base_test: dict[str, Any]  # classification_metrics of the unrepaired model (base record)
+    base_predictions: np.ndarray = field(compare=False)  # its predicted test labels
     repairs: dict[Track, RepairOutcome] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # features, base, repairs
 
@@ -136,6 +138,7 @@ def repair_epoch(
         epoch=epoch,
         split=split,
         base_test=classification_metrics(test_logits, splits.test.y, num_classes),
+        base_predictions=predicted_labels(test_logits),
     )
     t2 = time.perf_counter()
     y_repair = torch.from_numpy(splits.repair.y).to(device)
@@ -148,14 +151,21 @@ def repair_epoch(
             )
             head = apply_patch(model.head, result.patch)
             with torch.no_grad():
-                test = classification_metrics(head(test_feats), splits.test.y, num_classes)
+                test_logits = head(test_feats)
+                test = classification_metrics(test_logits, splits.test.y, num_classes)
                 val = (
                     None
                     if val_feats is None
                     else validation_scores(head(val_feats), splits.val.y, num_classes, result)
                 )
             outcome = RepairOutcome(
-                method.name, cls, result, test, val, seconds=time.perf_counter() - t
+                method.name,
+                cls,
+                result,
+                test,
+                val,
+                seconds=time.perf_counter() - t,
+                predictions=predicted_labels(test_logits),
             )
             out.repairs[(method.name, cls)] = outcome
             if on_result is not None:

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,21 +37,22 @@ import torch
 from orchestrator.errors import BadInput, RunFailed
 from orchestrator.results import events
 from orchestrator.results import layout as keys
+from orchestrator.results import predictions as predicted
 from orchestrator.results.consolidate import write_run_records
-from orchestrator.results.records import MetricsRecord, TrainSummary
+from orchestrator.results.records import TrainSummary
 from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
 from trainer_image.data import Holdout, Splits, load_splits
 from trainer_image.ledger import Ledger, csv_bytes, now
-from trainer_image.metrics import classification_metrics
+from trainer_image.metrics import classification_metrics, predicted_labels
 from trainer_image.models import Repairable, build_model
 from trainer_image.online import RepairOutcome, configured_methods, repair_epoch
+from trainer_image.outputs import metrics_record, put_record, repair_fields, write_repair
 from trainer_image.readiness import RepairedScores, Track
 from trainer_image.readiness import build as build_readiness
 from trainer_image.repair import method_for
 from trainer_image.repair.base import (
     RepairMethod,
-    RepairResult,
     TargetSplit,
     apply_patch,
     repair_seed,
@@ -85,6 +85,7 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
 
     device = device_step(job)
     splits = data_step(job)
+    labels_step(job, splits)
     model = model_step(job, splits, device)
     # Every method resolved before training, so a bad import path fails before the work.
     methods = [(cfg, method_for(cfg.method)) for cfg in run.repair.configs()]
@@ -159,6 +160,13 @@ def data_step(job: Ledger) -> Splits:
             raise BadInput(f"dataset {ds.name!r}: its {part} split is empty")
     log.info("data %s: %s", ds.name, splits.counts())
     return splits
+
+
+def labels_step(job: Ledger, splits: Splits) -> None:
+    """``test_labels.npy``: the true labels in the order every ``predictions.npy`` follows."""
+    key = keys.test_labels(job.sweep, job.name)
+    if not job.done(key):
+        job.put_bytes(key, predicted.dump(splits.test.y, splits.num_classes))
 
 
 def model_step(job: Ledger, splits: Splits, device: torch.device) -> Repairable:
@@ -314,7 +322,13 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
                 **repair_fields(outcome.result),
             )
             write_repair(
-                job, epoch, outcome.repair_class, where[outcome.method], outcome.result, record
+                job,
+                epoch,
+                outcome.repair_class,
+                where[outcome.method],
+                outcome.result,
+                record,
+                outcome.predictions,
             )
 
         with job.timed("online"):  # part of "train", which it runs inside
@@ -330,8 +344,8 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
                 on_result=write,
             )
             base = metrics_record(run, None, epoch, out.base_test, kind="base")
-            job.put_json(
-                keys.base_metrics(job.sweep, job.name, epoch), base.model_dump(mode="json")
+            put_record(
+                job, keys.base_metrics(job.sweep, job.name, epoch), base, out.base_predictions
             )
         log.info(
             "epoch %d: online repair, %d repairs in %.1f s (features %.1f s)",
@@ -392,8 +406,9 @@ def evaluate_step(
     sweep, name = job.sweep, job.name
     base_key = keys.base_metrics(sweep, name, epoch)
     todo = job.pending_repairs(epoch)
-    step_event(job, "base", epoch, step, skipped=job.done(base_key))
-    if job.done(base_key) and not todo:
+    base_done = job.record_done(base_key)
+    step_event(job, "base", epoch, step, skipped=base_done)
+    if base_done and not todo:
         log.info("epoch %d: base metrics and every repair done before; skipped", epoch)
         return None
     with job.timed("evaluate"):
@@ -402,10 +417,10 @@ def evaluate_step(
         test_logits, test_feats = forward_split(model, splits.test, device, features=True)
         assert repair_feats is not None and test_feats is not None
         split = TargetSplit(y=splits.repair.y, pred=repair_logits.argmax(1).cpu().numpy())
-        if not job.done(base_key):
+        if not base_done:
             test = classification_metrics(test_logits, splits.test.y, splits.num_classes)
             record = metrics_record(job.run, summary.convergence_epoch, epoch, test, kind="base")
-            job.put_json(base_key, record.model_dump(mode="json"))
+            put_record(job, base_key, record, predicted_labels(test_logits))
             log.info(
                 "epoch %d: test accuracy %.4f; repair set %d positives, negatives per class %s",
                 epoch,
@@ -469,8 +484,9 @@ def repair_step(
     done-key ``repair/<method>/class_C/metrics.json``."""
     sweep, name, where = job.sweep, job.name, cfg.key
     metrics_key = keys.repair_metrics(sweep, name, epoch, cls, where)
-    step_event(job, "repair", epoch, step, skipped=job.done(metrics_key), cls=cls)
-    if job.done(metrics_key):
+    done = job.record_done(metrics_key)
+    step_event(job, "repair", epoch, step, skipped=done, cls=cls)
+    if done:
         return
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
     with job.timed("repair"):
@@ -488,7 +504,7 @@ def repair_step(
             method=cfg.method,
             **repair_fields(result),
         )
-        write_repair(job, epoch, cls, where, result, record)
+        write_repair(job, epoch, cls, where, result, record, predicted_labels(test_logits))
     if result.status == "nothing_to_repair":
         log.info("epoch %d class %d: no negatives; nothing to repair", epoch, cls)
     else:
@@ -533,52 +549,3 @@ def step_event(
 ) -> None:
     n, of = step
     job.event(events.Step, step=what, epoch=epoch, n=n, of=of, skipped=skipped, repair_class=cls)
-
-
-def metrics_record(
-    run: RunSpec,
-    convergence_epoch: int | None,
-    epoch: int,
-    test: dict[str, Any],
-    **fields: Any,
-) -> MetricsRecord:
-    """The one place a ``MetricsRecord`` is built: a model's test metrics (``test``, from
-    ``classification_metrics``) and what it is."""
-    return MetricsRecord(
-        sweep=run.sweep,
-        run=run.name,
-        dataset=run.dataset.key,
-        model=run.model.key,
-        seed=run.seed,
-        epoch=epoch,
-        convergence_epoch=convergence_epoch,
-        **test,
-        **fields,
-    )
-
-
-def repair_fields(result: RepairResult) -> dict[str, Any]:
-    """What a repaired model's record says about its repair."""
-    return {
-        "rr": result.rr,
-        "br": result.br,
-        "n_neg": result.n_neg,
-        "n_pos": result.n_pos,
-        "fitness": result.fitness,
-        "n_patched": result.n_patched,
-        "n_intact": result.n_intact,
-        "iterations": result.iterations,
-        "seconds": round(result.seconds, 3),
-    }
-
-
-def write_repair(
-    job: Ledger, epoch: int, cls: int, where: str, result: RepairResult, record: MetricsRecord
-) -> None:
-    """A repair's patch, search history and, last (its done-key), its metrics."""
-    sweep, name = job.sweep, job.name
-    job.put_json(keys.repair_patch(sweep, name, epoch, cls, where), result.patch_json())
-    job.put_bytes(keys.repair_search(sweep, name, epoch, cls, where), csv_bytes(result.history))
-    job.put_json(
-        keys.repair_metrics(sweep, name, epoch, cls, where), record.model_dump(mode="json")
-    )

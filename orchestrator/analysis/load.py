@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.analysis.examples import Examples, from_arrow
+from orchestrator.analysis.examples import check as check_examples
 from orchestrator.analysis.problems import (
     BAD_VALUE,
     DAMAGED,
@@ -39,7 +41,9 @@ from orchestrator.analysis.problems import (
 )
 from orchestrator.errors import BadInput
 from orchestrator.results import layout
+from orchestrator.results import predictions as predicted
 from orchestrator.results.records import (
+    PREDICTIONS_COLUMN,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     MetricsRecord,
@@ -84,6 +88,7 @@ RECORD_COLUMNS = [
     "n_classes",
     "schema_version",
     "run_complete",
+    "has_predictions",
     "key",
 ]
 _INT_COLUMNS = ("repair_class", "n_neg", "n_pos", "n_patched", "n_intact", "iterations")
@@ -112,6 +117,8 @@ class Loaded:
     packed_runs: int = 0  # runs read from their records.arrow
     # One row per (run, watched track) of a training.readiness policy (READINESS_COLUMNS).
     readiness: pd.DataFrame = field(default_factory=lambda: _readiness_frame({}))
+    # What each row of ``records`` predicted per test example (examples.py).
+    examples: Examples = field(default_factory=Examples)
 
 
 # --- finding the sweep ------------------------------------------------------------------
@@ -225,6 +232,7 @@ class _Run:
     name: str
     files: dict[str, str] = field(default_factory=dict)  # kind -> key (run_json, summary, ...)
     metrics: list[str] = field(default_factory=list)  # keys read one by one
+    predictions: set[str] = field(default_factory=set)  # predictions.npy keys listed
 
 
 def _scan(keys: list[str], prefix: str, runs: dict[str, _Run]) -> None:
@@ -239,7 +247,9 @@ def _scan(keys: list[str], prefix: str, runs: dict[str, _Run]) -> None:
             continue
         if k.kind in ("base", "repair"):
             run.metrics.append(key)
-        elif k.kind in ("run_json", "summary", "success", "records"):
+        elif k.kind == "predictions":
+            run.predictions.add(key)
+        elif k.kind in ("run_json", "summary", "success", "records", "test_labels"):
             run.files[k.kind] = key
 
 
@@ -270,6 +280,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         # which is bad input with one line, not a report full of "unreadable".
         raise BadInput(f"{uri}: cannot read any result ({one_line(failed[0])})") from failed[0]
     problems: list[Problem] = []
+    labels: dict[str, np.ndarray] = {}
     sweep_info: dict[str, Any] = {}
     if sweep_key in blobs:
         sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
@@ -279,7 +290,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     redo: list[str] = []
     for r in sorted(bundled):
         key = runs[r].files["records"]
-        table = _unpack(key, r, blobs[key], prefix, problems, blobs)
+        table = _unpack(key, r, blobs[key], prefix, problems, blobs, labels)
         if table is None:
             redo.append(r)
         else:
@@ -289,13 +300,13 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         _list_records(store, prefix, redo, runs)
         blobs.update(store.read_many(_single_keys(runs, set(redo))))
     singles = sorted(set(runs) - bundled | set(redo))
-    tables.append(_single_records(runs, singles, blobs, problems, parts))
+    tables.append(_single_records(runs, singles, blobs, problems, parts, labels))
     table = _with_keys(tables, parts, prefix)
     if name is None:
         name = _sweep_name(uri, sweep_info, table)
         if sweep is not None and sweep != name:
             raise BadInput(f"{uri} holds sweep {name!r}, not {sweep!r}; fix --sweep")
-    records = _records_frame(table, name, prefix, finished, problems)
+    records, examples = _records_frame(table, name, prefix, finished, problems, labels)
 
     infos = {
         r: _validate(RunInfo, k, r, blobs[k], problems)
@@ -323,6 +334,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         len(blobs),
         n_packed,
         _readiness_frame(sums),
+        examples,
     )
 
 
@@ -389,13 +401,18 @@ def _list_records(store: Store, prefix: str, names: list[str], runs: dict[str, _
     _scan(keys, prefix, picked)
     for r in names:
         runs[r].metrics = picked[r].metrics if r in picked else []
+        runs[r].predictions = picked[r].predictions if r in picked else set()
+        if r in picked and "test_labels" in picked[r].files:
+            runs[r].files["test_labels"] = picked[r].files["test_labels"]
 
 
 def _single_keys(runs: dict[str, _Run], names: set[str]) -> list[str]:
     out: list[str] = []
     for r in sorted(names):
-        out += runs[r].metrics
-        out += [runs[r].files[k] for k in ("run_json", "summary") if k in runs[r].files]
+        run = runs[r]
+        out += run.metrics
+        out += [p for m in run.metrics if (p := layout.predictions(m)) in run.predictions]
+        out += [run.files[k] for k in ("run_json", "summary", "test_labels") if k in run.files]
     return out
 
 
@@ -406,9 +423,11 @@ def _unpack(
     prefix: str,
     problems: list[Problem],
     blobs: dict[str, bytes | Exception],
+    labels: dict[str, np.ndarray],
 ) -> Any:
     """One run's records.arrow as a table (keys relative to the run folder), its packed run
-    files put in ``blobs``; None (and a problem) when it cannot be used."""
+    files put in ``blobs`` and its test labels in ``labels``; None (and a problem) when it
+    cannot be used."""
     fallback = "; reading the run's single files instead"
     if isinstance(blob, Exception):
         problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
@@ -421,6 +440,8 @@ def _unpack(
     folder = f"{prefix}{run}/"
     for rel, data in packed.files.items():
         blobs[folder + rel] = data
+    if packed.test_labels is not None:
+        labels[run] = packed.test_labels
     return packed.table
 
 
@@ -430,20 +451,45 @@ def _single_records(
     blobs: dict[str, bytes | Exception],
     problems: list[Problem],
     parts: list[tuple[str, int]],
+    labels: dict[str, np.ndarray],
 ) -> Any:
     """The valid records of runs read file by file, as one table like a records.arrow's
-    (keys relative to the run folder); appends (run, rows) to ``parts``."""
+    (keys relative to the run folder; each record's predictions.npy, when it has one);
+    appends (run, rows) to ``parts`` and puts each run's test labels in ``labels``."""
     import pyarrow as pa
 
+    from orchestrator.results.records import predictions_array
+
     rows: list[dict[str, Any]] = []
+    vectors: list[np.ndarray | None] = []
     for r in names:
         before = len(rows)
+        if (key := runs[r].files.get("test_labels")) in blobs:
+            got = _npy(key, r, blobs[key], problems)
+            if got is not None:
+                labels[r] = got
         for key in runs[r].metrics:
             rec = _validate(MetricsRecord, key, r, blobs[key], problems)
             if rec is not None:
                 rows.append({**rec.model_dump(), "key": key.split(f"{r}/", 1)[1]})
+                pkey = layout.predictions(key)
+                vectors.append(_npy(pkey, r, blobs[pkey], problems) if pkey in blobs else None)
         parts.append((r, len(rows) - before))
-    return pa.Table.from_pylist(rows, schema=run_records_schema())
+    schema = run_records_schema()
+    table = pa.Table.from_pylist(rows, schema=schema.remove(len(schema) - 1))
+    return table.append_column(schema.field(PREDICTIONS_COLUMN), predictions_array(vectors))
+
+
+def _npy(key: str, run: str, blob: bytes | Exception, problems: list[Problem]) -> Any:
+    """A ``.npy`` of labels; None (and a problem) when it cannot be used."""
+    if isinstance(blob, Exception):
+        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        return None
+    try:
+        return predicted.parse(blob)
+    except ValueError as e:
+        problems.append(Problem(DAMAGED, key, run, one_line(e) + "; not used"))
+        return None
 
 
 def _with_keys(tables: list[Any], parts: list[tuple[str, int]], prefix: str) -> Any:
@@ -694,17 +740,23 @@ _FEW_STRINGS = ("sweep", "run", "dataset", "model", "kind", "method", "_folder",
 
 
 def _records_frame(
-    table: Any, sweep: str, prefix: str, finished: set[str], problems: list[Problem]
-) -> pd.DataFrame:
+    table: Any,
+    sweep: str,
+    prefix: str,
+    finished: set[str],
+    problems: list[Problem],
+    labels: dict[str, np.ndarray],
+) -> tuple[pd.DataFrame, Examples]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     matrix, lengths, class_nonfinite = _per_class(table.column("per_class_accuracy"))
+    values, offsets, present = from_arrow(table.column(PREDICTIONS_COLUMN))
     floats = [
         n for n, t in zip(table.column_names, table.schema.types, strict=True) if t == pa.float64()
     ]
     nonfinite = {n: _not_finite(table.column(n), pc) for n in floats}
-    table = table.drop_columns(["per_class_accuracy"])
+    table = table.drop_columns(["per_class_accuracy", PREDICTIONS_COLUMN])
     # Columns of few distinct strings go through a dictionary: each value becomes one
     # Python object shared by all its rows, which converts faster and compares faster
     # (by identity first) in every table built later.
@@ -724,9 +776,17 @@ def _records_frame(
     df = pd.concat([df, acc], axis=1)
 
     bad = _check(df, sweep, nonfinite, class_nonfinite)
+    # Predictions count only with their run's labels; each must reproduce its record.
+    has_labels = df["_folder"].isin(list(labels)).to_numpy(dtype=bool)
+    row_of = np.where(present & has_labels, np.arange(len(df)), -1)
+    examples = Examples(values, offsets, row_of, labels)
+    for i, (n, why) in check_examples(df, examples, list(acc.columns)).items():
+        bad.setdefault(i, (INCONSISTENT, f"{why} on {n} test examples; {_LEFT_OUT}"))
     for i, (kind, detail) in sorted(bad.items()):
         problems.append(Problem(kind, df.at[i, "key"], df.at[i, "_folder"], detail))
+    kept = np.setdiff1d(np.arange(len(df)), np.fromiter(bad, dtype=np.int64, count=len(bad)))
     df = df.drop(index=list(bad), columns=["_folder", "_rel"])
+    df["has_predictions"] = examples.row_of[kept] >= 0
 
     df["run_complete"] = df["run"].isin(finished)
     for col in _INT_COLUMNS:
@@ -740,7 +800,8 @@ def _records_frame(
     df = df[RECORD_COLUMNS + list(acc.columns)]
     # Base before repaired, classes and epochs ascending: the order people read them in.
     by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
-    return df.take(sorted_rows(df, by)).reset_index(drop=True)
+    order = sorted_rows(df, by)
+    return df.take(order).reset_index(drop=True), examples.select(kept[order])
 
 
 def sort_keys(frame: pd.DataFrame, by: list[str]) -> list[np.ndarray]:

@@ -8,8 +8,10 @@ Keys are relative to the results root (the spec's ``results`` URI):
     <sweep>/<run>/train/summary.json
     <sweep>/<run>/train/state.pt          (while training: the latest resumable state)
     <sweep>/<run>/checkpoints/epoch_NNN.pt
-    <sweep>/<run>/epoch_NNN/base/metrics.json
-    <sweep>/<run>/epoch_NNN/repair/<method>/class_C/{metrics.json,patch.json,search.csv}
+    <sweep>/<run>/test_labels.npy         (the true test labels, in the run's test order)
+    <sweep>/<run>/epoch_NNN/base/{metrics.json,predictions.npy}
+    <sweep>/<run>/epoch_NNN/repair/<method>/class_C/{metrics.json,predictions.npy,patch.json,
+                                                     search.csv}
     <sweep>/<run>/logs/trainer.log
     <sweep>/<run>/records.arrow
     <sweep>/<run>/_SUCCESS
@@ -104,6 +106,15 @@ def log(sweep: str, run: str) -> str:
     return f"{sweep}/{run}/logs/trainer.log"
 
 
+def test_labels(sweep: str, run: str) -> str:
+    return f"{sweep}/{run}/test_labels.npy"
+
+
+def predictions(metrics_key: str) -> str:
+    """The ``predictions.npy`` beside a ``metrics.json`` (base or repaired)."""
+    return metrics_key.removesuffix("metrics.json") + "predictions.npy"
+
+
 def records(sweep: str, run: str) -> str:
     return f"{sweep}/{run}/records.arrow"
 
@@ -127,6 +138,8 @@ Kind = Literal[
     "checkpoint",
     "base",
     "repair",
+    "predictions",
+    "test_labels",
     "log",
 ]
 
@@ -134,6 +147,7 @@ _RUN_FILES: dict[str, Kind] = {
     "run.json": "run_json",
     "_SUCCESS": "success",
     "records.arrow": "records",
+    "test_labels.npy": "test_labels",
     "train/summary.json": "summary",
     "train/history.csv": "history",
     "train/state.pt": "train_state",
@@ -143,7 +157,7 @@ _EPOCH_KEY = re.compile(
     r"^(?:checkpoints/epoch_(?P<ckpt>\d{3,})\.pt"
     r"|epoch_(?P<epoch>\d{3,})/(?:(?P<base>base)"
     r"|repair/(?:(?!class_\d+/)(?P<method>[A-Za-z0-9][A-Za-z0-9_.-]*)/)?class_(?P<cls>\d+))"
-    r"/metrics\.json)$"
+    r"/(?P<file>metrics\.json|predictions\.npy))$"
 )
 
 
@@ -182,10 +196,12 @@ def parse(key: str, *, root: bool = True) -> Key | None:
         return None
     if m["ckpt"] is not None:
         return Key("checkpoint", sweep, run, int(m["ckpt"]))
+    predicted = m["file"] == "predictions.npy"
     if m["base"]:
-        return Key("base", sweep, run, int(m["epoch"]))
+        return Key("predictions" if predicted else "base", sweep, run, int(m["epoch"]))
     method = m["method"] or DEFAULT_METHOD
-    return Key("repair", sweep, run, int(m["epoch"]), int(m["cls"]), method)
+    kind: Kind = "predictions" if predicted else "repair"
+    return Key(kind, sweep, run, int(m["epoch"]), int(m["cls"]), method)
 
 
 def run_folder(key: str, *, root: bool = True) -> tuple[str | None, str] | None:

@@ -142,19 +142,25 @@ class RunInfo(BaseModel):
 # run folder, and the run's own small files (run.json, train/summary.json) verbatim in the
 # schema metadata, so that a finished run costs one read and gives the same values, bit for
 # bit, as reading its files one by one. pyarrow is imported only when these are called.
+# Format 2 adds each record's test predictions (column ``predictions``, its predictions.npy;
+# null where a record has none) and the run's test labels (metadata ``test_labels``).
 
-RUN_RECORDS_FORMAT = 1
+RUN_RECORDS_FORMAT = 2
+READABLE_FORMATS = frozenset({1, 2})
+PREDICTIONS_COLUMN = "predictions"
 _META_KEY = b"early-repair.run-records"
 
 
 class RunRecords(BaseModel):
     """What ``load_run_records`` returns: the records as an Arrow table (column order of
-    ``MetricsRecord`` plus ``key``), and the run files that were packed with them."""
+    ``MetricsRecord``, then ``key`` and ``predictions``), the run files that were packed
+    with them and the run's test labels (None when it has none)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     table: Any  # pyarrow.Table
     files: dict[str, bytes]  # key relative to the run folder -> bytes
+    test_labels: Any = None  # numpy vector, or None
 
     @property
     def keys(self) -> list[str]:
@@ -162,7 +168,7 @@ class RunRecords(BaseModel):
 
     def records(self) -> list[dict[str, Any]]:
         """The records as ``MetricsRecord.model_dump(mode="json")`` dicts, in file order."""
-        rows = self.table.drop_columns(["key"]).to_pylist()
+        rows = self.table.drop_columns(["key", PREDICTIONS_COLUMN]).to_pylist()
         return [MetricsRecord.model_validate(r).model_dump(mode="json") for r in rows]
 
 
@@ -181,40 +187,70 @@ def _arrow_type(annotation: Any) -> Any:
 
 
 @cache
-def run_records_schema() -> Any:
-    """The Arrow schema of ``records.arrow``: every ``MetricsRecord`` field, then ``key``."""
+def run_records_schema(with_predictions: bool = True) -> Any:
+    """The Arrow schema of ``records.arrow``: every ``MetricsRecord`` field, ``key``, then
+    (format 2) ``predictions``."""
     import pyarrow as pa
 
     fields = [
         pa.field(name, _arrow_type(f.annotation), nullable=True)
         for name, f in MetricsRecord.model_fields.items()
     ]
-    return pa.schema([*fields, pa.field("key", pa.string())])
+    fields.append(pa.field("key", pa.string()))
+    if with_predictions:
+        fields.append(pa.field(PREDICTIONS_COLUMN, pa.list_(pa.uint16()), nullable=True))
+    return pa.schema(fields)
+
+
+def predictions_array(vectors: Sequence[Any]) -> Any:
+    """The ``predictions`` column of a records table: one label vector (or None) a row."""
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.array([0 if v is None else len(v) for v in vectors], dtype=np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32)
+    present = [np.asarray(v, dtype=np.uint16) for v in vectors if v is not None]
+    values = np.concatenate(present) if present else np.zeros(0, dtype=np.uint16)
+    mask = pa.array([v is None for v in vectors], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)
 
 
 def dump_run_records(
     records: Sequence[Mapping[str, Any]],
     keys: Sequence[str],
     files: Mapping[str, bytes] | None = None,
+    predictions: Sequence[Any] | None = None,
+    test_labels: Any = None,
 ) -> bytes:
     """The bytes of ``records.arrow`` for one run.
 
     ``records``: the run's ``MetricsRecord`` dicts (``model_dump(mode="json")``, as written
     to each metrics.json); ``keys``: where each lies, relative to the run folder
     (``epoch_001/base/metrics.json``); ``files``: other run files to pack verbatim, by key
-    relative to the run folder (``run.json``, ``train/summary.json``). Every record is
-    validated first (ValueError when one is not a valid MetricsRecord).
+    relative to the run folder (``run.json``, ``train/summary.json``); ``predictions``: each
+    record's predicted test labels (None where it has none); ``test_labels``: the run's true
+    test labels. Every record is validated first (ValueError when one is not a valid
+    MetricsRecord).
     """
     import pyarrow as pa
 
     if len(records) != len(keys):
         raise ValueError(f"{len(records)} records but {len(keys)} keys")
+    predictions = [None] * len(records) if predictions is None else list(predictions)
+    if len(predictions) != len(records):
+        raise ValueError(f"{len(records)} records but {len(predictions)} prediction vectors")
     rows = [MetricsRecord.model_validate(r).model_dump() for r in records]
     schema = run_records_schema()
-    columns = {name: [r[name] for r in rows] for name in MetricsRecord.model_fields}
+    columns: dict[str, Any] = {name: [r[name] for r in rows] for name in MetricsRecord.model_fields}
     columns["key"] = list(keys)
+    columns[PREDICTIONS_COLUMN] = predictions_array(predictions)
     packed = {k: v.decode("utf-8") for k, v in (files or {}).items()}
-    meta = {"format": RUN_RECORDS_FORMAT, "schema_version": SCHEMA_VERSION, "files": packed}
+    meta = {
+        "format": RUN_RECORDS_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "files": packed,
+        "test_labels": None if test_labels is None else [int(v) for v in test_labels],
+    }
     table = pa.table(columns, schema=schema.with_metadata({_META_KEY: json.dumps(meta)}))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
@@ -235,17 +271,34 @@ def load_run_records(data: bytes) -> RunRecords:
         meta = json.loads(raw) if raw is not None else None
     except ValueError:
         meta = None
-    if not isinstance(meta, dict) or meta.get("format") != RUN_RECORDS_FORMAT:
-        raise ValueError(f"not a records file of format {RUN_RECORDS_FORMAT}")
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"not a records file of format {sorted(READABLE_FORMATS)}")
     if meta.get("schema_version") not in READABLE_VERSIONS:
         raise ValueError(
             f"records of schema_version {meta.get('schema_version')!r}; this early-repair"
             f" reads versions {sorted(READABLE_VERSIONS)}"
         )
-    expected = run_records_schema()
+    with_predictions = meta["format"] >= 2
+    expected = run_records_schema(with_predictions)
     if not table.schema.remove_metadata().equals(expected):
         raise ValueError("its columns are not those of this version's MetricsRecord")
+    if not with_predictions:  # format 1: no record has predictions
+        table = table.append_column(
+            run_records_schema().field(PREDICTIONS_COLUMN), predictions_array([None] * len(table))
+        )
     files = meta.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ValueError("its packed run files are not readable")
-    return RunRecords(table=table, files={k: v.encode("utf-8") for k, v in files.items()})
+    labels = meta.get("test_labels")
+    if labels is not None:
+        import numpy as np
+
+        values = np.asarray(labels) if isinstance(labels, list) else np.zeros((0, 0))
+        if values.ndim != 1 or (
+            values.size and (values.dtype.kind != "i" or values.min() < 0 or values.max() >= 2**16)
+        ):
+            raise ValueError("its test labels are not a list of labels")
+        labels = values.astype(np.uint16)
+    return RunRecords(
+        table=table, files={k: v.encode("utf-8") for k, v in files.items()}, test_labels=labels
+    )

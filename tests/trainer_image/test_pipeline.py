@@ -24,6 +24,7 @@ import torch
 from orchestrator.errors import BadInput
 from orchestrator.results import events as ev
 from orchestrator.results import layout as keys
+from orchestrator.results import predictions as predicted
 from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary
 from orchestrator.spec import parse_spec
 from orchestrator.store import KeyMissing, Store, open_store
@@ -132,13 +133,16 @@ def expected_keys(
         keys.log(SWEEP, RUN),
         keys.records(SWEEP, RUN),
         keys.success(SWEEP, RUN),
+        keys.test_labels(SWEEP, RUN),
     }
     for e in checkpoints:
-        want |= {keys.checkpoint(SWEEP, RUN, e), keys.base_metrics(SWEEP, RUN, e)}
+        base = keys.base_metrics(SWEEP, RUN, e)
+        want |= {keys.checkpoint(SWEEP, RUN, e), base, keys.predictions(base)}
         for c in classes:
             for m in methods:
                 want |= {
                     keys.repair_metrics(SWEEP, RUN, e, c, m),
+                    keys.predictions(keys.repair_metrics(SWEEP, RUN, e, c, m)),
                     keys.repair_patch(SWEEP, RUN, e, c, m),
                     keys.repair_search(SWEEP, RUN, e, c, m),
                 }
@@ -206,6 +210,16 @@ def test_layout_and_records_match_the_design(reference: Path) -> None:
         recomputed = classification_metrics(fixed_logits, splits.test.y, 10)
         assert recomputed["accuracy"] == rec.accuracy
         assert recomputed["per_class_accuracy"] == rec.per_class_accuracy
+
+        # predictions.npy beside each record: that model's test labels, in test order.
+        labels = predicted.parse(store.read_bytes(keys.test_labels(SWEEP, RUN)))
+        assert labels.dtype == np.uint8 and labels.tolist() == splits.test.y.tolist()
+        for key, logits in (
+            (keys.base_metrics(SWEEP, RUN, epoch), base_logits),
+            (keys.repair_metrics(SWEEP, RUN, epoch, 3), fixed_logits),
+        ):
+            pred = predicted.parse(store.read_bytes(keys.predictions(key)))
+            assert pred.tolist() == logits.argmax(1).tolist()
 
 
 def test_same_spec_twice_gives_identical_results(
