@@ -24,20 +24,61 @@ HEADLINE_COLUMNS = [
     *GROUP,
     "n",
     "k",
+    "k_beyond_noise",
+    "n_tested",
     "harm_wins",
     "beat_unrepaired",
+    "best_beats_unrepaired",
     "mean_gain",
-    "gain_low",
-    "gain_high",
-    "n_gain",
+    "seed_min",
+    "seed_max",
+    "seed_ci_low",
+    "seed_ci_high",
     "wilcoxon_p",
     "wilcoxon_n",
+    "wilcoxon_note",
+    "seeds_needed",
     "mean_offset",
     "offset_low",
     "offset_high",
     "n_resamples",
     "text",
 ]
+# Below this many seeds a percentile bootstrap over seeds is little more than their range:
+# no interval is given, and no sentence claims an effect "across seeds".
+MIN_SEEDS_FOR_CI = 5
+LEVEL = 0.05  # of the Wilcoxon test and of the power computation behind seeds_needed
+POWER = 0.8
+MAX_SEEDS_NEEDED = 10_000
+
+
+def wilcoxon_floor(n: int) -> float:
+    """The smallest two-sided p an exact Wilcoxon signed-rank test can give with ``n``
+    non-zero differences (all of one sign): 2 / 2**n."""
+    return 2.0 / 2.0**n if n > 0 else 1.0
+
+
+def seeds_needed(gains: np.ndarray, level: float = LEVEL, power: float = POWER) -> float:
+    """Seeds a two-sided paired t-test at ``level`` needs for ``power`` when the true mean
+    and SD of per-seed gains are the observed ones (noncentral t); NaN when the observed
+    mean is <= 0, the SD is 0 or fewer than two gains are known; ``MAX_SEEDS_NEEDED`` + 1
+    when even that many would not do."""
+    from scipy import stats as st
+
+    g = np.asarray(gains, dtype=float)
+    g = g[~np.isnan(g)]
+    if len(g) < 2:
+        return float("nan")
+    mean, sd = g.mean(), g.std(ddof=1)
+    if not mean > 0 or not sd > 0:
+        return float("nan")
+    d = mean / sd
+    n = np.arange(2, MAX_SEEDS_NEEDED + 1)
+    crit = st.t.ppf(1 - level / 2, n - 1)
+    nc = d * np.sqrt(n)
+    achieved = st.nct.sf(crit, n - 1, nc) + st.nct.cdf(-crit, n - 1, nc)
+    ok = np.flatnonzero(achieved >= power)
+    return float(n[ok[0]]) if len(ok) else float(MAX_SEEDS_NEEDED + 1)
 
 
 def pp(value: float, sign: bool = True) -> str:
@@ -61,12 +102,17 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
     if done.empty:
         return pd.DataFrame(columns=HEADLINE_COLUMNS)
     pre = done["pattern"] == PRE
+    beyond = done["beyond_noise"] if "beyond_noise" in done else pd.Series(pd.NA, index=done.index)
     grouped = done.assign(
         k=pre,
+        k_beyond_noise=beyond.fillna(False).astype(bool),
+        n_tested=beyond.notna(),
         harm_wins=done["harm_win"].astype(bool),
         beat_unrepaired=pre & done["beats_unrepaired"].fillna(False).astype(bool),
+        best_beats_unrepaired=_beats_converged(done),
     ).groupby(GROUP, sort=True)
-    counts = grouped[["k", "harm_wins", "beat_unrepaired"]].sum()
+    count_cols = ["k", "k_beyond_noise", "n_tested", "harm_wins", "beat_unrepaired"]
+    counts = grouped[[*count_cols, "best_beats_unrepaired"]].sum()
     gains, offsets = [], []
     for _, g in grouped[["earlier_gain", "offset"]]:
         gains.append(rounded(g["earlier_gain"].to_numpy(dtype=float)))
@@ -76,56 +122,89 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
     tests = stats.wilcoxons(gains)
     n_resamples = stats.resamples(gains)
     rows = []
-    for i, (key, (k, harm_wins, beat)) in enumerate(counts.iterrows()):
+    for i, (key, c) in enumerate(counts.iterrows()):
         p, n_w = tests[i]
+        known = gains[i][~np.isnan(gains[i])]
+        wide = len(known) >= MIN_SEEDS_FOR_CI
         row = dict(zip(GROUP, key, strict=True))
         row.update(
             n=len(gains[i]),
-            k=int(k),
-            harm_wins=int(harm_wins),
-            beat_unrepaired=int(beat),
+            **{col: int(c[col]) for col in [*count_cols, "best_beats_unrepaired"]},
             mean_gain=g_ci[i, 0],
-            gain_low=g_ci[i, 1],
-            gain_high=g_ci[i, 2],
-            n_gain=int((~np.isnan(gains[i])).sum()),
+            seed_min=known.min() if len(known) else np.nan,
+            seed_max=known.max() if len(known) else np.nan,
+            seed_ci_low=g_ci[i, 1] if wide else np.nan,
+            seed_ci_high=g_ci[i, 2] if wide else np.nan,
             wilcoxon_p=p,
             wilcoxon_n=n_w,
+            wilcoxon_note=_wilcoxon_note(n_w),
+            seeds_needed=seeds_needed(known),
             mean_offset=o_ci[i, 0],
-            offset_low=o_ci[i, 1],
-            offset_high=o_ci[i, 2],
+            offset_low=o_ci[i, 1] if wide else np.nan,
+            offset_high=o_ci[i, 2] if wide else np.nan,
             n_resamples=n_resamples,
         )
         row["text"] = _row_text(row, reference)
         rows.append(row)
-    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    out = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    out["seeds_needed"] = out["seeds_needed"].astype("Int64")
+    return out
+
+
+def _beats_converged(units: pd.DataFrame) -> pd.Series:
+    """Whether the unit's best repaired model beat the unrepaired convergence checkpoint."""
+    beats = rounded(units["best_qual"] - units["base_convergence_qual"])
+    return pd.Series(beats > 0, index=units.index).fillna(False).astype(bool)
+
+
+def _wilcoxon_note(n: int) -> str:
+    if n < 2:
+        return "fewer than 2 non-zero differences: no test"
+    floor = wilcoxon_floor(n)
+    if floor >= LEVEL:
+        return f"with {n} non-zero differences p cannot go below {floor:.2g}"
+    return ""
+
+
+def seeds(n: int) -> str:
+    return _plural(n, "seed", "seeds")
 
 
 def _row_text(r: dict, ref: str) -> str:
     at = f"at {ref}"
-    seeds = "seed" if r["n"] == 1 else "seeds"
     parts = [
         f"{r['dataset']}/{r['model']}/{r['method']}, class {r['repair_class']},"
         f" α={r['alpha']:g}: repairing before {ref} beat repairing {at} in {r['k']} of"
-        f" {r['n']} {seeds}"
+        f" {seeds(r['n'])}"
     ]
+    if r["n_tested"]:
+        parts[0] += f", {r['k_beyond_noise']} of them beyond test-set noise"
     if r["k"] and r["harm_wins"]:
-        parts[0] += f" ({r['harm_wins']} of them where the repair {at} had hurt the model)"
-    parts.append(
-        f"mean gain {pp(r['mean_gain'])} ({_ci(r['gain_low'], r['gain_high'])}, n = {r['n_gain']})"
-    )
-    off = r["mean_offset"]
-    if not np.isnan(off):
-        where = f"{-off:.1f} epochs before {ref}" if off < 0 else f"{ref} itself"
-        lo, hi = r["offset_low"], r["offset_high"]
-        ci = "" if np.isnan(lo) else f" (95% CI [{-hi:.1f}, {-lo:.1f}] epochs before)"
-        parts.append(f"best checkpoint on average {where}{ci}")
+        parts[0] += f" ({r['harm_wins']} where the repair {at} had hurt the model)"
+    gain = f"mean gain {pp(r['mean_gain'])}"
+    if not np.isnan(r["seed_min"]):
+        gain += f" (per seed {pp(r['seed_min'])} to {pp(r['seed_max'])}"
+        if not np.isnan(r["seed_ci_low"]):
+            gain += f", {_ci(r['seed_ci_low'], r['seed_ci_high'])}"
+        gain += f", n = {r['n']})"
+    parts.append(gain)
     p = r["wilcoxon_p"]
-    test = "n too small" if np.isnan(p) else f"p = {p:.2g}"
-    parts.append(f"Wilcoxon signed-rank {test} (n = {r['wilcoxon_n']} non-zero differences)")
+    test = "no test" if np.isnan(p) else f"p = {p:.2g}"
+    note = f"; {r['wilcoxon_note']}" if r["wilcoxon_note"] and not np.isnan(p) else ""
+    parts.append(f"Wilcoxon signed-rank {test} (n = {r['wilcoxon_n']}{note})")
+    if not pd.isna(r["seeds_needed"]):
+        needed = r["seeds_needed"]
+        many = f"more than {MAX_SEEDS_NEEDED:,}" if needed > MAX_SEEDS_NEEDED else f"{needed:.0f}"
+        parts.append(f"{many} seeds would give a paired test 80% power at this mean gain")
     return "; ".join(parts) + "."
 
 
-def sentences(sp: pd.DataFrame, head: pd.DataFrame, reference: str = "convergence") -> list[str]:
+def sentences(
+    sp: pd.DataFrame,
+    head: pd.DataFrame,
+    reference: str = "convergence",
+    noise_alpha: float = LEVEL,
+) -> list[str]:
     """One plain sentence per dataset (and per method when a sweep has several)."""
     done = sp[sp["status"] != INCOMPLETE]
     several = done["method"].nunique() > 1
@@ -133,30 +212,42 @@ def sentences(sp: pd.DataFrame, head: pd.DataFrame, reference: str = "convergenc
     for (dataset, method), g in done.groupby(["dataset", "method"], sort=True):
         h = head[(head["dataset"] == dataset) & (head["method"] == method)]
         name = f"{dataset} ({method})" if several else str(dataset)
-        out.append(_dataset_sentence(name, g, h, reference))
+        out.append(_dataset_sentence(name, g, h, reference, noise_alpha))
     return out
 
 
-def _dataset_sentence(name: str, g: pd.DataFrame, h: pd.DataFrame, ref: str) -> str:
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _dataset_sentence(
+    name: str, g: pd.DataFrame, h: pd.DataFrame, ref: str, noise_alpha: float
+) -> str:
     n, k = len(g), int((g["pattern"] == PRE).sum())
+    beyond = g["beyond_noise"] if "beyond_noise" in g else pd.Series(pd.NA, index=g.index)
+    tested = int(beyond.notna().sum())
+    kb = int(beyond.fillna(False).astype(bool).sum())
     harm = int(g["harm_win"].sum())
-    beat = int(((g["pattern"] == PRE) & g["beats_unrepaired"].fillna(False)).sum())
-    seeds, classes, alphas = g["seed"].nunique(), g["repair_class"].nunique(), g["alpha"].nunique()
-    what = f"{seeds} seed(s) x {classes} class(es) x {alphas} α"
-    lead = (
-        f"{name}: over {n} cases ({what}), repairing a checkpoint before {ref} beat"
-        f" repairing at {ref} in {k}"
+    beat = int(_beats_converged(g).sum())
+    n_seeds = g["seed"].nunique()
+    what = (
+        f"{seeds(n_seeds)} x {_plural(g['repair_class'].nunique(), 'class', 'classes')}"
+        f" x {g['alpha'].nunique()} α"
     )
-    if k == 0:
-        return f"{lead}: repairing at {ref} was never beaten - repair the model at {ref}."
-    consistent = h[(h["gain_low"] > 0) & (h["k"] > 0)]
-    if harm * 2 >= k:
-        return (
-            f"{lead}, but in {harm} of those {k} the repair at {ref} had made the model worse"
-            f" than not repairing it, and only {beat} of the {k} earlier repairs beat the"
-            f" unrepaired model at {ref} - so these early-repair wins mostly show the repair"
-            f" damaging the model at {ref}; check the repair itself before switching earlier."
-        )
+    lead = f"{name}, {n} cases ({what}): repairing before {ref} beat repairing at {ref} in {k}"
+    test = f"paired test per seed, Holm-adjusted p < {noise_alpha:g}"
+    if tested == n:
+        noise = f", {kb} of them beyond test-set noise ({test})"
+    elif tested:
+        noise = f", {kb} of them beyond test-set noise ({test}; {tested} of {n} cases testable)"
+    else:
+        noise = " (none testable against test-set noise: no per-example predictions)"
+    parts = [
+        f"{lead}{noise}",
+        f"{harm} of the {k} wins came where the repair at {ref} had made the model worse",
+        f"the best repaired model beat the unrepaired model at convergence in {beat} of {n}",
+    ]
+    consistent = h[(h["seed_ci_low"] > 0) & (h["n"] >= MIN_SEEDS_FOR_CI)]
     if len(consistent):
         where = ", ".join(
             sorted(
@@ -166,12 +257,12 @@ def _dataset_sentence(name: str, g: pd.DataFrame, h: pd.DataFrame, ref: str) -> 
                 }
             )
         )
-        return (
-            f"{lead} ({harm} of them with a harmful repair at {ref}); the gain's 95% CI"
-            f" excludes zero for {where}: repairing earlier paid off there across seeds."
+        parts.append(f"across seeds, the mean gain's 95% CI excludes zero for {where}")
+    elif n_seeds < MIN_SEEDS_FOR_CI:
+        parts.append(
+            f"with {seeds(n_seeds)} no claim across seeds is made"
+            f" (that needs at least {MIN_SEEDS_FOR_CI})"
         )
-    return (
-        f"{lead} ({harm} of them with a harmful repair at {ref}); no group's 95% CI of the"
-        f" gain excludes zero, so the advantage of earlier repair is not consistent across"
-        f" seeds - more seeds would tell."
-    )
+    else:
+        parts.append("no group's 95% CI of the mean gain across seeds excludes zero")
+    return "; ".join(parts) + "."

@@ -27,7 +27,9 @@ from orchestrator.analysis import stats
 from orchestrator.analysis import tables as ag
 from orchestrator.analysis.document import Doc
 from orchestrator.analysis.effects import CONVERGENCE
+from orchestrator.analysis.headline import MAX_SEEDS_NEEDED, MIN_SEEDS_FOR_CI
 from orchestrator.analysis.load import join_epochs
+from orchestrator.analysis.noise import NOTE_NO_PREDICTIONS
 from orchestrator.analysis.problems import PROBLEM_KINDS, counts_text
 from orchestrator.results.layout import DEFAULT_METHOD
 
@@ -97,16 +99,32 @@ def headline_table(head: pd.DataFrame, reference: str) -> pd.DataFrame:
             "α": head["alpha"],
             "n seeds": head["n"],
             f"earlier beat {ref}": head["k"],
+            "…beyond noise": [
+                f"{k}" if t == n else (f"{k} of {t} tested" if t else "n/a")
+                for k, t, n in zip(head["k_beyond_noise"], head["n_tested"], head["n"], strict=True)
+            ],
             f"…with {ref} repair harmful": head["harm_wins"],
             "mean gain (pp)": (100 * head["mean_gain"]).round(2),
-            "95% CI (pp)": [
-                ci(a, b) for a, b in zip(head["gain_low"], head["gain_high"], strict=True)
+            "per seed (pp)": [
+                "" if pd.isna(lo) else f"{100 * lo:+.2f} … {100 * hi:+.2f}"
+                for lo, hi in zip(head["seed_min"], head["seed_max"], strict=True)
+            ],
+            "95% CI (pp), n ≥ 5": [
+                ci(a, b) for a, b in zip(head["seed_ci_low"], head["seed_ci_high"], strict=True)
             ],
             "Wilcoxon p (n)": [
-                "" if pd.isna(p) else f"{p:.2g} ({n})"
-                for p, n in zip(head["wilcoxon_p"], head["wilcoxon_n"], strict=True)
+                "" if pd.isna(p) else f"{p:.2g} ({n})" + ("*" if note else "")
+                for p, n, note in zip(
+                    head["wilcoxon_p"], head["wilcoxon_n"], head["wilcoxon_note"], strict=True
+                )
             ],
-            f"best epoch − {ref} [95% CI]": [off(r) for r in head.itertuples()],
+            "seeds for 80% power": [
+                ""
+                if pd.isna(v)
+                else (f"> {MAX_SEEDS_NEEDED:,}" if v > MAX_SEEDS_NEEDED else str(v))
+                for v in head["seeds_needed"]
+            ],
+            f"best epoch − {ref}": [off(r) for r in head.itertuples()],
         }
     )
 
@@ -409,11 +427,17 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
         doc.table(*_capped(headline_table(agg.headline, ref), "headline.csv"), name="headline")
         doc.p(
             f"Per (dataset, model, method, class, α): in how many seeds the best repaired"
-            f" checkpoint came before {ref}; the mean per-seed gain of the best earlier repair"
-            f" over the repair at {ref} in percentage points of Qual, with its 95% bootstrap CI"
-            " and the Wilcoxon signed-rank p-value (n = non-zero differences); the switch"
-            f" point's mean distance to {ref} in epochs (negative = earlier). See Definitions."
+            f" checkpoint came before {ref} (the paper's count) and how many of those wins are"
+            f" beyond test-set noise (paired test per seed, α_noise = {agg.noise_alpha:g}); the"
+            f" mean per-seed gain of the best earlier repair over the repair at {ref} in"
+            " percentage points of Qual with the per-seed range, a 95% bootstrap CI over seeds"
+            f" only with at least {MIN_SEEDS_FOR_CI} seeds, the Wilcoxon signed-rank p-value"
+            " (n = non-zero differences; * = n too small for p to reach 0.05 at all) and the"
+            " seeds a paired test would need for 80% power at the observed mean and SD; the"
+            f" switch point's mean distance to {ref} in epochs (negative = earlier)."
         )
+        if not agg.switch_points["beyond_noise"].notna().any():
+            doc.p(f"Wins could not be tested against test-set noise: {NOTE_NO_PREDICTIONS}.")
     else:
         doc.p("No (run, method, class) unit could be compared yet; see the problems below.")
 
@@ -479,6 +503,18 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
     doc.p(
         "One unit is a (run, repair class) pair per repair method, as in the paper;"
         " `compared` = units with a pattern, `incomplete` = units left out (see Definitions)."
+    )
+    doc.p(
+        "Why `pre_beyond_noise` is smaller than the paper's pre-convergence count: the"
+        " paper's rule counts a win for any earlier checkpoint whose repaired Qual is higher"
+        " than the reference's, however small the difference - even one test image, which"
+        " moves Qual(0.5, c) by about 1/(2 n_c) - and it takes the best of"
+        " `n_compared_min`-`n_compared_max` checkpoints, so with more checkpoints it finds"
+        " more wins under no effect at all. `pre_beyond_noise` counts a win only when the"
+        " best earlier checkpoint beats the reference in an exact paired sign-flip test on"
+        " the test examples the two models disagree on, Holm-adjusted over all earlier"
+        f" checkpoints the unit compared (p < {agg.noise_alpha:g}), out of `tested` units"
+        " with per-example predictions."
     )
     top = pt[pt["scope"] == "dataset"].drop(columns=["scope", "model", "repair_class"])
     doc.table(top)
@@ -611,9 +647,15 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
 
 
 FILES = [
-    "`headline.csv`: the headline per (dataset, model, method, class, α): `n`, `k` (earlier"
-    " won), `harm_wins`, `beat_unrepaired`, `mean_gain` with `gain_low`/`gain_high` (95% CI),"
-    " `wilcoxon_p`/`wilcoxon_n`, `mean_offset` with its CI, and the sentence (`text`).",
+    "`headline.csv`: the headline per (dataset, model, method, class, α): `n` seeds, `k`"
+    " (earlier won, the paper's count), `k_beyond_noise` (of those, beyond test-set noise) of"
+    " `n_tested` units with predictions, `harm_wins`, `beat_unrepaired`,"
+    " `best_beats_unrepaired` (best repaired model above the unrepaired converged one),"
+    " `mean_gain`, `seed_min`/`seed_max`, `seed_ci_low`/`seed_ci_high` (95% bootstrap CI over"
+    " seeds, only with n ≥ 5), `wilcoxon_p`/`wilcoxon_n` and `wilcoxon_note` (when n cannot"
+    " reach p < 0.05), `seeds_needed` (seeds for 80% power of a paired t-test at 0.05 given"
+    " the observed mean and SD of per-seed gains), `mean_offset` (CI with n ≥ 5) and the"
+    " sentence (`text`).",
     "`effects.csv`: per repaired model and α, against the unrepaired model of its checkpoint:"
     " `qual_before/after`, `delta_qual`, `delta_acc`, `delta_acc_class`, `rr`, `br`,"
     " `seconds`, `harmed`.",
@@ -629,9 +671,14 @@ FILES = [
     " `reference_epoch`, `offset` (best − reference), `pattern`, `best_qual`,"
     " `reference_qual`, `gain`, `earlier_gain`, `base_reference_qual` (unrepaired),"
     " `reference_harmed`, `harm_win`, `beats_unrepaired`, `n_compared`, `tied_epochs`,"
-    " `status`, `missing_epochs`, `note`.",
+    " `status`, `missing_epochs`, `note`; and the paired test of the best earlier checkpoint"
+    " against the reference: `n_discordant` (test examples the two disagree on), `p_value`"
+    " (exact sign-flip, Holm-adjusted over the unit's earlier checkpoints), `beyond_noise`,"
+    " `gain_ci_low`/`gain_ci_high` (class-stratified paired bootstrap over test examples,"
+    " given the selection).",
     "`patterns.csv`: Table 1 per method - scope `dataset` rows (model and class `all`) and"
-    " scope `model-class` rows.",
+    " scope `model-class` rows; beside the paper's counts `pre_beyond_noise` of `tested`"
+    " units, and `n_compared_min`/`n_compared_max` (checkpoints a unit compared).",
     "`runs.csv`: one row per run; `problems.csv`: every incomplete or damaged result.",
     "`readiness.csv` (sweeps with `training.readiness`): per (dataset, model, policy, method,"
     " class, α) `n` and the mean with 95% CI (`_ci_low`/`_ci_high`) of `regret`, `gain`,"
@@ -666,9 +713,17 @@ def _table1_rows(agg: ag.Aggregation) -> list[dict[str, Any]]:
     top = agg.patterns[agg.patterns["scope"] == "dataset"]
     return [
         {"dataset": str(r["dataset"]), "method": str(r["method"]), "alpha": float(r["alpha"])}
-        | {n: int(r[n]) for n in (*names, "incomplete")}
+        | {n: int(r[n]) for n in (*names, "incomplete", "pre_beyond_noise", "tested")}
         for r in top.to_dict("records")
     ]
+
+
+def _compared(r: dict[str, Any]) -> str:
+    """Checkpoints a unit compared, as a range: "4" or "4-6"."""
+    lo, hi = r["n_compared_min"], r["n_compared_max"]
+    if pd.isna(lo):
+        return ""
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
 def summary(agg: ag.Aggregation, folder: Path) -> dict[str, Any]:
@@ -698,27 +753,42 @@ def terminal_summary(agg: ag.Aggregation, max_rows: int = 30) -> list[Any]:
         several = head["method"].nunique() > 1
         ref = "conv." if agg.rules == "text" else "last"
         table = Table(title=f"per group: earlier repair vs repair at {agg.reference_name}")
-        for col in ("group", "α", "won", "hurt", "gain pp [95% CI]", "p (n)", f"best−{ref}"):
-            table.add_column(col, justify="left" if col == "group" else "right")
+        cols = ("group", "α", "won", "beyond noise", "hurt", "gain pp", "per seed pp", "p (n)")
+        for col in (*cols, f"best−{ref}"):
+            table.add_column(col, justify="left" if col == "group" else "right", overflow="fold")
         for r in head.head(max_rows).itertuples(index=False):
             group = f"{r.dataset}/{r.model}{'/' + r.method if several else ''} c{r.repair_class}"
             gain = f"{100 * r.mean_gain:+.2f}" if not pd.isna(r.mean_gain) else ""
-            if not pd.isna(r.gain_low):
-                gain += f" [{100 * r.gain_low:+.2f}, {100 * r.gain_high:+.2f}]"
+            if not pd.isna(r.seed_ci_low):
+                gain += f" [{100 * r.seed_ci_low:+.2f}, {100 * r.seed_ci_high:+.2f}]"
+            spread = (
+                "" if pd.isna(r.seed_min) else f"{100 * r.seed_min:+.2f}…{100 * r.seed_max:+.2f}"
+            )
             p = "" if pd.isna(r.wilcoxon_p) else f"{r.wilcoxon_p:.2g} ({r.wilcoxon_n})"
             off = "" if pd.isna(r.mean_offset) else f"{r.mean_offset:+.1f}"
-            table.add_row(group, f"{r.alpha:g}", f"{r.k}/{r.n}", str(r.harm_wins), gain, p, off)
+            noise = f"{r.k_beyond_noise}/{r.k}" if r.n_tested else "n/a"
+            row = (f"{r.alpha:g}", f"{r.k}/{r.n}", noise, str(r.harm_wins), gain, spread, p, off)
+            table.add_row(group, *row)
         out.append(table)
         if len(head) > max_rows:
             out.append(Text(f"(first {max_rows} of {len(head)} groups; see headline.csv)"))
     names = ag.pattern_names(agg.rules, agg.after_convergence)
     t1 = Table(title=f"Table 1 - sweep {agg.sweep} (runs x classes per pattern)")
-    for col in ("dataset", "method", "α", *names, "incomplete"):
+    for col in ("dataset", "method", "α", *names, "pre beyond noise", "compared", "incomplete"):
         t1.add_column(col, justify="left" if col in ("dataset", "method") else "right")
     top = agg.patterns[agg.patterns["scope"] == "dataset"]
     for r in top.to_dict("records"):
-        counts = (str(r[n]) for n in (*names, "incomplete"))
-        t1.add_row(str(r["dataset"]), str(r["method"]), f"{r['alpha']:g}", *counts)
+        counts = [str(r[n]) for n in names]
+        noise = f"{r['pre_beyond_noise']}" if r["tested"] else "n/a"
+        t1.add_row(
+            str(r["dataset"]),
+            str(r["method"]),
+            f"{r['alpha']:g}",
+            *counts,
+            noise,
+            _compared(r),
+            str(r["incomplete"]),
+        )
     out.append(t1)
     return out
 

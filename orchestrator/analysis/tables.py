@@ -86,6 +86,7 @@ class Aggregation:
     sentences: list[str]
     problems: pd.DataFrame
     bootstrap_seed: int = 0
+    noise_alpha: float = 0.05  # the level of the per-unit paired tests (noise.py)
     # training.readiness judged against the repaired curve (analysis.readiness); empty
     # without such runs.
     readiness_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -502,17 +503,35 @@ def patterns(
 
     A "run" here is one (run, repair class) unit, as in the paper (GTSRB: 5 seeds x 3
     classes = 15). ``compared`` counts those with a pattern; ``incomplete`` those left out.
+    Beside the paper's counts: ``pre_beyond_noise``, the pre-convergence units whose win is
+    beyond test-set noise (``noise.py``), of ``tested`` units that had predictions, and the
+    fewest and most checkpoints a unit compared (``n_compared_min``/``_max``: the more
+    candidates, the more naive wins under no effect at all).
     """
     names = pattern_names(rules, after_convergence)
     counts_cols = [*names, "compared", "incomplete"]
+    extra = ["pre_beyond_noise", "tested", "n_compared_min", "n_compared_max"]
 
     def table(by: list[str]) -> pd.DataFrame:
         if sp.empty:
-            return pd.DataFrame(columns=[*by, *counts_cols])
+            return pd.DataFrame(columns=[*by, *counts_cols, *extra])
         c = pd.crosstab([sp[k] for k in by], sp["pattern"].where(sp["status"] != INCOMPLETE, "_i"))
         c = c.reindex(columns=[*names, "_i"], fill_value=0).rename(columns={"_i": "incomplete"})
         c["compared"] = c[names].sum(axis=1)
-        return c[counts_cols].rename_axis(columns=None).reset_index()
+        c = c[counts_cols].rename_axis(columns=None).reset_index()
+        done = sp[sp["status"] != INCOMPLETE]
+        beyond = done["beyond_noise"] if "beyond_noise" in done else pd.Series(pd.NA, done.index)
+        more = done.assign(
+            pre_beyond_noise=beyond.fillna(False).astype(bool),
+            tested=beyond.notna(),
+        ).groupby(by, sort=True)
+        stats = more.agg(
+            pre_beyond_noise=("pre_beyond_noise", "sum"),
+            tested=("tested", "sum"),
+            n_compared_min=("n_compared", "min"),
+            n_compared_max=("n_compared", "max"),
+        ).reset_index()
+        return c.merge(stats, on=by, how="left")
 
     top = table(["dataset", "method", "alpha"]).assign(
         scope="dataset", model="all", repair_class="all"
@@ -520,9 +539,13 @@ def patterns(
     fine = table(GROUP).assign(scope="model-class")
     fine["repair_class"] = fine["repair_class"].astype(str)
     out = pd.concat([top, fine], ignore_index=True)
-    out = out[["scope", "dataset", "model", "method", "repair_class", "alpha", *counts_cols]]
-    for col in counts_cols:
-        out[col] = out[col].astype("int64")
+    out = out[
+        ["scope", "dataset", "model", "method", "repair_class", "alpha", *counts_cols, *extra]
+    ]
+    for col in [*counts_cols, "pre_beyond_noise", "tested"]:
+        out[col] = out[col].fillna(0).astype("int64")
+    for col in ("n_compared_min", "n_compared_max"):
+        out[col] = out[col].astype("Int64")
     return out
 
 
@@ -560,12 +583,17 @@ def aggregate(
     sweep: str | None = None,
     bootstrap_seed: int = 0,
     packed: bool = True,
+    noise_alpha: float = 0.05,
 ) -> Aggregation:
     """Load one sweep and compute every table; never writes anything."""
     alphas = check_alphas(alphas)
     check_rules(rules, after_convergence)
+    if not 0.0 < noise_alpha < 1.0:
+        raise BadInput(f"--noise-alpha {noise_alpha:g}: the paired tests' level; use 0 < a < 1")
     with _collector_paused():
-        return _aggregate(store, alphas, after_convergence, rules, sweep, bootstrap_seed, packed)
+        return _aggregate(
+            store, alphas, after_convergence, rules, sweep, bootstrap_seed, packed, noise_alpha
+        )
 
 
 @contextmanager
@@ -592,20 +620,24 @@ def _aggregate(
     sweep: str | None,
     bootstrap_seed: int,
     packed: bool,
+    noise_alpha: float,
 ) -> Aggregation:
-    from orchestrator.analysis import effects, headline, readiness
+    from orchestrator.analysis import effects, headline, noise, readiness
 
     loaded = load(store, sweep, packed=packed)
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")
     q = quality(loaded.records, loaded.runs, alphas)
     sp = switch_points(q, loaded.runs, after_convergence, alphas, rules)
+    sp = noise.noise_columns(
+        sp, q, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
+    )
     pt = patterns(sp, after_convergence, rules)
     eff = effects.effects(q, loaded.records)
     meth = effects.methods(eff)
     reference = describe_reference(rules)
     head = headline.headline(sp, bootstrap_seed, reference)
-    sentences = headline.sentences(sp, head, reference)
+    sentences = headline.sentences(sp, head, reference, noise_alpha)
     probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
     ready = readiness.per_run(loaded)
     return Aggregation(
@@ -622,6 +654,7 @@ def _aggregate(
         sentences,
         probs,
         bootstrap_seed,
+        noise_alpha,
         ready,
         readiness.summary(ready, bootstrap_seed),
     )

@@ -65,6 +65,13 @@ def aggregate(
     bootstrap_seed: Annotated[
         int, typer.Option(min=0, help="Seed of the bootstrap resampling behind every CI.")
     ] = 0,
+    noise_alpha: Annotated[
+        float,
+        typer.Option(
+            help="Level of the per-unit paired test: an early win is beyond noise when the"
+            " best earlier checkpoint's Holm-adjusted p is below it.",
+        ),
+    ] = 0.05,
     output: LocationOutputOpt = None,
 ) -> None:
     """Headline, tables (Table 1, switch points, repair effects, Qual), figures and a report
@@ -97,6 +104,7 @@ def aggregate(
         rules=rules,  # type: ignore[arg-type]
         sweep=sweep,
         bootstrap_seed=bootstrap_seed,
+        noise_alpha=noise_alpha,
     )
     if strict:
         raise_if_problems(agg.loaded.uri, agg.problems)

@@ -1,0 +1,303 @@
+"""Is an early repair's win bigger than the test set can resolve? A paired test per unit
+that accounts for picking the best of several earlier checkpoints.
+
+Every model of a run was evaluated on the same test examples, and Qual is a weighted mean
+of per-example correctness: each example weighs ``(1 - alpha) / n``, and each example of the
+target class c ``alpha / n_c`` more. So the difference in Qual between an earlier
+checkpoint's repaired model and the reference's is a sum over the *discordant* examples
+(one model right, the other wrong) of +-weight; on every other example the two agree.
+
+* **Sign-flip test** (exact). Under "no difference", each discordant example is equally
+  likely to favour either model, independently: the numbers of class-c and other examples
+  favouring the earlier model are Binomial(m_c, 1/2) and Binomial(m_o, 1/2). With only two
+  weights the exact null distribution of the difference is one sum over the smaller of the
+  two counts - never too large for exact computation, so no Monte Carlo is needed. One
+  sided: the alternative is that the earlier checkpoint is better (what a "win" claims).
+* **Selection.** A unit compares k earlier checkpoints with the reference; the best of them
+  is picked afterwards, so its p-value is Holm-adjusted over all k (``holm``). The unit's
+  win is *beyond noise* when it is a win (pattern pre-convergence) and the best earlier
+  checkpoint's adjusted p is below ``noise_alpha``.
+* **Gain CI** given the selection: a paired bootstrap over test examples, stratified by
+  class (each class keeps its size, so the weights stay those of Qual), seeded per unit
+  from ``--bootstrap-seed``; percentile interval. It describes the picked checkpoint's gain
+  and does not undo the selection (the Holm p does that).
+
+Units without predictions (trees written before they were stored, or a record without
+them) get empty columns; ``NOTE_NO_PREDICTIONS`` says why in the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis.examples import Examples
+from orchestrator.analysis.problems import INCOMPLETE
+from orchestrator.analysis.tables import KEYS, PRE, UNIT, rounded
+
+NOISE_ALPHA = 0.05
+N_BOOT = 9999
+CONFIDENCE = 0.95
+NOISE_COLUMNS = ["n_discordant", "gain_ci_low", "gain_ci_high", "p_value", "beyond_noise"]
+NOTE_NO_PREDICTIONS = (
+    "no per-example predictions (results written before early-repair stored them, or a"
+    " record without its predictions.npy): wins cannot be tested against test-set noise"
+)
+_EPS = 1e-7  # in counts of examples: far below the spacing of distinct differences
+
+
+# --- the exact sign-flip test -----------------------------------------------------------
+
+
+class _Binomial:
+    """Binomial(m, 1/2) probabilities and upper tails from log-factorials, for any m up to
+    ``size``; tails are summed from the far end, so small p-values keep their precision."""
+
+    def __init__(self, size: int) -> None:
+        from scipy.special import gammaln
+
+        self.logfact = gammaln(np.arange(size + 2) + 1.0)
+        self._tails: dict[int, np.ndarray] = {}
+
+    def pmf(self, k: np.ndarray, m: np.ndarray) -> np.ndarray:
+        lf = self.logfact
+        return np.exp(lf[m] - lf[k] - lf[m - k] - m * np.log(2.0))
+
+    def tail(self, v: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """P(V >= v) for V ~ Binomial(m, 1/2), any integer v."""
+        out = np.empty(len(v))
+        for mm in np.unique(m):
+            sel = m == mm
+            table = self._tails.get(int(mm))
+            if table is None:
+                k = np.arange(mm + 1)
+                pmf = self.pmf(k, np.full(mm + 1, mm))
+                table = np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]])
+                self._tails[int(mm)] = table
+            out[sel] = table[np.clip(v[sel], 0, mm + 1)]
+        return out
+
+
+def signflip_p(
+    mc: np.ndarray, mo: np.ndarray, xc: np.ndarray, xo: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """One-sided exact p of ``a * X + b * Y >= a * xc + b * xo`` under sign flips, per row.
+
+    ``mc``/``mo``: discordant examples of the target class / of the others; ``xc``/``xo``:
+    (favouring the earlier model) - (favouring the reference) among them; ``a``/``b``: their
+    weights (a > 0, b >= 0). X = 2U - mc, Y = 2V - mo with U ~ Bin(mc, 1/2), V ~ Bin(mo, 1/2).
+    """
+    mc, mo, xc, xo = (np.asarray(v, dtype=np.int64) for v in (mc, mo, xc, xo))
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out = np.ones(len(mc))
+    if not len(mc):
+        return out
+    binom = _Binomial(int(max(mc.max(), mo.max())))
+    # Sum over the variable with fewer values; the other's coefficient must be positive.
+    over_x = (mc <= mo) & (b > 0)
+    for rows, (m_sum, m_tail, x_sum, x_tail, c_sum, c_tail) in (
+        (np.flatnonzero(over_x), (mc, mo, xc, xo, a, b)),
+        (np.flatnonzero(~over_x), (mo, mc, xo, xc, b, a)),
+    ):
+        if not len(rows):
+            continue
+        m1, m2 = m_sum[rows], m_tail[rows]
+        t = c_sum[rows] * x_sum[rows] + c_tail[rows] * x_tail[rows]
+        reps = m1 + 1
+        item = np.repeat(np.arange(len(rows)), reps)
+        u = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        x = 2 * u - m1[item]
+        # P(c_tail * (2V - m2) >= t - c_sum * x)  <=>  V >= ((t - c_sum x) / c_tail + m2) / 2
+        need = ((t[item] - c_sum[rows][item] * x) / c_tail[rows][item] + m2[item]) / 2
+        v = np.ceil(need - _EPS).astype(np.int64)
+        terms = binom.pmf(u, m1[item]) * binom.tail(v, m2[item])
+        out[rows] = np.minimum(1.0, np.bincount(item, weights=terms, minlength=len(rows)))
+    return out
+
+
+def holm(p: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values within each group (step-down, monotone)."""
+    p = np.asarray(p, dtype=float)
+    if not len(p):
+        return p.copy()
+    order = np.lexsort((p, group))
+    g, ps = group[order], p[order]
+    starts = np.r_[True, g[1:] != g[:-1]]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(g)), 0))
+    rank = np.arange(len(g)) - first
+    size = np.bincount(np.cumsum(starts) - 1)[np.cumsum(starts) - 1]
+    scaled = np.minimum(1.0, (size - rank) * ps)
+    adj = pd.Series(scaled).groupby(np.cumsum(starts)).cummax().to_numpy()
+    out = np.empty_like(adj)
+    out[order] = adj
+    return out
+
+
+# --- the stratified paired bootstrap ----------------------------------------------------
+
+
+def unit_seed(seed: int, *parts: object) -> np.random.Generator:
+    """A generator of its own per unit: a unit's interval never depends on other units."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+
+
+def bootstrap_draws(
+    plus: np.ndarray, minus: np.ndarray, sizes: np.ndarray, rng: np.random.Generator, n_boot: int
+) -> np.ndarray:
+    """Resampled (favouring - disfavouring) counts per class, ``n_boot`` x classes.
+
+    Resampling a class's ``sizes[k]`` examples with replacement, the number of draws that
+    land on its discordant examples is Binomial(size, (plus + minus) / size), and of those
+    the number favouring the earlier model Binomial(landed, plus / (plus + minus)).
+    """
+    out = np.zeros((n_boot, len(sizes)), dtype=np.int64)
+    disc = plus + minus
+    for k in np.flatnonzero(disc > 0):
+        landed = rng.binomial(sizes[k], disc[k] / sizes[k], size=n_boot)
+        up = rng.binomial(landed, plus[k] / disc[k])
+        out[:, k] = 2 * up - landed
+    return out
+
+
+def percentile_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+# --- per unit ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Pairs:
+    """Earlier repaired models against their reference's, per class of the test set; row
+    ``i`` is the pair ``keys[i]`` = (run, method, class, epoch)."""
+
+    index: pd.DataFrame  # run, method, repair_class, epoch -> row ("_pair")
+    plus: np.ndarray  # pairs x classes: the earlier model right, the reference wrong
+    minus: np.ndarray  # pairs x classes: the other way round
+    sizes: np.ndarray  # pairs x classes: test examples per class (of the pair's run)
+
+
+def _pairs(rec: pd.DataFrame, examples: Examples, wanted: pd.DataFrame) -> _Pairs:
+    """The pairs of ``wanted`` (run, method, repair_class, epoch, reference_epoch) whose
+    two models both have predictions."""
+    repaired = rec[rec["kind"] == "repaired"]
+    where = repaired[["run", "method", "repair_class", "epoch"]].assign(
+        _row=np.flatnonzero((rec["kind"] == "repaired").to_numpy()),
+        repair_class=repaired["repair_class"].astype("int64"),
+    )
+    on = ["run", "method", "repair_class", "epoch"]
+    w = wanted.merge(where, on=on, how="inner")
+    ref = where.rename(columns={"epoch": "reference_epoch", "_row": "_ref"})
+    w = w.merge(ref, on=["run", "method", "repair_class", "reference_epoch"], how="inner")
+    w = w[examples.has(w["_row"].to_numpy()) & examples.has(w["_ref"].to_numpy())]
+    w = w[w["run"].isin(list(examples.labels))].reset_index(drop=True)
+    width = max(
+        [int(rec["n_classes"].max() or 0)]
+        + [int(v.max()) + 1 for v in examples.labels.values() if len(v)]
+    )
+    plus = np.zeros((len(w), width), dtype=np.int64)
+    minus = np.zeros_like(plus)
+    sizes = np.zeros_like(plus)
+    for run, idx in w.groupby("run", sort=False).indices.items():
+        labels = examples.labels[run]
+        onehot = np.zeros((len(labels), width))
+        onehot[np.arange(len(labels)), labels] = 1.0
+        early = examples.matrix(w["_row"].to_numpy()[idx]) == labels[None, :]
+        late = examples.matrix(w["_ref"].to_numpy()[idx]) == labels[None, :]
+        plus[idx] = ((early & ~late).astype(float) @ onehot).astype(np.int64)
+        minus[idx] = ((~early & late).astype(float) @ onehot).astype(np.int64)
+        sizes[idx] = np.bincount(labels, minlength=width)
+    index = w[on].assign(_pair=np.arange(len(w)))
+    return _Pairs(index, plus, minus, sizes)
+
+
+def noise_columns(
+    sp: pd.DataFrame,
+    qual: pd.DataFrame,
+    records: pd.DataFrame,
+    examples: Examples,
+    *,
+    noise_alpha: float = NOISE_ALPHA,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+) -> pd.DataFrame:
+    """``sp`` (switch points) with NOISE_COLUMNS; empty where predictions are missing."""
+    out = sp.copy()
+    out["n_discordant"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    out["gain_ci_low"] = np.nan
+    out["gain_ci_high"] = np.nan
+    out["p_value"] = np.nan
+    out["beyond_noise"] = pd.array([pd.NA] * len(out), dtype="boolean")
+    live = (out["status"] != INCOMPLETE) & out["reference_epoch"].notna()
+    if not live.any() or not (examples.row_of >= 0).any():
+        return out
+    units = out.loc[live, [*KEYS, "reference_epoch"]]
+    rep = qual[(qual["kind"] == "repaired") & qual["qual"].notna()]
+    cand = rep[[*KEYS, "epoch", "qual"]].merge(units, on=KEYS)
+    cand = cand[cand["epoch"] < cand["reference_epoch"]]
+    cand = cand.assign(reference_epoch=cand["reference_epoch"].astype("int64"))
+    first = cand[cand["alpha"] == cand["alpha"].min()] if len(cand) else cand
+    pairs = _pairs(records, examples, first[[*UNIT, "epoch", "reference_epoch"]])
+    cand = cand.merge(pairs.index, on=[*UNIT, "epoch"], how="left")
+    # A unit is tested only when every earlier checkpoint it compares has predictions.
+    whole = cand["_pair"].notna().groupby([cand[k] for k in KEYS]).transform("all")
+    cand = cand[whole.to_numpy(dtype=bool)].reset_index(drop=True)
+    if cand.empty:
+        return out
+    pair = cand["_pair"].to_numpy(dtype=np.int64)
+    cls = cand["repair_class"].to_numpy(dtype=np.int64)
+    alpha = cand["alpha"].to_numpy(dtype=float)
+    pc, nc = pairs.plus[pair, cls], pairs.minus[pair, cls]
+    po, no = pairs.plus[pair].sum(axis=1) - pc, pairs.minus[pair].sum(axis=1) - nc
+    b = (1 - alpha) / pairs.sizes[pair].sum(axis=1)
+    a = b + alpha / pairs.sizes[pair, cls]
+    p = signflip_p(pc + nc, po + no, pc - nc, po - no, a, b)
+    uid = cand.groupby(KEYS, sort=False).ngroup().to_numpy()
+    cand = cand.assign(p_adj=holm(p, uid), uid=uid, rq=rounded(cand["qual"].to_numpy()), a=a, b=b)
+    best = cand.sort_values(["uid", "rq", "epoch"], ascending=[True, False, True])
+    best = best.drop_duplicates("uid").sort_values([*UNIT, "alpha"])
+    low, high = _intervals(best, pairs, seed, n_boot)
+    disc = pairs.plus + pairs.minus
+    res = best[KEYS].assign(
+        _disc=disc[best["_pair"].to_numpy(dtype=np.int64)].sum(axis=1),
+        _low=low,
+        _high=high,
+        _padj=best["p_adj"].to_numpy(),
+    )
+    merged = out[KEYS].merge(res, on=KEYS, how="left")
+    have = merged["_padj"].notna().to_numpy()
+    out.loc[have, "n_discordant"] = merged.loc[have, "_disc"].astype("int64").to_numpy()
+    out.loc[have, "gain_ci_low"] = merged.loc[have, "_low"].to_numpy()
+    out.loc[have, "gain_ci_high"] = merged.loc[have, "_high"].to_numpy()
+    out.loc[have, "p_value"] = merged.loc[have, "_padj"].to_numpy()
+    beyond = (out["pattern"] == PRE).to_numpy() & (merged["_padj"].to_numpy() < noise_alpha)
+    out.loc[have, "beyond_noise"] = beyond[have]
+    return out
+
+
+def _intervals(
+    best: pd.DataFrame, pairs: _Pairs, seed: int, n_boot: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap CI of each unit's best earlier gain. The alphas of one (run, method,
+    class) that pick the same earlier checkpoint share its resamples (only the weights
+    differ), drawn from a generator seeded by that pair alone."""
+    low, high = np.full(len(best), np.nan), np.full(len(best), np.nan)
+    draws, last = None, None
+    cols = (*UNIT, "epoch", "_pair", "a", "b")
+    for i, (run, m, c, e, j, a, b) in enumerate(
+        zip(*(best[x].tolist() for x in cols), strict=True)
+    ):
+        if (run, m, c, e) != last:
+            rng = unit_seed(seed, run, m, c, e)
+            draws = bootstrap_draws(pairs.plus[j], pairs.minus[j], pairs.sizes[j], rng, n_boot)
+            last = (run, m, c, e)
+        w = np.full(draws.shape[1], b)
+        w[c] = a
+        low[i], high[i] = percentile_ci(draws @ w)
+    return low, high
