@@ -1,0 +1,260 @@
+"""The paired, selection-aware test of early wins, against known answers and synthetic trees
+whose truth is known: the exact sign-flip p against brute enumeration, Holm on hand-worked
+cases, the stratified bootstrap against a plain resampling loop, the seeds a paired test
+needs against a direct power computation; a null tree (no win beyond noise) and an effect
+tree (every win beyond noise)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prediction_tree import PredictedRun, coin_flips, fixed, write_predicted_tree
+from scipy import stats
+
+from orchestrator.analysis import headline, noise
+from orchestrator.analysis import tables as ag
+from orchestrator.analysis.problems import INCONSISTENT
+from orchestrator.results import layout
+from orchestrator.store.file import FileStore
+
+
+def brute_p(mc: int, mo: int, xc: int, xo: int, a: float, b: float) -> float:
+    """P(a X + b Y >= observed) over all 2**(mc + mo) equally likely sign vectors."""
+    t = a * xc + b * xo
+    hits = 0
+    for signs in itertools.product((-1, 1), repeat=mc + mo):
+        s = np.array(signs, dtype=float)
+        hits += a * s[:mc].sum() + b * s[mc:].sum() >= t - 1e-12
+    return hits / 2 ** (mc + mo)
+
+
+def test_signflip_p_equals_brute_enumeration() -> None:
+    rng = np.random.default_rng(7)
+    cases = []
+    for _ in range(150):
+        mc, mo = int(rng.integers(0, 7)), int(rng.integers(0, 8))
+        alpha = float(rng.choice([0.0, 0.2, 0.5, 0.8, 1.0]))
+        n, n_c = int(rng.integers(30, 90)), int(rng.integers(3, 20))
+        b = (1 - alpha) / n
+        a = b + alpha / n_c
+        xc = int(rng.choice([-1, 1], mc).sum()) if mc else 0
+        xo = int(rng.choice([-1, 1], mo).sum()) if mo else 0
+        cases.append((mc, mo, xc, xo, a, b))
+    got = noise.signflip_p(*(np.array(col) for col in zip(*cases, strict=True)))
+    want = [brute_p(*c) for c in cases]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_signflip_p_by_hand() -> None:
+    # No discordant example: the two models are the same on the test set.
+    assert noise.signflip_p([0], [0], [0], [0], [0.1], [0.01])[0] == 1.0
+    # Five class-c examples, all for the earlier model: 1 / 2**5.
+    assert noise.signflip_p([5], [0], [5], [0], [0.1], [0.01])[0] == pytest.approx(1 / 32)
+    # One class-c example for it (weight 3) against two others for the reference (weight 1
+    # each): the difference is +1; of the 8 sign vectors, those >= +1 are (+,+,+), (+,+,-),
+    # (+,-,+), (+,-,-) and (-,+,+) (-3 + 2 = -1 < 1: no) - so 4 of 8.
+    assert noise.signflip_p([1], [2], [1], [-2], [3.0], [1.0])[0] == pytest.approx(4 / 8)
+    # alpha = 1: only class c counts (b = 0), 3 of 3 for the earlier model.
+    assert noise.signflip_p([3], [40], [3], [-40], [0.2], [0.0])[0] == pytest.approx(1 / 8)
+
+
+def test_holm_on_hand_worked_cases() -> None:
+    # Sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(1 x 0.04, 0.06); another group apart.
+    p = np.array([0.01, 0.04, 0.03, 0.5, 0.001, 0.2])
+    group = np.array([0, 0, 0, 1, 1, 2])
+    np.testing.assert_allclose(noise.holm(p, group), [0.03, 0.06, 0.06, 0.5, 0.002, 0.2])
+    # Capped at 1 and monotone: 0.4 x 3 = 1.2 -> 1; 0.45 x 2 = 0.9 -> 1 (step-down max).
+    np.testing.assert_allclose(noise.holm(np.array([0.4, 0.45, 0.9]), np.zeros(3, int)), [1, 1, 1])
+
+
+def plain_bootstrap(d: np.ndarray, labels: np.ndarray, w: np.ndarray, n_boot: int, seed: int):
+    """The stratified paired bootstrap written out: resample each class's examples with
+    replacement and sum their weighted differences."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(n_boot)
+    groups = [np.flatnonzero(labels == k) for k in range(len(w))]
+    for b in range(n_boot):
+        for k, idx in enumerate(groups):
+            out[b] += w[k] * d[rng.choice(idx, size=len(idx))].sum()
+    return out
+
+
+def test_stratified_bootstrap_matches_a_plain_resampling_loop() -> None:
+    labels = np.repeat([0, 1, 2], [6, 9, 5])
+    # per example: +1 earlier right / reference wrong, -1 the other way, 0 agree
+    d = np.array([1, 1, -1, 0, 0, 0] + [1, -1, -1, 0, 0, 0, 0, 0, 0] + [1, 0, 0, 0, 0])
+    plus = np.array([(d[labels == k] == 1).sum() for k in range(3)])
+    minus = np.array([(d[labels == k] == -1).sum() for k in range(3)])
+    sizes = np.bincount(labels)
+    alpha, c = 0.5, 1
+    w = np.full(3, (1 - alpha) / len(labels))
+    w[c] += alpha / sizes[c]
+    n_boot = 20_000
+    ours = noise.bootstrap_draws(plus, minus, sizes, np.random.default_rng(1), n_boot) @ w
+    plain = plain_bootstrap(d, labels, w, n_boot, seed=2)
+    # Same distribution: the gains take few values; their frequencies agree within Monte
+    # Carlo error, and so do the percentile interval and the mean (exact: the observed gain).
+    values = np.union1d(np.round(ours, 12), np.round(plain, 12))
+    f_ours = np.array([(np.round(ours, 12) == v).mean() for v in values])
+    f_plain = np.array([(np.round(plain, 12) == v).mean() for v in values])
+    assert np.abs(f_ours - f_plain).max() < 0.015
+    assert ours.mean() == pytest.approx(w @ (plus - minus), abs=2e-3)
+    step = w.min()  # gains move in steps of at least the smallest weight
+    lo, hi = noise.percentile_ci(ours)
+    plo, phi = noise.percentile_ci(plain)
+    assert abs(lo - plo) <= step + 1e-12 and abs(hi - phi) <= step + 1e-12
+
+
+def direct_power(d: float, n: int, sims: int = 40_000, seed: int = 0) -> float:
+    """Power of a two-sided one-sample t-test at 0.05 by simulation."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(d, 1.0, size=(sims, n))
+    return float((stats.ttest_1samp(x, 0.0, axis=1).pvalue < 0.05).mean())
+
+
+@pytest.mark.parametrize(("d", "textbook"), [(0.5, 34), (0.8, 15), (1.0, 10)])
+def test_seeds_needed_against_a_direct_power_computation(d: float, textbook: int) -> None:
+    z = np.array([-1.2, -0.4, 0.1, 0.5, 1.0])
+    z = (z - z.mean()) / z.std(ddof=1)  # mean 0, SD 1 exactly
+    gains = 0.01 * (d + z)  # observed mean / SD = d
+    n = int(headline.seeds_needed(gains))
+    assert n == textbook  # G*Power's paired t-test table, 80% power, two-sided 0.05
+    assert direct_power(d, n) >= 0.79 and direct_power(d, n - 1) < 0.81
+    assert np.isnan(headline.seeds_needed(np.array([-0.01, -0.02, 0.0])))  # mean <= 0
+    assert np.isnan(headline.seeds_needed(np.array([0.01, 0.01, 0.01])))  # SD 0
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 7])
+def test_the_wilcoxon_floor_is_what_the_exact_test_gives(n: int) -> None:
+    exact = stats.wilcoxon(np.arange(1, n + 1) / 100, method="exact").pvalue
+    assert headline.wilcoxon_floor(n) == pytest.approx(exact)
+    assert (headline.wilcoxon_floor(n) < 0.05) == (n >= 6)
+
+
+# --- trees ---------------------------------------------------------------------------------
+
+PER_CLASS = 50
+LABELS = np.repeat(np.arange(10), PER_CLASS)
+
+
+def reference_model(rng: np.random.Generator, cls: int, wrong_c: int) -> np.ndarray:
+    """Right on 85% of the test set, wrong on ``wrong_c`` of class ``cls``'s examples."""
+    pred = LABELS.copy()
+    wrong = rng.random(len(pred)) < 0.15
+    wrong[cls == LABELS] = False
+    wrong[np.flatnonzero(cls == LABELS)[:wrong_c]] = True
+    pred[wrong] = (LABELS[wrong] + 1) % 10
+    return pred
+
+
+def tree(tmp_path: Path, effect: bool, seeds: int = 6, packed: bool = True) -> FileStore:
+    rng = np.random.default_rng(11 if effect else 5)
+    runs = []
+    for s in range(seeds):
+        repaired, base = {}, {}
+        for cls in (3, 8):
+            ref = reference_model(rng, cls, wrong_c=30)
+            repaired[(10, cls)] = ref
+            # A few random changes (at most 4 examples: even 4 of 4 in its favour, p = 1/16,
+            # is no evidence) against a real effect (25 more class-c images right).
+            repaired[(1, cls)] = coin_flips(ref, LABELS, rng, 4)
+            repaired[(5, cls)] = (
+                fixed(ref, LABELS, cls, 25) if effect else coin_flips(ref, LABELS, rng, 4)
+            )
+            base = {e: ref for e in (1, 5, 10)}
+        runs.append(PredictedRun(f"r{s}", 100 + s, LABELS, 10, base, repaired, packed=packed))
+    store = FileStore(tmp_path / "results")
+    write_predicted_tree(store, "noise", runs)
+    return store
+
+
+@pytest.mark.parametrize("rules", ["text", "notebook"])
+def test_a_null_tree_has_naive_wins_but_none_beyond_noise(tmp_path: Path, rules: str) -> None:
+    agg = ag.aggregate(tree(tmp_path, effect=False), rules=rules)  # type: ignore[arg-type]
+    sp = agg.switch_points
+    assert (sp["pattern"] == ag.PRE).sum() > 0  # the paper's rule finds "early wins"
+    assert sp["beyond_noise"].notna().all() and not sp["beyond_noise"].any()
+    assert (sp["p_value"] >= 0.05).all() and (sp["n_discordant"] <= 8).all()
+    assert (sp["gain_ci_low"] <= sp["earlier_gain"] + 1e-12).all()
+    assert (agg.patterns["pre_beyond_noise"] == 0).all()
+    assert agg.problems.empty
+
+
+def test_an_effect_tree_has_every_unit_beyond_noise(tmp_path: Path) -> None:
+    agg = ag.aggregate(tree(tmp_path, effect=True))
+    sp = agg.switch_points
+    assert (sp["pattern"] == ag.PRE).all() and (sp["best_epoch"] == 5).all()
+    assert sp["beyond_noise"].all() and (sp["p_value"] < 1e-6).all()
+    # the gain's interval lies above zero and holds the observed gain
+    assert (sp["gain_ci_low"] > 0).all()
+    assert ((sp["gain_ci_low"] <= sp["gain"]) & (sp["gain"] <= sp["gain_ci_high"])).all()
+    top = agg.patterns[agg.patterns["scope"] == "dataset"]
+    assert (top["pre_beyond_noise"] == top["pre-convergence"]).all()
+    assert (top["n_compared_min"] == 3).all() and (top["n_compared_max"] == 3).all()
+    head = agg.headline
+    assert (head["k_beyond_noise"] == 6).all() and (head["n"] == 6).all()
+    assert head["seed_ci_low"].notna().all()  # six seeds: an interval is given
+    assert "6 seeds" in agg.sentences[0] and "beyond test-set noise" in agg.sentences[0]
+    assert "across seeds, the mean gain's 95% CI excludes zero" in agg.sentences[0]
+
+
+def test_packed_and_single_files_give_the_same_tests(tmp_path: Path) -> None:
+    a = ag.aggregate(tree(tmp_path / "a", effect=True, seeds=2, packed=True))
+    b = ag.aggregate(tree(tmp_path / "b", effect=True, seeds=2, packed=False))
+    assert a.loaded.packed_runs == 2 and b.loaded.packed_runs == 0
+    cols = [*noise.NOISE_COLUMNS, "earlier_gain"]
+    assert a.switch_points[cols].equals(b.switch_points[cols])
+
+
+def test_the_bootstrap_is_seeded(tmp_path: Path) -> None:
+    store = tree(tmp_path, effect=True, seeds=2)
+    cols = ["gain_ci_low", "gain_ci_high"]
+    one, two = ag.aggregate(store), ag.aggregate(store)
+    assert one.switch_points[cols].equals(two.switch_points[cols])
+    # The resamples come from a generator of the unit's own, seeded by --bootstrap-seed
+    # (the interval itself lies on a coarse grid here, so it may not move with the seed).
+    plus, minus, sizes = np.array([3, 5]), np.array([2, 1]), np.array([40, 60])
+
+    def draws(seed: int) -> np.ndarray:
+        rng = noise.unit_seed(seed, "r0", "arachne", 3, 5)
+        return noise.bootstrap_draws(plus, minus, sizes, rng, 500)
+
+    assert np.array_equal(draws(0), draws(0)) and not np.array_equal(draws(0), draws(9))
+
+
+def test_predictions_that_contradict_their_record_are_a_problem(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    ref = reference_model(rng, 3, 20)
+    run = PredictedRun(
+        "r0",
+        1,
+        LABELS,
+        10,
+        {e: ref for e in (1, 5, 10)},
+        {(e, 3): coin_flips(ref, LABELS, rng, 4) for e in (1, 5, 10)},
+        tamper={(5, 3): 0.002},  # one test image = 0.002 on 500
+    )
+    store = FileStore(tmp_path / "results")
+    write_predicted_tree(store, "bad", [run])
+    agg = ag.aggregate(store)
+    bad = agg.problems[agg.problems["kind"] == INCONSISTENT]
+    assert bad["key"].tolist() == ["bad/r0/" + layout.repair_metrics("", "r0", 5, 3)[4:]]
+    assert "predictions.npy gives accuracy" in bad["detail"].iloc[0]
+    rec = agg.loaded.records
+    assert not ((rec["kind"] == "repaired") & (rec["epoch"] == 5)).any()  # never a result
+
+
+def test_a_tree_without_predictions_still_aggregates(tmp_path: Path) -> None:
+    store = tree(tmp_path, effect=True, seeds=2, packed=False)
+    for p in (tmp_path / "results").rglob("*.npy"):
+        p.unlink()
+    agg = ag.aggregate(store)
+    sp = agg.switch_points
+    assert (sp["pattern"] == ag.PRE).all()  # the paper's counts as before
+    assert sp["beyond_noise"].isna().all() and sp["p_value"].isna().all()
+    assert (agg.headline["n_tested"] == 0).all()
+    assert "none testable against test-set noise" in agg.sentences[0]
+    assert agg.problems.empty
