@@ -219,17 +219,27 @@ def fig4(
 # --- seed-aggregated figures, per (dataset, model, class) -------------------------------
 
 
-def _bands(d: pd.DataFrame, value: str, by: list[str], seed: int) -> pd.DataFrame:
-    """Mean and 95% bootstrap band over seeds of ``value`` per ``by`` (+ epoch)."""
-    groups = list(d.groupby([*by, "epoch"], sort=True, dropna=False))
+def _bands(d: pd.DataFrame, value: str, by: list[str], seed: int, x: str = "epoch") -> pd.DataFrame:
+    """Mean and 95% bootstrap band over seeds of ``value`` per ``by`` (+ ``x``); the band
+    only where at least ``stats.MIN_SEEDS_FOR_CI`` seeds are averaged."""
+    groups = list(d.groupby([*by, x], sort=True, dropna=False))
     cis = stats.mean_cis([g[value].to_numpy(dtype=float) for _, g in groups], seed)
     rows = [(*k, len(g), *ci) for (k, g), ci in zip(groups, cis, strict=True)]
-    return pd.DataFrame(rows, columns=[*by, "epoch", "n", "mean", "low", "high"])
+    out = pd.DataFrame(rows, columns=[*by, "epoch", "n", "mean", "low", "high"])
+    thin = out["n"] < stats.MIN_SEEDS_FOR_CI
+    out.loc[thin, ["low", "high"]] = np.nan
+    return out
 
 
 def _band(ax: Any, b: pd.DataFrame, colour: str, label: str, style: str = "-") -> None:
+    """The mean over seeds as a line where it averages two or more; a point of one seed
+    alone is drawn hollow and unjoined (it is no mean)."""
     b = b.sort_values("epoch")
-    ax.plot(b["epoch"], b["mean"], style, marker="o", ms=3.5, color=colour, label=label)
+    many = b[b["n"] >= 2]
+    ax.plot(many["epoch"], many["mean"], style, marker="o", ms=3.5, color=colour, label=label)
+    one = b[b["n"] < 2]
+    if len(one):
+        ax.plot(one["epoch"], one["mean"], "o", ms=4, mfc="none", color=colour, linestyle="")
     ok = b["low"].notna()
     ax.fill_between(
         b["epoch"][ok], b["low"][ok], b["high"][ok], color=colour, alpha=0.18, linewidth=0
@@ -296,7 +306,7 @@ def seeds_figure(
         axes[0].set_ylabel(f"Qual(α, {cls}) (%)" if row == 0 else "zoom (%)")
     handles, _ = grid[0][0].get_legend_handles_labels()
     handles += [
-        Patch(color="#888", alpha=0.3, label="95% bootstrap CI over seeds"),
+        Patch(color="#888", alpha=0.3, label=f"95% CI over seeds (n ≥ {stats.MIN_SEEDS_FOR_CI})"),
         Line2D(
             [],
             [],
@@ -306,6 +316,63 @@ def seeds_figure(
             markersize=10,
             label="a seed's convergence epoch",
         ),
+    ]
+    fig.legend(
+        handles=handles, fontsize=7, loc="lower center", ncols=min(len(handles), 4), frameon=False
+    )
+    return save(fig, path)
+
+
+def aligned_figure(
+    q: pd.DataFrame, dataset: str, model: str, cls: int, path: Path, seed: int = 0
+) -> Path:
+    """Mean Qual over seeds per alpha with every seed's epochs shifted so that its own
+    convergence epoch is 0 (x = epoch - convergence): seeds converge at different epochs, so
+    "two epochs before convergence" is a different checkpoint epoch per seed. The number of
+    seeds behind each point is printed under it; a point of one seed is drawn hollow."""
+    d = q[(q["dataset"] == dataset) & (q["model"] == model) & (q["repair_class"] == cls)]
+    d = d[d["qual"].notna() & d["convergence_epoch"].notna()]
+    d = d.assign(
+        pct=100 * d["qual"],
+        rel=d["epoch"].astype("int64") - d["convergence_epoch"].astype("int64"),
+    )
+    alphas = sorted(d["alpha"].unique())
+    methods = sorted(d["method"].dropna().unique())
+    colours = method_colours(methods)
+    title = (
+        f"{dataset} / {model}, class {cls}: Qual against epochs from each seed's convergence,"
+        f" mean of {d['seed'].nunique()} seed(s)"
+    )
+    fig, axes = _panels(alphas, title)
+    rep = _bands(d[d["kind"] == "repaired"], "pct", ["method", "alpha"], seed, x="rel")
+    base = _bands(d[d["kind"] == "base"], "pct", ["alpha"], seed, x="rel")
+    for ax, alpha in zip(axes, alphas, strict=False):
+        _band(ax, base[base["alpha"] == alpha], UNREPAIRED_COLOUR, "unrepaired", "--")
+        for m in methods:
+            _band(ax, rep[(rep["method"] == m) & (rep["alpha"] == alpha)], colours[m], m)
+        ax.axvline(0, color="#333", linewidth=0.8, linestyle=":")
+        counts = rep[rep["alpha"] == alpha].groupby("epoch")["n"].max()
+        for x, n in counts.items():
+            ax.annotate(
+                f"{n}",
+                (x, 0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                fontsize=6,
+                color="#555",
+            )
+        integer_epochs(ax)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"α = {alpha:g}", fontsize=9)
+        ax.set_xlabel("epochs from own convergence", fontsize=8)
+    axes[0].set_ylabel(f"Qual(α, {cls}) (%)")
+    handles, _ = axes[0].get_legend_handles_labels()
+    handles += [
+        Patch(color="#888", alpha=0.3, label=f"95% CI over seeds (n ≥ {stats.MIN_SEEDS_FOR_CI})"),
+        Line2D([], [], marker="o", mfc="none", linestyle="", color="#333", label="one seed"),
+        Line2D([], [], linestyle="", label="small numbers: seeds per point"),
     ]
     fig.legend(
         handles=handles, fontsize=7, loc="lower center", ncols=min(len(handles), 4), frameon=False

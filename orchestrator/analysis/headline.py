@@ -44,9 +44,7 @@ HEADLINE_COLUMNS = [
     "n_resamples",
     "text",
 ]
-# Below this many seeds a percentile bootstrap over seeds is little more than their range:
-# no interval is given, and no sentence claims an effect "across seeds".
-MIN_SEEDS_FOR_CI = 5
+MIN_SEEDS_FOR_CI = stats.MIN_SEEDS_FOR_CI
 LEVEL = 0.05  # of the Wilcoxon test and of the power computation behind seeds_needed
 POWER = 0.8
 MAX_SEEDS_NEEDED = 10_000

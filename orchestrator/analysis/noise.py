@@ -40,6 +40,11 @@ from orchestrator.analysis.tables import KEYS, PRE, UNIT, rounded
 
 NOISE_ALPHA = 0.05
 N_BOOT = 9999
+MIN_BOOT = 999
+# Resampled class counts per aggregation (resamples x classes with a discordant example,
+# summed over the pairs resampled) before fewer resamples are drawn: a sweep of 100,000
+# records has 30,000 units, and the draws are what costs.
+BOOT_BUDGET = 20_000_000
 CONFIDENCE = 0.95
 NOISE_COLUMNS = ["n_discordant", "gain_ci_low", "gain_ci_high", "p_value", "beyond_noise"]
 NOTE_NO_PREDICTIONS = (
@@ -156,10 +161,11 @@ def bootstrap_draws(
     """
     out = np.zeros((n_boot, len(sizes)), dtype=np.int64)
     disc = plus + minus
-    for k in np.flatnonzero(disc > 0):
-        landed = rng.binomial(sizes[k], disc[k] / sizes[k], size=n_boot)
-        up = rng.binomial(landed, plus[k] / disc[k])
-        out[:, k] = 2 * up - landed
+    ks = np.flatnonzero(disc > 0)
+    if len(ks):
+        landed = rng.binomial(sizes[ks], disc[ks] / sizes[ks], size=(n_boot, len(ks)))
+        up = rng.binomial(landed, plus[ks] / disc[ks])
+        out[:, ks] = 2 * up - landed
     return out
 
 
@@ -281,6 +287,15 @@ def noise_columns(
     return out
 
 
+def resamples(classes: int, n_boot: int = N_BOOT) -> int:
+    """Bootstrap resamples per pair when ``classes`` class strata (with a discordant
+    example, over every pair) are resampled: ``n_boot``, fewer for very large sweeps
+    (``BOOT_BUDGET``), never under ``MIN_BOOT``."""
+    if classes <= 0:
+        return n_boot
+    return int(min(n_boot, max(MIN_BOOT, BOOT_BUDGET // classes)))
+
+
 def _intervals(
     best: pd.DataFrame, pairs: _Pairs, seed: int, n_boot: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -288,6 +303,8 @@ def _intervals(
     class) that pick the same earlier checkpoint share its resamples (only the weights
     differ), drawn from a generator seeded by that pair alone."""
     low, high = np.full(len(best), np.nan), np.full(len(best), np.nan)
+    used = best.drop_duplicates([*UNIT, "epoch"])["_pair"].to_numpy(dtype=np.int64)
+    n_boot = resamples(int(((pairs.plus + pairs.minus)[used] > 0).sum()), n_boot)
     draws, last = None, None
     cols = (*UNIT, "epoch", "_pair", "a", "b")
     for i, (run, m, c, e, j, a, b) in enumerate(

@@ -476,24 +476,26 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
 
     doc.h("Qual over epochs, aggregated over seeds")
     doc.p(
-        "Mean over seeds per checkpoint epoch with a 95% bootstrap band, for the unrepaired"
-        " model (dashed) and each repair method; ticks on the epoch axis are the seeds'"
-        " convergence epochs (they differ per seed, so a checkpoint epoch may hold fewer seeds)."
+        "Mean over seeds per checkpoint epoch for the unrepaired model (dashed) and each"
+        f" repair method, with a 95% bootstrap band where at least {MIN_SEEDS_FOR_CI} seeds are"
+        " averaged; a point of a single seed is hollow and not joined (it is no mean). Ticks"
+        " on the epoch axis are the seeds' convergence epochs. Seeds converge at different"
+        " epochs, so the second figure of each pair aligns them: x = epoch - that seed's"
+        " convergence epoch, with the number of seeds behind each point under it."
     )
-    seed_figs = [
-        (
-            fg.seeds_figure(
-                q,
-                d,
-                m,
-                c,
-                figdir / f"seeds_{_safe(d)}_{_safe(m)}_class{c}.png",
-                agg.bootstrap_seed,
+    seed_figs = []
+    for d, m, c in shown:
+        stem = f"{_safe(d)}_{_safe(m)}_class{c}"
+        seed_figs += [
+            (
+                fg.seeds_figure(q, d, m, c, figdir / f"seeds_{stem}.png", agg.bootstrap_seed),
+                f"Qual over epochs, mean of seeds - {d} / {m}, class {c}",
             ),
-            f"Qual over epochs, mean of seeds - {d} / {m}, class {c}",
-        )
-        for d, m, c in shown
-    ]
+            (
+                fg.aligned_figure(q, d, m, c, figdir / f"aligned_{stem}.png", agg.bootstrap_seed),
+                f"Qual against epochs from each seed's convergence - {d} / {m}, class {c}",
+            ),
+        ]
     if seed_figs:
         doc.images(seed_figs)
     if capped_note:

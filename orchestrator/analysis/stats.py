@@ -21,6 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 
 N_RESAMPLES = 9999
+# Below this many seeds a percentile bootstrap over seeds is little more than their range:
+# neither tables nor figures show an interval over seeds, and no sentence claims an effect
+# "across seeds".
+MIN_SEEDS_FOR_CI = 5
 MIN_RESAMPLES = 999
 CONFIDENCE = 0.95
 # Resampled values per call (resamples x values) before fewer resamples are drawn.

@@ -9,7 +9,11 @@ the same tables, and times the figures and report as well.
 
 Tree: runs x 8 checkpoints x (base + 4 repaired classes) = 40 records per run (2,500 runs
 for 100,000 records), each run with run.json, train/summary.json, _SUCCESS and the
-records.arrow the trainer writes when it finishes. Files are written plainly (no fsync per
+records.arrow the trainer writes when it finishes. Every record has its predictions.npy
+(360 test examples, 36 per class, as digits' test split; each model right on the easiest
+k_c examples of class c, so that its metrics are exactly those the predictions give) and
+each run its test_labels.npy, unless ``--no-predictions`` (a tree as written before they
+were stored: the per-example tests are then skipped). Files are written plainly (no fsync per
 file as the trainer's atomic writes do): this measures the aggregator, not the disk. The
 S3 server gets the same tree loaded straight into its backend (uploading 110,000 objects
 over HTTP would take minutes and measure nothing of interest).
@@ -48,6 +52,7 @@ from orchestrator.analysis import load as loading  # noqa: E402
 from orchestrator.analysis import output, report  # noqa: E402
 from orchestrator.analysis import tables as ag  # noqa: E402
 from orchestrator.results import layout  # noqa: E402
+from orchestrator.results import predictions as predicted  # noqa: E402
 from orchestrator.results.records import (  # noqa: E402
     MetricsRecord,
     RunInfo,
@@ -65,9 +70,16 @@ BUCKET = "bench"
 FRAMES = ("quality", "switch_points", "patterns", "effects", "methods", "headline", "problems")
 
 
-def generate(root: Path, n_records: int, seed: int = 0) -> tuple[int, int]:
+N_PER_CLASS = 36
+
+
+def generate(
+    root: Path, n_records: int, seed: int = 0, predictions: bool = True
+) -> tuple[int, int]:
     """The tree described above; returns (records, runs)."""
     rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), N_PER_CLASS)
+    labels_npy = predicted.dump(labels, 10)
     per_run = len(EPOCHS) * (1 + len(CLASSES))
     n_runs = -(-n_records // per_run)
     written = 0
@@ -107,12 +119,22 @@ def generate(root: Path, n_records: int, seed: int = 0) -> tuple[int, int]:
         files["train/summary.json"] = put_json(
             layout.summary_json(SWEEP, run), summary.model_dump(mode="json")
         )
-        records, keys = [], []
+        records, keys, vectors = [], [], []
+        # How easy each test example is for this run's models: a model right on k_c
+        # examples of class c is right on the k_c easiest.
+        rank = np.empty(len(labels), dtype=np.int64)
+        for c in range(10):
+            rank[labels == c] = rng.permutation(N_PER_CLASS)
+        if predictions:
+            put(layout.test_labels(SWEEP, run), labels_npy)
         for epoch in epochs:
             for cls in (None, *CLASSES):
                 if written >= n_records:
                     break
-                acc = rng.uniform(0.5, 1.0, size=10).round(4).tolist()
+                k = rng.integers(N_PER_CLASS // 2, N_PER_CLASS + 1, size=10)
+                right = rank < k[labels]
+                pred = np.where(right, labels, (labels + 1) % 10)
+                acc = (k / N_PER_CLASS).tolist()
                 rec = MetricsRecord(
                     sweep=SWEEP,
                     run=run,
@@ -124,7 +146,7 @@ def generate(root: Path, n_records: int, seed: int = 0) -> tuple[int, int]:
                     kind="base" if cls is None else "repaired",
                     repair_class=cls,
                     method=None if cls is None else "arachne",
-                    accuracy=float(np.mean(acc)),
+                    accuracy=float(right.mean()),
                     per_class_accuracy=acc,
                     f1_macro=0.8,
                     recall_macro=0.8,
@@ -145,10 +167,14 @@ def generate(root: Path, n_records: int, seed: int = 0) -> tuple[int, int]:
                     else layout.repair_metrics(SWEEP, run, epoch, cls)
                 )
                 put_json(key, rec)
+                if predictions:
+                    put(layout.predictions(key), predicted.dump(pred, 10))
+                vectors.append(pred if predictions else None)
                 records.append(rec)
                 keys.append(key[len(layout.run_prefix(SWEEP, run)) + 1 :])
                 written += 1
-        put(layout.records(SWEEP, run), dump_run_records(records, keys, files))
+        packed = dump_run_records(records, keys, files, vectors, labels if predictions else None)
+        put(layout.records(SWEEP, run), packed)
         put(layout.success(SWEEP, run), b"")
     return written, n_runs
 
@@ -239,6 +265,9 @@ def main() -> None:
     parser.add_argument("--no-s3-per-file", action="store_true", help="skip the slowest run")
     parser.add_argument("--keep", type=Path, help="write the tree and report here and keep them")
     parser.add_argument(
+        "--no-predictions", action="store_true", help="a tree without per-example predictions"
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="with --keep: use the tree a previous run left"
     )
     args = parser.parse_args()
@@ -257,7 +286,9 @@ def main() -> None:
         if reuse:
             t_gen, (n, n_runs) = 0.0, tuple(json.loads((work / "tree.json").read_text()))
         else:
-            t_gen, (n, n_runs) = timed(lambda: generate(tree, args.records))
+            t_gen, (n, n_runs) = timed(
+                lambda: generate(tree, args.records, predictions=not args.no_predictions)
+            )
             (work / "tree.json").write_text(json.dumps([n, n_runs]))
         print(
             f"cores {os.cpu_count()}; {n:,} records in {n_runs:,} runs (40 per run), each"
