@@ -53,6 +53,7 @@ from trainer_image.readiness import build as build_readiness
 from trainer_image.repair import method_for
 from trainer_image.repair.base import (
     RepairMethod,
+    RepairTask,
     TargetSplit,
     apply_patch,
     repair_seed,
@@ -491,7 +492,8 @@ def repair_step(
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
-        result = method(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, job.device)
+        task = RepairTask(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, seed, job.device)
+        result = method(task, cfg)
         with torch.no_grad():
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)
         record = metrics_record(

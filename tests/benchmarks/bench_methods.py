@@ -60,7 +60,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
     import importlib
 
     import orchestrator.spec as spec
-    from trainer_image.repair.base import TargetSplit
+    from trainer_image.repair.base import RepairTask, TargetSplit
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -82,7 +82,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             feats = features()
-            res = repair(model.head, feats, labels, split, TARGET, cfg, seed=1, device=device)
+            res = repair(RepairTask(model.head, feats, labels, split, TARGET, 1, device), cfg)
             times.append(time.perf_counter() - t0)
             del feats
     else:
@@ -91,7 +91,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
         before = start_phase(device)
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            res = repair(head, feats, labels, split, TARGET, cfg, seed=1, device=device)
+            res = repair(RepairTask(head, feats, labels, split, TARGET, 1, device), cfg)
             times.append(time.perf_counter() - t0)
     out["seconds"] = min(times)
     if device.type == "cuda":

@@ -85,7 +85,7 @@ def plain_bootstrap(d: np.ndarray, labels: np.ndarray, w: np.ndarray, n_boot: in
 def test_stratified_bootstrap_matches_a_plain_resampling_loop() -> None:
     labels = np.repeat([0, 1, 2], [6, 9, 5])
     # per example: +1 earlier right / reference wrong, -1 the other way, 0 agree
-    d = np.array([1, 1, -1, 0, 0, 0] + [1, -1, -1, 0, 0, 0, 0, 0, 0] + [1, 0, 0, 0, 0])
+    d = np.array([*(1, 1, -1, 0, 0, 0), *(1, -1, -1, 0, 0, 0, 0, 0, 0), *(1, 0, 0, 0, 0)])
     plus = np.array([(d[labels == k] == 1).sum() for k in range(3)])
     minus = np.array([(d[labels == k] == -1).sum() for k in range(3)])
     sizes = np.bincount(labels)
