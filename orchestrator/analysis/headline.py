@@ -240,9 +240,21 @@ def _dataset_sentence(
         noise = f", {kb} of them beyond test-set noise ({test}; {tested} of {n} cases testable)"
     else:
         noise = " (none testable against test-set noise: no per-example predictions)"
+    if k == 0:
+        return (
+            f"{lead}{noise}: repairing at {ref} was never beaten - repair the model at {ref};"
+            f" the best repaired model beat the unrepaired model at convergence in {beat} of"
+            f" {n}."
+        )
+    wins = f"{harm} of the {k} wins came where the repair at {ref} had made the model worse"
+    if harm * 2 >= k:
+        wins += (
+            f" - so most of these early-repair wins show the repair damaging the model at"
+            f" {ref}; check the repair itself before switching earlier"
+        )
     parts = [
         f"{lead}{noise}",
-        f"{harm} of the {k} wins came where the repair at {ref} had made the model worse",
+        wins,
         f"the best repaired model beat the unrepaired model at convergence in {beat} of {n}",
     ]
     consistent = h[(h["seed_ci_low"] > 0) & (h["n"] >= MIN_SEEDS_FOR_CI)]

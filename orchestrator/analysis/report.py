@@ -774,24 +774,25 @@ def terminal_summary(agg: ag.Aggregation, max_rows: int = 30) -> list[Any]:
         out.append(table)
         if len(head) > max_rows:
             out.append(Text(f"(first {max_rows} of {len(head)} groups; see headline.csv)"))
+    # Table 1 as one line per (dataset, method, alpha): a table of nine columns would cut
+    # its headers short on an 80-column terminal.
     names = ag.pattern_names(agg.rules, agg.after_convergence)
-    t1 = Table(title=f"Table 1 - sweep {agg.sweep} (runs x classes per pattern)")
-    for col in ("dataset", "method", "α", *names, "pre beyond noise", "compared", "incomplete"):
-        t1.add_column(col, justify="left" if col in ("dataset", "method") else "right")
+    out.append(Text(f"Table 1 - sweep {agg.sweep} (runs x classes per pattern)", style="bold"))
     top = agg.patterns[agg.patterns["scope"] == "dataset"]
     for r in top.to_dict("records"):
-        counts = [str(r[n]) for n in names]
-        noise = f"{r['pre_beyond_noise']}" if r["tested"] else "n/a"
-        t1.add_row(
-            str(r["dataset"]),
-            str(r["method"]),
-            f"{r['alpha']:g}",
-            *counts,
-            noise,
-            _compared(r),
-            str(r["incomplete"]),
+        noise = (
+            f" ({r['pre_beyond_noise']} beyond noise)"
+            if r["tested"]
+            else " (not testable: no predictions)"
         )
-    out.append(t1)
+        counts = ", ".join(f"{n} {r[n]}{noise if n == ag.PRE else ''}" for n in names)
+        out.append(
+            Text(
+                f"  {r['dataset']} / {r['method']}, α={r['alpha']:g}: {counts};"
+                f" compared {r['compared']} ({_compared(r)} checkpoints each),"
+                f" incomplete {r['incomplete']}"
+            )
+        )
     return out
 
 

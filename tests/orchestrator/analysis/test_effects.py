@@ -11,7 +11,7 @@ import pytest
 from aggregate_tree import RunTree, write_tree
 from stats_reference import exact_bootstrap_quantile, exact_wilcoxon_p
 
-from orchestrator.analysis import stats
+from orchestrator.analysis import headline, stats
 from orchestrator.analysis import tables as ag
 from orchestrator.store.file import FileStore
 
@@ -72,25 +72,52 @@ def test_switch_point_harm_flags(agg: ag.Aggregation) -> None:
     assert sp["base_reference_qual"].tolist() == pytest.approx([0.88, 0.80, 0.84, 0.90])
 
 
-def test_headline_counts_ci_and_wilcoxon(agg: ag.Aggregation) -> None:
+def test_headline_counts_range_and_wilcoxon_without_an_interval_below_five_seeds(
+    agg: ag.Aggregation,
+) -> None:
     assert len(agg.headline) == 1
     h = agg.headline.iloc[0]
     assert (h["n"], h["k"], h["harm_wins"], h["beat_unrepaired"]) == (4, 3, 3, 2)
+    assert h["best_beats_unrepaired"] == 3  # 0.90 > 0.88, 0.82 > 0.80, 0.86 > 0.84
     assert h["mean_gain"] == pytest.approx(np.mean(D))
-    assert (h["gain_low"], h["gain_high"]) == stats.mean_ci(D, seed=7)[1:]
-    assert exact_bootstrap_quantile(D, 0.015) <= h["gain_low"] <= exact_bootstrap_quantile(D, 0.035)
+    assert (h["seed_min"], h["seed_max"]) == pytest.approx((-0.02, 0.05))
+    assert np.isnan(h["seed_ci_low"]) and np.isnan(h["seed_ci_high"])  # 4 seeds: no interval
     assert h["wilcoxon_p"] == pytest.approx(exact_wilcoxon_p(D)) == pytest.approx(0.375)
-    assert h["wilcoxon_n"] == 4 and h["n_gain"] == 4
+    assert h["wilcoxon_n"] == 4 and "cannot go below 0.12" in h["wilcoxon_note"]
+    assert h["seeds_needed"] == headline.seeds_needed(np.array(D))
     assert h["mean_offset"] == pytest.approx(-3.75)  # -5, 0, -5, -5
-    assert "in 3 of 4 seeds (3 of them where the repair at convergence had hurt" in h["text"]
-    assert "mean gain +1.75 pp" in h["text"] and "p = 0.38 (n = 4" in h["text"]
+    assert np.isnan(h["offset_low"])
+    assert h["n_tested"] == 0 and h["k_beyond_noise"] == 0  # no predictions in this tree
+    assert "in 3 of 4 seeds (3 where the repair at convergence had hurt" in h["text"]
+    assert "mean gain +1.75 pp (per seed -2.00 pp to +5.00 pp, n = 4)" in h["text"]
+    assert "p = 0.38 (n = 4; with 4 non-zero differences p cannot go below" in h["text"]
+
+
+def test_headline_interval_from_five_seeds(tmp_path: Path) -> None:
+    SEEDS[5] = (0.84, 0.80, 0.80)  # pre, +0.04
+    try:
+        store = FileStore(tmp_path / "results")
+        write_tree(store, "eff", [seed_run(s) for s in SEEDS])
+        agg = ag.aggregate(store, alphas=(0.5,), bootstrap_seed=7)
+    finally:
+        del SEEDS[5]
+    d5 = [*D, 0.04]
+    h = agg.headline.iloc[0]
+    assert (h["seed_ci_low"], h["seed_ci_high"]) == stats.mean_ci(d5, seed=7)[1:]
+    low = h["seed_ci_low"]
+    assert exact_bootstrap_quantile(d5, 0.015) <= low <= exact_bootstrap_quantile(d5, 0.035)
+    assert "95% CI [" in h["text"] and "n = 5" in h["text"]
+    assert h["wilcoxon_note"] == "with 5 non-zero differences p cannot go below 0.062"
 
 
 def test_dataset_sentence_says_the_wins_are_mostly_harm(agg: ag.Aggregation) -> None:
     (sentence,) = agg.sentences
-    assert sentence.startswith("toy: over 4 cases (4 seed(s) x 1 class(es) x 1 α)")
-    assert "beat repairing at convergence in 3, but in 3 of those 3" in sentence
-    assert "only 2 of the 3 earlier repairs beat the unrepaired model" in sentence
+    assert sentence.startswith("toy, 4 cases (4 seeds x 1 class x 1 α)")
+    assert "beat repairing at convergence in 3 (none testable against test-set noise" in sentence
+    assert "3 of the 3 wins came where the repair at convergence had made the model worse"
+    assert "most of these early-repair wins show the repair damaging the model" in sentence
+    assert "beat the unrepaired model at convergence in 3 of 4" in sentence
+    assert "with 4 seeds no claim across seeds is made (that needs at least 5)" in sentence
 
 
 def test_sentence_without_harm_and_without_wins(tmp_path: Path) -> None:
@@ -106,11 +133,11 @@ def test_sentence_without_harm_and_without_wins(tmp_path: Path) -> None:
     write_tree(store, "eff", runs)
     agg = ag.aggregate(store, alphas=(0.5,))
     clean, late = agg.sentences
-    assert clean.startswith("clean: over 3 cases") and "in 2 (0 of them with a harmful" in clean
-    assert late.endswith("was never beaten - repair the model at convergence.")
+    assert clean.startswith("clean, 3 cases") and "0 of the 2 wins came where" in clean
+    assert "was never beaten - repair the model at convergence" in late
     (row,) = agg.headline[agg.headline["dataset"] == "late"].itertuples()
-    assert np.isnan(row.gain_low) and "no CI with n < 2" in row.text  # one seed
-    assert "n too small" in row.text
+    assert np.isnan(row.seed_ci_low) and "n = 1)" in row.text  # one seed
+    assert "no test" in row.text
 
 
 def test_methods_side_by_side(tmp_path: Path) -> None:
@@ -152,7 +179,7 @@ def test_methods_side_by_side(tmp_path: Path) -> None:
         "seconds",
     ]
     assert len(agg.sentences) == 2  # one per (dataset, method) when there are several
-    assert agg.sentences[1].startswith("toy (other):")
+    assert agg.sentences[1].startswith("toy (other), 4 cases")
     per_epoch = agg.methods[agg.methods["checkpoint"] != "convergence"]
     assert sorted(per_epoch["checkpoint"].unique(), key=int) == ["1", "5", "10"]
     assert isinstance(agg.effects, pd.DataFrame) and len(agg.effects) == 2 * 4 * 3

@@ -142,7 +142,17 @@ def test_include_mode_adds_after_convergence_pattern(tmp_path: Path) -> None:
         assert r["n_compared"] == 4
         assert sp_row(agg, run, 8, alpha)["pattern"] == ag.PRE
     top = agg.patterns[agg.patterns.scope == "dataset"]
-    assert list(top.columns[6:]) == [ag.PRE, ag.POST, ag.AFTER, "compared", "incomplete"]
+    assert list(top.columns[6:]) == [
+        ag.PRE,
+        ag.POST,
+        ag.AFTER,
+        "compared",
+        "incomplete",
+        "pre_beyond_noise",
+        "tested",
+        "n_compared_min",
+        "n_compared_max",
+    ]
     assert top[ag.AFTER].tolist() == [1, 1, 1] and top[ag.PRE].tolist() == [1, 1, 1]
     # exclude mode has no after-convergence column at all
     plain = ag.aggregate(FileStore(tmp_path / "results"))

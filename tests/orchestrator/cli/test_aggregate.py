@@ -62,7 +62,7 @@ def test_aggregate_writes_every_output_and_prints_the_folder(cli, tree: Path, tm
         assert (out / "figures" / f"fig4_{run}_class3.png").is_file()
     assert "Table 1" in r.err and "pre-convergence" in r.err
     assert "Headline - sweep sw (rules: text)" in r.err
-    assert "digits: over 9 cases (3 seed(s) x 1 class(es) x 3 α)" in " ".join(r.err.split())
+    assert "digits, 9 cases (3 seeds x 1 class x 3 α)" in " ".join(r.err.split())
     table = pd.read_csv(out / "patterns.csv")
     top = table[table.scope == "dataset"]
     assert top["pre-convergence"].tolist() == [1, 1, 1]
