@@ -686,7 +686,8 @@ FILES = [
     " class, α) `n` and the mean with 95% CI (`_ci_low`/`_ci_high`) of `regret`, `gain`,"
     " `epochs_saved`; `readiness_runs.csv`: the same per run, with `fired_epoch`,"
     " `policy_epoch`, `oracle_epoch`, `convergence_epoch` and the three Quals.",
-    "`figures/`: `effect_*.png`, `seeds_*.png` per (dataset, model, class), `table1.png`,"
+    "`figures/`: `effect_*.png`, `seeds_*.png`, `aligned_*.png` per (dataset, model, class),"
+    " `table1.png`,"
     " `overview.png`, `fig3_<run>_class<c>.png`, `fig4_<run>_class<c>.png`,"
     " `readiness_<dataset>_<model>.png` (with `training.readiness`).",
 ]

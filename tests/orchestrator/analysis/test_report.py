@@ -68,7 +68,7 @@ def test_html_embeds_every_figure_and_links_nothing_outside(paper_report: Path) 
     parser = Images()
     parser.feed(page)
     pngs = sorted((paper_report / "figures").glob("*.png"))
-    assert len(pngs) == 2 + 2 * MAX_FIGURES + 2 * GROUPS
+    assert len(pngs) == 2 + 2 * MAX_FIGURES + 3 * GROUPS  # effect, seeds, aligned per group
     assert len(parser.srcs) == len(pngs)
     embedded = set()
     for src in parser.srcs:

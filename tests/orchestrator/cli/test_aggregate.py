@@ -222,6 +222,10 @@ def test_figure_cap_and_stale_figures(cli, tmp_path: Path):
     r = cli("aggregate", tmp_path / "results", "--out", out, "--max-figures", "0")
     assert r.code == 0
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
+        "aligned_gtsrb_vgg16_class20.png",
+        "aligned_gtsrb_vgg16_class27.png",
+        "aligned_gtsrb_vgg16_class30.png",
+        "aligned_rsna_densenet121_class1.png",
         "effect_gtsrb_vgg16_class20.png",
         "effect_gtsrb_vgg16_class27.png",
         "effect_gtsrb_vgg16_class30.png",
