@@ -19,8 +19,12 @@ checkpoint's repaired model and the reference's is a sum over the *discordant* e
   checkpoint's adjusted p is below ``noise_alpha``.
 * **Gain CI** given the selection: a paired bootstrap over test examples, stratified by
   class (each class keeps its size, so the weights stay those of Qual), seeded per unit
-  from ``--bootstrap-seed``; percentile interval. It describes the picked checkpoint's gain
-  and does not undo the selection (the Holm p does that).
+  from ``--bootstrap-seed``; percentile interval of 9999 resamples. It describes the picked
+  checkpoint's gain and does not undo the selection (the Holm p does that). For sweeps too
+  large to resample within ``BOOT_BUDGET`` the interval is the bootstrap's normal interval
+  (Efron & Tibshirani's "standard" interval) from the exact bootstrap variance - the
+  B -> infinity limit, no draws: gain +- 1.96 sqrt(sum_k w_k^2 ((p_k + m_k) - (p_k - m_k)^2
+  / n_k)) over the class strata k; ``gain_ci_method`` says which.
 
 Units without predictions (trees written before they were stored, or a record without
 them) get empty columns; ``NOTE_NO_PREDICTIONS`` says why in the report.
@@ -41,12 +45,23 @@ from orchestrator.analysis.tables import KEYS, PRE, UNIT, rounded
 NOISE_ALPHA = 0.05
 N_BOOT = 9999
 MIN_BOOT = 999
-# Resampled class counts per aggregation (resamples x classes with a discordant example,
-# summed over the pairs resampled) before fewer resamples are drawn: a sweep of 100,000
-# records has 30,000 units, and the draws are what costs.
-BOOT_BUDGET = 20_000_000
+# Resampled class counts per aggregation (resamples x class strata with a discordant
+# example, summed over the pairs resampled) that Monte Carlo may draw: 9999 resamples for
+# sweeps up to a few hundred units, fewer (never under MIN_BOOT) above; beyond that the
+# draws would cost seconds to minutes (a sweep of 100,000 records has 30,000 units), and
+# the interval is the bootstrap's normal one from its exact variance instead.
+BOOT_BUDGET = 3_000_000
+PERCENTILE = "percentile"
+NORMAL = "normal"
 CONFIDENCE = 0.95
-NOISE_COLUMNS = ["n_discordant", "gain_ci_low", "gain_ci_high", "p_value", "beyond_noise"]
+NOISE_COLUMNS = [
+    "n_discordant",
+    "gain_ci_low",
+    "gain_ci_high",
+    "gain_ci_method",
+    "p_value",
+    "beyond_noise",
+]
 NOTE_NO_PREDICTIONS = (
     "no per-example predictions (results written before early-repair stored them, or a"
     " record without its predictions.npy): wins cannot be tested against test-set noise"
@@ -169,6 +184,20 @@ def bootstrap_draws(
     return out
 
 
+def normal_ci(
+    plus: np.ndarray, minus: np.ndarray, sizes: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap's normal interval of sum_k w_k (plus_k - minus_k) per row, from the
+    exact variance of the class-stratified resampling (rows x classes arrays)."""
+    from scipy.stats import norm
+
+    gain = ((plus - minus) * w).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = (plus + minus) - np.where(sizes > 0, (plus - minus) ** 2 / sizes, 0.0)
+    half = norm.ppf(0.5 + CONFIDENCE / 2) * np.sqrt((w**2 * per_class).sum(axis=1))
+    return gain - half, gain + half
+
+
 def percentile_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
     tail = (1 - confidence) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
@@ -238,6 +267,7 @@ def noise_columns(
     out["n_discordant"] = pd.array([pd.NA] * len(out), dtype="Int64")
     out["gain_ci_low"] = np.nan
     out["gain_ci_high"] = np.nan
+    out["gain_ci_method"] = ""
     out["p_value"] = np.nan
     out["beyond_noise"] = pd.array([pd.NA] * len(out), dtype="boolean")
     live = (out["status"] != INCOMPLETE) & out["reference_epoch"].notna()
@@ -268,7 +298,7 @@ def noise_columns(
     cand = cand.assign(p_adj=holm(p, uid), uid=uid, rq=rounded(cand["qual"].to_numpy()), a=a, b=b)
     best = cand.sort_values(["uid", "rq", "epoch"], ascending=[True, False, True])
     best = best.drop_duplicates("uid").sort_values([*UNIT, "alpha"])
-    low, high = _intervals(best, pairs, seed, n_boot)
+    low, high, how = _intervals(best, pairs, seed, n_boot)
     disc = pairs.plus + pairs.minus
     res = best[KEYS].assign(
         _disc=disc[best["_pair"].to_numpy(dtype=np.int64)].sum(axis=1),
@@ -281,6 +311,7 @@ def noise_columns(
     out.loc[have, "n_discordant"] = merged.loc[have, "_disc"].astype("int64").to_numpy()
     out.loc[have, "gain_ci_low"] = merged.loc[have, "_low"].to_numpy()
     out.loc[have, "gain_ci_high"] = merged.loc[have, "_high"].to_numpy()
+    out.loc[have, "gain_ci_method"] = how
     out.loc[have, "p_value"] = merged.loc[have, "_padj"].to_numpy()
     beyond = (out["pattern"] == PRE).to_numpy() & (merged["_padj"].to_numpy() < noise_alpha)
     out.loc[have, "beyond_noise"] = beyond[have]
@@ -289,22 +320,30 @@ def noise_columns(
 
 def resamples(classes: int, n_boot: int = N_BOOT) -> int:
     """Bootstrap resamples per pair when ``classes`` class strata (with a discordant
-    example, over every pair) are resampled: ``n_boot``, fewer for very large sweeps
-    (``BOOT_BUDGET``), never under ``MIN_BOOT``."""
+    example, over every pair) are resampled: ``n_boot``, fewer for large sweeps
+    (``BOOT_BUDGET``), never under ``MIN_BOOT``; 0 when even that is over the budget (then
+    the normal interval)."""
     if classes <= 0:
         return n_boot
-    return int(min(n_boot, max(MIN_BOOT, BOOT_BUDGET // classes)))
+    n = min(n_boot, BOOT_BUDGET // classes)
+    return int(n) if n >= MIN_BOOT else 0
 
 
 def _intervals(
     best: pd.DataFrame, pairs: _Pairs, seed: int, n_boot: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The bootstrap CI of each unit's best earlier gain. The alphas of one (run, method,
-    class) that pick the same earlier checkpoint share its resamples (only the weights
-    differ), drawn from a generator seeded by that pair alone."""
-    low, high = np.full(len(best), np.nan), np.full(len(best), np.nan)
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The bootstrap CI of each unit's best earlier gain, and how it was computed. The
+    alphas of one (run, method, class) that pick the same earlier checkpoint share its
+    resamples (only the weights differ), drawn from a generator seeded by that pair alone."""
     used = best.drop_duplicates([*UNIT, "epoch"])["_pair"].to_numpy(dtype=np.int64)
     n_boot = resamples(int(((pairs.plus + pairs.minus)[used] > 0).sum()), n_boot)
+    j = best["_pair"].to_numpy(dtype=np.int64)
+    if not n_boot:
+        w = np.repeat(best["b"].to_numpy()[:, None], pairs.plus.shape[1], axis=1)
+        w[np.arange(len(best)), best["repair_class"].to_numpy(dtype=np.int64)] = best["a"]
+        low, high = normal_ci(pairs.plus[j], pairs.minus[j], pairs.sizes[j], w)
+        return low, high, NORMAL
+    low, high = np.full(len(best), np.nan), np.full(len(best), np.nan)
     draws, last = None, None
     cols = (*UNIT, "epoch", "_pair", "a", "b")
     for i, (run, m, c, e, j, a, b) in enumerate(
@@ -317,4 +356,4 @@ def _intervals(
         w = np.full(draws.shape[1], b)
         w[c] = a
         low[i], high[i] = percentile_ci(draws @ w)
-    return low, high
+    return low, high, f"{PERCENTILE} ({n_boot} resamples)"

@@ -677,7 +677,8 @@ FILES = [
     " against the reference: `n_discordant` (test examples the two disagree on), `p_value`"
     " (exact sign-flip, Holm-adjusted over the unit's earlier checkpoints), `beyond_noise`,"
     " `gain_ci_low`/`gain_ci_high` (class-stratified paired bootstrap over test examples,"
-    " given the selection).",
+    " given the selection; `gain_ci_method`: percentile of resamples, or for very large"
+    " sweeps the normal interval from the exact bootstrap variance).",
     "`patterns.csv`: Table 1 per method - scope `dataset` rows (model and class `all`) and"
     " scope `model-class` rows; beside the paper's counts `pre_beyond_noise` of `tested`"
     " units, and `n_compared_min`/`n_compared_max` (checkpoints a unit compared).",

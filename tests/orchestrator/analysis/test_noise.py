@@ -108,6 +108,32 @@ def test_stratified_bootstrap_matches_a_plain_resampling_loop() -> None:
     assert abs(lo - plo) <= step + 1e-12 and abs(hi - phi) <= step + 1e-12
 
 
+def test_normal_interval_uses_the_exact_bootstrap_variance() -> None:
+    """For sweeps too large to resample, the interval is gain +- 1.96 SD of the bootstrap
+    distribution, computed exactly: it equals the plain loop's SD, and with many discordant
+    examples the percentile interval too."""
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(4), [40, 60, 50, 30])
+    d = rng.choice([-1, 0, 0, 1, 1], size=len(labels))  # many discordant examples
+    sizes = np.bincount(labels)
+    plus = np.array([(d[labels == k] == 1).sum() for k in range(4)])
+    minus = np.array([(d[labels == k] == -1).sum() for k in range(4)])
+    w = np.full(4, 0.5 / len(labels))
+    w[2] += 0.5 / sizes[2]
+    plain = plain_bootstrap(d, labels, w, 20_000, seed=3)
+    low, high = noise.normal_ci(plus[None], minus[None], sizes[None], w[None])
+    sd = (high[0] - low[0]) / (2 * stats.norm.ppf(0.975))
+    assert sd == pytest.approx(plain.std(), rel=0.02)
+    plo, phi = noise.percentile_ci(plain)
+    assert low[0] == pytest.approx(plo, abs=0.1 * sd) and high[0] == pytest.approx(
+        phi, abs=0.1 * sd
+    )
+    # the method follows the sweep's size: resampling while it fits the budget
+    assert noise.resamples(100) == noise.N_BOOT
+    assert noise.resamples(noise.BOOT_BUDGET // 2000) == 2000
+    assert noise.resamples(noise.BOOT_BUDGET) == 0  # over budget even at 999: normal
+
+
 def direct_power(d: float, n: int, sims: int = 40_000, seed: int = 0) -> float:
     """Power of a two-sided one-sample t-test at 0.05 by simulation."""
     rng = np.random.default_rng(seed)
@@ -179,6 +205,7 @@ def test_a_null_tree_has_naive_wins_but_none_beyond_noise(tmp_path: Path, rules:
     assert sp["beyond_noise"].notna().all() and not sp["beyond_noise"].any()
     assert (sp["p_value"] >= 0.05).all() and (sp["n_discordant"] <= 8).all()
     assert (sp["gain_ci_low"] <= sp["earlier_gain"] + 1e-12).all()
+    assert (sp["gain_ci_method"] == "percentile (9999 resamples)").all()
     assert (agg.patterns["pre_beyond_noise"] == 0).all()
     assert agg.problems.empty
 
