@@ -239,15 +239,24 @@ def _pairs(rec: pd.DataFrame, examples: Examples, wanted: pd.DataFrame) -> _Pair
     plus = np.zeros((len(w), width), dtype=np.int64)
     minus = np.zeros_like(plus)
     sizes = np.zeros_like(plus)
-    for run, idx in w.groupby("run", sort=False).indices.items():
-        labels = examples.labels[run]
-        onehot = np.zeros((len(labels), width))
-        onehot[np.arange(len(labels)), labels] = 1.0
-        early = examples.matrix(w["_row"].to_numpy()[idx]) == labels[None, :]
-        late = examples.matrix(w["_ref"].to_numpy()[idx]) == labels[None, :]
-        plus[idx] = ((early & ~late).astype(float) @ onehot).astype(np.int64)
-        minus[idx] = ((~early & late).astype(float) @ onehot).astype(np.int64)
-        sizes[idx] = np.bincount(labels, minlength=width)
+    # All pairs whose runs' test sets have one length at once: a loop over runs would
+    # cost seconds for sweeps of thousands of runs.
+    runs, run_of = np.unique(w["run"].to_numpy(dtype=str), return_inverse=True)
+    n_of = np.array([len(examples.labels[r]) for r in runs], dtype=np.int64)
+    for n in np.unique(n_of):
+        these = np.flatnonzero(n_of == n)
+        idx = np.flatnonzero(np.isin(run_of, these))
+        table = np.stack([examples.labels[runs[r]] for r in these]).astype(np.int64)
+        row_in = np.searchsorted(these, run_of[idx])
+        labels = table[row_in]  # pairs x examples
+        early = examples.matrix(w["_row"].to_numpy()[idx]) == labels
+        late = examples.matrix(w["_ref"].to_numpy()[idx]) == labels
+        cell = labels + width * np.arange(len(idx))[:, None]
+        size = len(idx) * width
+        plus[idx] = np.bincount(cell[early & ~late], minlength=size).reshape(-1, width)
+        minus[idx] = np.bincount(cell[~early & late], minlength=size).reshape(-1, width)
+        per_run = np.stack([np.bincount(t, minlength=width) for t in table])
+        sizes[idx] = per_run[row_in]
     index = w[on].assign(_pair=np.arange(len(w)))
     return _Pairs(index, plus, minus, sizes)
 
