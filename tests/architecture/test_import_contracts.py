@@ -51,7 +51,7 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("module", "offence", "contract"),
     [
-        ("orchestrator/spec.py", "import torch", "never imports torch"),
+        ("orchestrator/spec/fields.py", "import torch", "never imports torch"),
         (
             "orchestrator/results/layout.py",
             "import trainer_image.train",
@@ -59,7 +59,7 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         ("orchestrator/store/base.py", "import orchestrator.store.s3", "knows no implementation"),
         ("trainer_image/metrics.py", "import orchestrator.cli", "never imports the CLI"),
-        ("orchestrator/spec.py", "import orchestrator.store", "Control-plane layers"),
+        ("orchestrator/spec/sweep.py", "import orchestrator.store", "Control-plane layers"),
     ],
 )
 def test_an_offending_import_is_reported(

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.errors import BadInput, RunFailed
-from orchestrator.spec import RepairSpec
+from orchestrator.spec import ArachneSpec
 from trainer_image.repair.base import PatchedWeight, RepairResult, TargetSplit, apply_patch
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ def pso(
     initial: torch.Tensor,
     std: float,
     wb: float,
-    cfg: RepairSpec,
+    cfg: ArachneSpec,
     generator: torch.Generator,
     device: torch.device,
 ) -> Search:
@@ -511,7 +511,7 @@ def repair(
     y: torch.Tensor,
     split: TargetSplit,
     target_class: int,
-    cfg: RepairSpec,
+    cfg: ArachneSpec,
     seed: int,
     device: torch.device | str = "cpu",
 ) -> RepairResult:

@@ -11,7 +11,7 @@ import torch
 from arachne_reference import reference_scores
 
 from orchestrator.errors import BadInput
-from orchestrator.spec import DatasetSpec, RepairSpec
+from orchestrator.spec import ArachneSpec, DatasetSpec
 from trainer_image.data.digits import load as load_digits
 from trainer_image.models import small_cnn
 from trainer_image.repair.arachne import (
@@ -180,7 +180,7 @@ def test_clamp_velocity_v1_and_textbook() -> None:
 @pytest.mark.parametrize("variant", ["v1", "textbook"])
 def test_velocity_bounds_respected_during_search(variant: str) -> None:
     head, feats, y, split = synthetic(2)
-    cfg = RepairSpec(variant=variant, particles=40, iterations=30, patience=30)
+    cfg = ArachneSpec(variant=variant, particles=40, iterations=30, patience=30)
     res = repair(head, feats, y, split, weakest(split, 6), cfg, seed=11)
     w = head.weight.detach().double()
     wb = float(w.max() - w.min())
@@ -210,7 +210,7 @@ class Scripted:
 
 
 def _run_pso(fitness, **cfg) -> tuple[int, list[dict[str, float]]]:
-    spec = RepairSpec(particles=5, **cfg)
+    spec = ArachneSpec(particles=5, **cfg)
     gen = torch.Generator().manual_seed(0)
     s = pso(fitness, torch.zeros(3, dtype=torch.float64), 1.0, 1.0, spec, gen, CPU)
     return s.iterations, s.history
@@ -250,7 +250,7 @@ def test_pso_moves_the_swarm_towards_the_optimum(variant: str) -> None:
         z = torch.zeros(len(x), dtype=torch.float64)
         return SwarmScores(fit, z, z, z, z)
 
-    spec = RepairSpec(particles=30, iterations=200, patience=50, variant=variant)
+    spec = ArachneSpec(particles=30, iterations=200, patience=50, variant=variant)
     gen = torch.Generator().manual_seed(1)
     s = pso(f, torch.zeros(4, dtype=torch.float64), 1.0, 1.0, spec, gen, CPU)
     hist = [h["best_fitness"] for h in s.history]
@@ -262,7 +262,7 @@ def test_pso_moves_the_swarm_towards_the_optimum(variant: str) -> None:
 def test_same_seed_same_patch_and_different_seeds_differ() -> None:
     head, feats, y, split = synthetic(3)
     cls = weakest(split, 6)
-    cfg = RepairSpec(particles=30, iterations=20)
+    cfg = ArachneSpec(particles=30, iterations=20)
     a = repair(head, feats, y, split, cls, cfg, seed=123)
     b = repair(head, feats, y, split, cls, cfg, seed=123)
     c = repair(head, feats, y, split, cls, cfg, seed=124)
@@ -276,8 +276,8 @@ def test_same_seed_same_patch_and_different_seeds_differ() -> None:
 def test_chunked_repair_gives_the_same_patch() -> None:
     head, feats, y, split = synthetic(4)
     cls = weakest(split, 6)
-    big = repair(head, feats, y, split, cls, RepairSpec(particles=30, iterations=15), seed=5)
-    small = RepairSpec(particles=30, iterations=15, max_batch_bytes=50_000)
+    big = repair(head, feats, y, split, cls, ArachneSpec(particles=30, iterations=15), seed=5)
+    small = ArachneSpec(particles=30, iterations=15, max_batch_bytes=50_000)
     res = repair(head, feats, y, split, cls, small, seed=5)
     assert [p.new for p in res.patch] == pytest.approx([p.new for p in big.patch], abs=1e-6)
     assert res.n_patched == big.n_patched and res.n_intact == big.n_intact
@@ -286,7 +286,7 @@ def test_chunked_repair_gives_the_same_patch() -> None:
 def test_result_figures_are_consistent() -> None:
     head, feats, y, split = synthetic(5)
     cls = weakest(split, 6)
-    res = repair(head, feats, y, split, cls, RepairSpec(particles=30, iterations=20), seed=2)
+    res = repair(head, feats, y, split, cls, ArachneSpec(particles=30, iterations=20), seed=2)
     assert res.status == "repaired"
     assert res.n_neg == split.negatives(cls).size
     assert res.n_pos == 200
@@ -330,7 +330,7 @@ def test_with_replacement_dedup_in_a_repair_uses_fewer_positives() -> None:
     head, feats, y, split = synthetic(6, n=300)
     cls = weakest(split, 6)
     n_positives = len(split.positives())
-    cfg = RepairSpec(
+    cfg = ArachneSpec(
         particles=10, iterations=3, positives="with-replacement-dedup", n_positives=n_positives
     )
     res = repair(head, feats, y, split, cls, cfg, seed=0)
@@ -341,7 +341,7 @@ def test_with_replacement_dedup_in_a_repair_uses_fewer_positives() -> None:
 def test_nothing_to_repair() -> None:
     head, feats, y, _ = synthetic(7, noise=0)
     split = TargetSplit(y=y.numpy(), pred=y.numpy())
-    res = repair(head, feats, y, split, 0, RepairSpec(), seed=0)
+    res = repair(head, feats, y, split, 0, ArachneSpec(), seed=0)
     assert res.status == "nothing_to_repair"
     assert res.patch == [] and res.n_neg == 0 and res.rr is None and res.br == 0.0
     assert res.iterations == 0 and res.history == []
@@ -349,7 +349,7 @@ def test_nothing_to_repair() -> None:
 
 def test_bad_inputs_raise_one_line_bad_input() -> None:
     head, feats, y, split = synthetic(8)
-    cfg = RepairSpec()
+    cfg = ArachneSpec()
     cases = [
         (torch.nn.Conv2d(3, 6, 1), feats, y, split, 0, "not an nn.Linear"),
         (torch.nn.Sequential(head), feats, y, split, 0, "not an nn.Linear"),
@@ -372,7 +372,7 @@ def test_bad_inputs_raise_one_line_bad_input() -> None:
 def test_cuda_search_matches_cpu() -> None:
     head, feats, y, split = synthetic(9)
     cls = weakest(split, 6)
-    cfg = RepairSpec(particles=50, iterations=20)
+    cfg = ArachneSpec(particles=50, iterations=20)
     cpu = repair(head, feats, y, split, cls, cfg, seed=1, device="cpu")
     gpu = repair(head.cuda(), feats.cuda(), y, split, cls, cfg, seed=1, device="cuda")
     assert [(p.row, p.col) for p in cpu.patch] == [(p.row, p.col) for p in gpu.patch]
