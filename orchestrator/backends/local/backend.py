@@ -28,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from orchestrator.backends.base import RunState, RunStatus, SubmitResult
 from orchestrator.backends.local.display import Display, duration
 from orchestrator.backends.local.parent import PARENT_ENV
 from orchestrator.backends.progress import describe, sweep_progress
+from orchestrator.common.atomic import atomic_write
 from orchestrator.errors import BadInput, EarlyRepairError, StoreError
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.gpu.packing import GpuPool
@@ -169,18 +169,6 @@ def _terminate(rec: dict[str, Any], *, trainer: bool) -> bool:
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _last_line(path: Path) -> str:
@@ -341,7 +329,7 @@ class LocalBackend:
         with self._lock:
             assert self._record is not None
             text = json.dumps(self._state, indent=2, sort_keys=True)
-            _atomic_write(self._record / STATE_FILE, text + "\n")
+            atomic_write(self._record / STATE_FILE, text + "\n")
 
     def _set_run(self, name: str, **fields: Any) -> None:
         with self._lock:
@@ -474,7 +462,7 @@ class LocalBackend:
         if isinstance(store, FileStore) and spec.results != store.uri:
             # Children (and a later `status` from another folder) must find the same place.
             effective = spec.model_copy(update={"results": store.uri})
-        _atomic_write(spec_file, effective.model_dump_json(indent=2) + "\n")
+        atomic_write(spec_file, effective.model_dump_json(indent=2) + "\n")
         self._cancelled.clear()
         self._record = logs
         self.stopped_by = None
