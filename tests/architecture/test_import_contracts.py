@@ -60,6 +60,17 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("orchestrator/store/base.py", "import orchestrator.store.s3", "knows no implementation"),
         ("trainer_image/metrics.py", "import orchestrator.cli", "never imports the CLI"),
         ("orchestrator/spec/sweep.py", "import orchestrator.store", "Control-plane layers"),
+        ("orchestrator/common/retry.py", "import orchestrator.errors", "Control-plane layers"),
+        (
+            "orchestrator/cli/cluster.py",
+            "from orchestrator.backends.kubernetes import manifests",
+            "reaches the backends only through",
+        ),
+        (
+            "orchestrator/cli/local.py",
+            "import orchestrator.backends.base",
+            "reaches the backends only through",
+        ),
     ],
 )
 def test_an_offending_import_is_reported(

@@ -9,7 +9,6 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator.spec import yaml_file as yaml_module
 from orchestrator.errors import BadInput
 from orchestrator.spec import (
     MAX_SWEEP_NAME,
@@ -21,6 +20,7 @@ from orchestrator.spec import (
     load_spec,
     parse_spec,
 )
+from orchestrator.spec import yaml_file as yaml_module
 
 BASE = {"name": "s", "datasets": ["digits"], "models": ["small_cnn"], "seeds": [1]}
 

@@ -38,9 +38,10 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.backends.base import RunState, RunStatus, SubmitResult
+from orchestrator.backends.base import CancelResult, RunState, RunStatus, SubmitResult
 from orchestrator.backends.local.display import Display, duration
 from orchestrator.backends.local.parent import PARENT_ENV
+from orchestrator.backends.local.plan import LocalPlan
 from orchestrator.backends.progress import describe, sweep_progress
 from orchestrator.common.atomic import atomic_write
 from orchestrator.errors import BadInput, EarlyRepairError, StoreError
@@ -397,8 +398,23 @@ class LocalBackend:
                 f" {STATE_DIR_ENV} to a writable folder"
             )
 
-    def submit(self, spec: SweepSpec, *, dry_run: bool = False) -> LocalSubmitResult:
-        """Run every run of the sweep; returns when all have ended."""
+    @property
+    def where(self) -> str:
+        return "local"
+
+    def plan(self, spec: SweepSpec) -> LocalPlan:
+        """The sweep's runs as trainer processes here; nothing is checked or started."""
+        return LocalPlan(spec)
+
+    def submit(
+        self, plan: LocalPlan, *, dry_run: bool = False, replace: bool = False
+    ) -> LocalSubmitResult:
+        """Run every run of the planned sweep; returns when all have ended."""
+        if not isinstance(plan, LocalPlan):
+            raise TypeError(f"submit takes this backend's plan(spec), not {type(plan).__name__}")
+        if replace:
+            raise BadInput("--replace does not apply to the local backend; leave it out")
+        spec = plan.spec
         runs = spec.runs()
         store = self.check(spec)
         # Before anything is created: find the GPUs; a run none can hold is bad input.
@@ -752,10 +768,10 @@ class LocalBackend:
                 return
             self.sleep(self.poll_s)
 
-    def cancel(self, sweep: str) -> list[str]:
+    def cancel(self, sweep: str) -> CancelResult:
         """Stop a running local sweep: its runs end as CANCELLED and can be resumed later.
 
-        Returns what was signalled (``pid/N``)."""
+        ``stopped`` is what was signalled (``pid/N``)."""
         check_sweep_name(sweep)
 
         def trainers(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -774,4 +790,11 @@ class LocalBackend:
         ]
         if not stopped:
             raise BadInput(f"nothing is running for sweep {sweep!r} on this machine")
-        return stopped
+        return CancelResult(
+            sweep=sweep,
+            stopped=stopped,
+            message=f"cancelled local sweep {sweep!r}; results are kept, `run` again to resume",
+            document={"sweep": sweep, "backend": "local", "cancelled": True},
+            title=sweep,
+            rows=[["local", "cancelled"]],
+        )

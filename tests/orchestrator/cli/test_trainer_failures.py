@@ -162,7 +162,8 @@ def test_logs_local_with_a_broken_store_is_not_a_silent_success(
             }
         )
         # A sweep this machine ran (its trainer a no-op), whose log is not archived yet.
-        LocalBackend(python="/bin/true").submit(sweep)
+        backend = LocalBackend(python="/bin/true")
+        backend.submit(backend.plan(sweep))
         ok = cli("logs", "failing", "--local")
         assert (ok.code, ok.out) == (0, ""), ok.err
         broken.append(kind)  # now the credentials are refused / the server fails
