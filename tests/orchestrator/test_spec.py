@@ -201,7 +201,7 @@ def test_every_released_code_field_is_described_in_the_schema(cli, repo: Path) -
     jsonschema.validate(old, schema)
 
 
-# -- what validation lets through: nothing a run would only fail on later (issue 16) ---------
+# -- what validation lets through: nothing a run would only fail on later -------------------
 
 
 @pytest.mark.parametrize(

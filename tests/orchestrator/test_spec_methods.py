@@ -1,4 +1,4 @@
-"""Config blocks of the repair methods beyond Arachne's PSO (issue 13): defaults are the
+"""Config blocks of the repair methods beyond Arachne's PSO: defaults are the
 published ones, the shared fields are ArachneSpec's own, bad fields are refused by name."""
 
 from __future__ import annotations

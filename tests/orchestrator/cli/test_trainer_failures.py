@@ -1,4 +1,4 @@
-"""How a trainer process ends when the world fails it (issue 16): storage that keeps failing
+"""How a trainer process ends when the world fails it: storage that keeps failing
 after botocore's retries exits 69 (retriable, the podFailurePolicy counts it against the
 backoff), a missing bucket 2 (never retried), a full disk and a damaged checkpoint 1 with one
 line naming the folder or file - never a traceback.
