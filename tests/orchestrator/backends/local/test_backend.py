@@ -1,5 +1,5 @@
 """The local backend and ``early-repair run``: whole sweeps as trainer processes, exit codes,
-the DESIGN.md layout, status/logs/cancel, and the real quickstart."""
+the results layout (README, "Results layout"), status/logs/cancel, and the real quickstart."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def write(path: Path, **changes: Any) -> Path:
 
 
 def check_layout(root: Path | Store, sweep: str, run: str, classes: list[int]) -> TrainSummary:
-    """Exactly the DESIGN.md result layout for one run, with valid records."""
+    """Exactly the result layout (README, "Results layout") for one run, with valid records."""
     store = root if isinstance(root, Store) else FileStore(root)
     summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(sweep, run)))
     want = {
