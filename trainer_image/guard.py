@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 from pydantic import ByteSize
 
+from orchestrator.common.retry import Backoff, poll_until
 from orchestrator.errors import BadInput, GuardTimeout, RunFailed
 from orchestrator.gpu.nvml import (
     Device,
@@ -72,10 +73,11 @@ def human(n: int) -> str:
 
 def backoff(cap_s: float, first_s: float = FIRST_POLL_S) -> Iterator[float]:
     """Pauses between polls: first_s, doubling, never more than cap_s."""
-    pause = min(first_s, cap_s)
+    pauses = Backoff(first_s, cap_s)
+    failures = 0
     while True:
-        yield pause
-        pause = min(pause * 2, cap_s)
+        failures += 1
+        yield pauses.delay(failures)
 
 
 def shortfall(memory: Memory, resources: ResourcesSpec) -> list[str]:
@@ -154,10 +156,10 @@ def _wait(
     if not visible.devices:
         return _skip(say, "no-gpu", f"no GPU visible ({visible.source}); not waiting")
 
-    start = clock()
-    pauses = backoff(resources.guard_poll_s)
     polls = 0
-    while True:
+
+    def poll() -> tuple[tuple[Reading, ...], list[str]]:
+        nonlocal polls
         readings = tuple(Reading(d, nvml.memory(d.handle)) for d in visible.devices)
         polls += 1
         if polls == 1:
@@ -173,22 +175,34 @@ def _wait(
             for r in readings
             if (why := shortfall(r.memory, resources))
         ]
-        elapsed = clock() - start
-        if not waiting:
-            free = ", ".join(f"{r.device.label} {human(r.memory.free)} free" for r in readings)
-            message = f"ready after {elapsed:.1f} s and {polls} check(s): {free}"
-            say(f"guard: {message}")
-            return GuardReport("ready", message, elapsed, polls, readings)
-        left = resources.guard_timeout_s - elapsed
-        if left <= 0:
-            raise GuardTimeout(
-                f"GPU guard gave up after {elapsed:.0f} s (resources.guard_timeout_s="
-                f"{resources.guard_timeout_s:g}): {'; '.join(waiting)}; free GPU memory,"
-                " lower the thresholds or raise resources.guard_timeout_s"
-            )
-        pause = min(next(pauses), left)
+        return readings, waiting
+
+    def on_wait(last: tuple[tuple[Reading, ...], list[str]], pause: float, elapsed: float) -> None:
         say(
-            f"guard: waiting for {'; '.join(waiting)}; next check in {pause:.1f} s"
+            f"guard: waiting for {'; '.join(last[1])}; next check in {pause:.1f} s"
             f" ({elapsed:.0f} of {resources.guard_timeout_s:g} s)"
         )
-        sleep(pause)
+
+    def on_timeout(last: tuple[tuple[Reading, ...], list[str]], elapsed: float) -> NoReturn:
+        raise GuardTimeout(
+            f"GPU guard gave up after {elapsed:.0f} s (resources.guard_timeout_s="
+            f"{resources.guard_timeout_s:g}): {'; '.join(last[1])}; free GPU memory,"
+            " lower the thresholds or raise resources.guard_timeout_s"
+        )
+
+    start = clock()
+    readings, _ = poll_until(
+        poll,
+        lambda last: not last[1],
+        backoff=Backoff(FIRST_POLL_S, resources.guard_poll_s),
+        deadline_s=resources.guard_timeout_s,
+        clock=clock,
+        sleep=sleep,
+        on_wait=on_wait,
+        on_timeout=on_timeout,
+    )
+    elapsed = clock() - start
+    free = ", ".join(f"{r.device.label} {human(r.memory.free)} free" for r in readings)
+    message = f"ready after {elapsed:.1f} s and {polls} check(s): {free}"
+    say(f"guard: {message}")
+    return GuardReport("ready", message, elapsed, polls, readings)

@@ -11,7 +11,6 @@ named like ours from an earlier aggregate are replaced, so none of them is left 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from orchestrator.analysis import report
 from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.tables import Aggregation
+from orchestrator.common.atomic import replace_durably
 from orchestrator.errors import BadInput
 
 STAGING_PREFIX = ".aggregate-"
@@ -106,6 +106,6 @@ def _move_into_place(staging: Path, out: Path, written: list[Path]) -> list[Path
     moved = []
     for p in [*[p for p in written if p not in last], *last]:
         dest = out / p.relative_to(staging)
-        os.replace(p, dest)
+        replace_durably(p, dest)
         moved.append(dest)
     return moved

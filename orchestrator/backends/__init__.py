@@ -1,8 +1,11 @@
 """Backends run a sweep somewhere: ``local`` (processes) or ``kubernetes`` (Indexed Jobs).
 
 One registry maps a backend's name to its class (TorchX's scheduler registry), so the CLI
-asks for a backend by name and then talks to it through the ``Backend`` protocol alone.
-Classes load on first use: naming a backend never imports another's client library.
+asks for a backend by name and then talks to it through the ``Backend`` protocol alone:
+``plan(spec)`` gives a printable plan, ``submit(plan)`` carries it out, and ``status``,
+``watch``, ``logs`` and ``cancel`` follow the sweep. Classes load on first use: naming a
+backend never imports another's client library. This package is all the CLI imports of
+the backends (an import-linter contract): what else it needs is re-exported here.
 """
 
 from __future__ import annotations
@@ -10,8 +13,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import Backend, CancelResult, Plan, RunState, RunStatus
+from orchestrator.backends.local.parent import die_with_parent
+from orchestrator.backends.progress import describe
 from orchestrator.errors import BadInput
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "CancelResult",
+    "Plan",
+    "RunState",
+    "RunStatus",
+    "describe",
+    "die_with_parent",
+    "open_backend",
+]
 
 BACKENDS: dict[str, str] = {
     "local": "orchestrator.backends.local.backend:LocalBackend",

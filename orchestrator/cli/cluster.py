@@ -64,6 +64,12 @@ LocalResultsOpt = Annotated[
 ]
 
 
+# The backend of the cluster commands, and what --local stands for: names handed to
+# `open_backend`, never compared with - every backend is used through one protocol.
+CLUSTER_BACKEND = "kubernetes"
+LOCAL_BACKEND = "local"
+
+
 def _backend(
     local: bool,
     backend: str | None,
@@ -81,21 +87,15 @@ def _backend(
 
         check_endpoint(endpoint_url, "--endpoint-url")
 
-    if local and backend not in (None, "local"):
+    asked = {LOCAL_BACKEND} if local else set()
+    if backend is not None:
+        asked.add(backend)
+    if len(asked) > 1:
         raise BadInput(f"--local contradicts --backend {backend}; pass one of them")
-    name = "local" if local else backend or "kubernetes"
+    name = asked.pop() if asked else CLUSTER_BACKEND
     return open_backend(
         name, namespace=namespace, context=context, endpoint_url=endpoint_url, results=results
     )
-
-
-def _where(backend: Any) -> str:
-    """``local``, or the namespace a cluster backend works in."""
-    if backend.name == "local":
-        return "local"
-    from orchestrator.backends.kubernetes.backend import DEFAULT_NAMESPACE
-
-    return backend.namespace or DEFAULT_NAMESPACE
 
 
 _OBJECT_HEADER = ["object", "action"]
@@ -150,19 +150,15 @@ def k8s_plan(
 
     from rich.console import Console
 
-    from orchestrator.backends.kubernetes.manifests import (
-        object_name,
-        render_sweep,
-        to_yaml,
-        with_namespace,
-    )
+    from orchestrator.backends import open_backend
     from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec
 
     to_stdout = out is not None and str(out) == "-"
     if to_stdout and output is not None:
         raise BadInput("--out - prints the objects on stdout: drop -o, or --out to a file")
-    sweep = with_namespace(load_spec(spec), namespace)
+    plan = open_backend(CLUSTER_BACKEND, namespace=namespace).plan(load_spec(spec))
+    sweep = plan.spec
     _check_results(sweep)
     runs = sweep.runs()
     doc: dict[str, object] = {
@@ -185,20 +181,19 @@ def k8s_plan(
     title = f"{sweep.name}: {len(runs)} runs"
     table = partial(_runs_table, title, rows, header, summarise=True)
     if out is not None:
-        objects = render_sweep(sweep)
+        text = plan.render()
         if to_stdout:
             Console(stderr=True).print(table())
-            sys.stdout.write(to_yaml(objects))
+            sys.stdout.write(text)
             return
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(to_yaml(objects))
+            out.write_text(text)
         except OSError as e:
             raise BadInput(f"--out: cannot write {out} ({e.strerror or e})") from e
-        doc["namespace"] = sweep.kubernetes.namespace
-        doc["objects"] = [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in objects]
+        doc.update(plan.details())
         doc["out"] = str(out)
-        err(f"wrote {len(objects)} objects ({object_name(sweep)}) to {out}")
+        err(f"wrote {plan.summary()} to {out}")
     render(doc, output, table, table_to_stderr=True)
 
 
@@ -225,14 +220,14 @@ def k8s_submit(
     from dataclasses import asdict
 
     from orchestrator.backends import open_backend
-    from orchestrator.backends.kubernetes.manifests import object_name, with_namespace
     from orchestrator.spec import load_spec
 
-    sweep = with_namespace(load_spec(spec), namespace)
+    backend = open_backend(CLUSTER_BACKEND, namespace=namespace, context=context)
+    plan = backend.plan(load_spec(spec))
+    sweep = plan.spec
     _check_results(sweep)
-    backend = open_backend("kubernetes", context=context)
-    result = backend.submit(sweep, dry_run=dry_run, replace=replace)
-    ns = sweep.kubernetes.namespace
+    result = backend.submit(plan, dry_run=dry_run, replace=replace)
+    ns = plan.where
     what = "dry run, nothing created: " if dry_run else ""
     err(
         f"{what}sweep {sweep.name!r} in namespace {ns!r}: created {len(result.created)},"
@@ -240,7 +235,7 @@ def k8s_submit(
     )
     if not dry_run:
         err(f"follow it: early-repair status {sweep.name} --namespace {ns} --watch")
-    doc = {**asdict(result), "namespace": ns, "name": object_name(sweep)}
+    doc = {**asdict(result), "namespace": ns, "name": plan.name}
     rows = [[obj, action] for action in ("created", "unchanged", "replaced") for obj in doc[action]]
     title = f"{sweep.name} ({ns}){' - dry run' if dry_run else ''}"
     render(doc, output, partial(_runs_table, title, rows, _OBJECT_HEADER))
@@ -280,10 +275,10 @@ def k8s_status(
     """One row per run: state, restarts, node, progress. Exit 1 if a run failed or was cancelled."""
     from rich.console import Console
 
-    from orchestrator.backends.progress import describe
+    from orchestrator.backends import describe
 
     backend = _backend(local, backend_name, namespace, context, endpoint_url, results)
-    ns = _where(backend)
+    ns = backend.where
 
     def document(states: list) -> dict:
         return {
@@ -381,14 +376,7 @@ def k8s_cancel(
 
     Results stay in the store; running the same spec again resumes it."""
     backend = _backend(local, backend_name, namespace, context, results=results)
-    stopped = backend.cancel(sweep)
-    if backend.name == "local":
-        err(f"cancelled local sweep {sweep!r}; results are kept, `run` again to resume")
-        doc: dict[str, Any] = {"sweep": sweep, "backend": "local", "cancelled": True}
-        render(doc, output, partial(_runs_table, sweep, [["local", "cancelled"]], _OBJECT_HEADER))
-        return
-    err(f"cancelled sweep {sweep!r}: deleted {', '.join(stopped)}; results are kept")
-    ns = _where(backend)
-    doc = {"sweep": sweep, "namespace": ns, "deleted": stopped}
-    rows = [[name, "deleted"] for name in stopped]
-    render(doc, output, partial(_runs_table, f"{sweep} ({ns})", rows, _OBJECT_HEADER))
+    cancelled = backend.cancel(sweep)
+    err(cancelled.message)
+    table = partial(_runs_table, cancelled.title, cancelled.rows, _OBJECT_HEADER)
+    render(cancelled.document, output, table)

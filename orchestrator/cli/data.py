@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -94,7 +96,6 @@ def prepare(
     from pydantic import ValidationError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.table import Table
 
     from orchestrator.catalog import dataset_preparer
     from orchestrator.errors import BadInput
@@ -146,17 +147,25 @@ def prepare(
             )
     finally:
         logger.removeHandler(handler)
+    doc = {"uri": uri, "manifest": manifest}
+    table = partial(_splits_table, f"{dataset} {'x'.join(map(str, manifest['image_shape']))}")
+    render(doc, output, lambda: table(uri, manifest, SPLITS), location=uri, table_to_stderr=True)
+
+
+def _splits_table(title: str, uri: str, manifest: dict[str, Any], splits: Sequence[str]) -> Any:
+    """Images per split and class of prepared splits (a range per split past ten classes)."""
+    from rich.table import Table
+
     n = manifest["num_classes"]
-    table = Table(title=f"{dataset} {'x'.join(map(str, manifest['image_shape']))} -> {uri}")
+    table = Table(title=f"{title} -> {uri}")
     table.add_column("split")
     table.add_column("images", justify="right")
     labels = [f"class {c}" for c in range(n)] if n <= 10 else ["per class (min..max)"]
     for label in labels:
         table.add_column(label, justify="right")
-    for name in SPLITS:
+    for name in splits:
         part = manifest["splits"][name]
         counts = part["class_counts"]
         cells = [str(c) for c in counts] if n <= 10 else [f"{min(counts)}..{max(counts)}"]
         table.add_row(name, str(part["count"]), *cells)
-    doc = {"uri": uri, "manifest": manifest}
-    render(doc, output, lambda: table, location=uri, table_to_stderr=True)
+    return table

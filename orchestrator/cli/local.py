@@ -34,7 +34,7 @@ def run(
     from functools import partial
 
     from orchestrator.backends import open_backend
-    from orchestrator.cli.cluster import _runs_table
+    from orchestrator.cli.cluster import LOCAL_BACKEND, _runs_table
     from orchestrator.errors import BadInput
     from orchestrator.spec import load_spec, parse_spec
 
@@ -46,8 +46,8 @@ def run(
         data = sweep.model_dump(mode="json")
         data["storage"] = {**data["storage"], "endpoint_url": endpoint_url}
         sweep = parse_spec(data, "--endpoint-url")
-    backend = open_backend("local", workers=workers)
-    outcome = backend.submit(sweep)
+    backend = open_backend(LOCAL_BACKEND, workers=workers)
+    outcome = backend.submit(backend.plan(sweep))
     err(outcome.summary())
     doc = {
         "sweep": outcome.sweep,
@@ -93,7 +93,7 @@ def trainer(
             run_index = int(raw)
         except ValueError as e:
             raise BadInput(f"JOB_COMPLETION_INDEX={raw!r} is not an integer") from e
-    from orchestrator.backends.local.parent import die_with_parent
+    from orchestrator.backends import die_with_parent
     from trainer_image.entrypoint import run_trainer_process
 
     die_with_parent()

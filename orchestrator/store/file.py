@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from orchestrator.common.atomic import atomic_write
 from orchestrator.errors import BadInput, StoreError
 from orchestrator.store.base import KeyMissing, clean_key
 
@@ -74,18 +74,7 @@ class FileStore:
             raise KeyMissing(f"{self.uri}/{key}: not found") from e
 
     def _atomic(self, key: str, fill: Any) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fill(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self._path(key), fill)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._atomic(key, lambda f: f.write(data))

@@ -7,7 +7,7 @@ particle (what the paper's code did), with the same fitness values. This measure
 Network: torchvision VGG16 ``features`` at 32x32x3 -> Flatten -> Linear(512, 4096) -> ReLU
 -> Linear(4096, 43), random weights (seeded). Repair set: 260 random N(0, 1) images; the
 network's own predictions label 200 of them (positives), 60 are labelled with class 20,
-which it never predicts (negatives). Paper defaults otherwise (RepairSpec()).
+which it never predicts (negatives). Paper defaults otherwise (ArachneSpec()).
 
 - vectorised: a full repair as the trainer does it - one forward pass for the penultimate
   activations, then ``trainer_image.repair.arachne.repair`` (all particles at once).
@@ -102,7 +102,7 @@ def _child(kind: str, threads: int, device_name: str, ref_evals: int, q: Any) ->
     device = torch.device(device_name)
     from arachne_reference import reference_scores
 
-    from orchestrator.spec import RepairSpec
+    from orchestrator.spec import ArachneSpec
     from trainer_image.repair.arachne import repair
     from trainer_image.repair.base import RepairTask, TargetSplit
     from trainer_image.repair.selection import localise
@@ -110,7 +110,7 @@ def _child(kind: str, threads: int, device_name: str, ref_evals: int, q: Any) ->
     model = vgg_shaped().to(device)
     x, y, pred = repair_set(model, device)
     split = TargetSplit(y=y, pred=pred)
-    cfg = RepairSpec()
+    cfg = ArachneSpec()
     labels = torch.as_tensor(y)
     out: dict[str, Any] = {}
 
@@ -202,7 +202,7 @@ def main() -> None:
 
     print(f"# Arachne repair, VGG16-shaped network (43 classes), {N_POS} positives +")
     print(
-        f"# {N_NEG} negatives, RepairSpec() defaults, device={args.device}, "
+        f"# {N_NEG} negatives, ArachneSpec() defaults, device={args.device}, "
         f"threads={args.threads}, torch {torch.__version__}"
     )
     print(

@@ -48,7 +48,7 @@ from bench_arachne import (
 
 # name -> (module with `repair`, spec class, spec fields)
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "arachne": ("arachne", "RepairSpec", {}),
+    "arachne": ("arachne", "ArachneSpec", {}),
     "arachne-de": ("arachne_de", "ArachneDERepairSpec", {}),
     "arachne-de async": ("arachne_de", "ArachneDERepairSpec", {"update": "asynchronous"}),
     "finetune": ("finetune", "FinetuneRepairSpec", {}),

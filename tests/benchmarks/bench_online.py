@@ -16,7 +16,7 @@ the measured training epochs the repair set is labelled with the network's own p
 except ``--negatives`` inputs per target class relabelled to that class, so every target
 class has negatives to repair and the 200 positives Arachne samples exist (the cost of a
 repair depends on these counts, not on the labels' meaning). Arachne with the paper's
-defaults (``RepairSpec()``: 100 particles, at most 50 iterations, patience 10); the
+defaults (``ArachneSpec()``: 100 particles, at most 50 iterations, patience 10); the
 "further method" is Arachne's textbook variant standing in for a second method.
 
 Measured, one process, side by side: the last of ``--epochs`` training epochs (SGD steps
@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from orchestrator.spec import RepairSpec, TrainingSpec
+from orchestrator.spec import ArachneSpec, TrainingSpec
 from trainer_image.data import Split, Splits
 from trainer_image.models import Repairable
 from trainer_image.online import Method, OnlineEpoch, repair_epoch
@@ -133,10 +133,10 @@ def main() -> None:
     splits, targets = relabel_repair_set(model, splits, args.negatives)
     three, extra = targets[:3], targets[3]
 
-    v1 = RepairSpec()
+    v1 = ArachneSpec()
     methods = [
         Method("arachne", repair, v1, v1.seed),
-        Method("arachne-textbook", repair, RepairSpec(variant="textbook"), v1.seed),
+        Method("arachne-textbook", repair, ArachneSpec(variant="textbook"), v1.seed),
     ]
     configs = {
         "features + base only": (methods[:1], []),
@@ -164,7 +164,7 @@ def main() -> None:
     print(f"# classes, 32x32), GTSRB splits x {args.scale:g} = {sizes}, batch {args.batch_size},")
     print(
         f"# threads={args.threads}, torch {torch.__version__}, load average"
-        f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; Arachne RepairSpec() defaults,"
+        f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; Arachne ArachneSpec() defaults,"
         f" {args.negatives} negatives per class, classes {three} (+{extra})"
     )
     print(

@@ -358,8 +358,9 @@ def _quickstart(**kubernetes: Any) -> Any:
 
 @pytest.mark.parametrize("gpus", [0, 1])
 def test_chart_names_agree_with_the_rendered_job(chart: helm.Chart, gpus: int) -> None:
-    """Issue 7, must-show 3: the Job's default ServiceAccount, Secret and queue exist."""
-    manifests = pytest.importorskip("orchestrator.backends.kubernetes.manifests")
+    """The Job's default ServiceAccount, Secret and queue exist in the chart."""
+    from orchestrator.backends.kubernetes import manifests
+
     values = {**CASES["kind-minio"], **CASES["gpu-kueue"]}
     objs, _ = render(chart, values)
     (lq,) = kinds(objs, "LocalQueue")
@@ -390,7 +391,8 @@ def test_chart_names_agree_with_the_rendered_job(chart: helm.Chart, gpus: int) -
 
 
 def test_queue_label_only_when_the_spec_names_a_queue() -> None:
-    manifests = pytest.importorskip("orchestrator.backends.kubernetes.manifests")
+    from orchestrator.backends.kubernetes import manifests
+
     _, job = manifests.render_sweep(_quickstart())
     assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
 

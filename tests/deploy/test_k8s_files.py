@@ -35,10 +35,10 @@ SCRIPT = K8S / "kind-e2e.sh"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kind-config.yaml")
 DEFAULTS = KubernetesSpec()
 
-# What the submitter may do - and nothing else; never Secrets. Issue 7 listed configmaps
-# create/get/delete; the backend also lists them (idempotent submit, cancel) and patches the
-# new one's ownerReferences, which test_submitter_role_covers_every_call_the_backend_makes
-# derives from the backend's code. Issue 16: `status` reads Kueue's Workloads.
+# What the submitter may do - and nothing else; never Secrets. ConfigMaps are created, read,
+# listed (idempotent submit, cancel), patched (the new one's ownerReferences) and deleted;
+# test_submitter_role_covers_every_call_the_backend_makes derives the calls from the
+# backend's code. `status` reads Kueue's Workloads.
 SUBMITTER_RULES = [
     {
         "apiGroups": ["batch"],
@@ -187,19 +187,23 @@ RESOURCES = {
     "pod_log": ("", "pods/log"),
     "event": ("", "events"),
 }
-BACKEND = REPO / "orchestrator" / "backends" / "kubernetes" / "backend.py"
+BACKEND = REPO / "orchestrator" / "backends" / "kubernetes"
 
 
 def backend_api_calls() -> set[tuple[str, str, str]]:
-    """(group, verb, resource) of every namespaced API call in the Kubernetes backend's code,
-    with `watch` for list calls that are streamed by a Watch. Custom objects (the
-    CustomObjectsApi's ``*_namespaced_custom_object``) are Kueue's Workloads, the only
-    custom resource the backend reads (checked below)."""
+    """(group, verb, resource) of every namespaced API call in the Kubernetes backend's code
+    (every module of its package), with `watch` for list calls that are streamed by a
+    Watch. Custom objects (the CustomObjectsApi's ``*_namespaced_custom_object``) are
+    Kueue's Workloads, the only custom resource the backend reads (checked below)."""
     import ast
 
-    from orchestrator.backends.kubernetes.backend import KUEUE_GROUP
+    from orchestrator.backends.kubernetes.sweeps import KUEUE_GROUP
 
-    tree = ast.parse(BACKEND.read_text())
+    modules = sorted(BACKEND.glob("*.py"))
+    assert len(modules) > 5, modules  # the package's modules, not an empty glob
+    tree = ast.Module(
+        body=[node for m in modules for node in ast.parse(m.read_text()).body], type_ignores=[]
+    )
     pattern = re.compile(rf"^({'|'.join(API_VERBS)})_namespaced_(\w+)$")
     resources = {**RESOURCES, "custom_object": (KUEUE_GROUP, "workloads")}
     calls = set()
@@ -397,7 +401,8 @@ def test_kind_e2e_spec_is_a_cpu_sweep_on_minio(tmp_path: Path) -> None:
     host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
     assert spec.storage.endpoint_url == f"http://{host}:{service['spec']['ports'][0]['port']}"
 
-    manifests = pytest.importorskip("orchestrator.backends.kubernetes.manifests")
+    from orchestrator.backends.kubernetes import manifests
+
     objs = manifests.render_sweep(spec)
     problems = [p for obj in objs for p in validate_strict(obj) + restricted_violations(obj)]
     assert not problems, "\n".join(problems)
@@ -418,17 +423,33 @@ def _cli_calls() -> list[tuple[str, set[str]]]:
     return calls
 
 
-def test_kind_e2e_script_uses_commands_and_flags_the_cli_has() -> None:
+def cli_problems(calls: list[tuple[str, set[str]]]) -> list[str]:
+    """What in ``calls`` (command, --flags) the CLI does not have: a command, or a flag."""
     import typer
 
     from orchestrator.cli import app
 
+    group = typer.main.get_command(app)
+    problems = []
+    for command, flags in calls:
+        if command not in group.commands:
+            problems.append(f"early-repair {command}: no such command")
+            continue
+        options = {opt for p in group.commands[command].params for opt in p.opts}
+        if flags - options:
+            problems.append(f"early-repair {command}: unknown {sorted(flags - options)}")
+    return problems
+
+
+def test_kind_e2e_script_uses_commands_and_flags_the_cli_has() -> None:
     calls = _cli_calls()
     assert {c for c, _ in calls} >= {"plan", "submit", "status", "logs", "aggregate"}
-    group = typer.main.get_command(app)
-    missing = sorted({c for c, _ in calls} - set(group.commands))
-    if missing:
-        pytest.skip(f"CLI commands not registered yet (issues 4/6): {', '.join(missing)}")
-    for command, flags in calls:
-        options = {opt for p in group.commands[command].params for opt in p.opts}
-        assert flags <= options, f"early-repair {command}: unknown {sorted(flags - options)}"
+    assert cli_problems(calls) == []
+
+
+def test_a_command_or_flag_the_cli_lacks_fails_the_script_check() -> None:
+    calls = [("plan", {"--out"}), ("launch", {"--now"}), ("status", {"--watch", "--nope"})]
+    assert cli_problems(calls) == [
+        "early-repair launch: no such command",
+        "early-repair status: unknown ['--nope']",
+    ]

@@ -17,6 +17,7 @@ from orchestrator.spec import (
     ImportedRepairSpec,
     RepairConfig,
     json_schema,
+    member_class,
     parse_spec,
 )
 
@@ -113,6 +114,9 @@ def test_the_repair_union_has_one_member_per_catalog_method() -> None:
     members = union_members()
     assert set(members) == {*catalog.REPAIR_METHODS, IMPORTED}
     for tag, cls in members.items():
+        # `methods:` entries are validated by the class each config class registered, so
+        # the registry and the union must name the same class for every method.
+        assert member_class("pkg.fix:repair" if tag == IMPORTED else tag) is cls
         if tag != IMPORTED:
             assert cls.model_fields["method"].default == tag
             assert parse_spec({**BASE, "repair": {"method": tag}}).repair.__class__ is cls
@@ -123,7 +127,7 @@ def test_no_method_means_arachne_and_dumps_as_before_the_union() -> None:
         s = spec(**({} if repair is None else {"repair": repair}))
         assert isinstance(s.repair, ArachneSpec)
     dump = spec(repair={"classes": [3]}).model_dump(mode="json")["repair"]
-    # Key order and values of the single RepairSpec that existed before methods were a union.
+    # Key order and values of the one repair config that existed before methods were a union.
     assert list(dump) == [
         "method",
         "classes",

@@ -9,11 +9,10 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator import spec as spec_module
 from orchestrator.errors import BadInput
 from orchestrator.spec import (
     MAX_SWEEP_NAME,
-    RepairSpec,
+    ArachneSpec,
     ResourcesSpec,
     RunSpec,
     SweepSpec,
@@ -21,6 +20,7 @@ from orchestrator.spec import (
     load_spec,
     parse_spec,
 )
+from orchestrator.spec import yaml_file as yaml_module
 
 BASE = {"name": "s", "datasets": ["digits"], "models": ["small_cnn"], "seeds": [1]}
 
@@ -65,7 +65,7 @@ def test_defaults_are_the_papers() -> None:
     assert (t.batch_size, t.max_epochs, t.validation_split) == (128, 30, 0.2)
     assert (t.early_stopping, t.patience, t.min_delta) == (True, 5, 0.0)
     assert (t.checkpoint_every, t.checkpoint_first, t.checkpoint_convergence) == (5, True, True)
-    r = RepairSpec()
+    r = ArachneSpec()
     assert (r.method, r.particles, r.iterations, r.patience, r.phi) == (
         "arachne",
         100,
@@ -99,7 +99,7 @@ def test_valid_names_and_labels_pass_and_long_run_names_are_refused() -> None:
 def test_byte_sizes_accept_units_and_refuse_nonsense() -> None:
     r = ResourcesSpec(min_free_vram="10GiB", max_used_vram="1.5GB", vram_estimate=1024)
     assert (r.min_free_vram, r.max_used_vram, r.vram_estimate) == (10 * 2**30, 1_500_000_000, 1024)
-    assert RepairSpec(max_batch_bytes="64MiB").max_batch_bytes == 64 * 2**20
+    assert ArachneSpec(max_batch_bytes="64MiB").max_batch_bytes == 64 * 2**20
     with pytest.raises(BadInput, match=r"resources\.min_free_vram"):
         spec(resources={"min_free_vram": "ten gigs"})
 
@@ -201,7 +201,7 @@ def test_every_released_code_field_is_described_in_the_schema(cli, repo: Path) -
     jsonschema.validate(old, schema)
 
 
-# -- what validation lets through: nothing a run would only fail on later (issue 16) ---------
+# -- what validation lets through: nothing a run would only fail on later -------------------
 
 
 @pytest.mark.parametrize(
@@ -336,9 +336,9 @@ def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if request.param == "c":
         if not hasattr(yaml, "CSafeLoader"):
             pytest.skip("PyYAML without libyaml")
-        monkeypatch.setattr(spec_module, "_YAML_LOADER", yaml.CSafeLoader)
+        monkeypatch.setattr(yaml_module, "_YAML_LOADER", yaml.CSafeLoader)
     else:
-        monkeypatch.setattr(spec_module, "_YAML_LOADER", yaml.SafeLoader)
+        monkeypatch.setattr(yaml_module, "_YAML_LOADER", yaml.SafeLoader)
     return request.param
 
 

@@ -1,5 +1,5 @@
-"""Config blocks of the repair methods beyond Arachne's PSO (issue 13): defaults are the
-published ones, the shared fields are RepairSpec's own, bad fields are refused by name."""
+"""Config blocks of the repair methods beyond Arachne's PSO: defaults are the
+published ones, the shared fields are ArachneSpec's own, bad fields are refused by name."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pydantic import ValidationError
 
 from orchestrator.spec import (
     ArachneDERepairSpec,
+    ArachneSpec,
     FinetuneRepairSpec,
-    RepairSpec,
     describe_error,
 )
 
@@ -33,18 +33,18 @@ def test_finetune_defaults() -> None:
 
 @pytest.mark.parametrize("kind", METHODS)
 def test_shared_fields_are_repair_specs_own(kind) -> None:
-    mine, arachne = kind.model_fields, RepairSpec.model_fields
+    mine, arachne = kind.model_fields, ArachneSpec.model_fields
     for name in SHARED:
         assert mine[name].description == arachne[name].description
         assert mine[name].metadata == arachne[name].metadata
-        assert getattr(kind(), name) == getattr(RepairSpec(), name)
+        assert getattr(kind(), name) == getattr(ArachneSpec(), name)
     # The same validation: n_positives must be > 0 in every method.
     with pytest.raises(ValidationError):
         kind(n_positives=0)
     # The same ways to draw positives, the same default, and kept in dumps (no legacy key).
-    assert kind().positives == RepairSpec().positives == "uniform"
+    assert kind().positives == ArachneSpec().positives == "uniform"
     for how in ("uniform", "with-replacement-dedup", "balanced"):
-        RepairSpec(positives=how)
+        ArachneSpec(positives=how)
         block = kind(positives=how)
         assert kind.model_validate(block.model_dump()).positives == how
     with pytest.raises(ValidationError):

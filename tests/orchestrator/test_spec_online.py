@@ -1,4 +1,4 @@
-"""Spec fields of online repair, readiness and resume (issue 15): off by default, so the
+"""Spec fields of online repair, readiness and resume: off by default, so the
 paper's procedure and checkpoint set are unchanged; every new field documented."""
 
 from __future__ import annotations

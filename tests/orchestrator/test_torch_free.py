@@ -1,5 +1,5 @@
-"""The control plane never imports torch: ``early-repair --help`` stays fast and light
-(issue 2, must-show 2). Checked in fresh interpreters, since this test process has torch."""
+"""The control plane never imports torch: ``early-repair --help`` stays fast and light.
+Checked in fresh interpreters, since this test process has torch."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from orchestrator.results import layout as keys
 from orchestrator.results.records import MetricsRecord, TrainSummary
-from orchestrator.spec import DatasetSpec, ModelSpec, RepairSpec, TrainingSpec, parse_spec
+from orchestrator.spec import ArachneSpec, DatasetSpec, ModelSpec, TrainingSpec, parse_spec
 from orchestrator.store.file import FileStore
 from trainer_image import online as online_mod
 from trainer_image.data import Splits, load_splits
@@ -101,8 +101,8 @@ def test_features_are_computed_once_for_every_method_and_class(
     make_deterministic(4, CPU, 1)
     model = build_model(ModelSpec(name="small_cnn"), 1, 10, 8)
     before = cpu_state(model)
-    v1 = RepairSpec(particles=8, iterations=4, seed=7)
-    textbook = RepairSpec(particles=8, iterations=4, seed=9, variant="textbook")
+    v1 = ArachneSpec(particles=8, iterations=4, seed=7)
+    textbook = ArachneSpec(particles=8, iterations=4, seed=9, variant="textbook")
     methods = [Method("arachne", repair, v1, v1.seed), Method("textbook", repair, textbook, 9)]
     calls: list[int] = []
     real = online_mod.forward_split
@@ -154,7 +154,7 @@ def dropout_model() -> Repairable:
 def test_online_repair_never_changes_the_training_trajectory(splits: Splits) -> None:
     """Repairing every epoch (even with a method that draws from torch's global generator,
     which dropout also draws from) trains the very same weights as not repairing."""
-    methods = configured_methods(RepairSpec(particles=8, iterations=4))
+    methods = configured_methods(ArachneSpec(particles=8, iterations=4))
 
     def on_repair(epoch: int, m: nn.Module, val_feats: torch.Tensor) -> Any:
         torch.rand(100)  # a method that uses the global generator

@@ -14,7 +14,7 @@ import torch
 
 from orchestrator import catalog
 from orchestrator.errors import BadInput
-from orchestrator.spec import DatasetSpec, ModelSpec, ReadinessSpec, RepairSpec, TrainingSpec
+from orchestrator.spec import ArachneSpec, DatasetSpec, ModelSpec, ReadinessSpec, TrainingSpec
 from trainer_image import readiness as R
 from trainer_image.data import Split, Splits, load_splits
 from trainer_image.models import Repairable, build_model
@@ -260,7 +260,7 @@ def permuted_test_labels(splits: Splits) -> Splits:
 
 
 def online_run(splits: Splits) -> tuple[dict, list[dict], dict[str, torch.Tensor], list]:
-    repair = RepairSpec(classes=[3, 8], particles=10, iterations=5)
+    repair = ArachneSpec(classes=[3, 8], particles=10, iterations=5)
     methods = configured_methods(repair)
     spec = ReadinessSpec(patience=2, alpha=0.8, action="stop")
     cfg = TrainingSpec(max_epochs=10, batch_size=32, num_threads=1, repair_every=1, readiness=spec)

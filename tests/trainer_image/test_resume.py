@@ -25,7 +25,7 @@ from torch import nn
 from orchestrator.errors import RunFailed
 from orchestrator.results import layout as keys
 from orchestrator.results.records import TrainSummary
-from orchestrator.spec import DatasetSpec, ModelSpec, ReadinessSpec, RepairSpec, TrainingSpec
+from orchestrator.spec import ArachneSpec, DatasetSpec, ModelSpec, ReadinessSpec, TrainingSpec
 from orchestrator.store.file import FileStore
 from trainer_image import readiness as readiness_mod
 from trainer_image.data import Splits, load_splits
@@ -39,7 +39,7 @@ torch.set_num_threads(1)
 CPU = torch.device("cpu")
 SEED = 5
 CLASSES = [3, 8]
-REPAIR = RepairSpec(classes=CLASSES, particles=10, iterations=5)
+REPAIR = ArachneSpec(classes=CLASSES, particles=10, iterations=5)
 # Online repair every epoch and a policy that stops training: class 3 fires at epoch 5
 # (ready epoch 3, no periodic checkpoint, so its weights are held), class 8 at epoch 7.
 ONLINE = TrainingSpec(

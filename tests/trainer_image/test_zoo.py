@@ -21,7 +21,7 @@ from torchvision.models import densenet121 as tv_densenet121
 from torchvision.models.vgg import cfgs, make_layers
 
 from orchestrator.errors import BadInput
-from orchestrator.spec import DatasetSpec, ModelSpec, RepairSpec, TrainingSpec
+from orchestrator.spec import ArachneSpec, DatasetSpec, ModelSpec, TrainingSpec
 from trainer_image import zoo
 from trainer_image.data import gtsrb, rsna
 from trainer_image.models import Repairable, build_model
@@ -200,7 +200,7 @@ def _smoke(model: Repairable, splits, batch_size: int, first_conv: str) -> None:
     target = int(np.argmax([len(split.negatives(c)) for c in range(splits.num_classes)]))
     neg = split.negatives(target)
     assert len(neg) > 0
-    cfg_r = RepairSpec(particles=10, iterations=3)
+    cfg_r = ArachneSpec(particles=10, iterations=3)
     res = arachne.repair(
         RepairTask(
             model.head, features, torch.from_numpy(splits.repair.y), split, target, 7, "cpu"

@@ -64,7 +64,7 @@ from collections.abc import Callable
 
 import torch
 
-from orchestrator.spec import RepairSpec
+from orchestrator.spec import ArachneSpec
 from trainer_image.repair.base import RepairResult, RepairTask
 from trainer_image.repair.last_layer import (
     SEARCH_DTYPE,
@@ -99,7 +99,7 @@ def pso(
     initial: torch.Tensor,
     std: float,
     wb: float,
-    cfg: RepairSpec,
+    cfg: ArachneSpec,
     generator: torch.Generator,
     device: torch.device,
 ) -> Search:
@@ -167,7 +167,7 @@ def _record(
 # --- the entry point -----------------------------------------------------------------
 
 
-def repair(task: RepairTask, cfg: RepairSpec) -> RepairResult:
+def repair(task: RepairTask, cfg: ArachneSpec) -> RepairResult:
     """Repair ``task.head`` for ``task.target_class`` with Arachne (the module docstring).
 
     Returns the patch (every localised weight with its old and new value) and the repair's

@@ -8,27 +8,21 @@ JSON progress lines feed one rich progress display on stderr and whose stderr is
 a per-run log file. A run the store shows complete (``_SUCCESS`` and every output of its
 current classes) starts no process at all.
 
-A small record per (results location, sweep) - ``<state dir>/<sweep>/<16 hex of the
-results URI>/`` holding ``state.json``, the sweep file the trainers read and their logs -
-lets ``cancel``, ``status`` and ``logs`` work from another shell. The state dir is
-``$EARLY_REPAIR_STATE_DIR``, else ``$XDG_CACHE_HOME/early-repair/local`` (``~/.cache/...``),
-so the same sweep name in two results folders (two projects, or the test suite next to a
-user's quickstart) never shares a record; the tests point it at a temporary folder. Sweep
-names are checked (DNS labels, as in a spec) before they become paths, and a pid read from
-a record is signalled only when /proc shows the very process recorded: the same start
-time and the same command line, which for a run is our trainer command.
+A small record per (results location, sweep) lets ``cancel``, ``status`` and ``logs``
+work from another shell. The backend is split by concern: ``records`` (where records live
+and how they are read), ``processes`` (knowing a recorded process again before it is
+signalled), ``follow`` (status, watch, logs and cancel from any shell) and this module
+(planning and running a sweep: processes, GPU slots, the display, signals).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,52 +35,30 @@ from rich.console import Console
 
 from orchestrator.backends.base import RunState, RunStatus, SubmitResult
 from orchestrator.backends.local.display import Display, duration
+from orchestrator.backends.local.follow import Following
 from orchestrator.backends.local.parent import PARENT_ENV
-from orchestrator.backends.progress import describe, sweep_progress
-from orchestrator.errors import BadInput, EarlyRepairError, StoreError
+from orchestrator.backends.local.plan import LocalPlan
+from orchestrator.backends.local.processes import _identity, _last_line
+from orchestrator.backends.local.records import (
+    LOCK_FILE,
+    SPEC_FILE,
+    STATE_DIR_ENV,
+    STATE_FILE,
+    STATE_VERSION,
+    canonical_results,
+    state_dir,
+)
+from orchestrator.backends.progress import sweep_progress
+from orchestrator.common.atomic import atomic_write
+from orchestrator.errors import BadInput
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.gpu.packing import GpuPool
 from orchestrator.results import events
 from orchestrator.results import layout as keys
 from orchestrator.results.records import experiment
-from orchestrator.spec import (
-    RunSpec,
-    SweepSpec,
-    check_sweep_name,
-    parse_spec,
-)
-from orchestrator.store import KeyMissing, Store, open_results, open_store, read_json
+from orchestrator.spec import RunSpec, SweepSpec
+from orchestrator.store import Store, open_results
 from orchestrator.store.file import FileStore
-
-STATE_VERSION = 2
-STATE_DIR_ENV = "EARLY_REPAIR_STATE_DIR"
-STATE_FILE = "state.json"
-SPEC_FILE = "sweep.json"
-LOCK_FILE = "run.lock"
-KEY_CHARS = 16
-
-
-def state_dir() -> Path:
-    """Where local sweeps keep their records and per-run logs: ``$EARLY_REPAIR_STATE_DIR``,
-    else per user (not per project) in the XDG cache folder."""
-    override = os.environ.get(STATE_DIR_ENV)
-    if override:
-        return Path(override).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "early-repair" / "local"
-
-
-def results_key(results: str) -> str:
-    """The record folder's name for a results location (its canonical URI)."""
-    return hashlib.sha256(results.encode()).hexdigest()[:KEY_CHARS]
-
-
-def canonical_results(uri: str, source: str = "--results") -> str:
-    """The URI a store reports for ``uri``: an absolute path, or s3://bucket/prefix."""
-    try:
-        return open_store(uri).uri
-    except BadInput as e:
-        raise BadInput(f"{source}: {e}") from e
 
 
 def default_workers(spec: SweepSpec, n_runs: int, cpus: int | None = None) -> int:
@@ -94,106 +66,6 @@ def default_workers(spec: SweepSpec, n_runs: int, cpus: int | None = None) -> in
     cpus = cpus or os.cpu_count() or 1
     per_run = spec.training.num_threads or cpus
     return max(1, min(n_runs, cpus // per_run))
-
-
-def _proc_start(pid: int) -> str | None:
-    """The process's start time (Linux), so a recycled pid is not mistaken for ours."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-_CMDLINE_WAIT_S = 5.0  # a bound for a process that never gets its arguments, not a delay
-
-
-def _proc_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return raw.decode(errors="replace").split("\0")[:-1] if raw else None
-
-
-def _identity(pid: int) -> dict[str, Any]:
-    """What a record keeps of a process to know it again: pid, start time, command line."""
-    cmdline = _proc_cmdline(pid)
-    # Popen returns as soon as the child execs (CPython vforks), which can be before the
-    # kernel has set up the new program's arguments: /proc/PID/cmdline then reads empty
-    # for a moment. Recorded so, the process could never be recognised (cancel --local).
-    deadline = time.monotonic() + _CMDLINE_WAIT_S
-    while cmdline is None and _proc_start(pid) is not None and time.monotonic() < deadline:
-        time.sleep(0.001)
-        cmdline = _proc_cmdline(pid)
-    return {"pid": pid, "pid_start": _proc_start(pid), "cmdline": cmdline}
-
-
-def _ours(rec: dict[str, Any], *, trainer: bool = False) -> bool:
-    """Whether the process a record names is still that very process: alive, same start
-    time, same command line (and, for a run, our trainer command). A record without both
-    (another version's, or one written by hand) never matches: nothing is signalled on
-    a guess."""
-    pid, start, cmdline = rec.get("pid"), rec.get("pid_start"), rec.get("cmdline")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    if not isinstance(start, str) or not isinstance(cmdline, list):
-        return False
-    if trainer and not ("trainer" in cmdline and "--run-index" in cmdline):
-        return False
-    return _proc_start(pid) == start and _proc_cmdline(pid) == cmdline
-
-
-def _terminate(rec: dict[str, Any], *, trainer: bool) -> bool:
-    """SIGTERM the process ``rec`` names if it is still that process (``_ours``). A pidfd
-    taken before the check pins the process, so a pid recycled between the check and the
-    signal cannot be hit."""
-    pid = rec["pid"]
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except (AttributeError, OSError):  # no pidfd (old kernel): the narrow window remains
-        fd = None
-    try:
-        if not _ours(rec, trainer=trainer):
-            return False
-        if fd is None:
-            os.kill(pid, signal.SIGTERM)
-        else:
-            signal.pidfd_send_signal(fd, signal.SIGTERM)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _last_line(path: Path) -> str:
-    """The last non-empty line of a log: the trainer's one-line error, or a traceback's end."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 @dataclass
@@ -225,7 +97,7 @@ class LocalSubmitResult(SubmitResult):
         )
 
 
-class LocalBackend:
+class LocalBackend(Following):
     """Runs sweeps as local trainer processes; ``status``/``logs``/``cancel`` by sweep name.
 
     ``results`` picks the record of that results location when one sweep name was run
@@ -248,14 +120,16 @@ class LocalBackend:
     ) -> None:
         if workers is not None and workers < 1:
             raise BadInput(f"--workers must be at least 1, got {workers}")
+        super().__init__(
+            state_root or state_dir(),
+            None if results is None else canonical_results(results),
+            store=store,
+            poll_s=poll_s,
+            sleep=sleep,
+        )
         self.workers = workers
-        self._store = store
-        self.results = None if results is None else canonical_results(results)
-        self.state_root = state_root or state_dir()
         self.console = console or Console(stderr=True)
         self.python = python
-        self.poll_s = poll_s
-        self.sleep = sleep
         self._lock = threading.RLock()  # also taken by the signal handler, on the main thread
         self._cancelled = threading.Event()
         self.stopped_by: int | None = None  # the signal that stopped the last submit
@@ -271,77 +145,11 @@ class LocalBackend:
     # picks one record when a sweep name was run into several results locations.
     options = ("workers", "results")
 
-    # --- records: one folder per (sweep, results location) --------------------------------
-
-    def record_dir(self, sweep: str, results: str) -> Path:
-        """The record of ``sweep`` run into ``results`` (a store's canonical URI)."""
-        return self.state_root / check_sweep_name(sweep) / results_key(results)
-
-    def state_file(self, sweep: str, results: str) -> Path:
-        return self.record_dir(sweep, results) / STATE_FILE
-
-    def log_dir(self, sweep: str, results: str) -> Path:
-        return self.record_dir(sweep, results)
-
-    @staticmethod
-    def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            return None  # another version's record (or a damaged one) is not ours to act on
-        return data
-
-    def read_state(self, sweep: str, results: str) -> dict[str, Any] | None:
-        return self._read(self.state_file(sweep, results))
-
-    def records(self, sweep: str) -> list[dict[str, Any]]:
-        """Every record of ``sweep`` on this machine (one per results location)."""
-        folder = self.state_root / check_sweep_name(sweep)
-        found = []
-        for path in sorted(folder.glob(f"*/{STATE_FILE}")):
-            state = self._read(path)
-            if (
-                state
-                and state.get("sweep") == sweep
-                and isinstance(state.get("results"), str)
-                and path.parent.name == results_key(state["results"])
-            ):
-                found.append(state)
-        return sorted(found, key=lambda st: st["results"])
-
-    def _candidates(self, sweep: str) -> list[dict[str, Any]]:
-        if self.results is None:
-            return self.records(sweep)
-        state = self.read_state(sweep, self.results)
-        return [state] if state and state.get("results") == self.results else []
-
-    @staticmethod
-    def _one(sweep: str, found: list[dict[str, Any]]) -> dict[str, Any] | None:
-        if len(found) > 1:
-            shown = ", ".join(s["results"] for s in found[:3]) + (", ..." if len(found) > 3 else "")
-            raise BadInput(
-                f"sweep {sweep!r} was run on this machine into {len(found)} results locations"
-                f" ({shown}): pass --results URI to pick one"
-            )
-        return found[0] if found else None
-
-    def find_state(self, sweep: str) -> dict[str, Any] | None:
-        """The one record ``sweep`` (and ``results``, if given) names, None if there is
-        none; BadInput when several results locations hold that sweep and none is picked."""
-        return self._one(sweep, self._candidates(sweep))
-
-    def live_state(self, sweep: str, results: str) -> dict[str, Any] | None:
-        """The record of a sweep whose ``run`` process is still alive, else None."""
-        state = self.read_state(sweep, results)
-        return state if state and _ours(state) else None
-
     def _save_state(self) -> None:
         with self._lock:
             assert self._record is not None
             text = json.dumps(self._state, indent=2, sort_keys=True)
-            _atomic_write(self._record / STATE_FILE, text + "\n")
+            atomic_write(self._record / STATE_FILE, text + "\n")
 
     def _set_run(self, name: str, **fields: Any) -> None:
         with self._lock:
@@ -409,8 +217,23 @@ class LocalBackend:
                 f" {STATE_DIR_ENV} to a writable folder"
             )
 
-    def submit(self, spec: SweepSpec, *, dry_run: bool = False) -> LocalSubmitResult:
-        """Run every run of the sweep; returns when all have ended."""
+    @property
+    def where(self) -> str:
+        return "local"
+
+    def plan(self, spec: SweepSpec) -> LocalPlan:
+        """The sweep's runs as trainer processes here; nothing is checked or started."""
+        return LocalPlan(spec)
+
+    def submit(
+        self, plan: LocalPlan, *, dry_run: bool = False, replace: bool = False
+    ) -> LocalSubmitResult:
+        """Run every run of the planned sweep; returns when all have ended."""
+        if not isinstance(plan, LocalPlan):
+            raise TypeError(f"submit takes this backend's plan(spec), not {type(plan).__name__}")
+        if replace:
+            raise BadInput("--replace does not apply to the local backend; leave it out")
+        spec = plan.spec
         runs = spec.runs()
         store = self.check(spec)
         # Before anything is created: find the GPUs; a run none can hold is bad input.
@@ -474,7 +297,7 @@ class LocalBackend:
         if isinstance(store, FileStore) and spec.results != store.uri:
             # Children (and a later `status` from another folder) must find the same place.
             effective = spec.model_copy(update={"results": store.uri})
-        _atomic_write(spec_file, effective.model_dump_json(indent=2) + "\n")
+        atomic_write(spec_file, effective.model_dump_json(indent=2) + "\n")
         self._cancelled.clear()
         self._record = logs
         self.stopped_by = None
@@ -634,156 +457,3 @@ class LocalBackend:
         self._set_run(run.name, state=status.state.value, exit_code=code, pid=None, pid_start=None)
         display.end(task, status, seconds)
         return status
-
-    # --- status, logs, cancel -----------------------------------------------------------
-
-    def _locate(self, sweep: str) -> tuple[Store, list[RunSpec], dict[str, Any] | None]:
-        """The sweep's store and runs: from this machine's record, else from the store."""
-        check_sweep_name(sweep)
-        state = self.find_state(sweep)
-        spec: SweepSpec | None = None
-        if state and isinstance(state.get("spec_file"), str):
-            with contextlib.suppress(OSError, ValueError, BadInput):
-                spec = parse_spec(json.loads(Path(state["spec_file"]).read_text()))
-        if spec is not None and spec.name != sweep:
-            spec = None
-        store = self._store
-        if store is None and spec is None and self.results is not None:
-            store = open_store(self.results)  # no record here: the store alone must do
-        if store is None:
-            if spec is None:
-                raise BadInput(
-                    f"sweep {sweep!r} was not run on this machine (no record in"
-                    f" {self.state_root}); check the name, pass --results URI, or drop"
-                    " --local for a cluster sweep"
-                )
-            # With the S3 endpoint and region it ran with.
-            store = open_results(spec.results, spec.storage)
-        if spec is None:
-            try:
-                spec = parse_spec(read_json(store, keys.sweep_json(sweep)), "sweep.json")
-            except KeyMissing as e:
-                raise BadInput(f"no sweep {sweep!r} in {store.uri}") from e
-        return store, spec.runs(), state
-
-    def status(self, sweep: str) -> list[RunStatus]:
-        store, runs, state = self._locate(sweep)
-        live = bool(state and _ours(state))
-        recorded = (state or {}).get("runs", {})
-        progress = sweep_progress(store, runs)
-        out = []
-        for run in runs:
-            p = progress[run.name]
-            rec = recorded.get(run.name, {})
-            if p["done"]:
-                st = RunState.SUCCEEDED
-            elif live and rec.get("state") == RunState.RUNNING.value:
-                st = RunState.RUNNING
-            elif live and rec.get("state") in (None, RunState.PENDING.value):
-                st = RunState.PENDING
-            elif rec.get("state") in (RunState.FAILED.value, RunState.CANCELLED.value):
-                st = RunState(rec["state"])
-            elif p["epoch"] is not None or p["trained"]:
-                st = RunState.FAILED  # started, not running, not done: a crash
-            else:
-                st = RunState.PENDING
-            message = describe(p)
-            if st is RunState.FAILED and rec.get("exit_code") not in (None, 0):
-                message = f"exit {rec['exit_code']}; {message}"
-            out.append(RunStatus(run.index, run.name, st, message=message, progress=p))
-        return out
-
-    def watch(self, sweep: str) -> Iterator[list[RunStatus]]:
-        """``status`` every ``poll_s`` seconds while the sweep's processes are alive."""
-        while True:
-            states = self.status(sweep)
-            yield states
-            state = self.find_state(sweep)
-            if not (state and _ours(state)) or all(s.state.terminal for s in states):
-                return
-            self.sleep(self.poll_s)
-
-    @staticmethod
-    def _select(sweep: str, runs: list[RunSpec], run: str | None) -> list[RunSpec]:
-        """Every run, or the one ``run`` names by name or index (as ``--run`` says)."""
-        if run is None:
-            return runs
-        for r in runs:
-            if run in (r.name, str(r.index)):
-                return [r]
-        names = ", ".join(r.name for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
-        raise BadInput(
-            f"--run: sweep {sweep!r} has no run {run[:80]!r}; runs (or their index"
-            f" 0..{len(runs) - 1}): {names}"
-        )
-
-    def _live_logs(self, state: dict[str, Any] | None) -> dict[str, Path]:
-        """The stderr log file of each run whose trainer is running now (kept in the
-        record's own folder: a path elsewhere in a record is not read)."""
-        if not state:
-            return {}
-        folder = self.record_dir(state["sweep"], state["results"])
-        out = {}
-        for name, rec in (state.get("runs") or {}).items():
-            log = rec.get("log") if isinstance(rec, dict) else None
-            if isinstance(log, str) and Path(log).parent == folder and _ours(rec, trainer=True):
-                out[name] = Path(log)
-        return out
-
-    def logs(self, sweep: str, run: str | None = None, *, follow: bool = False) -> Iterator[str]:
-        """Each run's log, prefixed with the run name when there are several: the live log
-        of a run that is running now (its trainer's stderr), else the one archived in the
-        store (``<run>/logs/trainer.log``, which also holds earlier attempts)."""
-        store, runs, state = self._locate(sweep)
-        wanted = [r.name for r in self._select(sweep, runs, run)]
-        live = {n: p for n, p in self._live_logs(state).items() if n in wanted}
-        seen = dict.fromkeys(wanted, 0)
-        while True:
-            blobs = store.read_many([keys.log(sweep, n) for n in wanted if n not in live])
-            for name in wanted:
-                if name in live:
-                    try:
-                        blob: Any = live[name].read_bytes()
-                    except OSError:
-                        continue
-                else:
-                    blob = blobs[keys.log(sweep, name)]
-                if isinstance(blob, KeyMissing):
-                    continue  # no log archived yet
-                if isinstance(blob, EarlyRepairError):  # wrong credentials, no bucket, ...
-                    raise blob
-                if isinstance(blob, Exception):  # an OSError from a folder store
-                    raise StoreError(f"{store.uri}/{keys.log(sweep, name)}: cannot read ({blob})")
-                # While following, hold back a partial last line until it is complete.
-                end = blob.rfind(b"\n", seen[name]) + 1 if follow else len(blob)
-                chunk, seen[name] = blob[seen[name] : max(end, seen[name])], max(end, seen[name])
-                for line in chunk.decode(errors="replace").splitlines():
-                    yield line if len(wanted) == 1 else f"[{name}] {line}"
-            state = self.find_state(sweep) if follow else None
-            if not follow or not (state and _ours(state)):
-                return
-            self.sleep(self.poll_s)
-
-    def cancel(self, sweep: str) -> list[str]:
-        """Stop a running local sweep: its runs end as CANCELLED and can be resumed later.
-
-        Returns what was signalled (``pid/N``)."""
-        check_sweep_name(sweep)
-
-        def trainers(state: dict[str, Any]) -> list[dict[str, Any]]:
-            runs = state.get("runs") or {}
-            return [r for r in runs.values() if isinstance(r, dict) and _ours(r, trainer=True)]
-
-        # Only records with something running are candidates: the finished ones of the
-        # same sweep name elsewhere make nothing ambiguous.
-        active = [s for s in self._candidates(sweep) if _ours(s) or trainers(s)]
-        state = self._one(sweep, active)
-        # The `run` process terminates its runs and starts no more; runs that outlived a
-        # killed `run` are stopped one by one.
-        targets = [] if state is None else [state] if _ours(state) else trainers(state)
-        stopped = [
-            f"pid/{rec['pid']}" for rec in targets if _terminate(rec, trainer=rec is not state)
-        ]
-        if not stopped:
-            raise BadInput(f"nothing is running for sweep {sweep!r} on this machine")
-        return stopped

@@ -1,5 +1,4 @@
-"""Bad input exits 2 with one line naming the problem, no traceback, nothing created
-(issue 2, must-show 5)."""
+"""Bad input exits 2 with one line naming the problem, no traceback, nothing created."""
 
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ CASES = {
     "unreadable yaml": (GOOD + "repair: {classes: [3\n", ["not valid YAML", "line"]),
     "not a mapping": ("- digits\n- small_cnn\n", ["must be a mapping"]),
     "unknown dataset": (GOOD.replace("[digits]", "[mnist]"), ["unknown dataset 'mnist'"]),
-    # Online repair and readiness (issue 15).
+    # Online repair and readiness.
     "repair_every below 1": (
         GOOD.replace("max_epochs: 2", "max_epochs: 2, repair_every: 0"),
         ["training.repair_every", "greater than or equal to 1"],
@@ -184,7 +183,7 @@ def test_prepare_with_a_missing_input_folder_is_one_line(cli, tmp_path: Path) ->
     nothing_created(tmp_path)
 
 
-# -- issue 16: what still gave a traceback, or exit 0 -----------------------------------------
+# -- inputs that once gave a traceback, or exit 0 ----------------------------------------------
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 CREDENTIALS_URL = f"http://AKIAIOSFODNN7EXAMPLE:{SECRET}@minio.example:9000"

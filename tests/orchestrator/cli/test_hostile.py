@@ -1,4 +1,4 @@
-"""Every command against hostile input (issue 16, must-show 4): alias bombs, deep nesting,
+"""Every command against hostile input: alias bombs, deep nesting,
 /dev/zero, huge and non-finite numbers, booleans for numbers, unicode garbage, ``../`` names,
 credentials in URLs, missing files, folders for files and binary files.
 

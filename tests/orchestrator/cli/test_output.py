@@ -1,6 +1,6 @@
 """``-o json|yaml|table`` on every command that prints data, ``--out -`` for ``plan``, and the
 rest of the kubectl-style surface: ``--version``, completion, short flags, a hidden
-``trainer``, grouped and readable help (issue 18)."""
+``trainer``, grouped and readable help."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def both(cli, *args: Any) -> tuple[Any, Any]:
 
 
 def test_plan_yaml_pipes_into_safe_load_all() -> None:
-    """Must-show 1: `early-repair plan SPEC -o yaml | python -c "...safe_load_all..."`."""
+    """`early-repair plan SPEC -o yaml` is a YAML stream that safe_load_all reads whole."""
     parse = "import sys, yaml, json; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))"
     plan = subprocess.Popen(
         [exe(), "plan", str(QUICKSTART), "-o", "yaml"],

@@ -1,4 +1,4 @@
-"""Stopping ``early-repair run`` from outside (issue 16): Ctrl-C exits 130, and trainers whose
+"""Stopping ``early-repair run`` from outside: Ctrl-C exits 130, and trainers whose
 ``run`` was killed stop quietly - one log line, the log archived, no BrokenPipeError traceback.
 
 Real processes: ``run`` starts real trainers on the digits quickstart; each test waits until

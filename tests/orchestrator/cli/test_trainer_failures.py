@@ -1,4 +1,4 @@
-"""How a trainer process ends when the world fails it (issue 16): storage that keeps failing
+"""How a trainer process ends when the world fails it: storage that keeps failing
 after botocore's retries exits 69 (retriable, the podFailurePolicy counts it against the
 backoff), a missing bucket 2 (never retried), a full disk and a damaged checkpoint 1 with one
 line naming the folder or file - never a traceback.
@@ -162,7 +162,8 @@ def test_logs_local_with_a_broken_store_is_not_a_silent_success(
             }
         )
         # A sweep this machine ran (its trainer a no-op), whose log is not archived yet.
-        LocalBackend(python="/bin/true").submit(sweep)
+        backend = LocalBackend(python="/bin/true")
+        backend.submit(backend.plan(sweep))
         ok = cli("logs", "failing", "--local")
         assert (ok.code, ok.out) == (0, ""), ok.err
         broken.append(kind)  # now the credentials are refused / the server fails

@@ -230,7 +230,7 @@ def test_local_backend_packs_runs_by_free_memory(tmp_path: Path) -> None:
         workers=3, nvml=two_gpus(), python=python, console=console, state_root=tmp_path / "st"
     )
     spec = parse_spec({**SPEC, "results": str(tmp_path / "results")})
-    out = backend.submit(spec)
+    out = backend.submit(backend.plan(spec))
     assert [r.state for r in out.runs] == [RunState.SUCCEEDED] * 3, out.summary()
 
     seen = [json.loads((records / f"{i}.json").read_text()) for i in range(3)]
@@ -253,14 +253,14 @@ def test_local_backend_cpu_fallback(tmp_path: Path) -> None:
     backend = LocalBackend(
         nvml=no_driver(), console=Console(file=io.StringIO()), state_root=tmp_path
     )
-    backend.submit(spec, dry_run=True)
+    backend.submit(backend.plan(spec), dry_run=True)
     with backend._env_for(run, workers=1) as env:
         assert env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
     # resources.gpus 0: CUDA is kept away from every GPU, and NVML is never asked.
     nvml = two_gpus()
     cpu = parse_spec({**SPEC, "resources": {"gpus": 0}, "results": str(tmp_path / "r")})
     backend = LocalBackend(nvml=nvml, console=Console(file=io.StringIO()), state_root=tmp_path)
-    backend.submit(cpu, dry_run=True)
+    backend.submit(backend.plan(cpu), dry_run=True)
     with backend._env_for(cpu.runs()[0], workers=1) as env:
         assert env["CUDA_VISIBLE_DEVICES"] == ""
     assert nvml.inits == 0
@@ -269,7 +269,7 @@ def test_local_backend_cpu_fallback(tmp_path: Path) -> None:
 def test_local_backend_gives_each_run_its_own_slot(tmp_path: Path) -> None:
     spec = parse_spec({**SPEC, "resources": {"gpus": 1, "vram_estimate": "8GiB"}})
     backend = LocalBackend(nvml=box(), console=Console(file=io.StringIO()), state_root=tmp_path)
-    backend.submit(spec, dry_run=True)
+    backend.submit(backend.plan(spec), dry_run=True)
     runs = spec.runs()
     with (
         backend._env_for(runs[0], workers=3) as a,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.spec import RepairSpec
+from orchestrator.spec import ArachneSpec
 from trainer_image.repair.arachne import clamp_velocity, constriction, pso, repair
 from trainer_image.repair.base import RepairTask, TargetSplit
 from trainer_image.repair.last_layer import SwarmScores
@@ -121,7 +121,7 @@ def test_balanced_positives_in_a_repair() -> None:
     y[:60] = (pred[:60] + 1) % 3
     split = TargetSplit(y=y, pred=pred)
     cls = int(np.argmax([split.negatives(c).size for c in range(3)]))
-    cfg = RepairSpec(particles=8, iterations=3, positives="balanced")
+    cfg = ArachneSpec(particles=8, iterations=3, positives="balanced")
     res = repair(RepairTask(head, feats, torch.as_tensor(y), split, cls, 4), cfg)
     counts = np.bincount(y[split.positives()], minlength=3)
     base, _, shortfall = expected_counts({c: int(k) for c, k in enumerate(counts)}, N)
@@ -178,7 +178,7 @@ def hand_trajectory(order: str, particles: int, steps: int, std: float, wb: floa
 @pytest.mark.parametrize("order", ["velocity-first", "position-first"])
 def test_pso_update_order_on_a_small_swarm(order: str) -> None:
     steps = 4
-    cfg = RepairSpec(particles=3, iterations=steps, patience=50, update_order=order)
+    cfg = ArachneSpec(particles=3, iterations=steps, patience=50, update_order=order)
     rec = Recording()
     pso(
         rec,
@@ -236,7 +236,7 @@ def test_stagnation_start_12_stops_like_the_released_rule(seed: int) -> None:
     gains = {int(i) for i in rng.choice(np.arange(1, 40), size=int(rng.integers(0, 6)))}
     for extra in ([], [3], [11], [13]):
         g = gains | set(extra)
-        cfg = RepairSpec(particles=2, iterations=50, patience=10, stagnation_start=12)
+        cfg = ArachneSpec(particles=2, iterations=50, patience=10, stagnation_start=12)
         gen = torch.Generator().manual_seed(0)
         s = pso(Scripted(g), torch.zeros(1, dtype=torch.float64), 1.0, 1.0, cfg, gen, CPU)
         assert s.iterations == released_stop(g, 10, 50), sorted(g)
@@ -244,7 +244,7 @@ def test_stagnation_start_12_stops_like_the_released_rule(seed: int) -> None:
 
 def test_stagnation_is_checked_from_the_first_iteration_by_default() -> None:
     for start, expected in ((1, 10), (12, 12), (25, 25)):
-        cfg = RepairSpec(particles=2, iterations=50, patience=10, stagnation_start=start)
+        cfg = ArachneSpec(particles=2, iterations=50, patience=10, stagnation_start=start)
         gen = torch.Generator().manual_seed(0)
         s = pso(Scripted(set()), torch.zeros(1, dtype=torch.float64), 1.0, 1.0, cfg, gen, CPU)
         assert s.iterations == expected

@@ -11,7 +11,7 @@ import torch
 from arachne_reference import reference_scores
 
 from orchestrator.errors import BadInput
-from orchestrator.spec import DatasetSpec, RepairSpec
+from orchestrator.spec import ArachneSpec, DatasetSpec
 from trainer_image.data.digits import load as load_digits
 from trainer_image.models import small_cnn
 from trainer_image.repair.arachne import clamp_velocity, constriction, pso, repair
@@ -173,7 +173,7 @@ def test_clamp_velocity_v1_and_textbook() -> None:
 @pytest.mark.parametrize("variant", ["v1", "textbook"])
 def test_velocity_bounds_respected_during_search(variant: str) -> None:
     head, feats, y, split = synthetic(2)
-    cfg = RepairSpec(variant=variant, particles=40, iterations=30, patience=30)
+    cfg = ArachneSpec(variant=variant, particles=40, iterations=30, patience=30)
     res = repair(RepairTask(head, feats, y, split, weakest(split, 6), 11), cfg)
     w = head.weight.detach().double()
     wb = float(w.max() - w.min())
@@ -203,7 +203,7 @@ class Scripted:
 
 
 def _run_pso(fitness, **cfg) -> tuple[int, list[dict[str, float]]]:
-    spec = RepairSpec(particles=5, **cfg)
+    spec = ArachneSpec(particles=5, **cfg)
     gen = torch.Generator().manual_seed(0)
     s = pso(fitness, torch.zeros(3, dtype=torch.float64), 1.0, 1.0, spec, gen, CPU)
     return s.iterations, s.history
@@ -243,7 +243,7 @@ def test_pso_moves_the_swarm_towards_the_optimum(variant: str) -> None:
         z = torch.zeros(len(x), dtype=torch.float64)
         return SwarmScores(fit, z, z, z, z)
 
-    spec = RepairSpec(particles=30, iterations=200, patience=50, variant=variant)
+    spec = ArachneSpec(particles=30, iterations=200, patience=50, variant=variant)
     gen = torch.Generator().manual_seed(1)
     s = pso(f, torch.zeros(4, dtype=torch.float64), 1.0, 1.0, spec, gen, CPU)
     hist = [h["best_fitness"] for h in s.history]
@@ -255,7 +255,7 @@ def test_pso_moves_the_swarm_towards_the_optimum(variant: str) -> None:
 def test_same_seed_same_patch_and_different_seeds_differ() -> None:
     head, feats, y, split = synthetic(3)
     cls = weakest(split, 6)
-    cfg = RepairSpec(particles=30, iterations=20)
+    cfg = ArachneSpec(particles=30, iterations=20)
     a = repair(RepairTask(head, feats, y, split, cls, 123), cfg)
     b = repair(RepairTask(head, feats, y, split, cls, 123), cfg)
     c = repair(RepairTask(head, feats, y, split, cls, 124), cfg)
@@ -269,8 +269,8 @@ def test_same_seed_same_patch_and_different_seeds_differ() -> None:
 def test_chunked_repair_gives_the_same_patch() -> None:
     head, feats, y, split = synthetic(4)
     cls = weakest(split, 6)
-    big = repair(RepairTask(head, feats, y, split, cls, 5), RepairSpec(particles=30, iterations=15))
-    small = RepairSpec(particles=30, iterations=15, max_batch_bytes=50_000)
+    big = repair(RepairTask(head, feats, y, split, cls, 5), ArachneSpec(particles=30, iterations=15))
+    small = ArachneSpec(particles=30, iterations=15, max_batch_bytes=50_000)
     res = repair(RepairTask(head, feats, y, split, cls, 5), small)
     assert [p.new for p in res.patch] == pytest.approx([p.new for p in big.patch], abs=1e-6)
     assert res.n_patched == big.n_patched and res.n_intact == big.n_intact
@@ -279,7 +279,7 @@ def test_chunked_repair_gives_the_same_patch() -> None:
 def test_result_figures_are_consistent() -> None:
     head, feats, y, split = synthetic(5)
     cls = weakest(split, 6)
-    res = repair(RepairTask(head, feats, y, split, cls, 2), RepairSpec(particles=30, iterations=20))
+    res = repair(RepairTask(head, feats, y, split, cls, 2), ArachneSpec(particles=30, iterations=20))
     assert res.status == "repaired"
     assert res.n_neg == split.negatives(cls).size
     assert res.n_pos == 200
@@ -323,7 +323,7 @@ def test_with_replacement_dedup_in_a_repair_uses_fewer_positives() -> None:
     head, feats, y, split = synthetic(6, n=300)
     cls = weakest(split, 6)
     n_positives = len(split.positives())
-    cfg = RepairSpec(
+    cfg = ArachneSpec(
         particles=10, iterations=3, positives="with-replacement-dedup", n_positives=n_positives
     )
     res = repair(RepairTask(head, feats, y, split, cls, 0), cfg)
@@ -334,7 +334,7 @@ def test_with_replacement_dedup_in_a_repair_uses_fewer_positives() -> None:
 def test_nothing_to_repair() -> None:
     head, feats, y, _ = synthetic(7, noise=0)
     split = TargetSplit(y=y.numpy(), pred=y.numpy())
-    res = repair(RepairTask(head, feats, y, split, 0, 0), RepairSpec())
+    res = repair(RepairTask(head, feats, y, split, 0, 0), ArachneSpec())
     assert res.status == "nothing_to_repair"
     assert res.patch == [] and res.n_neg == 0 and res.rr is None and res.br == 0.0
     assert res.iterations == 0 and res.history == []
@@ -342,7 +342,7 @@ def test_nothing_to_repair() -> None:
 
 def test_bad_inputs_raise_one_line_bad_input() -> None:
     head, feats, y, split = synthetic(8)
-    cfg = RepairSpec()
+    cfg = ArachneSpec()
     cases = [
         (torch.nn.Conv2d(3, 6, 1), feats, y, split, 0, "not an nn.Linear"),
         (torch.nn.Sequential(head), feats, y, split, 0, "not an nn.Linear"),
@@ -365,7 +365,7 @@ def test_bad_inputs_raise_one_line_bad_input() -> None:
 def test_cuda_search_matches_cpu() -> None:
     head, feats, y, split = synthetic(9)
     cls = weakest(split, 6)
-    cfg = RepairSpec(particles=50, iterations=20)
+    cfg = ArachneSpec(particles=50, iterations=20)
     cpu = repair(RepairTask(head, feats, y, split, cls, 1, "cpu"), cfg)
     gpu = repair(RepairTask(head.cuda(), feats.cuda(), y, split, cls, 1, "cuda"), cfg)
     assert [(p.row, p.col) for p in cpu.patch] == [(p.row, p.col) for p in gpu.patch]

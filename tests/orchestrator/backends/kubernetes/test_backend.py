@@ -28,6 +28,7 @@ from s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
 from orchestrator.backends.kubernetes.backend import (
     ClusterUnavailable,
     KubernetesBackend,
+    Timeouts,
 )
 from orchestrator.backends.kubernetes.manifests import (
     MIN_PARALLELISM_ANNOTATION,
@@ -87,8 +88,7 @@ def backend(cluster: Cluster, store: FileStore, sleeps: Sleeps) -> KubernetesBac
         store_opener=lambda spec: store,
         sleep=sleeps,
         rand=lambda: 0.5,
-        request_timeout=(2.0, 2.0),
-        watch_timeout_s=1,
+        timeouts=Timeouts(connect_s=2.0, read_s=2.0, watch_s=1),
         progress_every_s=0,
     )
 
@@ -108,10 +108,10 @@ def states(statuses) -> list[str]:
 def test_submit_twice_creates_once(cluster: Cluster, backend: KubernetesBackend) -> None:
     spec = make_spec()
     name = object_name(spec)
-    first = backend.submit(spec)
+    first = backend.submit(backend.plan(spec))
     assert first.created == [f"configmap/{name}", f"job/{name}"]
     assert first.unchanged == [] and first.replaced == []
-    second = backend.submit(spec)
+    second = backend.submit(backend.plan(spec))
     assert second.created == []
     assert second.unchanged == [f"configmap/{name}", f"job/{name}"]
     assert len(cluster.requests("CREATE", "jobs")) == 1
@@ -137,14 +137,14 @@ def test_changed_spec_is_refused_without_replace(
     cluster: Cluster, backend: KubernetesBackend
 ) -> None:
     old = make_spec()
-    backend.submit(old)
+    backend.submit(backend.plan(old))
     new = make_spec(seeds=[1, 2])
     with pytest.raises(BadInput, match=r"another spec .*pass --replace"):
-        backend.submit(new)
+        backend.submit(backend.plan(new))
     assert set(cluster.stored("jobs", NS)) == {object_name(old)}
     assert cluster.requests("DELETE") == []
 
-    result = backend.submit(new, replace=True)
+    result = backend.submit(backend.plan(new), replace=True)
     assert result.replaced == [f"job/{object_name(old)}", f"configmap/{object_name(old)}"]
     assert result.created == [f"configmap/{object_name(new)}", f"job/{object_name(new)}"]
     assert set(cluster.stored("jobs", NS)) == {object_name(new)}
@@ -158,7 +158,7 @@ def test_changed_spec_is_refused_without_replace(
 
 def test_dry_run_creates_nothing(cluster: Cluster, backend: KubernetesBackend) -> None:
     spec = make_spec()
-    result = backend.submit(spec, dry_run=True)
+    result = backend.submit(backend.plan(spec), dry_run=True)
     assert result.dry_run
     assert result.created == [f"configmap/{object_name(spec)}", f"job/{object_name(spec)}"]
     creates = cluster.requests("CREATE")
@@ -167,8 +167,8 @@ def test_dry_run_creates_nothing(cluster: Cluster, backend: KubernetesBackend) -
     assert cluster.requests("UPDATE") == []
 
     # With a running sweep of another spec, --replace --dry-run deletes nothing either.
-    backend.submit(spec)
-    replaced = backend.submit(make_spec(seeds=[7]), replace=True, dry_run=True)
+    backend.submit(backend.plan(spec))
+    replaced = backend.submit(backend.plan(make_spec(seeds=[7])), replace=True, dry_run=True)
     assert replaced.replaced == [f"job/{object_name(spec)}", f"configmap/{object_name(spec)}"]
     assert cluster.requests("DELETE") == []
     assert set(cluster.stored("jobs", NS)) == {object_name(spec)}
@@ -177,7 +177,7 @@ def test_dry_run_creates_nothing(cluster: Cluster, backend: KubernetesBackend) -
 def test_missing_namespace_is_bad_input(cluster: Cluster, backend: KubernetesBackend) -> None:
     cluster.api.faults.append(Fault("CREATE", "configmaps", 404))
     with pytest.raises(BadInput, match=r"namespace 'early-repair' does not exist"):
-        backend.submit(make_spec())
+        backend.submit(backend.plan(make_spec()))
     assert cluster.stored("jobs", NS) == {}
 
 
@@ -186,7 +186,7 @@ def test_rejected_object_is_bad_input_with_the_servers_message(
 ) -> None:
     cluster.api.faults.append(Fault("CREATE", "configmaps", 422))
     with pytest.raises(BadInput, match=r"rejected it \(422\): injected 422"):
-        backend.submit(make_spec())
+        backend.submit(backend.plan(make_spec()))
 
 
 # --- retries --------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_429_and_500_answers_are_retried(
         Fault("CREATE", "jobs", 429, times=2, headers={"Retry-After": "3"}),
         Fault("CREATE", "configmaps", 503),
     ]
-    result = backend.submit(spec)
+    result = backend.submit(backend.plan(spec))
     assert result.created == [f"configmap/{object_name(spec)}", f"job/{object_name(spec)}"]
     # Back-off with jitter (rand=0.5: 0.5 x (1/2 + 0.5/2)) for 500/503; Retry-After for 429.
     assert sleeps == [0.375, 0.375, 3.0, 3.0]
@@ -216,7 +216,7 @@ def test_backoff_grows_and_gives_up(
     with pytest.raises(ClusterUnavailable, match="kept answering 503") as info:
         backend.status("quickstart")
     assert info.value.exit_code == EXIT_TRANSIENT  # try again later, not "bad input"
-    assert len(cluster.requests("LIST", "jobs")) == backend.max_attempts
+    assert len(cluster.requests("LIST", "jobs")) == backend.client.retry.attempts == 6
     assert sleeps == [0.375, 0.75, 1.5, 3.0, 6.0]  # doubling, capped at max_backoff_s
 
 
@@ -224,10 +224,10 @@ def test_create_answered_409_after_a_timeout_counts_as_created(
     cluster: Cluster, backend: KubernetesBackend, sleeps: Sleeps
 ) -> None:
     spec = make_spec()
-    backend.request_timeout = (2.0, 0.5)
+    backend.client.timeouts = Timeouts(connect_s=2.0, read_s=0.5, watch_s=1)
     # The server stores the Job but its answer comes after the client's read timeout.
     cluster.api.faults.append(Fault("CREATE", "jobs", 0, delay_after=1.0))
-    result = backend.submit(spec)
+    result = backend.submit(backend.plan(spec))
     assert result.created == [f"configmap/{object_name(spec)}", f"job/{object_name(spec)}"]
     assert len(cluster.requests("CREATE", "jobs")) == 2  # timed out, then 409
     assert len(sleeps) == 1
@@ -243,7 +243,7 @@ def test_foreign_object_with_our_name_is_not_taken_over(
         NS, {"metadata": {"name": name}, "data": {"x": "y"}}, _preload_content=False
     )
     with pytest.raises(BadInput, match=f"configmap/{name} already exists"):
-        backend.submit(spec)
+        backend.submit(backend.plan(spec))
     assert cluster.stored("jobs", NS) == {}
 
 
@@ -254,7 +254,7 @@ def test_status_follows_indexes_from_pending_to_succeeded_and_failed(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller, store: FileStore
 ) -> None:
     spec = make_spec()
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     job = object_name(spec)
     runs = [r.name for r in spec.runs()]
 
@@ -352,7 +352,7 @@ def test_status_when_the_store_is_unreachable_still_shows_the_cluster(
         raise BadInput("s3://bucket/results: bucket does not exist")
 
     backend = KubernetesBackend(api_client=cluster.api_client(), store_opener=broken, sleep=sleeps)
-    backend.submit(make_spec())
+    backend.submit(backend.plan(make_spec()))
     st = backend.status("quickstart")
     assert states(st) == ["PENDING"] * 3
     assert st[0].progress["error"].startswith("store not readable: s3://bucket/results")
@@ -365,7 +365,7 @@ def test_watch_relists_after_410_gone_and_carries_on(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller
 ) -> None:
     spec = make_spec(seeds=[1, 2])
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     job = object_name(spec)
     # The first watch is told its resourceVersion is too old, as an API server does when
     # its watch cache has moved on.
@@ -409,7 +409,7 @@ def test_watch_backs_off_with_jitter_on_errors(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller, sleeps: Sleeps
 ) -> None:
     spec = make_spec(seeds=[1])
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     cluster.api.faults.append(Fault("WATCH", "pods", 500, times=2))
     updates = backend.watch("quickstart")
     assert states(next(updates)) == ["PENDING"]
@@ -421,11 +421,27 @@ def test_watch_backs_off_with_jitter_on_errors(
     assert states(next(updates)) == ["SUCCEEDED"]
 
 
+def test_watch_gives_up_by_the_same_policy_as_a_call(
+    cluster: Cluster, backend: KubernetesBackend, sleeps: Sleeps
+) -> None:
+    spec = make_spec(seeds=[1])
+    backend.submit(backend.plan(spec))
+    cluster.api.faults.append(Fault("WATCH", "pods", 503, times=99))
+    updates = backend.watch("quickstart")
+    assert states(next(updates)) == ["PENDING"]
+    with pytest.raises(ClusterUnavailable, match=r"gave up after 6 failures in a row") as info:
+        next(updates)
+    assert info.value.exit_code == EXIT_TRANSIENT
+    # Six watches, the pauses between them those of a call that keeps failing.
+    assert len(cluster.requests("WATCH", "pods")) == 6
+    assert sleeps == [0.375, 0.75, 1.5, 3.0, 6.0]
+
+
 def test_watch_sees_job_only_changes_when_a_watch_times_out(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller
 ) -> None:
     spec = make_spec(seeds=[1, 2])
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     job = object_name(spec)
     updates = backend.watch("quickstart")
     assert states(next(updates)) == ["PENDING", "PENDING"]
@@ -444,7 +460,7 @@ def test_watch_ends_with_cancelled_runs_when_the_job_is_deleted(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller
 ) -> None:
     spec = make_spec(seeds=[1, 2])
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     job = object_name(spec)
     p0 = ctl.start_pod(job, 0)
     ctl.end_pod(p0, 0)
@@ -467,7 +483,7 @@ def test_logs_from_the_pod_else_from_the_store(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller, store: FileStore
 ) -> None:
     spec = make_spec()
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     job = object_name(spec)
     runs = [r.name for r in spec.runs()]
     pod = ctl.start_pod(job, 0)
@@ -501,7 +517,7 @@ def test_logs_fall_back_to_the_archive_when_the_pod_is_gone(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller, store: FileStore
 ) -> None:
     spec = make_spec(seeds=[1])
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     pod = ctl.start_pod(object_name(spec), 0)
     ctl.end_pod(pod, 0)
     # The kubelet no longer has the container (node drained): the API answers 404.
@@ -517,9 +533,9 @@ def test_cancel_removes_the_objects_and_keeps_results(
     cluster: Cluster, backend: KubernetesBackend, store: FileStore
 ) -> None:
     spec = make_spec()
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     store.write_bytes(results.success("quickstart", spec.runs()[0].name), b"")
-    deleted = backend.cancel("quickstart")
+    deleted = backend.cancel("quickstart").stopped
     name = object_name(spec)
     assert deleted == [f"job/{name}", f"configmap/{name}"]
     assert cluster.stored("jobs", NS) == {} and cluster.stored("configmaps", NS) == {}
@@ -674,7 +690,7 @@ def test_progress_from_a_real_s3_store(cluster: Cluster, s3, sleeps: Sleeps) -> 
         },
     )
     backend = KubernetesBackend(api_client=cluster.api_client(), sleep=sleeps)
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     run = spec.runs()[2].name
     s3 = open_store(spec.results, endpoint_url=s3.endpoint_url, addressing_style="path")
     s3.write_bytes(results.success("quickstart", run), b"")
@@ -710,14 +726,14 @@ def test_an_unreachable_api_server_fails_at_once(closed_port: str, sleeps: Sleep
     )
     assert sleeps == []  # no back-off before the first answer: one try, one line
     with pytest.raises(ClusterUnavailable):
-        backend.submit(make_spec())
+        backend.submit(backend.plan(make_spec()))
     assert sleeps == []
 
 
 def test_a_server_that_answered_once_is_retried_when_it_goes_away(sleeps: Sleeps) -> None:
     with Cluster() as cluster:
         backend = KubernetesBackend(api_client=cluster.api_client(), sleep=sleeps, rand=lambda: 0.5)
-        backend.submit(make_spec())
+        backend.submit(backend.plan(make_spec()))
     # The server has gone (an API server restarting): now connections are refused.
     with pytest.raises(ClusterUnavailable, match=r"\(connection refused after 6 tries\)"):
         backend.status("quickstart")
@@ -785,7 +801,7 @@ def test_status_says_why_kueue_holds_a_sweep_back_and_what_it_admitted(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller
 ) -> None:
     spec = queued_spec()
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     job = object_name(spec)
     sent = cluster.stored("jobs", NS)[job]
     assert sent["metadata"]["annotations"][MIN_PARALLELISM_ANNOTATION] == "1"
@@ -853,7 +869,7 @@ def test_watch_follows_the_admission(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller
 ) -> None:
     spec = make_spec(seeds=[1], kubernetes={"queue": "early-repair"})
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     job = object_name(spec)
     ctl.job_status(job, {"conditions": [{"type": "Suspended", "status": "True"}]})
     workload = ctl.kueue_workload(job)
@@ -871,7 +887,7 @@ def test_older_kueue_or_none(served: tuple[str, ...], sleeps: Sleeps) -> None:
     with Cluster(kueue_versions=served) as cluster:
         backend = KubernetesBackend(api_client=cluster.api_client(), sleep=sleeps)
         spec = queued_spec()
-        backend.submit(spec)
+        backend.submit(backend.plan(spec))
         ctl = Controller(cluster, NS)
         job = object_name(spec)
         ctl.job_status(job, {"conditions": [{"type": "Suspended", "status": "True"}]})
@@ -901,7 +917,7 @@ def test_a_role_that_cannot_read_workloads_costs_one_line_not_the_status(
     cluster: Cluster, backend: KubernetesBackend, ctl: Controller
 ) -> None:
     spec = queued_spec()
-    backend.submit(spec)
+    backend.submit(backend.plan(spec))
     ctl.job_status(object_name(spec), {"conditions": [{"type": "Suspended", "status": "True"}]})
     cluster.api.faults.append(Fault("LIST", "workloads", 403, times=99))
     st = backend.status("quickstart")
@@ -915,6 +931,6 @@ def test_a_role_that_cannot_read_workloads_costs_one_line_not_the_status(
 def test_no_workload_lookup_for_a_sweep_without_a_queue(
     cluster: Cluster, backend: KubernetesBackend
 ) -> None:
-    backend.submit(make_spec())
+    backend.submit(backend.plan(make_spec()))
     backend.status("quickstart")
     assert cluster.requests("LIST", "workloads") == []

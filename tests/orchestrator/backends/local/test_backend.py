@@ -1,5 +1,5 @@
 """The local backend and ``early-repair run``: whole sweeps as trainer processes, exit codes,
-the DESIGN.md layout, status/logs/cancel, and the real quickstart."""
+the results layout (README, "Results layout"), status/logs/cancel, and the real quickstart."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from orchestrator.backends.local.backend import (
 from orchestrator.errors import BadInput
 from orchestrator.results import layout as keys
 from orchestrator.results.records import SCHEMA_VERSION, MetricsRecord, TrainSummary
-from orchestrator.spec import parse_spec
+from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.store import Store, open_store
 from orchestrator.store.file import FileStore
 
@@ -51,13 +51,19 @@ def record(results: Path, sweep: str = SWEEP) -> Path:
     return LocalBackend().record_dir(sweep, str(results))
 
 
+def submit(spec: SweepSpec, backend: LocalBackend | None = None, **options: Any) -> Any:
+    """``spec`` planned and submitted by ``backend`` (a default LocalBackend)."""
+    backend = backend or LocalBackend()
+    return backend.submit(backend.plan(spec), **options)
+
+
 def write(path: Path, **changes: Any) -> Path:
     path.write_text(yaml.safe_dump({**SPEC, **changes}))
     return path
 
 
 def check_layout(root: Path | Store, sweep: str, run: str, classes: list[int]) -> TrainSummary:
-    """Exactly the DESIGN.md result layout for one run, with valid records."""
+    """Exactly the result layout (README, "Results layout") for one run, with valid records."""
     store = root if isinstance(root, Store) else FileStore(root)
     summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(sweep, run)))
     want = {
@@ -175,7 +181,7 @@ def test_run_to_s3_with_an_endpoint_override(cli, tmp_path: Path, s3_bucket) -> 
 
 def test_dry_run_creates_nothing(tmp_path: Path, cache: Path) -> None:
     spec = parse_spec({**SPEC, "results": str(tmp_path / "results")})
-    out = LocalBackend().submit(spec, dry_run=True)
+    out = submit(spec, dry_run=True)
     assert [(s.run, s.state) for s in out.runs] == [
         ("digits-small-cnn-s1", RunState.PENDING),
         ("digits-small-cnn-s2", RunState.PENDING),
@@ -253,17 +259,17 @@ def test_a_sweep_already_running_is_refused(tmp_path: Path, cache: Path) -> None
     spec = parse_spec({**SPEC, "results": str(results)})
     write_record(results, pid=os.getpid())  # this very process plays the `run`
     with pytest.raises(BadInput, match=f"sweep '{SWEEP}' is already running"):
-        LocalBackend().submit(spec)
+        submit(spec)
     assert not results.exists()
     # The same sweep into another results folder is another sweep: not blocked.
     other = parse_spec({**SPEC, "results": str(tmp_path / "elsewhere")})
-    assert LocalBackend().submit(other, dry_run=True).runs
+    assert submit(other, dry_run=True).runs
     # A record left by a process that is gone does not block.
     state = json.loads((record(results) / "state.json").read_text())
     state["pid"] = gone_pid()
     (record(results) / "state.json").write_text(json.dumps(state))
     assert LocalBackend().live_state(SWEEP, str(results)) is None
-    assert LocalBackend().submit(spec, dry_run=True).runs
+    assert submit(spec, dry_run=True).runs
 
 
 def test_a_sweep_another_process_has_claimed_is_refused(tmp_path: Path, cache: Path) -> None:
@@ -291,7 +297,7 @@ def test_a_sweep_another_process_has_claimed_is_refused(tmp_path: Path, cache: P
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         assert backend.live_state(SWEEP, str(results)) is None  # the check alone would pass
         with pytest.raises(BadInput, match=f"sweep '{SWEEP}' is already running"):
-            backend.submit(spec)
+            backend.submit(backend.plan(spec))
         assert not backend.state_file(SWEEP, str(results)).exists()
         assert not (backend.log_dir(SWEEP, str(results)) / "sweep.json").exists()
     finally:
