@@ -269,7 +269,9 @@ def test_same_seed_same_patch_and_different_seeds_differ() -> None:
 def test_chunked_repair_gives_the_same_patch() -> None:
     head, feats, y, split = synthetic(4)
     cls = weakest(split, 6)
-    big = repair(RepairTask(head, feats, y, split, cls, 5), ArachneSpec(particles=30, iterations=15))
+    big = repair(
+        RepairTask(head, feats, y, split, cls, 5), ArachneSpec(particles=30, iterations=15)
+    )
     small = ArachneSpec(particles=30, iterations=15, max_batch_bytes=50_000)
     res = repair(RepairTask(head, feats, y, split, cls, 5), small)
     assert [p.new for p in res.patch] == pytest.approx([p.new for p in big.patch], abs=1e-6)
@@ -279,7 +281,9 @@ def test_chunked_repair_gives_the_same_patch() -> None:
 def test_result_figures_are_consistent() -> None:
     head, feats, y, split = synthetic(5)
     cls = weakest(split, 6)
-    res = repair(RepairTask(head, feats, y, split, cls, 2), ArachneSpec(particles=30, iterations=20))
+    res = repair(
+        RepairTask(head, feats, y, split, cls, 2), ArachneSpec(particles=30, iterations=20)
+    )
     assert res.status == "repaired"
     assert res.n_neg == split.negatives(cls).size
     assert res.n_pos == 200
