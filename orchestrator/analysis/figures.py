@@ -33,6 +33,7 @@ from orchestrator.analysis import stats
 from orchestrator.analysis.problems import INCOMPLETE
 from orchestrator.analysis.readiness import repaired_qual
 from orchestrator.analysis.tables import AFTER, POST, PRE
+from orchestrator.analysis.words import plural
 
 DPI = 90
 MAX_OVERVIEW_GROUPS = 40
@@ -276,7 +277,7 @@ def seeds_figure(
     methods = sorted(d["method"].dropna().unique())
     colours = method_colours(methods)
     n_seeds = d["seed"].nunique()
-    title = f"{dataset} / {model}, class {cls}: Qual over epochs, mean of {n_seeds} seed(s)"
+    title = f"{dataset} / {model}, class {cls}: Qual over epochs, mean of {plural(n_seeds, 'seed')}"
     fig, grid = _panels(alphas, title, rows=2)
     rep = _bands(d[d["kind"] == "repaired"], "pct", ["method", "alpha"], seed)
     base = _bands(d[d["kind"] == "base"], "pct", ["alpha"], seed)
@@ -341,7 +342,7 @@ def aligned_figure(
     colours = method_colours(methods)
     title = (
         f"{dataset} / {model}, class {cls}: Qual against epochs from each seed's convergence,"
-        f" mean of {d['seed'].nunique()} seed(s)"
+        f" mean of {plural(d['seed'].nunique(), 'seed')}"
     )
     fig, axes = _panels(alphas, title)
     rep = _bands(d[d["kind"] == "repaired"], "pct", ["method", "alpha"], seed, x="rel")

@@ -19,6 +19,7 @@ import pandas as pd
 from orchestrator.analysis import stats
 from orchestrator.analysis.problems import INCOMPLETE
 from orchestrator.analysis.tables import GROUP, PRE, rounded
+from orchestrator.analysis.words import plural
 
 HEADLINE_COLUMNS = [
     *GROUP,
@@ -171,7 +172,7 @@ def _wilcoxon_note(n: int) -> str:
 
 
 def seeds(n: int) -> str:
-    return _plural(n, "seed", "seeds")
+    return plural(n, "seed")
 
 
 def _row_text(r: dict, ref: str) -> str:
@@ -220,10 +221,6 @@ def sentences(
     return out
 
 
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
 def _dataset_sentence(
     name: str, g: pd.DataFrame, h: pd.DataFrame, ref: str, noise_alpha: float
 ) -> str:
@@ -235,7 +232,7 @@ def _dataset_sentence(
     beat = int(_beats_converged(g).sum())
     n_seeds = g["seed"].nunique()
     what = (
-        f"{seeds(n_seeds)} x {_plural(g['repair_class'].nunique(), 'class', 'classes')}"
+        f"{seeds(n_seeds)} x {plural(g['repair_class'].nunique(), 'class')}"
         f" x {g['alpha'].nunique()} α"
     )
     lead = f"{name}, {n} cases ({what}): repairing before {ref} beat repairing at {ref} in {k}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from orchestrator.analysis.words import plural
 from orchestrator.errors import BadInput
 
 # Problem kinds, in the order the report lists them.
@@ -71,6 +72,6 @@ def raise_if_problems(uri: str, problems: pd.DataFrame) -> None:
         return
     first = problems.iloc[0]
     raise BadInput(
-        f"{uri}: {len(problems)} incomplete or damaged result(s) ({counts_text(problems)});"
+        f"{uri}: {plural(len(problems), 'incomplete or damaged result')} ({counts_text(problems)});"
         f" first: {first['key']}: {first['detail']} - fix them, or drop --strict to report them"
     )

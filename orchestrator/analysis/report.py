@@ -31,6 +31,7 @@ from orchestrator.analysis.headline import MAX_SEEDS_NEEDED, MIN_SEEDS_FOR_CI
 from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.noise import NOTE_NO_PREDICTIONS
 from orchestrator.analysis.problems import PROBLEM_KINDS, counts_text
+from orchestrator.analysis.words import plural
 from orchestrator.results.layout import DEFAULT_METHOD
 
 DEFAULT_MAX_FIGURES = 24
@@ -411,11 +412,12 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
     problem_text = (
         "no incomplete or damaged results"
         if n_probs == 0
-        else f"{n_probs} incomplete or damaged result(s) ({counts_text(agg.problems)})"
+        else f"{plural(n_probs, 'incomplete or damaged result')} ({counts_text(agg.problems)})"
         " - listed at the end"
     )
     doc.p(
-        f"Source `{loaded.uri}`; {len(runs)} run(s), {int(runs['complete'].sum())} finished;"
+        f"Source `{loaded.uri}`; {plural(len(runs), 'run')},"
+        f" {int(runs['complete'].sum())} finished;"
         f" {len(loaded.records)} evaluated models ({len(loaded.records) - n_rep} base,"
         f" {n_rep} repaired); counting rules `{agg.rules}`; {problem_text}. Generated"
         f" {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}."

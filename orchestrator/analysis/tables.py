@@ -53,6 +53,7 @@ from orchestrator.analysis.load import (
     sorted_rows,
 )
 from orchestrator.analysis.problems import INCOMPLETE, PARTIAL, Problem, problems_frame
+from orchestrator.analysis.words import noun
 from orchestrator.errors import BadInput
 from orchestrator.results.layout import DEFAULT_METHOD
 from orchestrator.store import Store
@@ -444,9 +445,14 @@ def _unit_status(
         if missing or undefined:
             notes = []
             if missing:
-                notes.append(f"no repaired record at epoch(s) {join_epochs(missing)}")
+                notes.append(
+                    f"no repaired record at {noun(len(missing), 'epoch')} {join_epochs(missing)}"
+                )
             if undefined:
-                notes.append(f"Acc_{cls} undefined at epoch(s) {join_epochs(undefined)}")
+                notes.append(
+                    f"Acc_{cls} undefined at {noun(len(undefined), 'epoch')}"
+                    f" {join_epochs(undefined)}"
+                )
             return INCOMPLETE, join_epochs(missing), "; ".join(notes) + " (the notebook's rules"
             " leave out a unit with any checkpoint missing)"
         return "ok", "", ""
@@ -471,9 +477,11 @@ def _unit_status(
         )
     notes = []
     if missing:
-        notes.append(f"no repaired record at epoch(s) {join_epochs(missing)}")
+        notes.append(f"no repaired record at {noun(len(missing), 'epoch')} {join_epochs(missing)}")
     if bad & wanted:
-        notes.append(f"Acc_{cls} undefined at epoch(s) {join_epochs(bad & wanted)}")
+        notes.append(
+            f"Acc_{cls} undefined at {noun(len(bad & wanted), 'epoch')} {join_epochs(bad & wanted)}"
+        )
     return (PARTIAL if notes else "ok"), join_epochs(missing), "; ".join(notes)
 
 

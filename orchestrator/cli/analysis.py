@@ -80,6 +80,7 @@ def aggregate(
 
     from orchestrator.analysis import tables as ag
     from orchestrator.analysis.problems import raise_if_problems
+    from orchestrator.analysis.words import plural
     from orchestrator.errors import BadInput
     from orchestrator.store import open_store
 
@@ -115,7 +116,10 @@ def aggregate(
 
     report_files.publish(agg, folder, max_figures=max_figures)
     if len(agg.problems):
-        err(f"{len(agg.problems)} incomplete or damaged result(s): see {folder / 'report.md'}")
+        err(
+            f"{plural(len(agg.problems), 'incomplete or damaged result')}:"
+            f" see {folder / 'report.md'}"
+        )
 
     def table() -> Group:
         return Group(*report.terminal_summary(agg))

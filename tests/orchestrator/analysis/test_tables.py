@@ -290,7 +290,7 @@ def test_missing_earlier_checkpoint_is_partial_and_still_counted(tmp_path: Path)
     top = agg.patterns[agg.patterns.scope == "dataset"]
     assert top["compared"].tolist() == [2, 2, 2] and top["incomplete"].tolist() == [0, 0, 0]
     p = agg.problems
-    assert p[p.kind == pb.PARTIAL]["detail"].tolist() == ["no repaired record at epoch(s) 5"]
+    assert p[p.kind == pb.PARTIAL]["detail"].tolist() == ["no repaired record at epoch 5"]
 
 
 def test_missing_convergence_repair_is_incomplete_and_left_out(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def test_damaged_results_are_reported_not_fatal(cli, tree: Path, tmp_path: Path)
     assert problems.loc[problems.kind == "damaged", "key"].tolist() == [key]
     # the damaged record, and its (run, class) now compared without epoch 5
     assert problems["kind"].tolist() == ["damaged", "partial"]
-    assert "2 incomplete or damaged result(s)" in r.err
+    assert "2 incomplete or damaged results" in r.err
     assert key in (out / "report.md").read_text()
 
 
@@ -131,7 +131,7 @@ def test_strict_makes_damage_bad_input_and_creates_nothing(cli, tree: Path, tmp_
     assert r.code == 2
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert "2 incomplete or damaged result(s) (damaged: 1, partial: 1)" in lines[0]
+    assert "2 incomplete or damaged results (damaged: 1, partial: 1)" in lines[0]
     assert key in lines[0] and "drop --strict" in lines[0]
     assert "Traceback" not in r.err and r.out == ""
     assert not out.exists()
