@@ -60,7 +60,8 @@ class Evidence:
 
 
 def qual(alpha: float, acc_class: float | None, acc_total: float) -> float:
-    """Qual(alpha, c) = alpha Acc_c + (1 - alpha) Acc_total (PAPER.md); NaN without Acc_c."""
+    """Qual(alpha, c) = alpha Acc_c + (1 - alpha) Acc_total (docs/science.md); NaN without
+    Acc_c."""
     if acc_class is None:
         return math.nan
     return alpha * acc_class + (1 - alpha) * acc_total

@@ -130,6 +130,22 @@ def headline_table(head: pd.DataFrame, reference: str) -> pd.DataFrame:
     )
 
 
+def table1_shown(pt: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 rows as read: the paper's counts, then the wins beyond noise (of the units
+    tested) and the checkpoints each unit compared as one range."""
+    out = pt.drop(columns=["pre_beyond_noise", "tested", "n_compared_min", "n_compared_max"])
+    out.insert(
+        out.columns.get_loc("compared"),
+        "pre beyond noise",
+        [
+            "n/a" if not t else (f"{k}" if t == c else f"{k} of {t} tested")
+            for k, t, c in zip(pt["pre_beyond_noise"], pt["tested"], pt["compared"], strict=True)
+        ],
+    )
+    out["checkpoints compared"] = [_compared(r) for r in pt.to_dict("records")]
+    return out
+
+
 def effect_table(eff: pd.DataFrame) -> pd.DataFrame:
     """One row per repaired model (run, method, class, checkpoint), alphas as columns."""
     if eff.empty:
@@ -181,7 +197,10 @@ def _switch_table(sp: pd.DataFrame) -> pd.DataFrame:
         if r.status == ag.INCOMPLETE:
             cell = "incomplete"
         else:
-            cell = f"{int(r.best_epoch)} ({short.get(r.pattern, r.pattern)}, +{r.gain:.4f})"
+            cell = f"{int(r.best_epoch)} ({short.get(r.pattern, r.pattern)}, +{100 * r.gain:.2f} pp"
+            if r.pattern == ag.PRE and not pd.isna(r.p_value):
+                cell += f", p = {r.p_value:.2g}" + (" beyond noise" if r.beyond_noise else "")
+            cell += ")"
             if r.harm_win:
                 cell += " ⚠ reference repair hurt"
         row[f"α={r.alpha:g}: best epoch (pattern, gain)"] = cell
@@ -334,15 +353,23 @@ def _definitions(agg: ag.Aggregation) -> list[str]:
         "`gain` = best Qual − Qual of the repaired reference checkpoint (≥ 0). The headline's"
         " gain is `earlier_gain` = best repaired Qual strictly before the reference − repaired"
         " Qual at the reference (any sign), per seed; its mean has a 95% percentile bootstrap"
-        f" CI (`scipy.stats.bootstrap`, {_resamples(agg)} resamples, seed {agg.bootstrap_seed},"
-        " `--bootstrap-seed`) and a two-sided Wilcoxon signed-rank test across seeds"
-        " (zero differences dropped; `n` = the non-zero ones). No CI or test with n < 2.",
+        f" CI over seeds only with at least {MIN_SEEDS_FOR_CI} seeds (`scipy.stats.bootstrap`,"
+        f" {_resamples(agg)} resamples, seed {agg.bootstrap_seed}, `--bootstrap-seed`) and a"
+        " two-sided Wilcoxon signed-rank test across seeds (zero differences dropped; `n` ="
+        " the non-zero ones; no test with n < 2).",
+        "Beyond noise: per unit, each earlier checkpoint's repaired model against the"
+        " reference's, example by example on the test set - an exact one-sided sign-flip test"
+        " on the examples the two disagree on (one is right, the other wrong), weighted as in"
+        " Qual; Holm-adjusted over the unit's earlier checkpoints; a win is beyond noise when"
+        f" the best earlier checkpoint's adjusted p < {agg.noise_alpha:g} (`--noise-alpha`)."
+        " The gain's CI (`gain_ci_low`/`_high`) resamples the test examples within each"
+        " class; it is given the selection of that checkpoint.",
         "Repair's effect: Δ = repaired − unrepaired model of the same checkpoint; a repair"
         " `harmed` the model when its Δ Qual < 0. A pre-convergence win is flagged"
         " (`harm_win`, ⚠) when the repair at the reference checkpoint harmed the model: the"
         " early repair then wins because the late one hurt, not because it helped.",
         "RR = % of the target class's misclassified repair inputs now correct; BR = % of the"
-        " correctly classified ones now wrong (PAPER.md step 5); seconds = the repair's time.",
+        " correctly classified ones now wrong; seconds = the repair's time.",
     ]
 
 
@@ -509,19 +536,19 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
         " `compared` = units with a pattern, `incomplete` = units left out (see Definitions)."
     )
     doc.p(
-        "Why `pre_beyond_noise` is smaller than the paper's pre-convergence count: the"
+        "Why *pre beyond noise* is smaller than the paper's pre-convergence count: the"
         " paper's rule counts a win for any earlier checkpoint whose repaired Qual is higher"
         " than the reference's, however small the difference - even one test image, which"
-        " moves Qual(0.5, c) by about 1/(2 n_c) - and it takes the best of"
-        " `n_compared_min`-`n_compared_max` checkpoints, so with more checkpoints it finds"
-        " more wins under no effect at all. `pre_beyond_noise` counts a win only when the"
-        " best earlier checkpoint beats the reference in an exact paired sign-flip test on"
-        " the test examples the two models disagree on, Holm-adjusted over all earlier"
-        f" checkpoints the unit compared (p < {agg.noise_alpha:g}), out of `tested` units"
-        " with per-example predictions."
+        " moves Qual(0.5, c) by about 1/(2 n_c) - and it takes the best of the *checkpoints"
+        " compared*, so with more checkpoints it finds more wins under no effect at all."
+        " *Pre beyond noise* counts a win only when the best earlier checkpoint beats the"
+        " reference in an exact paired sign-flip test on the test examples the two models"
+        " disagree on, Holm-adjusted over all earlier checkpoints the unit compared"
+        f" (p < {agg.noise_alpha:g}); units without per-example predictions are not tested"
+        " (patterns.csv: `pre_beyond_noise` of `tested`)."
     )
     top = pt[pt["scope"] == "dataset"].drop(columns=["scope", "model", "repair_class"])
-    doc.table(top)
+    doc.table(table1_shown(top))
     figs = [(fg.table1_figure(pt, names, figdir / "table1.png"), "Table 1 as bars")]
     n_groups = 0
     if len(sp):
@@ -541,7 +568,8 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
         )
     doc.h("Per model and class")
     fine = pt[pt["scope"] == "model-class"].drop(columns=["scope"])
-    doc.table(*_capped(fine.rename(columns={"repair_class": "class"}), "patterns.csv"))
+    fine = table1_shown(fine.rename(columns={"repair_class": "class"}))
+    doc.table(*_capped(fine, "patterns.csv"))
 
     doc.h("Repair methods side by side")
     methods = sorted(agg.effects["method"].unique()) if len(agg.effects) else []

@@ -2,7 +2,7 @@
 either counting rules, per repair method.
 
 The paper's authors answered "from which checkpoint does repair give the best model?" by
-hand in a notebook - with other rules than the paper's text states (PAPER.md, "Analysis").
+hand in a notebook - with other rules than the paper's text states (docs/science.md).
 Both are here (``--rules``), and the report and README repeat these definitions:
 
 * Accuracies are fractions in 0..1 on the test set. ``Acc_c`` is the per-class accuracy of

@@ -1,4 +1,5 @@
-"""The result layout in the store (a DESIGN.md contract): building keys and reading them back.
+"""The result layout in the store (a contract, the README's "Results layout"): building keys
+and reading them back.
 
 Keys are relative to the results root (the spec's ``results`` URI):
 

@@ -1,4 +1,5 @@
-"""The records the trainer writes and the aggregator reads (a DESIGN.md contract).
+"""The records the trainer writes and the aggregator reads (a contract: see the README's
+"Results layout").
 
 ``MetricsRecord`` is one evaluated model; ``TrainSummary`` marks the training step done;
 ``RunInfo`` says what ran where. Each carries ``schema_version`` so that a reader can tell
