@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.analysis import report
+from orchestrator.analysis.aggregate import Aggregation
 from orchestrator.analysis.load import join_epochs
-from orchestrator.analysis.tables import Aggregation
 from orchestrator.common.atomic import replace_durably
 from orchestrator.errors import BadInput
 

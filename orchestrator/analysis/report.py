@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import figures as fg
 from orchestrator.analysis import stats
-from orchestrator.analysis import tables as ag
 from orchestrator.analysis.document import Doc
 from orchestrator.analysis.effects import CONVERGENCE
 from orchestrator.analysis.headline import MAX_SEEDS_NEEDED, MIN_SEEDS_FOR_CI

@@ -78,7 +78,7 @@ def aggregate(
     from a sweep's results."""
     from rich.console import Group
 
-    from orchestrator.analysis import tables as ag
+    from orchestrator.analysis import aggregate as ag
     from orchestrator.analysis.problems import raise_if_problems
     from orchestrator.analysis.words import plural
     from orchestrator.errors import BadInput

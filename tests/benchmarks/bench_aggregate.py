@@ -48,9 +48,9 @@ sys.path.insert(0, str(TESTS.parent))
 
 from s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY  # noqa: E402
 
+from orchestrator.analysis import aggregate as ag  # noqa: E402
 from orchestrator.analysis import load as loading  # noqa: E402
 from orchestrator.analysis import output, report  # noqa: E402
-from orchestrator.analysis import tables as ag  # noqa: E402
 from orchestrator.results import layout  # noqa: E402
 from orchestrator.results import predictions as predicted  # noqa: E402
 from orchestrator.results.records import (  # noqa: E402

@@ -501,7 +501,7 @@ def test_online_repair_writes_every_epochs_records_without_changing_training(
 
 
 def test_online_records_aggregate_with_the_summarys_convergence_epoch(online: Path) -> None:
-    from orchestrator.analysis.tables import aggregate
+    from orchestrator.analysis.aggregate import aggregate
 
     agg = aggregate(FileStore(online))
     summary = TrainSummary.model_validate_json(
@@ -527,7 +527,7 @@ THREE = {"methods": ["arachne", "arachne-de", "finetune"], "classes": [3], "part
 
 
 def test_three_methods_share_training_and_each_gets_its_own_records(tmp_path: Path) -> None:
-    from orchestrator.analysis.tables import aggregate
+    from orchestrator.analysis.aggregate import aggregate
 
     one, three = tmp_path / "one", tmp_path / "three"
     single = {k: v for k, v in THREE.items() if k != "methods"}

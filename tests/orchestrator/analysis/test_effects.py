@@ -11,8 +11,8 @@ import pytest
 from aggregate_tree import RunTree, write_tree
 from stats_reference import exact_bootstrap_quantile, exact_wilcoxon_p
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import headline, stats
-from orchestrator.analysis import tables as ag
 from orchestrator.store.file import FileStore
 
 # Per seed: repaired Qual at epoch 5 (before convergence) and 10 (convergence), and the

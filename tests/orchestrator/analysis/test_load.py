@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from aggregate_tree import RunTree, paper_table1_runs, pattern_run, typed_run, write_tree
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import problems as pb
-from orchestrator.analysis import tables as ag
 from orchestrator.results import layout
 from orchestrator.results.records import dump_run_records, load_run_records
 from orchestrator.store.file import FileStore

@@ -14,8 +14,8 @@ import pytest
 from prediction_tree import PredictedRun, coin_flips, fixed, write_predicted_tree
 from scipy import stats
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import headline, noise
-from orchestrator.analysis import tables as ag
 from orchestrator.analysis.problems import INCONSISTENT
 from orchestrator.results import layout
 from orchestrator.store.file import FileStore

@@ -10,8 +10,8 @@ import pytest
 from aggregate_tree import RunTree, write_run
 
 from orchestrator.analysis import readiness
+from orchestrator.analysis.aggregate import aggregate
 from orchestrator.analysis.load import load
-from orchestrator.analysis.tables import aggregate
 from orchestrator.store.file import FileStore
 
 SWEEP = "ready"

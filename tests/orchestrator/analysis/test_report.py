@@ -26,8 +26,8 @@ from aggregate_browser import (
 from aggregate_tree import paper_table1_runs, write_tree
 from PIL import Image
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import figures, output
-from orchestrator.analysis import tables as ag
 from orchestrator.store.file import FileStore
 
 MAX_FIGURES = 4  # 4 (run, class) pairs -> 8 figures, plus Table 1 and the overview

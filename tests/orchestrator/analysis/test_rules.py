@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from aggregate_tree import RunTree, paper_table1_runs, write_tree
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import problems as pb
-from orchestrator.analysis import tables as ag
 from orchestrator.errors import BadInput
 from orchestrator.store.file import FileStore
 
