@@ -85,8 +85,8 @@ def test_markdown_report_says_what_ran_table1_and_what_is_damaged(paper_report: 
     md = (paper_report / "report.md").read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (paper_report / link).is_file(), link
-    assert "| rsna | arachne | 0.8 | 4 | 1 | 5 | 0 | 0 | 0 |" in md
-    assert "| gtsrb | arachne | 0.5 | 9 | 6 | 15 | 0 | 0 | 0 |" in md
+    assert "| rsna | arachne | 0.8 | 4 | 1 | n/a | 5 | 0 | 2-3 |" in md
+    assert "| gtsrb | arachne | 0.5 | 9 | 6 | n/a | 15 | 0 | 3 |" in md
     assert md.index("## Headline") < md.index("## Repair's effect") < md.index("## Table 1")
     assert (
         "- rsna, 15 cases (5 seeds x 1 class x 3 α): repairing before convergence beat"
