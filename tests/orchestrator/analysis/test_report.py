@@ -105,7 +105,7 @@ def test_markdown_report_says_what_ran_table1_and_what_is_damaged(paper_report: 
     html = (paper_report / "report.html").read_text()
     assert (
         '<td>rsna</td><td>arachne</td><td class="n">0.8</td><td class="n">4</td>'
-        '<td class="n">1</td><td class="n">5</td><td class="n">0</td>'
+        '<td class="n">1</td><td>n/a</td><td class="n">5</td><td class="n">0</td>'
     ) in html
     assert '<h2 id="headline">Headline</h2>' in html and '<table id="effects">' in html
 
