@@ -556,10 +556,11 @@ class _RepairCommon(_Strict):
     methods: list[str | dict[str, Any]] | None = _added(
         None,
         description="Repair every checkpoint x class with each of these methods (a sweep"
-        " dimension): a method name (arachne, arachne-de, finetune, or 'pkg.module:fn') or a"
-        " mapping {method: NAME, ...its fields}. Fields set in this `repair` block that a"
-        " method also has (seed, n_positives, positives, ...) are inherited; the entry naming"
-        " this block's own `method` is this block. Default: this block's method alone.",
+        " dimension): a method name (arachne, arachne-de, finetune, neurecover, provable, or"
+        " 'pkg.module:fn') or a mapping {method: NAME, ...its fields}. Fields set in this"
+        " `repair` block that a method also has (seed, n_positives, positives, ...) are"
+        " inherited; the entry naming this block's own `method` is this block. Default: this"
+        " block's method alone.",
     )
 
     def configs(self) -> list[RepairMethodConfig]:
@@ -772,6 +773,95 @@ class FinetuneRepairSpec(_LastLayerCommon):
     )
 
 
+# --- neurecover and provable (one block: config classes; their union entries below) -----
+
+
+class NeurecoverRepairSpec(_RepairCommon):
+    """NeuRecover: weights localised from the training history, searched by Arachne's PSO."""
+
+    model_config = ConfigDict(json_schema_extra=_method_required)
+
+    method: Literal["neurecover"] = Field(
+        "neurecover",
+        description="NeuRecover (SANER 2022): repair localised by the training history.",
+    )
+    compare_with: Literal["previous", "first", "initial"] = Field(
+        "previous",
+        description="The earlier weights it compares with: previous (the latest kept"
+        " checkpoint before this one), first (the first kept checkpoint) or initial (the"
+        " weights before training). At the first checkpoint: the initial weights, which the"
+        " trainer keeps (checkpoints/epoch_000.pt) whenever a run repairs with neurecover.",
+    )
+    top_fraction: Float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Size k of each top-k list (gradient, forward impact, training change)"
+        " as a fraction of the final layer's weights.",
+    )
+    alpha: Float = Field(
+        1.0, ge=0, description="Weight of the positives' term in the fitness (regressions)."
+    )
+    n_positives: int = _ARACHNE["n_positives"]
+    positives: Literal["uniform", "with-replacement-dedup", "balanced"] = (
+        _LastLayerCommon.model_fields["positives"]
+    )
+    particles: int = _ARACHNE["particles"]
+    iterations: int = _ARACHNE["iterations"]
+    patience: int = _ARACHNE["patience"]
+    phi: float = _ARACHNE["phi"]
+    variant: Literal["v1", "textbook"] = _ARACHNE["variant"]
+    update_order: Literal["velocity-first", "position-first"] = _ARACHNE["update_order"]
+    stagnation_start: int = _ARACHNE["stagnation_start"]
+    max_batch_bytes: ByteSize = _ARACHNE["max_batch_bytes"]
+
+
+class ProvableRepairSpec(_RepairCommon):
+    """The least change of the final layer's weights meeting every repair constraint, as a
+    linear program (HiGHS)."""
+
+    model_config = ConfigDict(json_schema_extra=_method_required)
+
+    method: Literal["provable"] = Field(
+        "provable",
+        description="Provable last-layer repair: the least weight change (a linear program)"
+        " classifying every negative right and keeping every sampled positive, by a margin.",
+    )
+    norm: Literal["l1", "linf"] = Field(
+        "l1", description="The change minimised: l1 (sum of |dw|) or linf (max |dw|)."
+    )
+    margin: Float = Field(
+        0.1, gt=0, description="Each constraint's margin in logits (z_class - z_other >= it)."
+    )
+    keep_positives: Bool = Field(
+        True, description="Constrain the sampled positives to keep their labels too."
+    )
+    rows: Literal["target", "all"] = Field(
+        "target",
+        description="Weights that may change: target (the repaired class's row only: one"
+        " constraint per input, well under a second on a GTSRB-sized head) or all (every"
+        " class's row: the least change of the whole layer, constraints against every class;"
+        " a minute or more on a GTSRB-sized head, see bench_methods.py).",
+    )
+    time_limit: Float = Field(
+        60.0,
+        gt=0,
+        description="Seconds the solver may take; past it (or when infeasible) the patch"
+        " minimises the total violation and the record says certified: false.",
+    )
+    n_positives: int = _ARACHNE["n_positives"]
+    positives: Literal["uniform", "with-replacement-dedup", "balanced"] = (
+        _LastLayerCommon.model_fields["positives"]
+    )
+
+
+NEW_METHOD_SPECS: dict[str, type[_RepairCommon]] = {
+    "neurecover": NeurecoverRepairSpec,
+    "provable": ProvableRepairSpec,
+}
+# --- end of the neurecover and provable block -------------------------------------------
+
+
 class ImportedRepairSpec(_RepairCommon):
     """A repair method of your own, by import path; it validates its own `options`."""
 
@@ -820,13 +910,22 @@ RepairConfig = Annotated[
     Annotated[ArachneSpec, Tag("arachne")]
     | Annotated[ArachneDERepairSpec, Tag("arachne-de")]
     | Annotated[FinetuneRepairSpec, Tag("finetune")]
+    | Annotated[NeurecoverRepairSpec, Tag("neurecover")]
+    | Annotated[ProvableRepairSpec, Tag("provable")]
     | Annotated[ImportedRepairSpec, Tag(IMPORTED)],
     Discriminator(_repair_tag),
     # Names are checked against the catalog first, for an error that names the method.
     BeforeValidator(_known_method),
 ]
 REPAIR_TAGS = frozenset({*catalog.REPAIR_METHODS, IMPORTED})
-RepairMethodConfig = ArachneSpec | ArachneDERepairSpec | FinetuneRepairSpec | ImportedRepairSpec
+RepairMethodConfig = (
+    ArachneSpec
+    | ArachneDERepairSpec
+    | FinetuneRepairSpec
+    | NeurecoverRepairSpec
+    | ProvableRepairSpec
+    | ImportedRepairSpec
+)
 _REPAIR_ADAPTER: TypeAdapter[Any] = TypeAdapter(RepairConfig)
 
 
@@ -878,6 +977,7 @@ def _member_fields(method: Any) -> set[str]:
         "arachne": ArachneSpec,
         "arachne-de": ArachneDERepairSpec,
         "finetune": FinetuneRepairSpec,
+        **NEW_METHOD_SPECS,
     }
     if isinstance(method, str) and is_import_path(method):
         return set(ImportedRepairSpec.model_fields)

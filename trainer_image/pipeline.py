@@ -43,6 +43,7 @@ from orchestrator.results.records import MetricsRecord, TrainSummary
 from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
 from trainer_image.data import Holdout, Splits, load_splits
+from trainer_image.history_store import history_for, wants_history
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
@@ -60,6 +61,7 @@ from trainer_image.repair.base import (
 from trainer_image.resume import TrainState, load_state, save_state
 from trainer_image.train import (
     OnlineRepair,
+    cpu_state,
     forward_split,
     make_deterministic,
     resolve_device,
@@ -90,7 +92,8 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
     methods = [(cfg, method_for(cfg.method)) for cfg in run.repair.configs()]
     trained_before = summary is not None
     if summary is None:
-        summary = train_step(job, model, splits, device)
+        keep_initial = any(wants_history(m) for _, m in methods)
+        summary = train_step(job, model, splits, device, keep_initial=keep_initial)
     else:
         log.info("step train: done before (summary.json exists); skipped")
         drop_state(job)  # left over when a kill fell between summary.json and its removal
@@ -175,9 +178,18 @@ def model_step(job: Ledger, splits: Splits, device: torch.device) -> Repairable:
 
 
 def train_step(
-    job: Ledger, model: Repairable, splits: Splits, device: torch.device
+    job: Ledger,
+    model: Repairable,
+    splits: Splits,
+    device: torch.device,
+    *,
+    keep_initial: bool = False,
 ) -> TrainSummary:
-    """Train with the paper's procedure; done-key ``train/summary.json``."""
+    """Train with the paper's procedure; done-key ``train/summary.json``.
+
+    ``keep_initial`` (a method repairs from the training history): the weights before the
+    first step are kept as ``checkpoints/epoch_000.pt`` (not a checkpoint that is repaired).
+    """
     run, cfg = job.run, job.run.training
     log.info(
         "step train: %s, %d train / %d val images, at most %d epochs",
@@ -220,6 +232,9 @@ def train_step(
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch_write(path, lambda: torch.save(state, path))
         job.put_file(keys.checkpoint(job.sweep, job.name, epoch), path)
+
+    if keep_initial and resume is None:
+        on_checkpoint(0, cpu_state(model))
 
     readiness = (
         None
@@ -368,6 +383,7 @@ class Steps:
 class Checkpoint:
     """What the repairs of one checkpoint share."""
 
+    model: Repairable
     head: torch.nn.Linear
     features: torch.Tensor  # penultimate activations of the repair set
     y: torch.Tensor  # repair-set labels
@@ -414,6 +430,7 @@ def evaluate_step(
                 np.bincount(split.y[~split.correct], minlength=splits.num_classes).tolist(),
             )
     return Checkpoint(
+        model=model,
         head=model.head,
         features=repair_feats,
         y=torch.from_numpy(splits.repair.y).to(device),
@@ -475,7 +492,15 @@ def repair_step(
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
-        result = method(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, job.device)
+        extra = {}
+        if wants_history(method):
+            kept = summary.checkpoint_epochs
+            extra["history"] = history_for(
+                job, ckpt.model, splits, job.device, kept, epoch, load_checkpoint
+            )
+        result = method(
+            ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, job.device, **extra
+        )
         with torch.no_grad():
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)
         record = metrics_record(
@@ -569,6 +594,7 @@ def repair_fields(result: RepairResult) -> dict[str, Any]:
         "n_intact": result.n_intact,
         "iterations": result.iterations,
         "seconds": round(result.seconds, 3),
+        **result.details,
     }
 
 

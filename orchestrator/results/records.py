@@ -13,7 +13,7 @@ from functools import cache
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # 2: repair records live under repair/<method>/ (the method became a sweep dimension).
 # Version 1 records (repair/class_C/, read as arachne) have the same fields and still read.
@@ -35,6 +35,15 @@ def experiment(run: dict[str, Any]) -> dict[str, Any]:
         else run[f]
         for f in EXPERIMENT_FIELDS
     }
+
+
+# MetricsRecord fields only some methods write (left out of records and records.arrow
+# while None).
+METHOD_FIELDS = ("certified", "solver_status", "reference_epoch", "method_note")
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
 
 
 class MetricsRecord(BaseModel):
@@ -74,6 +83,14 @@ class MetricsRecord(BaseModel):
     n_intact: int | None = None
     iterations: int | None = None
     seconds: float | None = None
+    # Method-specific, left out of a record while None (so other methods' records keep
+    # their bytes): provable's guarantee and its solver's status; the epoch whose weights
+    # neurecover compared with (0: the initial weights; None: none was available); what a
+    # method did instead of its usual course, in words.
+    certified: bool | None = Field(None, exclude_if=_is_none)
+    solver_status: str | None = Field(None, exclude_if=_is_none)
+    reference_epoch: int | None = Field(None, exclude_if=_is_none)
+    method_note: str | None = Field(None, exclude_if=_is_none)
 
 
 class ReadinessTrack(BaseModel):
@@ -210,8 +227,17 @@ def dump_run_records(
     if len(records) != len(keys):
         raise ValueError(f"{len(records)} records but {len(keys)} keys")
     rows = [MetricsRecord.model_validate(r).model_dump() for r in records]
+    # A method-specific column is written only when some record has it, so the files of
+    # runs without such a method keep their bytes (load_run_records adds it back as nulls).
+    absent = [f for f in METHOD_FIELDS if all(r.get(f) is None for r in rows)]
     schema = run_records_schema()
-    columns = {name: [r[name] for r in rows] for name in MetricsRecord.model_fields}
+    for name in absent:
+        schema = schema.remove(schema.get_field_index(name))
+    columns = {
+        name: [r.get(name) for r in rows]
+        for name in MetricsRecord.model_fields
+        if name not in absent
+    }
     columns["key"] = list(keys)
     packed = {k: v.decode("utf-8") for k, v in (files or {}).items()}
     meta = {"format": RUN_RECORDS_FORMAT, "schema_version": SCHEMA_VERSION, "files": packed}
@@ -243,6 +269,14 @@ def load_run_records(data: bytes) -> RunRecords:
             f" reads versions {sorted(READABLE_VERSIONS)}"
         )
     expected = run_records_schema()
+    absent = [f for f in METHOD_FIELDS if f not in table.schema.names]
+    for name in absent:
+        table = table.append_column(
+            expected.field(name), pa.nulls(table.num_rows, expected.field(name).type)
+        )
+    if sorted(table.schema.names) != sorted(expected.names):
+        raise ValueError("its columns are not those of this version's MetricsRecord")
+    table = table.select(expected.names)
     if not table.schema.remove_metadata().equals(expected):
         raise ValueError("its columns are not those of this version's MetricsRecord")
     files = meta.get("files")

@@ -61,6 +61,9 @@ class RepairResult:
     iterations: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    # Method-specific fields of the repair's record (orchestrator.results.records:
+    # certified, solver_status, reference_epoch, method_note); empty for most methods.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def patch_json(self) -> dict[str, Any]:
         return {
@@ -94,7 +97,9 @@ class RepairMethod(Protocol):
     labels, ``split`` the checkpoint's predictions on it; ``cfg`` is the spec's ``repair``
     section (the method's member of ``orchestrator.spec.RepairConfig``) and ``seed`` the
     seed of this call (``repair_seed``). It must not change ``head``: the patch it returns
-    says what to change.
+    says what to change. A method with a further ``history`` parameter is given the
+    run's training history (``trainer_image.repair.history.TrainingHistory``, or None where
+    there is none).
     """
 
     def __call__(

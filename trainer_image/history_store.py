@@ -1,0 +1,71 @@
+"""The training history a repair method may ask for, read from the run's store.
+
+Why this module exists: NeuRecover compares the model being repaired with an earlier one
+(``trainer_image.repair.history``). The trainer keeps the earlier models as checkpoints
+(``checkpoints/epoch_NNN.pt``) and, when a configured method asks for history, the
+initial weights too (``epoch_000.pt``, written before the first training step). This
+module is the trainer's side: whether to keep the initial weights, and a
+:class:`~trainer_image.repair.history.TrainingHistory` that loads an earlier checkpoint
+into a copy of the model and runs it on the repair set - so the method sees only that
+model's final layer and its predictions. A method asks for history by having a
+``history`` parameter.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from orchestrator.results import layout as keys
+from trainer_image.data import Splits
+from trainer_image.ledger import Ledger
+from trainer_image.models import Repairable
+from trainer_image.repair.history import INITIAL, Reference, TrainingHistory
+from trainer_image.train import forward_split
+
+LoadCheckpoint = Callable[[Ledger, Repairable, int, torch.device], None]
+
+
+def wants_history(method: Any) -> bool:
+    """Whether a repair method takes the training history (a ``history`` parameter)."""
+    try:
+        return "history" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def initial_kept(job: Ledger) -> bool:
+    """Whether the run's store holds the initial weights (``checkpoints/epoch_000.pt``)."""
+    return job.done(keys.checkpoint(job.sweep, job.name, INITIAL))
+
+
+def history_for(
+    job: Ledger,
+    model: Repairable,
+    splits: Splits,
+    device: torch.device,
+    kept: Sequence[int],
+    epoch: int,
+    load: LoadCheckpoint,
+) -> TrainingHistory:
+    """The history of a repair at ``epoch``; earlier models load into a copy of ``model``
+    (the one being repaired stays as it is)."""
+
+    def reference(earlier: int) -> Reference:
+        other = copy.deepcopy(model)
+        load(job, other, earlier, device)
+        with torch.no_grad():
+            logits, _ = forward_split(other, splits.repair, device)
+        head = other.head
+        return Reference(
+            epoch=earlier,
+            weight=head.weight.detach().cpu().clone(),
+            bias=None if head.bias is None else head.bias.detach().cpu().clone(),
+            pred=logits.argmax(1).cpu().numpy(),
+        )
+
+    return TrainingHistory(epoch=epoch, kept=list(kept), initial=initial_kept(job), load=reference)
