@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -780,6 +780,8 @@ class NeurecoverRepairSpec(_RepairCommon):
     """NeuRecover: weights localised from the training history, searched by Arachne's PSO."""
 
     model_config = ConfigDict(json_schema_extra=_method_required)
+    # The trainer keeps the initial weights and hands the method the training history.
+    uses_history: ClassVar[bool] = True
 
     method: Literal["neurecover"] = Field(
         "neurecover",

@@ -14,9 +14,7 @@ model's final layer and its predictions. A method asks for history by having a
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 
@@ -28,14 +26,6 @@ from trainer_image.repair.history import INITIAL, Reference, TrainingHistory
 from trainer_image.train import forward_split
 
 LoadCheckpoint = Callable[[Ledger, Repairable, int, torch.device], None]
-
-
-def wants_history(method: Any) -> bool:
-    """Whether a repair method takes the training history (a ``history`` parameter)."""
-    try:
-        return "history" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def initial_kept(job: Ledger) -> bool:

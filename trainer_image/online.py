@@ -33,6 +33,7 @@ from trainer_image.repair import method_for
 from trainer_image.repair.base import (
     RepairMethod,
     RepairResult,
+    RepairTask,
     TargetSplit,
     apply_patch,
     repair_seed,
@@ -143,9 +144,8 @@ def repair_epoch(
         for cls in classes:
             t = time.perf_counter()
             seed = repair_seed(method.seed, run_seed, epoch, cls)
-            result = method.repair(
-                model.head, repair_feats, y_repair, split, cls, method.cfg, seed, device
-            )
+            task = RepairTask(model.head, repair_feats, y_repair, split, cls, seed, device)
+            result = method.repair(task, method.cfg)
             head = apply_patch(model.head, result.patch)
             with torch.no_grad():
                 test = classification_metrics(head(test_feats), splits.test.y, num_classes)

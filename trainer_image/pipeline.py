@@ -43,7 +43,7 @@ from orchestrator.results.records import MetricsRecord, TrainSummary
 from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
 from trainer_image.data import Holdout, Splits, load_splits
-from trainer_image.history_store import history_for, wants_history
+from trainer_image.history_store import history_for
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
@@ -54,6 +54,7 @@ from trainer_image.repair import method_for
 from trainer_image.repair.base import (
     RepairMethod,
     RepairResult,
+    RepairTask,
     TargetSplit,
     apply_patch,
     repair_seed,
@@ -92,7 +93,7 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
     methods = [(cfg, method_for(cfg.method)) for cfg in run.repair.configs()]
     trained_before = summary is not None
     if summary is None:
-        keep_initial = any(wants_history(m) for _, m in methods)
+        keep_initial = any(getattr(c, "uses_history", False) for c, _ in methods)
         summary = train_step(job, model, splits, device, keep_initial=keep_initial)
     else:
         log.info("step train: done before (summary.json exists); skipped")
@@ -492,15 +493,14 @@ def repair_step(
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
-        extra = {}
-        if wants_history(method):
+        history = None
+        if getattr(cfg, "uses_history", False):
             kept = summary.checkpoint_epochs
-            extra["history"] = history_for(
-                job, ckpt.model, splits, job.device, kept, epoch, load_checkpoint
-            )
-        result = method(
-            ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, job.device, **extra
+            history = history_for(job, ckpt.model, splits, job.device, kept, epoch, load_checkpoint)
+        task = RepairTask(
+            ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, seed, job.device, history
         )
+        result = method(task, cfg)
         with torch.no_grad():
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)
         record = metrics_record(

@@ -256,6 +256,43 @@ def train(
     bit-identically on CPU: the same weights, history and decisions as an uninterrupted run.
     """
     started = time.perf_counter()
+    _check_hooks(cfg, on_repair, readiness)
+    run = _Run(model, splits, cfg, seed, device, readiness)
+    epoch, finished, spent = 0, False, 0.0
+    if resume is not None:
+        epoch, finished, spent = run.resume(resume)
+    resumed_after = epoch
+    while not finished and epoch < cfg.max_epochs:
+        epoch += 1
+        row, val_feats = run.epoch(epoch)
+        if on_epoch:
+            on_epoch(row)
+        if run.is_periodic(epoch) and on_checkpoint:
+            on_checkpoint(epoch, cpu_state(model))
+        repaired = None
+        if val_feats is not None:
+            assert on_repair is not None
+            with torch.random.fork_rng(devices=_cuda_indices(device)):
+                repaired = on_repair(epoch, model, val_feats)
+            del val_feats
+        if readiness is not None:
+            readiness.observe(Evidence(epoch, row["val_loss"], row["val_acc"], repaired))
+        run.hold(epoch)
+        finished = run.stops() or epoch == cfg.max_epochs
+        if on_state and cfg.state_every and (epoch % cfg.state_every == 0 or finished):
+            on_state(run.state(epoch, finished, spent + time.perf_counter() - started))
+    kept = run.kept(epoch)
+    for e in sorted(kept):
+        if not run.is_periodic(e) and on_checkpoint:
+            # Periodic ones were handed over as they happened; these were held.
+            on_checkpoint(e, run.held[e])
+    return run.result(epoch, kept, spent + time.perf_counter() - started, resumed_after)
+
+
+def _check_hooks(
+    cfg: TrainingSpec, on_repair: OnlineRepair | None, readiness: ReadinessPolicy | None
+) -> None:
+    """``train``'s hooks agree with the training spec (a programming error otherwise)."""
     if cfg.repair_every is not None and on_repair is None:
         raise ValueError("training.repair_every is set but train() was given no on_repair")
     if (cfg.readiness is None) != (readiness is None):
@@ -266,75 +303,127 @@ def train(
             f"training.readiness: policy {readiness.spec.policy!r} watches online repairs;"
             " set training.repair_every (e.g. 1)"
         )
-    model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    # Shuffling has its own generator so that it does not depend on how many random
-    # numbers model construction consumed.
-    shuffle = torch.Generator().manual_seed(seed)
-    x, y = to_tensor(splits.train.x), torch.from_numpy(splits.train.y)
-    n = len(y)
-    # shuffle_each_epoch false (the released code): every epoch uses the order a fresh
-    # generator gives first, whatever epoch training starts or resumes at.
-    fixed_order = (
-        None
-        if cfg.shuffle_each_epoch
-        else torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    )
-    if n == 0 or len(splits.val) == 0:
-        raise BadInput("dataset: the training and validation splits must not be empty")
-    stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.early_stopping)
-    history: list[dict[str, float]] = []
-    # Weights of epochs that are no periodic checkpoint but may still be kept.
-    held: dict[int, dict[str, torch.Tensor]] = {}
-    stop_policy = readiness is not None and readiness.spec.action == "stop"
 
-    def is_periodic(e: int) -> bool:
-        return periodic(e, cfg.checkpoint_every, cfg.checkpoint_first)
 
-    def hold(current: int) -> None:
+class _Run:
+    """What the epochs of one ``train`` call share: the optimiser, the shuffling generator,
+    early stopping, the readiness policy, the history and the held weights.
+
+    The order of construction is part of the trajectory: nothing here draws from torch's
+    global generator, and shuffling has its own.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        splits: Splits,
+        cfg: TrainingSpec,
+        seed: int,
+        device: torch.device,
+        readiness: ReadinessPolicy | None,
+    ) -> None:
+        self.model, self.splits, self.cfg, self.device = model, splits, cfg, device
+        self.readiness = readiness
+        model.to(device)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        # Shuffling has its own generator so that it does not depend on how many random
+        # numbers model construction consumed.
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.x, self.y = to_tensor(splits.train.x), torch.from_numpy(splits.train.y)
+        self.n = len(self.y)
+        # shuffle_each_epoch false (the released code): every epoch uses the order a fresh
+        # generator gives first, whatever epoch training starts or resumes at.
+        self.fixed_order = (
+            None
+            if cfg.shuffle_each_epoch
+            else torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
+        )
+        if self.n == 0 or len(splits.val) == 0:
+            raise BadInput("dataset: the training and validation splits must not be empty")
+        self.stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.early_stopping)
+        self.history: list[dict[str, float]] = []
+        # Weights of epochs that are no periodic checkpoint but may still be kept.
+        self.held: dict[int, dict[str, torch.Tensor]] = {}
+        self.stop_policy = readiness is not None and readiness.spec.action == "stop"
+
+    def is_periodic(self, e: int) -> bool:
+        return periodic(e, self.cfg.checkpoint_every, self.cfg.checkpoint_first)
+
+    def hold(self, current: int) -> None:
+        """Keep (a CPU copy of) the weights of ``current`` if it may yet be kept; drop
+        those of epochs that no longer may."""
         needed = set()
-        if cfg.checkpoint_convergence and stopper.best_epoch is not None:
-            needed.add(stopper.best_epoch)
-        if stop_policy:
-            assert readiness is not None
-            needed |= readiness.candidates()
-        for e in [e for e in held if e not in needed]:
-            del held[e]
-        if current in needed and current not in held and not is_periodic(current):
-            held[current] = cpu_state(model)
+        if self.cfg.checkpoint_convergence and self.stopper.best_epoch is not None:
+            needed.add(self.stopper.best_epoch)
+        if self.stop_policy:
+            assert self.readiness is not None
+            needed |= self.readiness.candidates()
+        for e in [e for e in self.held if e not in needed]:
+            del self.held[e]
+        if current in needed and current not in self.held and not self.is_periodic(current):
+            self.held[current] = cpu_state(self.model)
 
-    epoch, finished, spent = 0, False, 0.0
-    if resume is not None:
-        if not 0 < resume.epoch <= cfg.max_epochs:
-            raise ValueError(f"a state after epoch {resume.epoch} cannot resume this training")
-        model.load_state_dict(resume.model)
+    def resume(self, state: TrainState) -> tuple[int, bool, float]:
+        """Go on from ``state``: its epoch, whether it had finished, and its seconds."""
+        if not 0 < state.epoch <= self.cfg.max_epochs:
+            raise ValueError(f"a state after epoch {state.epoch} cannot resume this training")
+        self.model.load_state_dict(state.model)
         # A copy: the optimiser would otherwise update the state's own buffers in place.
-        optimizer.load_state_dict(detached(resume.optimizer))
-        stopper.load_state_dict(resume.stopper)
-        if readiness is not None:
-            if resume.readiness is None:
+        self.optimizer.load_state_dict(detached(state.optimizer))
+        self.stopper.load_state_dict(state.stopper)
+        if self.readiness is not None:
+            if state.readiness is None:
                 raise ValueError("the training state holds no readiness state")
-            readiness.load_state_dict(resume.readiness)
-        restore_rng(resume.rng, shuffle, device)
-        history = [dict(r) for r in resume.history]
-        held = dict(resume.held)
-        hold(resume.epoch)  # the resumed epoch's own weights are the model's
-        epoch, finished, spent = resume.epoch, resume.finished, resume.seconds
-    resumed_after, repair_every = epoch, cfg.repair_every
-    while not finished and epoch < cfg.max_epochs:
-        epoch += 1
+            self.readiness.load_state_dict(state.readiness)
+        restore_rng(state.rng, self.shuffle, self.device)
+        self.history = [dict(r) for r in state.history]
+        self.held = dict(state.held)
+        self.hold(state.epoch)  # the resumed epoch's own weights are the model's
+        return state.epoch, state.finished, state.seconds
+
+    def epoch(self, epoch: int) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Train one epoch and validate: its history row (recorded, and seen by early
+        stopping), and the validation features when the epoch is one to repair online."""
         t0 = time.perf_counter()
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
+        lr = lr_at(self.cfg, epoch)
+        loss_sum, correct = self._fit(lr)
+        every = self.cfg.repair_every
+        val_feats = None
+        if every is not None and periodic(epoch, every, first=False):
+            # One validation pass serves both: head(body(x)) is exactly model(x).
+            val = self.splits.val
+            val_logits, val_feats = forward_split(self.model, val, self.device, features=True)
+            val_loss, val_acc = _loss_acc(val_logits, val, self.device)
+        else:
+            val_loss, val_acc = _evaluate(self.model, self.splits.val, self.device)
+        row = {
+            "epoch": epoch,
+            "loss": loss_sum.item() / self.n,
+            "acc": correct.item() / self.n,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - t0,
+        }
+        self.history.append(row)
+        self.stopper.update(epoch, val_loss)
+        return row, val_feats
+
+    def _fit(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over the training split at ``lr``: the summed loss and the hits."""
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
+        model, device, optimizer = self.model, self.device, self.optimizer
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        order = fixed_order if fixed_order is not None else torch.randperm(n, generator=shuffle)
-        for idx in order.split(cfg.batch_size):
-            xb, yb = _batch(x, idx, device), y[idx].to(device, non_blocking=True)
+        order = self.fixed_order
+        if order is None:
+            order = torch.randperm(self.n, generator=self.shuffle)
+        for idx in order.split(self.cfg.batch_size):
+            xb, yb = _batch(self.x, idx, device), self.y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
@@ -342,90 +431,67 @@ def train(
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
-        repair_now = on_repair is not None and repair_every is not None
-        repair_now = repair_now and periodic(epoch, repair_every, first=False)
-        val_feats = None
-        if repair_now:
-            # One validation pass serves both: head(body(x)) is exactly model(x).
-            val_logits, val_feats = forward_split(model, splits.val, device, features=True)
-            val_loss, val_acc = _loss_acc(val_logits, splits.val, device)
-        else:
-            val_loss, val_acc = _evaluate(model, splits.val, device)
-        row = {
-            "epoch": epoch,
-            "loss": loss_sum.item() / n,
-            "acc": correct.item() / n,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
-        stopper.update(epoch, val_loss)
-        if on_epoch:
-            on_epoch(row)
-        if is_periodic(epoch) and on_checkpoint:
-            on_checkpoint(epoch, cpu_state(model))
-        repaired = None
-        if repair_now:
-            assert on_repair is not None and val_feats is not None
-            with torch.random.fork_rng(devices=_cuda_indices(device)):
-                repaired = on_repair(epoch, model, val_feats)
-            del val_feats
-        if readiness is not None:
-            readiness.observe(Evidence(epoch, val_loss, val_acc, repaired))
-        hold(epoch)
-        policy_stopped = readiness is not None and readiness.stops
-        finished = stopper.stop or policy_stopped or epoch == cfg.max_epochs
-        if on_state and cfg.state_every and (epoch % cfg.state_every == 0 or finished):
-            on_state(
-                TrainState(
-                    epoch=epoch,
-                    finished=finished,
-                    model=cpu_state(model),
-                    optimizer=detached(optimizer.state_dict()),
-                    stopper=stopper.state_dict(),
-                    readiness=None if readiness is None else readiness.state_dict(),
-                    rng=capture_rng(shuffle, device),
-                    history=[dict(r) for r in history],
-                    held={e: w for e, w in held.items() if e != epoch},
-                    seconds=spent + time.perf_counter() - started,
-                )
+        return loss_sum, correct
+
+    def stops(self) -> bool:
+        """Early stopping or the readiness policy ends training."""
+        return self.stopper.stop or (self.readiness is not None and self.readiness.stops)
+
+    def state(self, epoch: int, finished: bool, seconds: float) -> TrainState:
+        """Everything a resumed run needs to go on after ``epoch`` bit-identically."""
+        return TrainState(
+            epoch=epoch,
+            finished=finished,
+            model=cpu_state(self.model),
+            optimizer=detached(self.optimizer.state_dict()),
+            stopper=self.stopper.state_dict(),
+            readiness=None if self.readiness is None else self.readiness.state_dict(),
+            rng=capture_rng(self.shuffle, self.device),
+            history=[dict(r) for r in self.history],
+            held={e: w for e, w in self.held.items() if e != epoch},
+            seconds=seconds,
+        )
+
+    def kept(self, last: int) -> set[int]:
+        """The checkpoint set once training ended after ``last``."""
+        if self.stopper.best_epoch is None:
+            raise RunFailed(
+                f"training diverged: the validation loss was not finite in any of {last}"
+                " epochs; lower training.lr"
             )
-    if stopper.best_epoch is None:
-        raise RunFailed(
-            f"training diverged: the validation loss was not finite in any of {epoch} epochs;"
-            " lower training.lr"
+        kept = set(
+            checkpoint_epochs(
+                last,
+                self.stopper.best_epoch,
+                every=self.cfg.checkpoint_every,
+                first=self.cfg.checkpoint_first,
+                convergence=self.cfg.checkpoint_convergence,
+            )
         )
-    kept = set(
-        checkpoint_epochs(
-            epoch,
-            stopper.best_epoch,
-            every=cfg.checkpoint_every,
-            first=cfg.checkpoint_first,
-            convergence=cfg.checkpoint_convergence,
+        if self.stop_policy:
+            assert self.readiness is not None
+            kept |= self.readiness.ready_epochs()
+        return kept
+
+    def result(self, last: int, kept: set[int], seconds: float, resumed_after: int) -> TrainResult:
+        """What ``train`` returns once the checkpoints are handed over."""
+        readiness, stopper = self.readiness, self.stopper
+        policy_stopped = readiness is not None and readiness.stops
+        assert stopper.best_epoch is not None  # kept() checked it
+        return TrainResult(
+            history=self.history,
+            convergence_epoch=stopper.best_epoch,
+            checkpoint_epochs=sorted(kept),
+            epochs_trained=last,
+            stopped_early=(stopper.stop or policy_stopped) and last < self.cfg.max_epochs,
+            best_val_loss=stopper.best_loss,
+            seconds=seconds,
+            resumed_after=resumed_after,
+            online_epochs=online_epochs(self.cfg.repair_every, last),
+            readiness=None
+            if readiness is None
+            else readiness.outcome(stopped_training=policy_stopped),
         )
-    )
-    if stop_policy:
-        assert readiness is not None
-        kept |= readiness.ready_epochs()
-    for e in sorted(kept):
-        if not is_periodic(e) and on_checkpoint:
-            # Periodic ones were handed over as they happened; these were held.
-            on_checkpoint(e, held[e])
-    policy_stopped = readiness is not None and readiness.stops
-    return TrainResult(
-        history=history,
-        convergence_epoch=stopper.best_epoch,
-        checkpoint_epochs=sorted(kept),
-        epochs_trained=epoch,
-        stopped_early=(stopper.stop or policy_stopped) and epoch < cfg.max_epochs,
-        best_val_loss=stopper.best_loss,
-        seconds=spent + time.perf_counter() - started,
-        resumed_after=resumed_after,
-        online_epochs=online_epochs(repair_every, epoch),
-        readiness=None if readiness is None else readiness.outcome(stopped_training=policy_stopped),
-    )
 
 
 def _cuda_indices(device: torch.device) -> list[int]:

@@ -60,6 +60,18 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("orchestrator/store/base.py", "import orchestrator.store.s3", "knows no implementation"),
         ("trainer_image/metrics.py", "import orchestrator.cli", "never imports the CLI"),
         ("orchestrator/spec.py", "import orchestrator.store", "Control-plane layers"),
+        # A method reusing another's code instead of the shared toolkit, and the toolkit
+        # reaching into a method, both break the methods' independence.
+        (
+            "trainer_image/repair/finetune.py",
+            "import trainer_image.repair.arachne",
+            "Repair methods are independent",
+        ),
+        (
+            "trainer_image/repair/last_layer.py",
+            "from trainer_image.repair.arachne_de import DEFitness",
+            "Repair methods are independent",
+        ),
     ],
 )
 def test_an_offending_import_is_reported(

@@ -103,8 +103,9 @@ def _child(kind: str, threads: int, device_name: str, ref_evals: int, q: Any) ->
     from arachne_reference import reference_scores
 
     from orchestrator.spec import RepairSpec
-    from trainer_image.repair.arachne import localise, repair
-    from trainer_image.repair.base import TargetSplit
+    from trainer_image.repair.arachne import repair
+    from trainer_image.repair.base import RepairTask, TargetSplit
+    from trainer_image.repair.selection import localise
 
     model = vgg_shaped().to(device)
     x, y, pred = repair_set(model, device)
@@ -124,7 +125,7 @@ def _child(kind: str, threads: int, device_name: str, ref_evals: int, q: Any) ->
         t0 = time.perf_counter()
         feats = features()
         out["features_s"] = time.perf_counter() - t0
-        res = repair(model.head, feats, labels, split, TARGET, cfg, seed=1, device=device)
+        res = repair(RepairTask(model.head, feats, labels, split, TARGET, 1, device), cfg)
         out["seconds"] = time.perf_counter() - t0
     elif kind == "search":
         # Setup ends with the cached features and the head only; the phase is the search.
@@ -132,7 +133,7 @@ def _child(kind: str, threads: int, device_name: str, ref_evals: int, q: Any) ->
         del model
         before = start_phase(device)
         t0 = time.perf_counter()
-        res = repair(head, feats, labels, split, TARGET, cfg, seed=1, device=device)
+        res = repair(RepairTask(head, feats, labels, split, TARGET, 1, device), cfg)
         out["seconds"] = time.perf_counter() - t0
     else:
         neg, pos = torch.as_tensor(split.negatives(TARGET)), torch.as_tensor(split.positives())

@@ -96,7 +96,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
     import importlib
 
     import orchestrator.spec as spec
-    from trainer_image.repair.base import TargetSplit
+    from trainer_image.repair.base import RepairTask, TargetSplit
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -106,7 +106,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
     model = vgg_shaped().to(device)
     x, y, pred = repair_set(model, device)
     split, labels = TargetSplit(y=y, pred=pred), torch.as_tensor(y)
-    extra = {"history": reference_for(model, x, device)} if module == "neurecover" else {}
+    history = reference_for(model, x, device) if module == "neurecover" else None
 
     def features() -> torch.Tensor:
         with torch.no_grad():
@@ -119,9 +119,8 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             feats = features()
-            res = repair(
-                model.head, feats, labels, split, TARGET, cfg, seed=1, device=device, **extra
-            )
+            task = RepairTask(model.head, feats, labels, split, TARGET, 1, device, history)
+            res = repair(task, cfg)
             times.append(time.perf_counter() - t0)
             del feats
     else:
@@ -130,7 +129,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
         before = start_phase(device)
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            res = repair(head, feats, labels, split, TARGET, cfg, seed=1, device=device, **extra)
+            res = repair(RepairTask(head, feats, labels, split, TARGET, 1, device, history), cfg)
             times.append(time.perf_counter() - t0)
     out["seconds"] = min(times)
     if device.type == "cuda":

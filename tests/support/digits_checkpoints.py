@@ -20,7 +20,7 @@ from orchestrator.spec import DatasetSpec, SweepSpec, load_spec
 from trainer_image.data import Splits, load_splits
 from trainer_image.data.digits import load as load_digits
 from trainer_image.models import Repairable, build_model, small_cnn
-from trainer_image.repair.base import RepairResult, TargetSplit, repair_seed
+from trainer_image.repair.base import RepairResult, RepairTask, TargetSplit, repair_seed
 from trainer_image.train import train
 
 MAX_EPOCHS = 15
@@ -82,7 +82,7 @@ def repair_checkpoint(
     split = TargetSplit(y=splits.repair.y, pred=predict(model, splits.repair.x))
     seed = repair_seed(cfg.seed, spec.seeds[0], epoch, cls)
     y = torch.as_tensor(splits.repair.y)
-    return model, feats, split, method(model.head, feats, y, split, cls, cfg, seed)
+    return model, feats, split, method(RepairTask(model.head, feats, y, split, cls, seed), cfg)
 
 
 def untrained_cnn(

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
 from orchestrator.errors import BadInput
-from trainer_image.repair.base import PatchedWeight, RepairResult, TargetSplit, apply_patch
+from trainer_image.repair.base import PatchedWeight, RepairResult, RepairTask, apply_patch
 
 
 class NudgeOptions(BaseModel):
@@ -29,22 +28,14 @@ class NudgeOptions(BaseModel):
     step: float = Field(1.0, gt=0, description="How much the chosen weight grows.")
 
 
-def repair(
-    head: nn.Linear,
-    features: torch.Tensor,
-    y: torch.Tensor,
-    split: TargetSplit,
-    target_class: int,
-    cfg: Any,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> RepairResult:
-    """A ``trainer_image.repair.base.RepairMethod``; deterministic, so ``seed`` is unused."""
+def repair(task: RepairTask, cfg: Any) -> RepairResult:
+    """A ``trainer_image.repair.base.RepairMethod``; deterministic, so ``task.seed`` is unused."""
     try:
         opts = NudgeOptions.model_validate(cfg.options)
     except ValidationError as e:
         raise BadInput(f"repair.options: {e.errors()[0]['msg']} (nudge_repair)") from e
     start = time.perf_counter()
+    head, features, split, target_class = task.head, task.features, task.split, task.target_class
     neg, pos = split.negatives(target_class), split.positives()
     rows, cols = head.weight.shape
     if neg.size == 0:
@@ -56,7 +47,7 @@ def repair(
     patch = [PatchedWeight(row=target_class, col=col, old=old, new=old + opts.step)]
     with torch.no_grad():
         pred = apply_patch(head, patch)(features).argmax(1).cpu().numpy()
-    labels = y.cpu().numpy()
+    labels = task.labels.cpu().numpy()
     rr = 100.0 * float(np.mean(pred[neg] == target_class))
     br = 100.0 * float(np.mean(pred[pos] != labels[pos])) if pos.size else None
     return RepairResult(

@@ -23,7 +23,7 @@ from trainer_image.entrypoint import run_trainer
 from trainer_image.models import Repairable, build_model
 from trainer_image.online import Method, configured_methods, repair_epoch
 from trainer_image.repair.arachne import repair
-from trainer_image.repair.base import repair_seed
+from trainer_image.repair.base import RepairTask, repair_seed
 from trainer_image.train import cpu_state, make_deterministic, train
 
 torch.set_num_threads(1)
@@ -129,14 +129,10 @@ def test_features_are_computed_once_for_every_method_and_class(
     for method in methods:
         for cls in (0, 3, 8):
             want = repair(
-                model.head,
-                feats,
-                y,
-                got.split,
-                cls,
+                RepairTask(
+                    model.head, feats, y, got.split, cls, repair_seed(method.seed, 4, 2, cls), CPU
+                ),
                 method.cfg,
-                repair_seed(method.seed, 4, 2, cls),
-                CPU,
             )
             have = got.repairs[(method.name, cls)].result
             assert have.patch == want.patch and have.history == want.history

@@ -26,7 +26,7 @@ from trainer_image import zoo
 from trainer_image.data import gtsrb, rsna
 from trainer_image.models import Repairable, build_model
 from trainer_image.repair import arachne
-from trainer_image.repair.base import TargetSplit, apply_patch
+from trainer_image.repair.base import RepairTask, TargetSplit, apply_patch
 from trainer_image.train import forward_split, train
 
 CPU = torch.device("cpu")
@@ -202,14 +202,10 @@ def _smoke(model: Repairable, splits, batch_size: int, first_conv: str) -> None:
     assert len(neg) > 0
     cfg_r = RepairSpec(particles=10, iterations=3)
     res = arachne.repair(
-        model.head,
-        features,
-        torch.from_numpy(splits.repair.y),
-        split,
-        target,
+        RepairTask(
+            model.head, features, torch.from_numpy(splits.repair.y), split, target, 7, "cpu"
+        ),
         cfg_r,
-        seed=7,
-        device="cpu",
     )
     assert res.status == "repaired" and res.patch and res.n_neg == len(neg)
     assert all(

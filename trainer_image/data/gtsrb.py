@@ -33,15 +33,14 @@ from pydantic import BaseModel, ConfigDict
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, StorageSpec
 from trainer_image.data import Holdout, Splits
-from trainer_image.data.prepared import (
+from trainer_image.data.prepared import Prepared, load_dataset
+from trainer_image.data.raw import (
     Item,
-    Prepared,
     Progress,
     Skipped,
     Unreadable,
     check_skipped,
     int_column,
-    load_dataset,
     parse_options,
     read_images,
     read_table,

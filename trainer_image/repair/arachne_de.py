@@ -5,13 +5,14 @@ Arachne's journal version searches the same weights with differential evolution 
 a different fitness. Whether "repair early" holds for a repair method is the first thing a
 comparison across checkpoints must show, so both searches run on the same problem.
 
-Shared with ``arachne.py`` (reused, not re-implemented): the input checks, the fault
-localisation (the same localised weights for the same checkpoint and class), the positives
-(the same sampler, the first draw of the generator: a seed gives both methods the same
-positives), the vectorised scoring from cached penultimate features (:class:`DEFitness` is a
-:class:`~trainer_image.repair.arachne.SwarmFitness`: a whole population is scored with one
-batched matrix product per changed row of the layer), and the final figures, recomputed
-with the patch applied to the layer in its own dtype.
+Shared with ``arachne.py`` through the last-layer toolkit
+(:mod:`~trainer_image.repair.last_layer`, reused, not re-implemented): the input checks, the
+fault localisation (the same localised weights for the same checkpoint and class), the
+positives (the same sampler, the first draw of the generator: a seed gives both methods the
+same positives), the vectorised scoring from cached penultimate features (:class:`DEFitness`
+is a :class:`~trainer_image.repair.last_layer.SwarmFitness`: a whole population is scored
+with one batched matrix product per changed row of the layer), and the final figures,
+recomputed with the patch applied to the layer in its own dtype.
 
 The search (:func:`evolve`), from the TOSEM code (``arachne/search/de_vk.py``,
 ``searcher_vk.py``):
@@ -78,10 +79,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from orchestrator.spec import ArachneDERepairSpec
-from trainer_image.repair.arachne import (
+from trainer_image.repair.base import RepairResult, RepairTask
+from trainer_image.repair.last_layer import (
     SEARCH_DTYPE,
     Search,
     SwarmFitness,
@@ -89,7 +90,6 @@ from trainer_image.repair.arachne import (
     best_fields,
     set_up,
 )
-from trainer_image.repair.base import RepairResult, TargetSplit
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def soft_fitness(
 
 
 class DEFitness(SwarmFitness):
-    """The vectorised scorer of ``arachne.py`` with TOSEM's fitness."""
+    """The toolkit's vectorised scorer with TOSEM's fitness."""
 
     def __init__(self, *args: Any, patch_aggr: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -294,17 +294,8 @@ def _record(
     }
 
 
-def repair(
-    head: nn.Linear,
-    features: torch.Tensor,
-    y: torch.Tensor,
-    split: TargetSplit,
-    target_class: int,
-    cfg: ArachneDERepairSpec,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> RepairResult:
-    """Repair ``head`` for ``target_class`` with Arachne's DE (see the module docstring).
+def repair(task: RepairTask, cfg: ArachneDERepairSpec) -> RepairResult:
+    """Repair ``task.head`` for ``task.target_class`` with Arachne's DE (module docstring).
 
     Same contract as :func:`trainer_image.repair.arachne.repair`: the patch holds every
     localised weight, ``iterations`` the generations run, ``fitness`` TOSEM's fitness of
@@ -312,13 +303,7 @@ def repair(
     """
     problem = set_up(
         "arachne-de",
-        head,
-        features,
-        y,
-        split,
-        target_class,
-        seed,
-        device,
+        task,
         n_positives=cfg.n_positives,
         sampling=cfg.positives,
         grad_factor=cfg.grad_factor,

@@ -1,10 +1,11 @@
 """The contract between the trainer and repair methods: ``RepairMethod``, its inputs, its result.
 
 A repair method sees only the final Linear layer and the penultimate activations
-(``features``) of the repair set, computed once per checkpoint by the trainer; it returns
-the changed weights as a patch that, applied to the checkpoint, rebuilds the repaired model.
-The trainer finds a method by name through ``orchestrator.catalog`` (or an import path)
-and knows nothing else about it.
+(``features``) of the repair set, computed once per checkpoint by the trainer - together a
+:class:`RepairTask` - and returns the changed weights as a patch that, applied to the
+checkpoint, rebuilds the repaired model. The trainer finds a method by name through
+``orchestrator.catalog`` (or an import path) and knows nothing else about it; what methods
+share beyond this contract is in :mod:`trainer_image.repair.last_layer`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 from torch import nn
+
+from trainer_image.repair.history import TrainingHistory
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,26 @@ class TargetSplit:
     def negatives(self, cls: int) -> np.ndarray:
         """Indices of misclassified inputs whose true class is ``cls``."""
         return np.flatnonzero(~self.correct & (self.y == cls))
+
+
+@dataclass(frozen=True)
+class RepairTask:
+    """One checkpoint x target class to repair: everything a method gets besides its config.
+
+    ``features`` are the penultimate activations of the whole repair set (N x D) and
+    ``labels`` its labels (N), ``split`` the checkpoint's predictions on it, ``seed`` the
+    seed of this repair (:func:`repair_seed`), ``device`` where the method may compute.
+    """
+
+    head: nn.Linear
+    features: torch.Tensor
+    labels: torch.Tensor
+    split: TargetSplit
+    target_class: int
+    seed: int
+    device: torch.device | str = "cpu"
+    # The run's earlier weights, for a method whose config ``uses_history`` (else None).
+    history: TrainingHistory | None = None
 
 
 @dataclass(frozen=True)
@@ -91,25 +114,14 @@ def repair_seed(repair_seed: int, run_seed: int, epoch: int, cls: int) -> int:
 
 
 class RepairMethod(Protocol):
-    """A repair method: one call per checkpoint and target class.
+    """A repair method: one call per checkpoint and target class, ``repair(task, cfg)``.
 
-    ``features`` are the penultimate activations of the whole repair set (N x D), ``y`` its
-    labels, ``split`` the checkpoint's predictions on it; ``cfg`` is the spec's ``repair``
-    section (the method's member of ``orchestrator.spec.RepairConfig``) and ``seed`` the
-    seed of this call (``repair_seed``). It must not change ``head``: the patch it returns
-    says what to change. A method with a further ``history`` parameter is given the
-    run's training history (``trainer_image.repair.history.TrainingHistory``, or None where
+    ``cfg`` is the spec's ``repair`` section (the method's member of
+    ``orchestrator.spec.RepairConfig``; a method named by import path reads its own
+    ``cfg.options``). It must not change ``task.head``: the patch it returns says what to
+    change. A method whose config class says ``uses_history`` gets ``task.history``: the
+    run's training history (``trainer_image.repair.history.TrainingHistory``; None where
     there is none).
     """
 
-    def __call__(
-        self,
-        head: nn.Linear,
-        features: torch.Tensor,
-        y: torch.Tensor,
-        split: TargetSplit,
-        target_class: int,
-        cfg: Any,
-        seed: int,
-        device: torch.device | str = "cpu",
-    ) -> RepairResult: ...
+    def __call__(self, task: RepairTask, cfg: Any) -> RepairResult: ...

@@ -6,12 +6,12 @@ retraining and fine-tuning repair well in published comparisons, while regressio
 work reports them breaking many more correct inputs than targeted repair; RR and BR of
 this baseline against Arachne's answer both questions.
 
-The problem is Arachne's (``arachne.set_up``, reused): the same input checks, the target
-class's negatives, the same sampled positives (the same sampler and the first draw of the
-generator seeded with ``seed``, so one seed gives every method the same positives), and
-with ``weights="localised"`` the same fault localisation. Only the layer's *weights* ``W``
-change (the bias stays, as a patch holds weights only), by ``steps`` full-batch
-gradient-descent steps ``W <- W - (lr / L) grad`` of
+The problem is Arachne's (``set_up`` of the last-layer toolkit, reused): the same input
+checks, the target class's negatives, the same sampled positives (the same sampler and the
+first draw of the generator seeded with ``seed``, so one seed gives every method the same
+positives), and with ``weights="localised"`` the same fault localisation. Only the layer's
+*weights* ``W`` change (the bias stays, as a patch holds weights only), by ``steps``
+full-batch gradient-descent steps ``W <- W - (lr / L) grad`` of
 
     loss(W) = neg_weight x CE_neg(W) + pos_weight x CE_pos(W) + l2 x sum (W - W_0)^2
 
@@ -50,11 +50,10 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from orchestrator.spec import FinetuneRepairSpec
-from trainer_image.repair.arachne import SEARCH_DTYPE, set_up
-from trainer_image.repair.base import PatchedWeight, RepairResult, TargetSplit
+from trainer_image.repair.base import PatchedWeight, RepairResult, RepairTask
+from trainer_image.repair.last_layer import SEARCH_DTYPE, set_up
 
 # --- the change of the weights, in three forms ----------------------------------------
 
@@ -245,30 +244,15 @@ def _no_fitness(logits: torch.Tensor, labels: torch.Tensor, n_neg: int) -> None:
     return None
 
 
-def repair(
-    head: nn.Linear,
-    features: torch.Tensor,
-    y: torch.Tensor,
-    split: TargetSplit,
-    target_class: int,
-    cfg: FinetuneRepairSpec,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> RepairResult:
-    """Fine-tune ``head`` for ``target_class`` (see the module docstring).
+def repair(task: RepairTask, cfg: FinetuneRepairSpec) -> RepairResult:
+    """Fine-tune ``task.head`` for ``task.target_class`` (see the module docstring).
 
     Same contract as :func:`trainer_image.repair.arachne.repair`; the patch holds the
     changed weights only.
     """
     problem = set_up(
         "finetune",
-        head,
-        features,
-        y,
-        split,
-        target_class,
-        seed,
-        device,
+        task,
         n_positives=cfg.n_positives,
         sampling=cfg.positives,
         grad_factor=cfg.grad_factor if cfg.weights == "localised" else None,
@@ -285,7 +269,7 @@ def repair(
         neg_f,
         pos_f,
         pos_y,
-        target_class,
+        task.target_class,
         localised,
         cfg,
         problem.device,

@@ -25,7 +25,7 @@ the first checkpoint, where there is no earlier one, the initial weights):
 3. **Set operations.** With ``T_s`` the top ``k = round(top_fraction x C x d)`` weights by
    score ``s`` (stable: ties keep row-major order): the localised weights are
    ``(T_fwd_deg & T_grad_deg & T_diff) - (T_fwd_imp & T_grad_imp)``.
-4. **Search**: Arachne's PSO (``arachne.pso``, its fields here) over the localised weights'
+4. **Search**: Arachne's PSO (``swarm.pso``, its fields here) over the localised weights'
    values, from the same seeded generator, with NeuRecover's fitness
    ``(N_patched / |I_neg| + 1) / (L_neg + 1) + alpha x (N_intact / |I_pos| + 1) / (L_pos + 1)``
    (counts as fractions, unlike Arachne's; the pos term is ``1 / (0 + 1)`` with no
@@ -62,19 +62,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from orchestrator.spec import NeurecoverRepairSpec
-from trainer_image.repair.arachne import (
-    SEARCH_DTYPE,
-    Localisation,
-    Problem,
-    SwarmFitness,
-    pso,
-    set_up,
-)
-from trainer_image.repair.base import RepairResult, TargetSplit
-from trainer_image.repair.history import Reference, TrainingHistory
+from trainer_image.repair.base import RepairResult, RepairTask
+from trainer_image.repair.history import Reference
+from trainer_image.repair.last_layer import SEARCH_DTYPE, Problem, SwarmFitness, set_up
+from trainer_image.repair.selection import Localisation
+from trainer_image.repair.swarm import pso
 
 # --- localisation from the history (pure, float64 on the CPU) ----------------------------
 
@@ -230,37 +224,21 @@ def history_sets(
     return deg, imp, None
 
 
-def repair(
-    head: nn.Linear,
-    features: torch.Tensor,
-    y: torch.Tensor,
-    split: TargetSplit,
-    target_class: int,
-    cfg: NeurecoverRepairSpec,
-    seed: int,
-    device: torch.device | str = "cpu",
-    history: TrainingHistory | None = None,
-) -> RepairResult:
-    """Repair ``head`` for ``target_class`` with NeuRecover (see the module docstring).
+def repair(task: RepairTask, cfg: NeurecoverRepairSpec) -> RepairResult:
+    """Repair ``task.head`` for ``task.target_class`` with NeuRecover (module docstring).
 
-    Same contract as :func:`trainer_image.repair.arachne.repair`, plus ``history``: where
-    the earlier weights come from (None: there are none). The result's ``details`` give
-    ``reference_epoch`` (0: the initial weights) and a ``method_note`` when a fallback
-    applied.
+    ``task.history`` says where the earlier weights come from (None: there are none). The
+    result's ``details`` give ``reference_epoch`` (0: the initial weights) and a
+    ``method_note`` when a fallback applied.
     """
     problem = set_up(
         "neurecover",
-        head,
-        features,
-        y,
-        split,
-        target_class,
-        seed,
-        device,
+        task,
         n_positives=cfg.n_positives,
         sampling=cfg.positives,
         grad_factor=None,
     )
+    history = task.history
     ref = None if history is None else history.reference(cfg.compare_with)
     if isinstance(problem, RepairResult):
         problem.details = {"reference_epoch": None if ref is None else ref.epoch}

@@ -9,7 +9,7 @@ constraints are linear in the final layer's weights, so the least change (``norm
 L-infinity) is a linear program, solved by SciPy's HiGHS (:mod:`provable_lp`). Read next to
 the search methods, it shows what a guarantee on the repair set costs on the test set.
 
-The problem is every method's (``arachne.set_up``): the class's negatives, the sampled
+The problem is every method's (``last_layer.set_up``): the class's negatives, the sampled
 positives (same sampler, same first draw of the seeded generator: there is no other random
 choice, so a repair is deterministic up to the solver). Constraints, each with ``margin``
 in logit units: every negative gets the target class; with ``keep_positives`` every
@@ -42,11 +42,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from orchestrator.spec import ProvableRepairSpec
-from trainer_image.repair.arachne import set_up
-from trainer_image.repair.base import PatchedWeight, RepairResult, TargetSplit, apply_patch
+from trainer_image.repair.base import PatchedWeight, RepairResult, RepairTask, apply_patch
+from trainer_image.repair.last_layer import set_up
 from trainer_image.repair.provable_lp import MarginProblem, certify, gaps, solve
 
 
@@ -91,30 +90,15 @@ def changed(weight: torch.Tensor, rows: np.ndarray, delta: np.ndarray) -> list[P
     ]
 
 
-def repair(
-    head: nn.Linear,
-    features: torch.Tensor,
-    y: torch.Tensor,
-    split: TargetSplit,
-    target_class: int,
-    cfg: ProvableRepairSpec,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> RepairResult:
-    """Repair ``head`` for ``target_class`` by the linear program (module docstring).
-
-    Same contract as :func:`trainer_image.repair.arachne.repair`; the result's ``details``
-    hold ``certified``, ``solver_status`` and, for a fallback, ``method_note``.
+def repair(task: RepairTask, cfg: ProvableRepairSpec) -> RepairResult:
+    """Repair ``task.head`` for ``task.target_class`` by the linear program (module
+    docstring); the result's ``details`` hold ``certified``, ``solver_status`` and, for a
+    fallback, ``method_note``.
     """
+    target_class = task.target_class
     problem = set_up(
         "provable",
-        head,
-        features,
-        y,
-        split,
-        target_class,
-        seed,
-        device,
+        task,
         n_positives=cfg.n_positives,
         sampling=cfg.positives,
         grad_factor=None,
@@ -135,7 +119,7 @@ def repair(
     patch = changed(problem.weight, lp.rows, solution.delta)
     with torch.no_grad():  # the layer in its own dtype, as a rebuilt model computes it
         x = torch.from_numpy(lp.x).to(problem.weight.dtype)
-        logits = apply_patch(head, patch).cpu()(x).double().numpy()
+        logits = apply_patch(task.head, patch).cpu()(x).double().numpy()
     certified = certify(lp, logits)
     before = lp.logits
     history = [

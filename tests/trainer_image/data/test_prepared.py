@@ -20,15 +20,12 @@ from orchestrator.spec import DatasetSpec, StorageSpec, load_spec
 from orchestrator.store.file import FileStore
 from trainer_image.data import Holdout, Split, hold_out_validation, prepared, rsna
 from trainer_image.data.prepared import (
-    Item,
     Prepared,
-    Skipped,
-    Unreadable,
     hold_out_in_place,
-    read_images,
     read_prepared,
     write_prepared,
 )
+from trainer_image.data.raw import Item, Skipped, Unreadable, read_images
 
 
 def synthetic(n: int = 50, size: int = 8, seed: int = 0) -> Prepared:

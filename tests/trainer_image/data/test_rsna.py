@@ -31,7 +31,7 @@ from rsna_tree import (
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec
 from trainer_image.data import rsna
-from trainer_image.data.prepared import Unreadable
+from trainer_image.data.raw import Unreadable
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from digits_checkpoints import CPU, untrained_cnn, weakest
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import ArachneDERepairSpec
-from trainer_image.repair.arachne import SwarmScores, localise
 from trainer_image.repair.arachne_de import (
     DEFitness,
     bounds_of,
@@ -22,7 +21,9 @@ from trainer_image.repair.arachne_de import (
     evolve,
     repair,
 )
-from trainer_image.repair.base import TargetSplit
+from trainer_image.repair.base import RepairTask, TargetSplit
+from trainer_image.repair.last_layer import SwarmScores
+from trainer_image.repair.selection import localise
 
 torch.set_num_threads(1)
 A = 10.0  # patch_aggr, TOSEM's scripts
@@ -183,7 +184,7 @@ def test_same_seed_same_patch_in_a_full_repair(cnn, update: str) -> None:
     model, _, y, feats, split = cnn
     cls = weakest(split)
     cfg = ArachneDERepairSpec(population=16, generations=8, update=update)
-    r1, r2, r3 = (repair(model.head, feats, y, split, cls, cfg, seed=s) for s in (3, 3, 4))
+    r1, r2, r3 = (repair(RepairTask(model.head, feats, y, split, cls, s), cfg) for s in (3, 3, 4))
     assert r1.patch == r2.patch and r1.history == r2.history and r1.fitness == r2.fitness
     assert [p.new for p in r1.patch] != [p.new for p in r3.patch]
 
@@ -273,16 +274,16 @@ def test_result_figures_nothing_to_repair_and_bad_input(cnn) -> None:
     model, _, y, feats, split = cnn
     cls = weakest(split)
     cfg = ArachneDERepairSpec(population=12, generations=5)
-    res = repair(model.head, feats, y, split, cls, cfg, seed=1)
+    res = repair(RepairTask(model.head, feats, y, split, cls, 1), cfg)
     assert res.status == "repaired" and res.n_neg == split.negatives(cls).size
     assert res.rr == pytest.approx(100 * res.n_patched / res.n_neg)
     assert len(res.history) == res.iterations + 1 and res.iterations <= 5
     assert res.fitness == pytest.approx(res.history[-1]["best_fitness"], rel=1e-5)
     clean = TargetSplit(y=split.y, pred=split.y)
-    nothing = repair(model.head, feats, y, clean, cls, cfg, seed=1)
+    nothing = repair(RepairTask(model.head, feats, y, clean, cls, 1), cfg)
     assert nothing.status == "nothing_to_repair" and nothing.patch == [] and nothing.rr is None
     with pytest.raises(BadInput, match=r"not an nn\.Linear"):
-        repair(torch.nn.Conv2d(3, 6, 1), feats, y, split, cls, cfg, seed=1)
+        repair(RepairTask(torch.nn.Conv2d(3, 6, 1), feats, y, split, cls, 1), cfg)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -291,10 +292,10 @@ def test_cuda_search_matches_cpu(cnn, update: str) -> None:
     model, _, y, feats, split = cnn
     cls = weakest(split)
     cfg = ArachneDERepairSpec(population=30, generations=10, update=update)
-    cpu = repair(model.head, feats, y, split, cls, cfg, seed=1, device="cpu")
+    cpu = repair(RepairTask(model.head, feats, y, split, cls, 1, "cpu"), cfg)
     head = torch.nn.Linear(feats.shape[1], 10).cuda()
     head.load_state_dict(model.head.state_dict())
-    gpu = repair(head, feats.cuda(), y, split, cls, cfg, seed=1, device="cuda")
+    gpu = repair(RepairTask(head, feats.cuda(), y, split, cls, 1, "cuda"), cfg)
     assert [(p.row, p.col) for p in cpu.patch] == [(p.row, p.col) for p in gpu.patch]
     assert [p.new for p in gpu.patch] == pytest.approx([p.new for p in cpu.patch], abs=1e-5)
     assert gpu.n_patched == cpu.n_patched and gpu.n_intact == cpu.n_intact

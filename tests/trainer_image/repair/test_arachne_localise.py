@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_image.repair.arachne import localise, loss_gradient, pareto_front
+from trainer_image.repair.selection import localise, loss_gradient, pareto_front
 
 torch.set_num_threads(1)
 

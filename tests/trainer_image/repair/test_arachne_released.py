@@ -12,16 +12,10 @@ import pytest
 import torch
 
 from orchestrator.spec import RepairSpec
-from trainer_image.repair.arachne import (
-    SwarmScores,
-    balanced_amounts,
-    clamp_velocity,
-    constriction,
-    pso,
-    repair,
-    sample_positives,
-)
-from trainer_image.repair.base import TargetSplit
+from trainer_image.repair.arachne import clamp_velocity, constriction, pso, repair
+from trainer_image.repair.base import RepairTask, TargetSplit
+from trainer_image.repair.last_layer import SwarmScores
+from trainer_image.repair.selection import balanced_amounts, sample_positives
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -128,7 +122,7 @@ def test_balanced_positives_in_a_repair() -> None:
     split = TargetSplit(y=y, pred=pred)
     cls = int(np.argmax([split.negatives(c).size for c in range(3)]))
     cfg = RepairSpec(particles=8, iterations=3, positives="balanced")
-    res = repair(head, feats, torch.as_tensor(y), split, cls, cfg, seed=4)
+    res = repair(RepairTask(head, feats, torch.as_tensor(y), split, cls, 4), cfg)
     counts = np.bincount(y[split.positives()], minlength=3)
     base, _, shortfall = expected_counts({c: int(k) for c, k in enumerate(counts)}, N)
     assert sum(base.values()) <= res.n_pos <= sum(base.values()) + shortfall

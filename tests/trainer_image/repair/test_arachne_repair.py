@@ -19,8 +19,9 @@ from digits_checkpoints import repair_checkpoint as repair_with
 from orchestrator.spec import SweepSpec
 from trainer_image.data import Splits
 from trainer_image.models import Repairable
-from trainer_image.repair.arachne import SwarmFitness, repair
+from trainer_image.repair.arachne import repair
 from trainer_image.repair.base import PatchedWeight, RepairResult, TargetSplit, apply_patch
+from trainer_image.repair.last_layer import SwarmFitness
 
 torch.set_num_threads(1)
 

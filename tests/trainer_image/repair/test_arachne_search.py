@@ -14,17 +14,10 @@ from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, RepairSpec
 from trainer_image.data.digits import load as load_digits
 from trainer_image.models import small_cnn
-from trainer_image.repair.arachne import (
-    SwarmFitness,
-    SwarmScores,
-    clamp_velocity,
-    constriction,
-    localise,
-    pso,
-    repair,
-    sample_positives,
-)
-from trainer_image.repair.base import TargetSplit
+from trainer_image.repair.arachne import clamp_velocity, constriction, pso, repair
+from trainer_image.repair.base import RepairTask, TargetSplit
+from trainer_image.repair.last_layer import SwarmFitness, SwarmScores
+from trainer_image.repair.selection import localise, sample_positives
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -181,7 +174,7 @@ def test_clamp_velocity_v1_and_textbook() -> None:
 def test_velocity_bounds_respected_during_search(variant: str) -> None:
     head, feats, y, split = synthetic(2)
     cfg = RepairSpec(variant=variant, particles=40, iterations=30, patience=30)
-    res = repair(head, feats, y, split, weakest(split, 6), cfg, seed=11)
+    res = repair(RepairTask(head, feats, y, split, weakest(split, 6), 11), cfg)
     w = head.weight.detach().double()
     wb = float(w.max() - w.min())
     steps = res.history[1:]
@@ -263,9 +256,9 @@ def test_same_seed_same_patch_and_different_seeds_differ() -> None:
     head, feats, y, split = synthetic(3)
     cls = weakest(split, 6)
     cfg = RepairSpec(particles=30, iterations=20)
-    a = repair(head, feats, y, split, cls, cfg, seed=123)
-    b = repair(head, feats, y, split, cls, cfg, seed=123)
-    c = repair(head, feats, y, split, cls, cfg, seed=124)
+    a = repair(RepairTask(head, feats, y, split, cls, 123), cfg)
+    b = repair(RepairTask(head, feats, y, split, cls, 123), cfg)
+    c = repair(RepairTask(head, feats, y, split, cls, 124), cfg)
     assert a.patch == b.patch and a.history == b.history and a.fitness == b.fitness
     # Localisation is deterministic (same weights); the searched values are not the same.
     assert [(p.row, p.col) for p in a.patch] == [(p.row, p.col) for p in c.patch]
@@ -276,9 +269,9 @@ def test_same_seed_same_patch_and_different_seeds_differ() -> None:
 def test_chunked_repair_gives_the_same_patch() -> None:
     head, feats, y, split = synthetic(4)
     cls = weakest(split, 6)
-    big = repair(head, feats, y, split, cls, RepairSpec(particles=30, iterations=15), seed=5)
+    big = repair(RepairTask(head, feats, y, split, cls, 5), RepairSpec(particles=30, iterations=15))
     small = RepairSpec(particles=30, iterations=15, max_batch_bytes=50_000)
-    res = repair(head, feats, y, split, cls, small, seed=5)
+    res = repair(RepairTask(head, feats, y, split, cls, 5), small)
     assert [p.new for p in res.patch] == pytest.approx([p.new for p in big.patch], abs=1e-6)
     assert res.n_patched == big.n_patched and res.n_intact == big.n_intact
 
@@ -286,7 +279,7 @@ def test_chunked_repair_gives_the_same_patch() -> None:
 def test_result_figures_are_consistent() -> None:
     head, feats, y, split = synthetic(5)
     cls = weakest(split, 6)
-    res = repair(head, feats, y, split, cls, RepairSpec(particles=30, iterations=20), seed=2)
+    res = repair(RepairTask(head, feats, y, split, cls, 2), RepairSpec(particles=30, iterations=20))
     assert res.status == "repaired"
     assert res.n_neg == split.negatives(cls).size
     assert res.n_pos == 200
@@ -333,7 +326,7 @@ def test_with_replacement_dedup_in_a_repair_uses_fewer_positives() -> None:
     cfg = RepairSpec(
         particles=10, iterations=3, positives="with-replacement-dedup", n_positives=n_positives
     )
-    res = repair(head, feats, y, split, cls, cfg, seed=0)
+    res = repair(RepairTask(head, feats, y, split, cls, 0), cfg)
     # n draws with replacement from n items: about 63% distinct.
     assert res.n_pos < n_positives
 
@@ -341,7 +334,7 @@ def test_with_replacement_dedup_in_a_repair_uses_fewer_positives() -> None:
 def test_nothing_to_repair() -> None:
     head, feats, y, _ = synthetic(7, noise=0)
     split = TargetSplit(y=y.numpy(), pred=y.numpy())
-    res = repair(head, feats, y, split, 0, RepairSpec(), seed=0)
+    res = repair(RepairTask(head, feats, y, split, 0, 0), RepairSpec())
     assert res.status == "nothing_to_repair"
     assert res.patch == [] and res.n_neg == 0 and res.rr is None and res.br == 0.0
     assert res.iterations == 0 and res.history == []
@@ -362,10 +355,10 @@ def test_bad_inputs_raise_one_line_bad_input() -> None:
     ]
     for h, f, labels, s, cls, words in cases:
         with pytest.raises(BadInput, match=words) as e:
-            repair(h, f, labels, s, cls, cfg, seed=0)
+            repair(RepairTask(h, f, labels, s, cls, 0), cfg)
         assert "\n" not in str(e.value)
     with pytest.raises(BadInput, match="device"):
-        repair(head, feats, y, split, 0, cfg, seed=0, device="tpu")
+        repair(RepairTask(head, feats, y, split, 0, 0, "tpu"), cfg)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -373,8 +366,8 @@ def test_cuda_search_matches_cpu() -> None:
     head, feats, y, split = synthetic(9)
     cls = weakest(split, 6)
     cfg = RepairSpec(particles=50, iterations=20)
-    cpu = repair(head, feats, y, split, cls, cfg, seed=1, device="cpu")
-    gpu = repair(head.cuda(), feats.cuda(), y, split, cls, cfg, seed=1, device="cuda")
+    cpu = repair(RepairTask(head, feats, y, split, cls, 1, "cpu"), cfg)
+    gpu = repair(RepairTask(head.cuda(), feats.cuda(), y, split, cls, 1, "cuda"), cfg)
     assert [(p.row, p.col) for p in cpu.patch] == [(p.row, p.col) for p in gpu.patch]
     assert [p.new for p in gpu.patch] == pytest.approx([p.new for p in cpu.patch], abs=1e-5)
     assert gpu.n_patched == cpu.n_patched and gpu.n_intact == cpu.n_intact

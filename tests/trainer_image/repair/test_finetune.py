@@ -12,9 +12,9 @@ from digits_checkpoints import CPU, untrained_cnn, weakest
 from finetune_reference import reference_finetune
 
 from orchestrator.spec import FinetuneRepairSpec
-from trainer_image.repair.arachne import localise
-from trainer_image.repair.base import TargetSplit, apply_patch
+from trainer_image.repair.base import RepairTask, TargetSplit, apply_patch
 from trainer_image.repair.finetune import changed_weights, descend, repair
+from trainer_image.repair.selection import localise
 
 torch.set_num_threads(1)
 
@@ -93,8 +93,8 @@ def test_repair_is_deterministic_and_matches_its_descent(cnn) -> None:
     model, _, y, feats, split = cnn
     cls = weakest(split)
     cfg = FinetuneRepairSpec(steps=30)
-    a = repair(model.head, feats, y, split, cls, cfg, seed=4)
-    b = repair(model.head, feats, y, split, cls, cfg, seed=4)
+    a = repair(RepairTask(model.head, feats, y, split, cls, 4), cfg)
+    b = repair(RepairTask(model.head, feats, y, split, cls, 4), cfg)
     assert a.patch == b.patch and a.history == b.history and a.rr == b.rr and a.br == b.br
     assert a.status == "repaired" and a.iterations == 30 and len(a.history) == 31
     assert (
@@ -118,8 +118,12 @@ def test_localised_weights_only_move_inside_the_mask(cnn) -> None:
     cls = weakest(split)
     *_, mask = localised(model, feats, split, cls)
     inside = {tuple(rc) for rc in mask.nonzero().tolist()}
-    loc = repair(model.head, feats, y, split, cls, FinetuneRepairSpec(weights="localised"), 1)
-    every = repair(model.head, feats, y, split, cls, FinetuneRepairSpec(weights="all"), 1)
+    loc = repair(
+        RepairTask(model.head, feats, y, split, cls, 1), FinetuneRepairSpec(weights="localised")
+    )
+    every = repair(
+        RepairTask(model.head, feats, y, split, cls, 1), FinetuneRepairSpec(weights="all")
+    )
     moved = {(p.row, p.col) for p in loc.patch}
     assert moved and moved <= inside
     rebuilt = apply_patch(model.head, loc.patch).weight
@@ -134,7 +138,7 @@ def test_loss_terms_weights_and_l2_penalty(cnn) -> None:
 
     def run(**kw):
         cfg = FinetuneRepairSpec(steps=40, **kw)
-        return repair(model.head, feats, y, split, cls, cfg, seed=2).history
+        return repair(RepairTask(model.head, feats, y, split, cls, 2), cfg).history
 
     plain = run(l2=0.0)
     losses = [h["loss"] for h in plain]
@@ -161,7 +165,7 @@ def test_changed_weights_lists_only_weights_that_differ_in_the_layer_dtype() -> 
 def test_nothing_to_repair(cnn) -> None:
     model, _, y, feats, split = cnn
     clean = TargetSplit(y=split.y, pred=split.y)
-    res = repair(model.head, feats, y, clean, 0, FinetuneRepairSpec(), seed=0)
+    res = repair(RepairTask(model.head, feats, y, clean, 0, 0), FinetuneRepairSpec())
     assert res.status == "nothing_to_repair" and res.patch == [] and res.iterations == 0
 
 
@@ -171,10 +175,10 @@ def test_cuda_descent_matches_cpu(cnn, weights: str) -> None:
     model, _, y, feats, split = cnn
     cls = weakest(split)
     cfg = FinetuneRepairSpec(steps=30, weights=weights)
-    cpu = repair(model.head, feats, y, split, cls, cfg, seed=1, device="cpu")
+    cpu = repair(RepairTask(model.head, feats, y, split, cls, 1, "cpu"), cfg)
     head = torch.nn.Linear(feats.shape[1], 10).cuda()
     head.load_state_dict(model.head.state_dict())
-    gpu = repair(head, feats.cuda(), y, split, cls, cfg, seed=1, device="cuda")
+    gpu = repair(RepairTask(head, feats.cuda(), y, split, cls, 1, "cuda"), cfg)
     # Compare the repaired layers: a change within rounding may be patched on one only.
     got = apply_patch(head, gpu.patch).weight.cpu()
     want = apply_patch(model.head, cpu.patch).weight

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from orchestrator.spec import NeurecoverRepairSpec
 from trainer_image.models import Repairable
+from trainer_image.repair.base import RepairTask
 from trainer_image.repair.history import Reference, TrainingHistory, reference_epoch
 from trainer_image.repair.neurecover import (
     NeuRecoverFitness,
@@ -185,8 +186,8 @@ def test_a_repair_reports_its_reference_and_is_reproducible() -> None:
     cls = weakest(split)
     cfg = NeurecoverRepairSpec(particles=20, iterations=5, top_fraction=0.5)
     history = history_of(ref, x, epoch=1)
-    a = repair(now.head, feats, y, split, cls, cfg, seed=3, history=history)
-    b = repair(now.head, feats, y, split, cls, cfg, seed=3, history=history)
+    a = repair(RepairTask(now.head, feats, y, split, cls, 3, history=history), cfg)
+    b = repair(RepairTask(now.head, feats, y, split, cls, 3, history=history), cfg)
     assert a.status == "repaired" and a.patch == b.patch and a.patch
     assert a.details["reference_epoch"] == 0
     assert history.loads == [0]  # type: ignore[attr-defined]
@@ -205,7 +206,7 @@ def test_without_history_it_says_what_it_did() -> None:
     now, _x, y, feats, split = untrained_cnn(7)
     cls = weakest(split)
     cfg = NeurecoverRepairSpec(particles=10, iterations=3)
-    res = repair(now.head, feats, y, split, cls, cfg, seed=0)
+    res = repair(RepairTask(now.head, feats, y, split, cls, 0), cfg)
     assert res.details["reference_epoch"] is None
     assert "no earlier weights" in res.details["method_note"]
 

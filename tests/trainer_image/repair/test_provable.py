@@ -12,7 +12,7 @@ from digits_checkpoints import untrained_cnn
 from pydantic import ValidationError
 
 from orchestrator.spec import ProvableRepairSpec
-from trainer_image.repair.base import TargetSplit, apply_patch
+from trainer_image.repair.base import RepairTask, TargetSplit, apply_patch
 from trainer_image.repair.provable import repair
 from trainer_image.repair.provable_lp import MarginProblem, certify, solve
 
@@ -127,7 +127,7 @@ def test_every_certified_patch_holds_when_the_network_is_run_again(rows: str, se
     cfg = ProvableRepairSpec(rows=rows, n_positives=10_000, margin=0.1)  # type: ignore[arg-type]
     certified = 0
     for cls in range(10):
-        res = repair(model.head, feats, y, split, cls, cfg, seed=cls)
+        res = repair(RepairTask(model.head, feats, y, split, cls, cls), cfg)
         if res.status == "nothing_to_repair":
             continue
         assert set(res.details) >= {"certified", "solver_status"}
@@ -177,7 +177,7 @@ def test_an_infeasible_repair_says_so_and_minimises_the_total_violation(rows: st
     violation is the least possible (the two constraints' required gaps add up)."""
     head, feats, y, split = conflicting()
     cfg = ProvableRepairSpec(rows=rows, margin=0.5, n_positives=10)  # type: ignore[arg-type]
-    res = repair(head, feats, y, split, 0, cfg, seed=0)
+    res = repair(RepairTask(head, feats, y, split, 0, 0), cfg)
     assert res.details["certified"] is False
     assert res.details["solver_status"] == "infeasible"
     assert "minimises the total violation" in res.details["method_note"]
@@ -192,7 +192,7 @@ def test_a_time_limit_too_short_is_reported_and_not_certified() -> None:
     """A limit HiGHS cannot meet gives status 'time limit', certified false, and a note."""
     model, _x, y, feats, split = untrained_cnn(7)
     cfg = ProvableRepairSpec(rows="all", norm="linf", n_positives=10_000, time_limit=1e-6)
-    res = repair(model.head, feats, y, split, 3, cfg, seed=0)
+    res = repair(RepairTask(model.head, feats, y, split, 3, 0), cfg)
     assert res.details["solver_status"] == "time limit"
     assert res.details["certified"] is False
     assert res.details["method_note"]
@@ -202,8 +202,8 @@ def test_same_inputs_give_the_same_patch() -> None:
     """The only random choice is the positives' draw from the seed."""
     model, _x, y, feats, split = untrained_cnn(7)
     cfg = ProvableRepairSpec(n_positives=30)
-    a = repair(model.head, feats, y, split, 3, cfg, seed=5)
-    b = repair(model.head, feats, y, split, 3, cfg, seed=5)
+    a = repair(RepairTask(model.head, feats, y, split, 3, 5), cfg)
+    b = repair(RepairTask(model.head, feats, y, split, 3, 5), cfg)
     assert a.patch == b.patch and a.details == b.details
 
 
