@@ -59,6 +59,7 @@ from trainer_image.repair.base import (
     apply_patch,
     repair_seed,
 )
+from trainer_image.repair.history import TrainingHistory
 from trainer_image.resume import TrainState, load_state, save_state
 from trainer_image.train import (
     OnlineRepair,
@@ -384,12 +385,14 @@ class Steps:
 class Checkpoint:
     """What the repairs of one checkpoint share."""
 
-    model: Repairable
     head: torch.nn.Linear
     features: torch.Tensor  # penultimate activations of the repair set
     y: torch.Tensor  # repair-set labels
     split: TargetSplit
     test_features: torch.Tensor
+    # Earlier weights for methods that use the training history (loaded on first use,
+    # once for all classes and methods of the checkpoint).
+    history: TrainingHistory
 
 
 def evaluate_step(
@@ -431,12 +434,14 @@ def evaluate_step(
                 np.bincount(split.y[~split.correct], minlength=splits.num_classes).tolist(),
             )
     return Checkpoint(
-        model=model,
         head=model.head,
         features=repair_feats,
         y=torch.from_numpy(splits.repair.y).to(device),
         split=split,
         test_features=test_feats,
+        history=history_for(
+            job, model, splits, device, summary.checkpoint_epochs, epoch, load_checkpoint
+        ),
     )
 
 
@@ -493,10 +498,7 @@ def repair_step(
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
-        history = None
-        if getattr(cfg, "uses_history", False):
-            kept = summary.checkpoint_epochs
-            history = history_for(job, ckpt.model, splits, job.device, kept, epoch, load_checkpoint)
+        history = ckpt.history if getattr(cfg, "uses_history", False) else None
         task = RepairTask(
             ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, seed, job.device, history
         )
