@@ -7,7 +7,8 @@ Keys are relative to the results root (the spec's ``results`` URI):
     <sweep>/<run>/train/history.csv
     <sweep>/<run>/train/summary.json
     <sweep>/<run>/train/state.pt          (while training: the latest resumable state)
-    <sweep>/<run>/checkpoints/epoch_NNN.pt
+    <sweep>/<run>/checkpoints/epoch_NNN.pt (epoch_000.pt: the initial weights, kept when a
+                                           repair method uses the training history)
     <sweep>/<run>/epoch_NNN/base/metrics.json
     <sweep>/<run>/epoch_NNN/repair/<method>/class_C/{metrics.json,patch.json,search.csv}
     <sweep>/<run>/logs/trainer.log
