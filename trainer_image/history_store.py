@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -23,9 +24,22 @@ from trainer_image.data import Splits
 from trainer_image.ledger import Ledger
 from trainer_image.models import Repairable
 from trainer_image.repair.history import INITIAL, Reference, TrainingHistory
-from trainer_image.train import forward_split
+from trainer_image.train import cpu_state, forward_split
 
 LoadCheckpoint = Callable[[Ledger, Repairable, int, torch.device], None]
+
+
+def keep_initial(job: Ledger, model: Repairable, configs: Sequence[Any]) -> None:
+    """Keep the weights before training (``checkpoints/epoch_000.pt``) when a configured
+    method uses the training history (its config's ``uses_history``); called before the
+    first training step. A run resumed from before this was kept rebuilds the same initial
+    weights (the model is built from the run's seed), so it is kept then too."""
+    if initial_kept(job) or not any(getattr(c, "uses_history", False) for c in configs):
+        return
+    path = job.checkpoint_path(INITIAL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cpu_state(model), path)
+    job.put_file(keys.checkpoint(job.sweep, job.name, INITIAL), path)
 
 
 def initial_kept(job: Ledger) -> bool:

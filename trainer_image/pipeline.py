@@ -43,7 +43,7 @@ from orchestrator.results.records import MetricsRecord, TrainSummary
 from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
 from trainer_image.data import Holdout, Splits, load_splits
-from trainer_image.history_store import history_for
+from trainer_image.history_store import history_for, keep_initial
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics
 from trainer_image.models import Repairable, build_model
@@ -63,7 +63,6 @@ from trainer_image.repair.history import TrainingHistory
 from trainer_image.resume import TrainState, load_state, save_state
 from trainer_image.train import (
     OnlineRepair,
-    cpu_state,
     forward_split,
     make_deterministic,
     resolve_device,
@@ -94,8 +93,8 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
     methods = [(cfg, method_for(cfg.method)) for cfg in run.repair.configs()]
     trained_before = summary is not None
     if summary is None:
-        keep_initial = any(getattr(c, "uses_history", False) for c, _ in methods)
-        summary = train_step(job, model, splits, device, keep_initial=keep_initial)
+        keep_initial(job, model, [c for c, _ in methods])  # for methods using the history
+        summary = train_step(job, model, splits, device)
     else:
         log.info("step train: done before (summary.json exists); skipped")
         drop_state(job)  # left over when a kill fell between summary.json and its removal
@@ -180,18 +179,9 @@ def model_step(job: Ledger, splits: Splits, device: torch.device) -> Repairable:
 
 
 def train_step(
-    job: Ledger,
-    model: Repairable,
-    splits: Splits,
-    device: torch.device,
-    *,
-    keep_initial: bool = False,
+    job: Ledger, model: Repairable, splits: Splits, device: torch.device
 ) -> TrainSummary:
-    """Train with the paper's procedure; done-key ``train/summary.json``.
-
-    ``keep_initial`` (a method repairs from the training history): the weights before the
-    first step are kept as ``checkpoints/epoch_000.pt`` (not a checkpoint that is repaired).
-    """
+    """Train with the paper's procedure; done-key ``train/summary.json``."""
     run, cfg = job.run, job.run.training
     log.info(
         "step train: %s, %d train / %d val images, at most %d epochs",
@@ -234,9 +224,6 @@ def train_step(
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch_write(path, lambda: torch.save(state, path))
         job.put_file(keys.checkpoint(job.sweep, job.name, epoch), path)
-
-    if keep_initial and resume is None:
-        on_checkpoint(0, cpu_state(model))
 
     readiness = (
         None
@@ -390,9 +377,7 @@ class Checkpoint:
     y: torch.Tensor  # repair-set labels
     split: TargetSplit
     test_features: torch.Tensor
-    # Earlier weights for methods that use the training history (loaded on first use,
-    # once for all classes and methods of the checkpoint).
-    history: TrainingHistory
+    history: TrainingHistory  # earlier weights, loaded on first use (history_store.py)
 
 
 def evaluate_step(
