@@ -7,8 +7,8 @@ initial weights too (``epoch_000.pt``, written before the first training step). 
 module is the trainer's side: whether to keep the initial weights, and a
 :class:`~trainer_image.repair.history.TrainingHistory` that loads an earlier checkpoint
 into a copy of the model and runs it on the repair set - so the method sees only that
-model's final layer and its predictions. A method asks for history by having a
-``history`` parameter.
+model's final layer and its predictions. A method asks for the history through its
+config class (the class attribute ``uses_history``); it then finds it in ``task.history``.
 """
 
 from __future__ import annotations
