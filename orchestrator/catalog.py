@@ -51,6 +51,8 @@ REPAIR_METHODS: dict[str, str] = {
     "arachne": "trainer_image.repair.arachne:repair",
     "arachne-de": "trainer_image.repair.arachne_de:repair",
     "finetune": "trainer_image.repair.finetune:repair",
+    "neurecover": "trainer_image.repair.neurecover:repair",
+    "provable": "trainer_image.repair.provable:repair",
 }
 
 

@@ -53,6 +53,7 @@ def repair_fields(result: RepairResult) -> dict[str, Any]:
         "n_intact": result.n_intact,
         "iterations": result.iterations,
         "seconds": round(result.seconds, 3),
+        **result.details,
     }
 
 

@@ -43,6 +43,7 @@ from orchestrator.results.records import TrainSummary
 from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
 from trainer_image.data import Holdout, Splits, load_splits
+from trainer_image.history_store import history_for, keep_initial
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics, predicted_labels
 from trainer_image.models import Repairable, build_model
@@ -58,6 +59,7 @@ from trainer_image.repair.base import (
     apply_patch,
     repair_seed,
 )
+from trainer_image.repair.history import TrainingHistory
 from trainer_image.resume import TrainState, load_state, save_state
 from trainer_image.train import (
     OnlineRepair,
@@ -92,6 +94,7 @@ def run_pipeline(spec: SweepSpec, run: RunSpec, store: Store, workdir: Path) -> 
     methods = [(cfg, method_for(cfg.method)) for cfg in run.repair.configs()]
     trained_before = summary is not None
     if summary is None:
+        keep_initial(job, model, [c for c, _ in methods])  # for methods using the history
         summary = train_step(job, model, splits, device)
     else:
         log.info("step train: done before (summary.json exists); skipped")
@@ -388,6 +391,7 @@ class Checkpoint:
     y: torch.Tensor  # repair-set labels
     split: TargetSplit
     test_features: torch.Tensor
+    history: TrainingHistory  # earlier weights, loaded on first use (history_store.py)
 
 
 def evaluate_step(
@@ -435,6 +439,9 @@ def evaluate_step(
         y=torch.from_numpy(splits.repair.y).to(device),
         split=split,
         test_features=test_feats,
+        history=history_for(
+            job, model, splits, device, summary.checkpoint_epochs, epoch, load_checkpoint
+        ),
     )
 
 
@@ -492,7 +499,10 @@ def repair_step(
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
-        task = RepairTask(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, seed, job.device)
+        history = ckpt.history if getattr(cfg, "uses_history", False) else None
+        task = RepairTask(
+            ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, seed, job.device, history
+        )
         result = method(task, cfg)
         with torch.no_grad():
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)

@@ -8,7 +8,8 @@ Keys are relative to the results root (the spec's ``results`` URI):
     <sweep>/<run>/train/history.csv
     <sweep>/<run>/train/summary.json
     <sweep>/<run>/train/state.pt          (while training: the latest resumable state)
-    <sweep>/<run>/checkpoints/epoch_NNN.pt
+    <sweep>/<run>/checkpoints/epoch_NNN.pt (epoch_000.pt: the initial weights, kept when a
+                                           repair method uses the training history)
     <sweep>/<run>/test_labels.npy         (the true test labels, in the run's test order)
     <sweep>/<run>/epoch_NNN/base/{metrics.json,predictions.npy}
     <sweep>/<run>/epoch_NNN/repair/<method>/class_C/{metrics.json,predictions.npy,patch.json,

@@ -14,7 +14,7 @@ from functools import cache
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # 2: repair records live under repair/<method>/ (the method became a sweep dimension).
 # Version 1 records (repair/class_C/, read as arachne) have the same fields and still read.
@@ -36,6 +36,15 @@ def experiment(run: dict[str, Any]) -> dict[str, Any]:
         else run[f]
         for f in EXPERIMENT_FIELDS
     }
+
+
+# MetricsRecord fields only some methods write (left out of records and records.arrow
+# while None).
+METHOD_FIELDS = ("certified", "solver_status", "reference_epoch", "method_note")
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
 
 
 class MetricsRecord(BaseModel):
@@ -75,6 +84,14 @@ class MetricsRecord(BaseModel):
     n_intact: int | None = None
     iterations: int | None = None
     seconds: float | None = None
+    # Method-specific, left out of a record while None (so other methods' records keep
+    # their bytes): provable's guarantee and its solver's status; the epoch whose weights
+    # neurecover compared with (0: the initial weights; None: none was available); what a
+    # method did instead of its usual course, in words.
+    certified: bool | None = Field(None, exclude_if=_is_none)
+    solver_status: str | None = Field(None, exclude_if=_is_none)
+    reference_epoch: int | None = Field(None, exclude_if=_is_none)
+    method_note: str | None = Field(None, exclude_if=_is_none)
 
 
 class ReadinessTrack(BaseModel):
@@ -188,7 +205,7 @@ def _arrow_type(annotation: Any) -> Any:
 
 
 @cache
-def run_records_schema(with_predictions: bool = True) -> Any:
+def run_records_schema() -> Any:
     """The Arrow schema of ``records.arrow``: every ``MetricsRecord`` field, ``key``, then
     (format 2) ``predictions``."""
     import pyarrow as pa
@@ -198,8 +215,7 @@ def run_records_schema(with_predictions: bool = True) -> Any:
         for name, f in MetricsRecord.model_fields.items()
     ]
     fields.append(pa.field("key", pa.string()))
-    if with_predictions:
-        fields.append(pa.field(PREDICTIONS_COLUMN, pa.list_(pa.uint16()), nullable=True))
+    fields.append(pa.field(PREDICTIONS_COLUMN, pa.list_(pa.uint16()), nullable=True))
     return pa.schema(fields)
 
 
@@ -241,8 +257,17 @@ def dump_run_records(
     if len(predictions) != len(records):
         raise ValueError(f"{len(records)} records but {len(predictions)} prediction vectors")
     rows = [MetricsRecord.model_validate(r).model_dump() for r in records]
+    # A method-specific column is written only when some record has it, so the files of
+    # runs without such a method keep their bytes (load_run_records adds it back as nulls).
+    absent = [f for f in METHOD_FIELDS if all(r.get(f) is None for r in rows)]
     schema = run_records_schema()
-    columns: dict[str, Any] = {name: [r[name] for r in rows] for name in MetricsRecord.model_fields}
+    for name in absent:
+        schema = schema.remove(schema.get_field_index(name))
+    columns: dict[str, Any] = {
+        name: [r.get(name) for r in rows]
+        for name in MetricsRecord.model_fields
+        if name not in absent
+    }
     columns["key"] = list(keys)
     columns[PREDICTIONS_COLUMN] = predictions_array(predictions)
     packed = {k: v.decode("utf-8") for k, v in (files or {}).items()}
@@ -279,14 +304,19 @@ def load_run_records(data: bytes) -> RunRecords:
             f"records of schema_version {meta.get('schema_version')!r}; this early-repair"
             f" reads versions {sorted(READABLE_VERSIONS)}"
         )
-    with_predictions = meta["format"] >= 2
-    expected = run_records_schema(with_predictions)
+    expected = run_records_schema()
+    # Columns a file may lack: method-specific ones no record of the run had, and (format
+    # 1) the predictions; they read as nulls.
+    optional = [*METHOD_FIELDS] + ([PREDICTIONS_COLUMN] if meta["format"] < 2 else [])
+    for name in (f for f in optional if f not in table.schema.names):
+        table = table.append_column(
+            expected.field(name), pa.nulls(table.num_rows, expected.field(name).type)
+        )
+    if sorted(table.schema.names) != sorted(expected.names):
+        raise ValueError("its columns are not those of this version's MetricsRecord")
+    table = table.select(expected.names)
     if not table.schema.remove_metadata().equals(expected):
         raise ValueError("its columns are not those of this version's MetricsRecord")
-    if not with_predictions:  # format 1: no record has predictions
-        table = table.append_column(
-            run_records_schema().field(PREDICTIONS_COLUMN), predictions_array([None] * len(table))
-        )
     files = meta.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ValueError("its packed run files are not readable")

@@ -20,7 +20,17 @@ minimum is the least disturbed run).
 Memory: peak RSS of the phase (``/proc/self/clear_refs`` reset once the inputs exist), and
 the part above the RSS at the start of the phase; on CUDA also the allocator's peak.
 
-Run: ``python tests/benchmarks/bench_methods.py [--threads 1] [--repeat 3] [--device cpu]``
+``neurecover`` is given a training history: the same network with its head perturbed by a
+seeded 5% of the weights' spread as the earlier model (the bench has no training run).
+
+Then (unless ``--no-lp``) ``provable``'s linear program alone on a GTSRB-shaped problem
+(43 classes, 512 features, 200 positives, 60 negatives; seeded random ReLU-like features
+and head): for ``rows`` target and all and both norms, the program's size (variables,
+constraints and nonzeros of the last lazy round, all constraints, rounds), the solve
+time and the outcome.
+
+Run: ``python tests/benchmarks/bench_methods.py [--threads 1] [--repeat 3] [--device cpu]
+[--lp-time-limit 120] [--no-lp]``
 """
 
 from __future__ import annotations
@@ -53,7 +63,33 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "arachne-de async": ("arachne_de", "ArachneDERepairSpec", {"update": "asynchronous"}),
     "finetune": ("finetune", "FinetuneRepairSpec", {}),
     "finetune localised": ("finetune", "FinetuneRepairSpec", {"weights": "localised"}),
+    "neurecover": ("neurecover", "NeurecoverRepairSpec", {}),
+    "provable": ("provable", "ProvableRepairSpec", {}),
+    "provable linf": ("provable", "ProvableRepairSpec", {"norm": "linf"}),
 }
+
+# The GTSRB-shaped linear programs of provable (``--lp``): classes, features, positives,
+# negatives of class LP_TARGET.
+LP_SHAPE = (43, 512, 200, 60)
+LP_TARGET = 3
+
+
+def reference_for(model: Any, x: torch.Tensor, device: torch.device) -> Any:
+    """neurecover's earlier model: the same network with its head moved back by a seeded
+    perturbation (5% of the weights' spread), as if one training stretch earlier; its
+    predictions come from the network with that head."""
+    import copy
+
+    from trainer_image.repair.history import Reference, TrainingHistory
+
+    g = torch.Generator().manual_seed(11)
+    earlier = copy.deepcopy(model)
+    with torch.no_grad():
+        w = earlier.head.weight
+        w += 0.05 * w.std() * torch.randn(w.shape, generator=g).to(w.device)
+        pred = earlier(x.to(device)).argmax(1).cpu().numpy()
+    ref = Reference(1, earlier.head.weight.detach().cpu(), earlier.head.bias.detach().cpu(), pred)
+    return TrainingHistory(epoch=5, kept=[1, 5], initial=True, load=lambda _e: ref)
 
 
 def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
@@ -70,6 +106,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
     model = vgg_shaped().to(device)
     x, y, pred = repair_set(model, device)
     split, labels = TargetSplit(y=y, pred=pred), torch.as_tensor(y)
+    history = reference_for(model, x, device) if module == "neurecover" else None
 
     def features() -> torch.Tensor:
         with torch.no_grad():
@@ -82,7 +119,8 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             feats = features()
-            res = repair(RepairTask(model.head, feats, labels, split, TARGET, 1, device), cfg)
+            task = RepairTask(model.head, feats, labels, split, TARGET, 1, device, history)
+            res = repair(task, cfg)
             times.append(time.perf_counter() - t0)
             del feats
     else:
@@ -91,7 +129,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
         before = start_phase(device)
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            res = repair(RepairTask(head, feats, labels, split, TARGET, 1, device), cfg)
+            res = repair(RepairTask(head, feats, labels, split, TARGET, 1, device, history), cfg)
             times.append(time.perf_counter() - t0)
     out["seconds"] = min(times)
     if device.type == "cuda":
@@ -105,6 +143,7 @@ def _child(name: str, phase: str, args: argparse.Namespace, q: Any) -> None:
         rr=res.rr,
         br=res.br,
         fitness=res.fitness,
+        certified=res.details.get("certified"),
     )
     q.put(out)
 
@@ -125,6 +164,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; best counts")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument(
+        "--lp-time-limit", type=float, default=120.0, help="provable's limit per program [s]"
+    )
+    ap.add_argument("--no-lp", action="store_true", help="skip the GTSRB-shaped programs")
     args = ap.parse_args()
 
     full = {m: measure(m, "full", args) for m in args.methods}
@@ -171,6 +214,54 @@ def main() -> None:
     row("RR [%]", [num(full[m]["rr"], ".1f") for m in ms])
     row("BR [%]", [num(full[m]["br"], ".1f") for m in ms])
     row("fitness (each method's own)", [num(full[m]["fitness"], ".3f") for m in ms])
+    row("certified (provable)", [str(full[m]["certified"]) for m in ms])
+    if not args.no_lp:
+        lp_table(args.lp_time_limit)
+
+
+def lp_problem(rows: str) -> Any:
+    """A GTSRB-shaped margin problem: ReLU-like features, a random head; the positives are
+    inputs the head classifies right, the negatives inputs of LP_TARGET it gets wrong."""
+    import numpy as np
+
+    from trainer_image.repair.provable_lp import MarginProblem
+
+    classes, d, n_pos, n_neg = LP_SHAPE
+    rng = np.random.default_rng(0)
+    weight = 0.05 * rng.normal(size=(classes, d))
+    bias = 0.1 * rng.normal(size=classes)
+    x = np.abs(rng.normal(size=(n_pos + n_neg, d)))
+    pred = (x @ weight.T + bias).argmax(1)
+    x = np.concatenate([x[:n_pos], x[n_pos:][pred[n_pos:] != LP_TARGET][:n_neg]])
+    pred = (x @ weight.T + bias).argmax(1)
+    targets = np.concatenate([pred[:n_pos], np.full(len(x) - n_pos, LP_TARGET)])
+    free = np.arange(classes) if rows == "all" else np.array([LP_TARGET])
+    return MarginProblem(x, targets, weight, bias, free, 0.1)
+
+
+def lp_table(time_limit: float) -> None:
+    from trainer_image.repair.provable_lp import certify, solve
+
+    classes, d, n_pos, n_neg = LP_SHAPE
+    print()
+    print(
+        f"# provable's linear program, GTSRB-shaped: {classes} classes, {d} features,"
+        f" {n_pos} positives + {n_neg} negatives, margin 0.1, time limit {time_limit:g} s"
+    )
+    cols = ["variables", "constraints", "nonzeros", "all_constraints", "rounds"]
+    print(f"{'rows':8}{'norm':6}" + "".join(f"{c:>16}" for c in cols) + f"{'seconds':>10}  status")
+    for rows in ("target", "all"):
+        problem = lp_problem(rows)
+        for norm in ("l1", "linf"):
+            t0 = time.perf_counter()
+            sol = solve(problem, norm, time_limit)  # type: ignore[arg-type]
+            seconds = time.perf_counter() - t0
+            weight = problem.weight.copy()
+            weight[problem.rows] += sol.delta
+            ok = certify(problem, problem.x @ weight.T + problem.bias)
+            status = f"{sol.status}{' -> ' + sol.fallback if sol.fallback else ''}, certified {ok}"
+            sizes = "".join(f"{sol.size[c]:>16,}" for c in cols)
+            print(f"{rows:8}{norm:6}{sizes}{seconds:>10.2f}  {status}")
 
 
 if __name__ == "__main__":

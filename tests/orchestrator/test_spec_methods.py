@@ -10,6 +10,8 @@ from orchestrator.spec import (
     ArachneDERepairSpec,
     ArachneSpec,
     FinetuneRepairSpec,
+    NeurecoverRepairSpec,
+    ProvableRepairSpec,
     describe_error,
 )
 
@@ -23,6 +25,17 @@ def test_de_defaults_are_tosems() -> None:
     assert (de.population, de.generations, de.patience) == (100, 100, 10)
     assert de.mutation == (0.5, 1.0) and de.recombination == 0.7 and de.patch_aggr == 10.0
     assert de.update == "batched"  # for speed; "asynchronous" is TOSEM's order
+
+
+def test_neurecover_and_provable_defaults() -> None:
+    nr, pr = NeurecoverRepairSpec(), ProvableRepairSpec()
+    assert nr.method == "neurecover" and nr.compare_with == "previous" and nr.uses_history
+    assert (nr.top_fraction, nr.alpha, nr.particles, nr.iterations) == (0.25, 1.0, 100, 50)
+    assert pr.method == "provable" and not getattr(pr, "uses_history", False)
+    assert (pr.norm, pr.margin, pr.keep_positives, pr.rows) == ("l1", 0.1, True, "target")
+    for kind in (NeurecoverRepairSpec, ProvableRepairSpec):
+        schema = kind.model_json_schema()
+        assert all(p.get("description") for p in schema["properties"].values()), kind
 
 
 def test_finetune_defaults() -> None:
@@ -73,6 +86,17 @@ def test_every_field_is_described_and_the_block_is_strict(kind) -> None:
         (FinetuneRepairSpec, "weights", "some", "weights: Input should be 'all'"),
         (FinetuneRepairSpec, "lr", 0, "lr: Input should be greater"),
         (FinetuneRepairSpec, "method", "arachne", "method: Input should be 'finetune'"),
+        (NeurecoverRepairSpec, "compare_with", "last", "compare_with: Input should be"),
+        (NeurecoverRepairSpec, "top_fraction", 0, "top_fraction: Input should be greater"),
+        (NeurecoverRepairSpec, "alpha", -1, "alpha: Input should be greater"),
+        (NeurecoverRepairSpec, "particles", 0, "particles: Input should be greater"),
+        (NeurecoverRepairSpec, "grad_factor", 3, "grad_factor: Extra inputs"),
+        (ProvableRepairSpec, "norm", "l2", "norm: Input should be 'l1' or 'linf'"),
+        (ProvableRepairSpec, "margin", 0, "margin: Input should be greater"),
+        (ProvableRepairSpec, "time_limit", 0, "time_limit: Input should be greater"),
+        (ProvableRepairSpec, "rows", "some", "rows: Input should be 'target' or 'all'"),
+        (ProvableRepairSpec, "keep_positives", "yes", "keep_positives: Input should be"),
+        (ProvableRepairSpec, "particles", 10, "particles: Extra inputs"),
     ],
 )
 def test_bad_fields_are_named_in_one_line(kind, field: str, value, words: str) -> None:

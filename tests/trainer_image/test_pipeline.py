@@ -554,3 +554,44 @@ def test_three_methods_share_training_and_each_gets_its_own_records(tmp_path: Pa
     agg = aggregate(b)
     assert sorted(agg.methods["method"].unique()) == sorted(methods)
     assert sorted(agg.switch_points["method"].unique()) == sorted(methods)
+
+
+HISTORY = {
+    "methods": [
+        {"method": "neurecover", "particles": 10, "iterations": 5},
+        {"method": "provable", "n_positives": 50},
+    ],
+    "method": "neurecover",
+    "classes": [3],
+}
+
+
+def test_history_methods_run_end_to_end_with_the_initial_weights_kept(tmp_path: Path) -> None:
+    """neurecover gets the initial weights at the first checkpoint and the previous kept one
+    after; provable's records say whether they are certified and what the solver said; the
+    records pack and aggregate."""
+    from orchestrator.analysis.tables import aggregate
+
+    root = tmp_path / "results"
+    run_trainer(write_spec(tmp_path / "s.json", root, training=TWO_EPOCHS, repair=HISTORY), 0)
+    store = FileStore(root)
+    summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(SWEEP, RUN)))
+    # The initial weights, kept before the first step: a state of the same model.
+    initial = torch.load(store.root / keys.checkpoint(SWEEP, RUN, 0), weights_only=True)
+    first = torch.load(store.root / keys.checkpoint(SWEEP, RUN, 1), weights_only=True)
+    assert initial.keys() == first.keys()
+    assert not torch.equal(initial["head.weight"], first["head.weight"])
+    epochs = summary.checkpoint_epochs
+    assert 0 not in epochs and len(epochs) >= 2
+    for i, e in enumerate(epochs):
+        nr = json.loads(store.read_bytes(keys.repair_metrics(SWEEP, RUN, e, 3, "neurecover")))
+        assert nr["n_neg"] or i > 0  # class 3 has negatives at epoch 1
+        if nr["n_neg"]:
+            assert nr["reference_epoch"] == (0 if i == 0 else epochs[i - 1])
+        pr = json.loads(store.read_bytes(keys.repair_metrics(SWEEP, RUN, e, 3, "provable")))
+        if pr["n_neg"]:
+            assert isinstance(pr["certified"], bool) and pr["solver_status"]
+            assert not pr["certified"] or pr["rr"] == 100.0
+        assert "certified" not in nr and "reference_epoch" not in pr
+    agg = aggregate(store)
+    assert sorted(agg.methods["method"].unique()) == ["neurecover", "provable"]

@@ -18,8 +18,9 @@ Steps (one call to :func:`repair` per checkpoint x target class):
    (all classes) without replacement by the seeded generator; ``with-replacement-dedup``
    and the released code's label-``balanced`` sample are options, defined in
    :mod:`~trainer_image.repair.selection`.
-3. **PSO** over the localised weights' values (:func:`pso`): ``particles`` positions drawn
-   from Normal(current value, std of all the layer's weights (population std)), velocity 0.
+3. **PSO** over the localised weights' values (:func:`~trainer_image.repair.swarm.pso`):
+   ``particles`` positions drawn from Normal(current value, std of all the layer's weights
+   (population std)), velocity 0.
    One *iteration* is one synchronous step of the whole swarm: every particle's velocity
    ``v' = chi (v + r1 (p - x) + r2 (g - x))`` with ``r1, r2 ~ U(0, phi)`` and
    ``chi = 2 / (phi - 2 + sqrt(phi^2 - 4 phi))``, clamped; then ``x' = x + v'``; then all
@@ -53,115 +54,21 @@ the last digits (``history`` holds the search's own values).
 
 Steps 1, 2 and 4, the input checks and the final figures are not PSO-specific: they are
 the toolkit every last-layer method shares (:mod:`~trainer_image.repair.last_layer`); this
-module is the swarm search alone.
+module is the swarm search alone, whose code (``swarm.py``) NeuRecover shares.
 """
 
 from __future__ import annotations
-
-import logging
-import math
-from collections.abc import Callable
 
 import torch
 
 from orchestrator.spec import ArachneSpec
 from trainer_image.repair.base import RepairResult, RepairTask
-from trainer_image.repair.last_layer import (
-    SEARCH_DTYPE,
-    Search,
-    SwarmFitness,
-    SwarmScores,
-    best_fields,
-    paper_fitness,
-    set_up,
-)
+from trainer_image.repair.last_layer import SwarmFitness, paper_fitness, set_up
 
-log = logging.getLogger(__name__)
+# The swarm itself is shared with NeuRecover (swarm.py); its names stay importable here.
+from trainer_image.repair.swarm import clamp_velocity, constriction, pso
 
-
-# --- particle swarm ------------------------------------------------------------------
-
-
-def constriction(phi: float) -> float:
-    return 2.0 / (phi - 2.0 + math.sqrt(phi * phi - 4.0 * phi))
-
-
-def clamp_velocity(v: torch.Tensor, wb: float, variant: str) -> torch.Tensor:
-    """v1: ``|v|`` into ``[wb/5, 5 wb]``, sign kept (0 -> negative); textbook: ``|v| <= 5 wb``."""
-    if variant == "textbook":
-        return v.clamp(-5.0 * wb, 5.0 * wb)
-    sign = torch.where(v > 0, 1.0, -1.0).to(v.dtype)
-    return sign * v.abs().clamp(wb / 5.0, 5.0 * wb)
-
-
-def pso(
-    fitness: Callable[[torch.Tensor], SwarmScores],
-    initial: torch.Tensor,
-    std: float,
-    wb: float,
-    cfg: ArachneSpec,
-    generator: torch.Generator,
-    device: torch.device,
-) -> Search:
-    """Maximise ``fitness`` around ``initial`` (K,) - see the module docstring, step 3.
-
-    Random numbers are drawn on the CPU from ``generator`` (then moved), so the draws do
-    not depend on the device.
-    """
-    p, k = cfg.particles, initial.numel()
-    dt = SEARCH_DTYPE
-    chi = constriction(cfg.phi)
-    centre = initial.to(device, dt)
-    x = centre + std * torch.randn(p, k, generator=generator, dtype=dt).to(device)
-    v = torch.zeros_like(x)
-    scores = fitness(x)
-    pbest_x, pbest = x.clone(), scores
-    g = int(torch.argmax(pbest.fitness))
-    gbest_x, gbest = pbest_x[g].clone(), pbest.take(torch.tensor([g]))
-    r_shape = (p, 1) if cfg.variant == "v1" else (p, k)
-    history = [_record(0, gbest, scores, v, improved=False, stall=0)]
-    stall = 0
-    it = 0
-    for it in range(1, cfg.iterations + 1):
-        r1 = cfg.phi * torch.rand(r_shape, generator=generator, dtype=dt).to(device)
-        r2 = cfg.phi * torch.rand(r_shape, generator=generator, dtype=dt).to(device)
-        if cfg.update_order == "position-first":  # the released code: move, then steer
-            x = x + v
-        v = chi * (v + r1 * (pbest_x - x) + r2 * (gbest_x - x))
-        v = clamp_velocity(v, wb, cfg.variant)
-        if cfg.update_order == "velocity-first":
-            x = x + v
-        scores = fitness(x)
-        better = scores.fitness > pbest.fitness
-        pbest = scores.where(better, pbest)
-        pbest_x = torch.where(better.to(device)[:, None], x, pbest_x)
-        g = int(torch.argmax(pbest.fitness))
-        improved = bool(pbest.fitness[g] > gbest.fitness[0])
-        if improved:
-            gbest_x, gbest = pbest_x[g].clone(), pbest.take(torch.tensor([g]))
-            stall = 0
-        else:
-            stall += 1
-        history.append(_record(it, gbest, scores, v, improved=improved, stall=stall))
-        log.debug("arachne iteration %d: best fitness %.6f", it, float(gbest.fitness[0]))
-        if stall >= cfg.patience and it >= cfg.stagnation_start:
-            break
-    return Search(best=gbest_x.cpu(), scores=gbest, iterations=it, history=history)
-
-
-def _record(
-    it: int, best: SwarmScores, swarm: SwarmScores, v: torch.Tensor, improved: bool, stall: int
-) -> dict[str, float]:
-    speed = v.abs()
-    return {
-        "iteration": it,
-        **best_fields(best),
-        "swarm_mean_fitness": float(swarm.fitness.mean()),
-        "min_speed": float(speed.min()) if speed.numel() else 0.0,
-        "max_speed": float(speed.max()) if speed.numel() else 0.0,
-        "improved": int(improved),
-        "stall": stall,
-    }
+__all__ = ["clamp_velocity", "constriction", "pso", "repair"]
 
 
 # --- the entry point -----------------------------------------------------------------

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer_image.repair.history import TrainingHistory
+
 
 @dataclass(frozen=True)
 class TargetSplit:
@@ -55,6 +57,8 @@ class RepairTask:
     target_class: int
     seed: int
     device: torch.device | str = "cpu"
+    # The run's earlier weights, for a method whose config ``uses_history`` (else None).
+    history: TrainingHistory | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class RepairResult:
     iterations: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    # Method-specific fields of the repair's record (orchestrator.results.records:
+    # certified, solver_status, reference_epoch, method_note); empty for most methods.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def patch_json(self) -> dict[str, Any]:
         return {
@@ -112,7 +119,9 @@ class RepairMethod(Protocol):
     ``cfg`` is the spec's ``repair`` section (the method's member of
     ``orchestrator.spec.RepairConfig``; a method named by import path reads its own
     ``cfg.options``). It must not change ``task.head``: the patch it returns says what to
-    change.
+    change. A method whose config class says ``uses_history`` gets ``task.history``: the
+    run's training history (``trainer_image.repair.history.TrainingHistory``; None where
+    there is none).
     """
 
     def __call__(self, task: RepairTask, cfg: Any) -> RepairResult: ...

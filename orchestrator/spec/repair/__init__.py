@@ -1,9 +1,9 @@
 """The ``repair:`` block: one config class per repair method, as a discriminated union.
 
 Each method's config lives in its own module (``arachne``, ``arachne_de``, ``finetune``,
-``imported`` for import paths); ``common`` holds what they share and turns a block that
-lists several ``methods`` into one config per method. A new method adds its module and
-one member below (the catalog names its code).
+``neurecover``, ``provable``, ``imported`` for import paths); ``common`` holds what they
+share and turns a block that lists several ``methods`` into one config per method. A new
+method adds its module and one member below (the catalog names its code).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from orchestrator.spec.repair.common import (
 )
 from orchestrator.spec.repair.finetune import FinetuneRepairSpec
 from orchestrator.spec.repair.imported import ImportedRepairSpec
+from orchestrator.spec.repair.neurecover import NeurecoverRepairSpec
+from orchestrator.spec.repair.provable import ProvableRepairSpec
 
 # One member per method in the catalog (a new method adds its config class here), plus
 # user methods by import path. Dumps are those of the member: arachne's equals the
@@ -33,12 +35,21 @@ RepairConfig = Annotated[
     Annotated[ArachneSpec, Tag("arachne")]
     | Annotated[ArachneDERepairSpec, Tag("arachne-de")]
     | Annotated[FinetuneRepairSpec, Tag("finetune")]
+    | Annotated[NeurecoverRepairSpec, Tag("neurecover")]
+    | Annotated[ProvableRepairSpec, Tag("provable")]
     | Annotated[ImportedRepairSpec, Tag(IMPORTED)],
     Discriminator(_repair_tag),
     # Names are checked against the catalog first, for an error that names the method.
     BeforeValidator(_known_method),
 ]
-RepairMethodConfig = ArachneSpec | ArachneDERepairSpec | FinetuneRepairSpec | ImportedRepairSpec
+RepairMethodConfig = (
+    ArachneSpec
+    | ArachneDERepairSpec
+    | FinetuneRepairSpec
+    | NeurecoverRepairSpec
+    | ProvableRepairSpec
+    | ImportedRepairSpec
+)
 
 __all__ = [
     "IMPORTED",
@@ -47,6 +58,8 @@ __all__ = [
     "ArachneSpec",
     "FinetuneRepairSpec",
     "ImportedRepairSpec",
+    "NeurecoverRepairSpec",
+    "ProvableRepairSpec",
     "RepairConfig",
     "RepairMethodConfig",
     "member_class",

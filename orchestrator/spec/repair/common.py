@@ -37,10 +37,11 @@ class _RepairCommon(_Strict):
     methods: list[str | dict[str, Any]] | None = _added(
         None,
         description="Repair every checkpoint x class with each of these methods (a sweep"
-        " dimension): a method name (arachne, arachne-de, finetune, or 'pkg.module:fn') or a"
-        " mapping {method: NAME, ...its fields}. Fields set in this `repair` block that a"
-        " method also has (seed, n_positives, positives, ...) are inherited; the entry naming"
-        " this block's own `method` is this block. Default: this block's method alone.",
+        " dimension): a method name (arachne, arachne-de, finetune, neurecover, provable, or"
+        " 'pkg.module:fn') or a mapping {method: NAME, ...its fields}. Fields set in this"
+        " `repair` block that a method also has (seed, n_positives, positives, ...) are"
+        " inherited; the entry naming this block's own `method` is this block. Default: this"
+        " block's method alone.",
     )
 
     def configs(self) -> list[RepairMethodConfig]:

@@ -20,9 +20,9 @@ from aggregate_tree import (
 )
 
 from orchestrator.analysis import aggregate as ag
-from orchestrator.analysis import tables as tb
 from orchestrator.analysis import output
 from orchestrator.analysis import problems as pb
+from orchestrator.analysis import tables as tb
 from orchestrator.errors import BadInput, StoreError
 from orchestrator.results import layout as results
 from orchestrator.store.file import FileStore

@@ -1,8 +1,9 @@
 """The repair methods beyond Arachne's PSO on a really trained model: the quickstart's small
 CNN trained with the trainer's own loop (conftest.py), repaired at its first and last
-checkpoints for the quickstart's classes with arachne-de (both update orders) and finetune
-(both weight sets). RR/BR must agree with the patched full model's predictions, and
-checkpoint + patch.json must rebuild the repaired model.
+checkpoints for the quickstart's classes with arachne-de (both update orders), finetune
+(both weight sets), neurecover (here without a history) and provable (two settings).
+RR/BR must agree with the patched full model's predictions, and checkpoint + patch.json
+must rebuild the repaired model.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ import pytest
 import torch
 from digits_checkpoints import load, predict, repair_checkpoint
 
-from orchestrator.spec import ArachneDERepairSpec, FinetuneRepairSpec
-from trainer_image.repair import arachne, arachne_de, finetune
+from orchestrator.spec import (
+    ArachneDERepairSpec,
+    FinetuneRepairSpec,
+    NeurecoverRepairSpec,
+    ProvableRepairSpec,
+)
+from trainer_image.repair import arachne, arachne_de, finetune, neurecover, provable
 from trainer_image.repair.base import PatchedWeight, apply_patch
 
 torch.set_num_threads(1)
@@ -32,6 +38,9 @@ METHODS = {
     ),
     "finetune-all": (finetune.repair, FinetuneRepairSpec()),
     "finetune-localised": (finetune.repair, FinetuneRepairSpec(weights="localised")),
+    "neurecover": (neurecover.repair, NeurecoverRepairSpec(particles=30, iterations=20)),
+    "provable-target-l1": (provable.repair, ProvableRepairSpec()),
+    "provable-all-linf": (provable.repair, ProvableRepairSpec(rows="all", norm="linf")),
 }
 
 
