@@ -570,7 +570,7 @@ def test_history_methods_run_end_to_end_with_the_initial_weights_kept(tmp_path: 
     """neurecover gets the initial weights at the first checkpoint and the previous kept one
     after; provable's records say whether they are certified and what the solver said; the
     records pack and aggregate."""
-    from orchestrator.analysis.tables import aggregate
+    from orchestrator.analysis.aggregate import aggregate
 
     root = tmp_path / "results"
     run_trainer(write_spec(tmp_path / "s.json", root, training=TWO_EPOCHS, repair=HISTORY), 0)
