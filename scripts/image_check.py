@@ -383,6 +383,10 @@ def tail(path: Path, lines: int = 15) -> str:
 def build(engine: Engine, args: argparse.Namespace, workdir: Path) -> tuple[float, str]:
     """Build the image; returns seconds and what pip did (downloads against its cache)."""
     argv = engine.cmd("build", "--network", "host", "--target", args.target, "-t", args.tag)
+    if engine.name == "podman":
+        # The OCI format has no SHELL: podman would run every RUN with /bin/sh, silently
+        # dropping bash's pipefail and [[ ]] (the weights stage's checks). Docker's keeps it.
+        argv += ["--format", "docker"]
     if args.base:
         argv += ["--build-arg", f"BASE={args.base}"]
     cert = ca_bundle(args.ca_bundle)

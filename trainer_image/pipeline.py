@@ -328,6 +328,7 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
                 device=device,
                 val_features=val_feats,
                 on_result=write,
+                meter=job.costs,
             )
             base = metrics_record(run, None, epoch, out.base_test, kind="base")
             job.put_json(
@@ -473,7 +474,7 @@ def repair_step(
     if job.done(metrics_key):
         return
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
-    with job.timed("repair"):
+    with job.timed("repair", method=where):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
         result = method(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, cfg, seed, job.device)
         with torch.no_grad():

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.analysis.costs import costs_frame
 from orchestrator.analysis.problems import (
     BAD_VALUE,
     DAMAGED,
@@ -112,6 +113,8 @@ class Loaded:
     packed_runs: int = 0  # runs read from their records.arrow
     # One row per (run, watched track) of a training.readiness policy (READINESS_COLUMNS).
     readiness: pd.DataFrame = field(default_factory=lambda: _readiness_frame({}))
+    # run.json's costs: one row per (run, stage, method) (analysis.costs.COST_COLUMNS).
+    costs: pd.DataFrame = field(default_factory=lambda: costs_frame({}))
 
 
 # --- finding the sweep ------------------------------------------------------------------
@@ -323,6 +326,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         len(blobs),
         n_packed,
         _readiness_frame(sums),
+        costs_frame(infos),
     )
 
 

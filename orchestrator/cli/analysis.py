@@ -65,6 +65,14 @@ def aggregate(
     bootstrap_seed: Annotated[
         int, typer.Option(min=0, help="Seed of the bootstrap resampling behind every CI.")
     ] = 0,
+    formats: Annotated[
+        str,
+        typer.Option(
+            "--formats",
+            help="Figure formats, comma-separated: png (the report shows it) plus pdf and/or"
+            " svg, written beside each PNG with their fonts embedded.",
+        ),
+    ] = "png,pdf,svg",
     output: LocationOutputOpt = None,
 ) -> None:
     """Headline, tables (Table 1, switch points, repair effects, Qual), figures and a report
@@ -89,6 +97,9 @@ def aggregate(
             " every checkpoint against the last"
         )
     ag.check_rules(rules, mode)
+    from orchestrator.analysis.formats import parse_formats
+
+    figure_formats = parse_formats(formats)
     store = open_store(results_uri, **({"endpoint_url": endpoint_url} if endpoint_url else {}))
     agg = ag.aggregate(
         store,
@@ -105,7 +116,7 @@ def aggregate(
     from orchestrator.analysis import output as report_files
     from orchestrator.analysis import report
 
-    report_files.publish(agg, folder, max_figures=max_figures)
+    report_files.publish(agg, folder, max_figures=max_figures, formats=figure_formats)
     if len(agg.problems):
         err(f"{len(agg.problems)} incomplete or damaged result(s): see {folder / 'report.md'}")
 
