@@ -31,9 +31,13 @@
 #
 # pip in the build: every RUN that runs pip mounts a build cache at /root/.cache/pip and
 # names it with PIP_CACHE_DIR (HOME and XDG_CACHE_HOME point at the trainer's home, which pip
-# as root would refuse as "not owned by the current user" and run without a cache), so a
-# rebuild downloads nothing it downloaded before. Behind a TLS-intercepting proxy, give pip
-# the proxy's CA bundle as a build secret (it never lands in a layer):
+# as root would refuse as "not owned by the current user" and run without a cache). The
+# lock's wheels are fetched with `pip download` into a wheelhouse in that cache (one per
+# image flavour: the CPU and CUDA torch share a version number) and installed from there
+# with --no-index: `pip download` skips a wheel already in its --dest folder, so a rebuild
+# downloads nothing it downloaded before - even behind a proxy that strips the HTTP caching
+# headers pip's own cache relies on. Behind a TLS-intercepting proxy, give pip the proxy's
+# CA bundle as a build secret (it never lands in a layer):
 #     docker build --secret id=pip-cert,src=/etc/ssl/certs/ca-certificates.crt ...
 # Without registry access, build the base from Debian's packages (scripts/image-base) and
 # pass it as BASE; scripts/image-check builds and runs the image as the Job's pod runs it.
@@ -114,8 +118,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && python -m venv /opt/venv \
     && grep -E '^(torch|torchvision)==' /opt/venv-constraints.txt > /tmp/torch.txt \
     && grep -vE '^(torch|torchvision)==|# gpu$' /opt/venv-constraints.txt > /tmp/rest.txt \
-    && pip install --no-deps --index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt \
-    && pip install --no-deps -r /tmp/rest.txt \
+    && wheels="${PIP_CACHE_DIR}/wheelhouse-cpu" \
+    && pip download --no-deps --dest "${wheels}" --index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt \
+    && pip download --no-deps --dest "${wheels}" -r /tmp/rest.txt \
+    && pip install --no-deps --no-index --find-links "${wheels}" -r /tmp/torch.txt -r /tmp/rest.txt \
     && rm /tmp/torch.txt /tmp/rest.txt \
     && pip check \
     && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert not torch.version.cuda"
@@ -167,7 +173,9 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     export PIP_CACHE_DIR=/root/.cache/pip \
     && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
     && python -m venv /opt/venv \
-    && pip install --no-deps -r /opt/venv-constraints.txt \
+    && wheels="${PIP_CACHE_DIR}/wheelhouse-gpu" \
+    && pip download --no-deps --dest "${wheels}" -r /opt/venv-constraints.txt \
+    && pip install --no-deps --no-index --find-links "${wheels}" -r /opt/venv-constraints.txt \
     && pip check \
     && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert torch.version.cuda == '${TORCH_CUDA}', torch.version.cuda"
 COPY --from=weights /out/ /opt/early-repair/torch/

@@ -402,7 +402,8 @@ def build(engine: Engine, args: argparse.Namespace, workdir: Path) -> tuple[floa
         raise CheckError(f"the build failed (exit {rc}):\n{tail(log)}")
     text = log.read_text(errors="replace")
     downloads = len(re.findall(r"^\s*Downloading \S+\.whl", text, re.M))
-    cached = len(re.findall(r"^\s*Using cached \S+", text, re.M))
+    # `pip download` into the cache's wheelhouse, or pip's own HTTP cache.
+    cached = len(re.findall(r"^\s*(File was already downloaded|Using cached) \S+", text, re.M))
     return seconds(), f"{downloads} wheels downloaded, {cached} from pip's cache"
 
 
@@ -649,7 +650,7 @@ def check(args: argparse.Namespace, engine: Engine, workdir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="image-check-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="image-check-"))).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     engine: Engine | None = None
     try:

@@ -33,7 +33,13 @@ from orchestrator.results import layout as keys
 
 # What names the experiment (and so when stored results belong to another one) is shared
 # with the local backend, which skips runs the store shows complete for this experiment.
-from orchestrator.results.records import EXPERIMENT_FIELDS, RunInfo, TrainSummary, experiment
+from orchestrator.results.records import (
+    EXPERIMENT_FIELDS,
+    CostRow,
+    RunInfo,
+    TrainSummary,
+    experiment,
+)
 from orchestrator.spec import RunSpec, SweepSpec
 from orchestrator.store import Store, write_json
 from trainer_image.costs import CostMeter
@@ -226,7 +232,10 @@ class Ledger:
 
     def write_run_info(self, *, finished: bool = False) -> None:
         assert self.info is not None
-        update: dict[str, Any] = {"timings": dict(self.timings), "costs": self.costs.rows()}
+        update: dict[str, Any] = {
+            "timings": dict(self.timings),
+            "costs": [CostRow(**r) for r in self.costs.rows()],
+        }
         if self.device is not None:
             update["device"] = _device_label(self.device)
         if finished:

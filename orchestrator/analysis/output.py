@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.analysis import costs, latex, report
-from orchestrator.analysis.formats import DEFAULT_FORMATS, figure_formats
+from orchestrator.analysis.formats import figure_formats
 from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.tables import Aggregation
 from orchestrator.errors import BadInput
@@ -72,10 +72,10 @@ def publish(
     out: Path,
     *,
     max_figures: int = report.DEFAULT_MAX_FIGURES,
-    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    formats: tuple[str, ...] = ("png",),
 ) -> list[Path]:
     """Every output of ``aggregate`` in ``out``: the tables (CSV, LaTeX), the figures (in
-    ``formats``) and the report."""
+    ``formats``; the CLI's default is ``formats.DEFAULT_FORMATS``) and the report."""
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out}: is a file; pass a folder")
     try:

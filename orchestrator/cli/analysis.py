@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.analysis.formats import DEFAULT_FORMATS
 from orchestrator.cli.app import ANALYSIS_PANEL, app, err
 from orchestrator.cli.output import LocationOutputOpt, render
 
@@ -72,7 +73,7 @@ def aggregate(
             help="Figure formats, comma-separated: png (the report shows it) plus pdf and/or"
             " svg, written beside each PNG with their fonts embedded.",
         ),
-    ] = "png,pdf,svg",
+    ] = ",".join(DEFAULT_FORMATS),
     output: LocationOutputOpt = None,
 ) -> None:
     """Headline, tables (Table 1, switch points, repair effects, Qual), figures and a report
