@@ -57,10 +57,12 @@ ARG BASE=python:3.11.14-slim-trixie
 # wheel: build the project's wheel once; the runtime stages install it (never the source).
 FROM ${BASE} AS wheel
 WORKDIR /src
-# A throw-away writable bind of the build context: nothing but the wheel leaves this stage.
+# The build context is copied, not bind-mounted: COPY's cache key is the files' content in
+# every builder, while buildah (podman build) keys a RUN's bind mount by its path alone and
+# would reuse a stale wheel after a source edit. Nothing but the wheel leaves this stage.
 # The build backend (setuptools, from pyproject.toml) is fetched by pip's build isolation.
-RUN --mount=type=bind,source=.,target=/src,rw \
-    --mount=type=cache,target=/root/.cache/pip \
+COPY . /src
+RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-cert \
     export PIP_CACHE_DIR=/root/.cache/pip \
     && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
@@ -127,12 +129,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert not torch.version.cuda"
 COPY --from=weights /out/ /opt/early-repair/torch/
 # The project alone: its dependencies are all in the layer above (pip check proves it).
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=cache,target=/root/.cache/pip \
+# The wheel is copied (its content keys the cache in every builder, see the wheel stage);
+# it stays in that layer, a few hundred kB.
+COPY --from=wheel /wheels/ /opt/early-repair/wheels/
+RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-cert \
     export PIP_CACHE_DIR=/root/.cache/pip \
     && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && pip install --no-deps /wheels/*.whl \
+    && pip install --no-deps /opt/early-repair/wheels/*.whl \
     && pip check \
     && early-repair --help > /dev/null
 USER 10001:10001
@@ -180,12 +184,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert torch.version.cuda == '${TORCH_CUDA}', torch.version.cuda"
 COPY --from=weights /out/ /opt/early-repair/torch/
 # The project alone: its dependencies are all in the layer above (pip check proves it).
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=cache,target=/root/.cache/pip \
+# The wheel is copied (its content keys the cache in every builder, see the wheel stage);
+# it stays in that layer, a few hundred kB.
+COPY --from=wheel /wheels/ /opt/early-repair/wheels/
+RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-cert \
     export PIP_CACHE_DIR=/root/.cache/pip \
     && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && pip install --no-deps /wheels/*.whl \
+    && pip install --no-deps /opt/early-repair/wheels/*.whl \
     && pip check \
     && early-repair --help > /dev/null
 USER 10001:10001

@@ -552,6 +552,85 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclass
+class Prepared:
+    """The Job as planned, and what running its indices here needs."""
+
+    objects: list[dict[str, Any]]
+    indices: list[int]
+    configmap_dirs: dict[str, Path]
+    secrets: dict[str, dict[str, str]]
+    host_sweep: Path
+
+
+def prepare(args: argparse.Namespace, endpoint: str, workdir: Path) -> Prepared:
+    """Plan the spec (image and results on loopback) and lay out the pod's volumes."""
+    spec = derived_spec(args.spec, args.tag, f"s3://{BUCKET}/image", endpoint)
+    spec_file = workdir / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    objects = plan(spec_file, workdir)
+    pod, configmaps = find_job(objects)
+    n_runs = int(next(o for o in objects if o["kind"] == "Job")["spec"]["completions"])
+    indices = args.indices if args.indices is not None else list(range(n_runs))
+    bad = [i for i in indices if not 0 <= i < n_runs]
+    if bad:
+        raise CheckError(f"--index {bad[0]}: the spec has runs 0..{n_runs - 1}", 2)
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in trainer_container(pod).get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    # The same sweep JSON the pods read, its results in another prefix.
+    host_sweep = json.loads(next(iter(configmaps.values()))["sweep.json"])
+    host_sweep["results"] = f"s3://{BUCKET}/host"
+    (workdir / "host-sweep.json").write_text(json.dumps(host_sweep))
+    return Prepared(
+        objects,
+        indices,
+        write_configmap_volumes(pod, configmaps, workdir / "volumes"),
+        {ref["name"]: SECRET_VALUES for ref in refs},
+        workdir / "host-sweep.json",
+    )
+
+
+def run_index(engine: Engine, job: Prepared, i: int, workdir: Path) -> tuple[float, float]:
+    """Index ``i`` in the image, then on the host; returns both wall times."""
+    argv = run_args(
+        job.objects,
+        engine=engine.name,
+        index=i,
+        secrets=job.secrets,
+        configmap_dirs=job.configmap_dirs,
+        name=f"early-repair-check-{os.getpid()}-{i}",
+    )
+    (workdir / f"run-{i}.argv").write_text(shlex.join(engine.cmd(*argv)) + "\n")
+    host = [sys.executable, "-m", "orchestrator.cli", "trainer", "--sweep", str(job.host_sweep)]
+    seconds = []
+    for where, cmd, env in (
+        ("image", engine.cmd(*argv), engine.env),
+        ("host", [*host, "--run-index", str(i)], host_env(workdir)),
+    ):
+        log = workdir / f"{where}-{i}.log"
+        with timed() as wall:
+            rc = run_logged(cmd, log, env, cwd=workdir)
+        if rc != 0:
+            raise CheckError(f"index {i} failed on the {where} (exit {rc}):\n{tail(log)}")
+        seconds.append(wall())
+    return seconds[0], seconds[1]
+
+
+def cpu_seconds(tree: Mapping[str, bytes]) -> dict[int, float]:
+    """Per run index: the CPU seconds its stages recorded (run.json's costs). Wall times
+    of the image and the host are not comparable on a shared machine (the container gets
+    a cgroup of its own); CPU seconds are."""
+    out = {}
+    for key, blob in tree.items():
+        if key.endswith("/run.json"):
+            info = json.loads(blob)
+            out[int(info["run"]["index"])] = sum(c["cpu_s"] for c in info.get("costs", []))
+    return out
+
+
 def check(args: argparse.Namespace, engine: Engine, workdir: Path) -> int:
     if not args.spec.is_file():
         raise CheckError(f"--spec {args.spec}: no such file", 2)
@@ -573,66 +652,15 @@ def check(args: argparse.Namespace, engine: Engine, workdir: Path) -> int:
             aws_access_key_id=SECRET_VALUES["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=SECRET_VALUES["AWS_SECRET_ACCESS_KEY"],
         ).create_bucket(Bucket=BUCKET)
-        spec = derived_spec(args.spec, args.tag, f"s3://{BUCKET}/image", endpoint)
-        spec_file = workdir / "spec.yaml"
-        spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-        objects = plan(spec_file, workdir)
-        pod, configmaps = find_job(objects)
-        n_runs = int(next(o for o in objects if o["kind"] == "Job")["spec"]["completions"])
-        indices = args.indices if args.indices is not None else list(range(n_runs))
-        bad = [i for i in indices if not 0 <= i < n_runs]
-        if bad:
-            raise CheckError(f"--index {bad[0]}: the spec has runs 0..{n_runs - 1}", 2)
-        dirs = write_configmap_volumes(pod, configmaps, workdir / "volumes")
-        secret_name = {
-            e["valueFrom"]["secretKeyRef"]["name"]
-            for e in trainer_container(pod).get("env", [])
-            if "valueFrom" in e
-        }
-        secrets = {name: SECRET_VALUES for name in secret_name}
-        sweep_json = next(iter(configmaps.values()))["sweep.json"]
-        host_sweep = json.loads(sweep_json)
-        host_sweep["results"] = f"s3://{BUCKET}/host"
-        (workdir / "host-sweep.json").write_text(json.dumps(host_sweep))
-        for i in indices:
-            argv = run_args(
-                objects,
-                engine=engine.name,
-                index=i,
-                secrets=secrets,
-                configmap_dirs=dirs,
-                name=f"early-repair-check-{os.getpid()}-{i}",
-            )
-            (workdir / f"run-{i}.argv").write_text(shlex.join(engine.cmd(*argv)) + "\n")
-            with timed() as image_s:
-                rc = run_logged(engine.cmd(*argv), workdir / f"image-{i}.log", engine.env)
-            if rc != 0:
-                raise CheckError(
-                    f"index {i} failed in the image (exit {rc}):\n"
-                    + tail(workdir / f"image-{i}.log")
-                )
-            with timed() as host_s:
-                rc = run_logged(
-                    [
-                        sys.executable,
-                        "-m",
-                        "orchestrator.cli",
-                        "trainer",
-                        "--sweep",
-                        str(workdir / "host-sweep.json"),
-                        "--run-index",
-                        str(i),
-                    ],
-                    workdir / f"host-{i}.log",
-                    host_env(workdir),
-                    cwd=workdir,
-                )
-            if rc != 0:
-                raise CheckError(
-                    f"index {i} failed on the host (exit {rc}):\n{tail(workdir / f'host-{i}.log')}"
-                )
-            print(f"run {i}     {image_s():7.1f} s in the image, {host_s():.1f} s on the host")
+        job = prepare(args, endpoint, workdir)
+        walls = {i: run_index(engine, job, i, workdir) for i in job.indices}
         image_tree, host_tree = read_tree(endpoint, "image"), read_tree(endpoint, "host")
+    image_cpu, host_cpu = cpu_seconds(image_tree), cpu_seconds(host_tree)
+    for i, (image_s, host_s) in sorted(walls.items()):
+        print(
+            f"run {i}     {image_s:7.1f} s in the image, {host_s:.1f} s on the host (wall);"
+            f" its stages {image_cpu.get(i, 0):.1f} and {host_cpu.get(i, 0):.1f} CPU-s"
+        )
     if args.keep:
         save_tree(image_tree, workdir / "results" / "image")
         save_tree(host_tree, workdir / "results" / "host")
@@ -640,10 +668,9 @@ def check(args: argparse.Namespace, engine: Engine, workdir: Path) -> int:
     if diff is not None:
         print(f"result    different: {diff}")
         return 1
-    runs = len({k.split("/")[1] for k in image_tree if k.count("/") >= 2})
     print(
-        f"result    identical: {runs} runs, {len(image_tree)} objects equal (metrics, patches,"
-        " search histories, checkpoint tensors; timings and logs aside)"
+        f"result    identical: {len(walls)} runs, {len(image_tree)} objects equal (metrics,"
+        " patches, search histories, checkpoint tensors; timings and logs aside)"
     )
     return 0
 

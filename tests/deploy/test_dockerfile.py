@@ -216,14 +216,18 @@ def test_dependencies_come_from_the_lock_in_a_layer_before_the_project(name: str
         for i, c in enumerate(layers)
         if c.cmd == "RUN" and "pip install" in c.value[0] and "constraints" in c.value[0]
     ]
-    project = [i for i, c in enumerate(layers) if any("from=wheel" in f for f in c.flags)]
-    assert deps and project and lock_copy < min(deps) and max(deps) < min(project)
+    (wheel_copy,) = [
+        i for i, c in enumerate(layers) if c.cmd == "COPY" and "--from=wheel" in c.flags
+    ]
+    assert deps and lock_copy < min(deps) and max(deps) < wheel_copy
     # Nothing of the project reaches the dependency layer: no bind of the context or wheel.
     for i in deps:
         assert not any(f.startswith("--mount=type=bind") for f in layers[i].flags), layers[i]
-    # The project's own install adds nothing the lock did not already install.
-    (install,) = [layers[i].value[0] for i in project]
-    assert "pip install --no-deps /wheels/" in install and "pip check" in install
+    # The project's own install, right after its wheel arrives, adds nothing the lock did
+    # not already install.
+    install = layers[wheel_copy + 1].value[0]
+    target = layers[wheel_copy].value[-1]
+    assert f"pip install --no-deps {target}*.whl" in install and "pip check" in install
     # The image checks at build time that it got the pinned torch.
     assert "${TORCH_VERSION}" in run_text(stages()[name])
 
