@@ -20,10 +20,12 @@ import pytest
 import yaml
 from paths import QUICKSTART, REPO
 
-_spec = importlib.util.spec_from_file_location("image_check", REPO / "scripts" / "image_check.py")
+_spec = importlib.util.spec_from_file_location(
+    "image_check_job", REPO / "scripts" / "image_check_job.py"
+)
 assert _spec is not None and _spec.loader is not None
 ic = importlib.util.module_from_spec(_spec)
-sys.modules["image_check"] = ic
+sys.modules["image_check_job"] = ic
 _spec.loader.exec_module(ic)
 
 SECRETS = {"early-repair-s3": ic.SECRET_VALUES}
