@@ -389,7 +389,8 @@ def check(args: argparse.Namespace, engine: Engine, workdir: Path) -> int:
         print(f"result    different: {diff}")
         return 1
     print(
-        f"result    identical: {len(walls)} runs, {len(image_tree)} objects equal (metrics,"
+        f"result    identical: {len(walls)} run{'s' if len(walls) != 1 else ''},"
+        f" {len(image_tree)} objects equal (metrics,"
         " patches, search histories, checkpoint tensors; timings and logs aside)"
     )
     return 0
