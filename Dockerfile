@@ -29,6 +29,19 @@
 # Pin the image you deploy the same way: `spec.image` accepts
 # `registry/name:tag@sha256:<digest>`, and Kubernetes then runs exactly those bytes.
 #
+# pip in the build: every RUN that runs pip mounts a build cache at /root/.cache/pip and
+# names it with PIP_CACHE_DIR (HOME and XDG_CACHE_HOME point at the trainer's home, which pip
+# as root would refuse as "not owned by the current user" and run without a cache). The
+# lock's wheels are fetched with `pip download` into a wheelhouse in that cache (one per
+# image flavour: the CPU and CUDA torch share a version number) and installed from there
+# with --no-index: `pip download` skips a wheel already in its --dest folder, so a rebuild
+# downloads nothing it downloaded before - even behind a proxy that strips the HTTP caching
+# headers pip's own cache relies on. Behind a TLS-intercepting proxy, give pip the proxy's
+# CA bundle as a build secret (it never lands in a layer):
+#     docker build --secret id=pip-cert,src=/etc/ssl/certs/ca-certificates.crt ...
+# Without registry access, build the base from Debian's packages (scripts/image-base) and
+# pass it as BASE; scripts/image-check builds and runs the image as the Job's pod runs it.
+#
 # Runtime contract with the Job (orchestrator/backends/kubernetes/manifests.py):
 # - numeric non-root USER 10001:10001 (named `trainer`), so runAsNonRoot can be verified;
 # - the root filesystem is read-only in the pod: HOME (with XDG_CACHE_HOME and MPLCONFIGDIR
@@ -44,11 +57,16 @@ ARG BASE=python:3.11.14-slim-trixie
 # wheel: build the project's wheel once; the runtime stages install it (never the source).
 FROM ${BASE} AS wheel
 WORKDIR /src
-# A throw-away writable bind of the build context: nothing but the wheel leaves this stage.
+# The build context is copied, not bind-mounted: COPY's cache key is the files' content in
+# every builder, while buildah (podman build) keys a RUN's bind mount by its path alone and
+# would reuse a stale wheel after a source edit. Nothing but the wheel leaves this stage.
 # The build backend (setuptools, from pyproject.toml) is fetched by pip's build isolation.
-RUN --mount=type=bind,source=.,target=/src,rw \
-    --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --no-deps --wheel-dir /wheels /src
+COPY . /src
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip-cert \
+    export PIP_CACHE_DIR=/root/.cache/pip \
+    && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip wheel --no-deps --wheel-dir /wheels /src
 
 # ---------------------------------------------------------------------------------------
 # weights: optionally stage the ImageNet VGG16 weights under hub/checkpoints.
@@ -96,19 +114,29 @@ COPY constraints.txt /opt/venv-constraints.txt
 # Dependencies: the lock minus its "# gpu" lines, with torch and torchvision (the lock's
 # versions) from the CPU-only index - PyPI's Linux wheels are the CUDA build, ~10x larger.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m venv /opt/venv \
+    --mount=type=secret,id=pip-cert \
+    export PIP_CACHE_DIR=/root/.cache/pip \
+    && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && python -m venv /opt/venv \
     && grep -E '^(torch|torchvision)==' /opt/venv-constraints.txt > /tmp/torch.txt \
     && grep -vE '^(torch|torchvision)==|# gpu$' /opt/venv-constraints.txt > /tmp/rest.txt \
-    && pip install --no-deps --index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt \
-    && pip install --no-deps -r /tmp/rest.txt \
+    && wheels="${PIP_CACHE_DIR}/wheelhouse-cpu" \
+    && pip download --no-deps --dest "${wheels}" --index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt \
+    && pip download --no-deps --dest "${wheels}" -r /tmp/rest.txt \
+    && pip install --no-deps --no-index --find-links "${wheels}" -r /tmp/torch.txt -r /tmp/rest.txt \
     && rm /tmp/torch.txt /tmp/rest.txt \
     && pip check \
     && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert not torch.version.cuda"
 COPY --from=weights /out/ /opt/early-repair/torch/
 # The project alone: its dependencies are all in the layer above (pip check proves it).
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps /wheels/*.whl \
+# The wheel is copied (its content keys the cache in every builder, see the wheel stage);
+# it stays in that layer, a few hundred kB.
+COPY --from=wheel /wheels/ /opt/early-repair/wheels/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip-cert \
+    export PIP_CACHE_DIR=/root/.cache/pip \
+    && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --no-deps /opt/early-repair/wheels/*.whl \
     && pip check \
     && early-repair --help > /dev/null
 USER 10001:10001
@@ -145,15 +173,25 @@ RUN groupadd --gid 10001 trainer \
 COPY constraints.txt /opt/venv-constraints.txt
 # Dependencies: exactly the lock, CUDA libraries included (no GPU is needed to build).
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m venv /opt/venv \
-    && pip install --no-deps -r /opt/venv-constraints.txt \
+    --mount=type=secret,id=pip-cert \
+    export PIP_CACHE_DIR=/root/.cache/pip \
+    && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && python -m venv /opt/venv \
+    && wheels="${PIP_CACHE_DIR}/wheelhouse-gpu" \
+    && pip download --no-deps --dest "${wheels}" -r /opt/venv-constraints.txt \
+    && pip install --no-deps --no-index --find-links "${wheels}" -r /opt/venv-constraints.txt \
     && pip check \
     && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '${TORCH_VERSION}', v; assert torch.version.cuda == '${TORCH_CUDA}', torch.version.cuda"
 COPY --from=weights /out/ /opt/early-repair/torch/
 # The project alone: its dependencies are all in the layer above (pip check proves it).
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps /wheels/*.whl \
+# The wheel is copied (its content keys the cache in every builder, see the wheel stage);
+# it stays in that layer, a few hundred kB.
+COPY --from=wheel /wheels/ /opt/early-repair/wheels/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip-cert \
+    export PIP_CACHE_DIR=/root/.cache/pip \
+    && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --no-deps /opt/early-repair/wheels/*.whl \
     && pip check \
     && early-repair --help > /dev/null
 USER 10001:10001

@@ -33,9 +33,16 @@ from orchestrator.results import layout as keys
 
 # What names the experiment (and so when stored results belong to another one) is shared
 # with the local backend, which skips runs the store shows complete for this experiment.
-from orchestrator.results.records import EXPERIMENT_FIELDS, RunInfo, TrainSummary, experiment
+from orchestrator.results.records import (
+    EXPERIMENT_FIELDS,
+    CostRow,
+    RunInfo,
+    TrainSummary,
+    experiment,
+)
 from orchestrator.spec import RunSpec, SweepSpec
 from orchestrator.store import Store, write_json
+from trainer_image.costs import CostMeter
 from trainer_image.train import HISTORY_COLUMNS
 from trainer_image.versions import package_versions
 
@@ -110,7 +117,18 @@ class Ledger:
         self.info: RunInfo | None = None
         self.timings: dict[str, float] = {}
         self.existing: set[str] = set()
-        self.device: torch.device | None = None  # set by the pipeline's device step
+        self._device: torch.device | None = None
+        self.costs = CostMeter()  # wall, CPU and GPU seconds per stage (run.json's costs)
+
+    @property
+    def device(self) -> torch.device | None:
+        return self._device
+
+    @device.setter
+    def device(self, device: torch.device) -> None:
+        """Set by the pipeline's device step; from then on stages are charged to it."""
+        self._device = device
+        self.costs.use_device(device, self.run.resources.gpus)
 
     # --- what is done -----------------------------------------------------------------
 
@@ -138,6 +156,7 @@ class Ledger:
         info = self.read_model(key, RunInfo)
         self.info = info
         self.timings = dict(info.timings)
+        self.costs = CostMeter([c.model_dump() for c in info.costs])
         try:
             before = experiment(RunSpec.model_validate(info.run).model_dump(mode="json"))
         except ValidationError as e:
@@ -224,7 +243,10 @@ class Ledger:
 
     def write_run_info(self, *, finished: bool = False) -> None:
         assert self.info is not None
-        update: dict[str, Any] = {"timings": dict(self.timings)}
+        update: dict[str, Any] = {
+            "timings": dict(self.timings),
+            "costs": [CostRow(**r) for r in self.costs.rows()],
+        }
         if self.device is not None:
             update["device"] = _device_label(self.device)
         if finished:
@@ -237,10 +259,12 @@ class Ledger:
         self.timings[step] = round(self.timings.get(step, 0.0) + seconds, 3)
 
     @contextmanager
-    def timed(self, step: str) -> Iterator[None]:
-        """``add_time`` of the block's wall time (not when it fails: its work is redone)."""
+    def timed(self, step: str, method: str | None = None) -> Iterator[None]:
+        """``add_time`` of the block's wall time (not when it fails: its work is redone);
+        its cost (``costs``) is charged to the stage ``step`` (and ``method``) either way."""
         t0 = time.perf_counter()
-        yield
+        with self.costs.stage(step, method):
+            yield
         self.add_time(step, time.perf_counter() - t0)
 
     def event(self, kind: type[E], **fields: Any) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from orchestrator.spec import RepairConfig
+from trainer_image.costs import CostMeter
 from trainer_image.data import Splits
 from trainer_image.metrics import classification_metrics, per_class_accuracy, predicted_labels
 from trainer_image.models import Repairable
@@ -114,6 +115,7 @@ def repair_epoch(
     validation: bool = True,
     val_features: torch.Tensor | None = None,
     on_result: Callable[[RepairOutcome], Any] | None = None,
+    meter: CostMeter | None = None,
 ) -> OnlineEpoch:
     """Repair ``model`` (as it is at ``epoch``; left unchanged) for every class by every method.
 
@@ -121,16 +123,19 @@ def repair_epoch(
     once - the validation ones only when not given as ``val_features`` (``train`` hands over
     those of the epoch's own validation pass); each repair gets the seed
     ``repair_seed(method.seed, run_seed, epoch, class)``. ``on_result`` gets each outcome as
-    soon as it exists (to write its records).
+    soon as it exists (to write its records); ``meter`` is charged the features
+    (``online_features``) and each repair (``online_repair``, per method).
     """
+    meter = meter or CostMeter()
     t0 = time.perf_counter()
-    repair_logits, repair_feats = forward_split(model, splits.repair, device, features=True)
-    test_logits, test_feats = forward_split(model, splits.test, device, features=True)
-    val_feats = val_features
-    if validation and val_feats is None:
-        val_feats = forward_split(model, splits.val, device, features=True)[1]
-    elif not validation:
-        val_feats = None
+    with meter.stage("online_features"):
+        repair_logits, repair_feats = forward_split(model, splits.repair, device, features=True)
+        test_logits, test_feats = forward_split(model, splits.test, device, features=True)
+        val_feats = val_features
+        if validation and val_feats is None:
+            val_feats = forward_split(model, splits.val, device, features=True)[1]
+        elif not validation:
+            val_feats = None
     assert repair_feats is not None and test_feats is not None
     t1 = time.perf_counter()
     num_classes = splits.num_classes
@@ -147,17 +152,18 @@ def repair_epoch(
         for cls in classes:
             t = time.perf_counter()
             seed = repair_seed(method.seed, run_seed, epoch, cls)
-            task = RepairTask(model.head, repair_feats, y_repair, split, cls, seed, device)
-            result = method.repair(task, method.cfg)
-            head = apply_patch(model.head, result.patch)
-            with torch.no_grad():
-                test_logits = head(test_feats)
-                test = classification_metrics(test_logits, splits.test.y, num_classes)
-                val = (
-                    None
-                    if val_feats is None
-                    else validation_scores(head(val_feats), splits.val.y, num_classes, result)
-                )
+            with meter.stage("online_repair", getattr(method.cfg, "key", method.name)):
+                task = RepairTask(model.head, repair_feats, y_repair, split, cls, seed, device)
+                result = method.repair(task, method.cfg)
+                head = apply_patch(model.head, result.patch)
+                with torch.no_grad():
+                    test_logits = head(test_feats)
+                    test = classification_metrics(test_logits, splits.test.y, num_classes)
+                    val = (
+                        None
+                        if val_feats is None
+                        else validation_scores(head(val_feats), splits.val.y, num_classes, result)
+                    )
             outcome = RepairOutcome(
                 method.name,
                 cls,

@@ -346,6 +346,7 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
                 device=device,
                 val_features=val_feats,
                 on_result=write,
+                meter=job.costs,
             )
             base = metrics_record(run, None, epoch, out.base_test, kind="base")
             put_record(
@@ -497,7 +498,7 @@ def repair_step(
     if done:
         return
     assert ckpt is not None and job.device is not None  # evaluate_step loaded it: to do
-    with job.timed("repair"):
+    with job.timed("repair", method=where):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
         history = ckpt.history if getattr(cfg, "uses_history", False) else None
         task = RepairTask(

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis.formats import siblings
+
 
 @dataclass
 class Doc:
@@ -59,12 +61,16 @@ class Doc:
             elif kind == "img":
                 for path, alt in value:
                     out += [f"![{alt}]({path.relative_to(root).as_posix()})", ""]
+                    out += [_vector_links(path, root)] if siblings(path) else []
             elif kind == "pair":  # one line: Markdown viewers put the two images side by side
                 out += [" ".join(f"![{a}]({p.relative_to(root).as_posix()})" for p, a in value)]
                 out += [""]
+                links = [_vector_links(p, root) for p, _ in value if siblings(p)]
+                out += [" ".join(links), ""] if links else []
         return "\n".join(out)
 
-    def html(self) -> str:
+    def html(self, root: Path | None = None) -> str:
+        """``root``: report.html's folder, for links to the figures' PDF/SVG files."""
         body = [f"<h1>{html.escape(self.title)}</h1>"]
         for kind, value in self.blocks:
             if kind == "h":
@@ -79,7 +85,7 @@ class Doc:
                 if note:
                     body.append(f'<p class="note">{_inline(note)}</p>')
             elif kind in ("img", "pair"):
-                figs = "".join(_figure(path, alt) for path, alt in value)
+                figs = "".join(_figure(path, alt, root) for path, alt in value)
                 body.append(f'<div class="{"figs" if kind == "img" else "pair"}">{figs}</div>')
         return _PAGE.format(title=html.escape(self.title), body="\n".join(body))
 
@@ -108,12 +114,26 @@ figcaption {{ font-size: .8em; color: #555; }} .note {{ font-size: .85em; color:
 """
 
 
-def _figure(path: Path, alt: str) -> str:
+def _figure(path: Path, alt: str, root: Path | None = None) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
+    links = ""
+    if root is not None and siblings(path):
+        links = " " + " ".join(
+            f'<a href="{html.escape(v.relative_to(root).as_posix())}">{v.suffix[1:].upper()}</a>'
+            for v in siblings(path)
+        )
     return (
         f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+        f"<figcaption>{html.escape(alt)}{links}</figcaption></figure>"
     )
+
+
+def _vector_links(png: Path, root: Path) -> str:
+    """``(PDF, SVG)`` links to the vector files written beside a figure's PNG."""
+    links = ", ".join(
+        f"[{v.suffix[1:].upper()}]({v.relative_to(root).as_posix()})" for v in siblings(png)
+    )
+    return f"({png.stem}: {links})"
 
 
 def _inline(text: str) -> str:

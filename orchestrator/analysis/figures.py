@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from orchestrator.analysis import stats
+from orchestrator.analysis import formats, stats
 from orchestrator.analysis.problems import INCOMPLETE
 from orchestrator.analysis.readiness import repaired_qual
 from orchestrator.analysis.tables import AFTER, POST, PRE
@@ -50,6 +50,7 @@ FIG4_SIZE = (7.2, 3.9)
 
 def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
+    formats.save_siblings(fig, path, DPI)  # PDF/SVG beside the PNG, as --formats asks
     return path
 
 

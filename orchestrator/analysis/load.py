@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.analysis.costs import costs_frame
 from orchestrator.analysis.examples import Examples, from_arrow
 from orchestrator.analysis.examples import check as check_examples
 from orchestrator.analysis.problems import (
@@ -119,6 +120,8 @@ class Loaded:
     readiness: pd.DataFrame = field(default_factory=lambda: _readiness_frame({}))
     # What each row of ``records`` predicted per test example (examples.py).
     examples: Examples = field(default_factory=Examples)
+    # run.json's costs: one row per (run, stage, method) (analysis.costs.COST_COLUMNS).
+    costs: pd.DataFrame = field(default_factory=lambda: costs_frame({}))
 
 
 # --- finding the sweep ------------------------------------------------------------------
@@ -335,6 +338,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         n_packed,
         _readiness_frame(sums),
         examples,
+        costs_frame(infos),
     )
 
 

@@ -15,8 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from orchestrator.analysis import report
+from orchestrator.analysis import costs, latex, report
 from orchestrator.analysis.aggregate import Aggregation
+from orchestrator.analysis.formats import figure_formats
 from orchestrator.analysis.load import join_epochs
 from orchestrator.common.atomic import replace_durably
 from orchestrator.errors import BadInput
@@ -49,6 +50,13 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
     ):
         df.to_csv(out / name, index=False)
         written.append(out / name)
+    if len(agg.loaded.costs):  # runs that recorded their costs (run.json's costs)
+        for name, df in (
+            ("costs.csv", costs.summary(agg.loaded)),
+            ("costs_runs.csv", costs.per_run(agg.loaded)),
+        ):
+            df.to_csv(out / name, index=False)
+            written.append(out / name)
     if len(agg.readiness_runs):  # only sweeps with training.readiness
         for name, df in (
             ("readiness.csv", agg.readiness),
@@ -60,9 +68,14 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
 
 
 def publish(
-    agg: Aggregation, out: Path, *, max_figures: int = report.DEFAULT_MAX_FIGURES
+    agg: Aggregation,
+    out: Path,
+    *,
+    max_figures: int = report.DEFAULT_MAX_FIGURES,
+    formats: tuple[str, ...] = ("png",),
 ) -> list[Path]:
-    """Every output of ``aggregate`` in ``out``: the tables, the figures and the report."""
+    """Every output of ``aggregate`` in ``out``: the tables (CSV, LaTeX), the figures (in
+    ``formats``; the CLI's default is ``formats.DEFAULT_FORMATS``) and the report."""
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out}: is a file; pass a folder")
     try:
@@ -72,10 +85,12 @@ def publish(
     except OSError as e:
         raise BadInput(f"--out {out}: cannot create the folder ({e.strerror or e})") from e
     try:
-        written = [
-            *write_tables(agg, staging),
-            *report.write_report(agg, staging, max_figures=max_figures),
-        ]
+        with figure_formats(formats):
+            written = [
+                *write_tables(agg, staging),
+                *latex.write_tables(agg, staging),
+                *report.write_report(agg, staging, max_figures=max_figures),
+            ]
         return _move_into_place(staging, out, written)
     except OSError as e:
         raise BadInput(

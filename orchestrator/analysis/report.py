@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import aggregate as ag
+from orchestrator.analysis import costs, formats, stats
 from orchestrator.analysis import figures as fg
-from orchestrator.analysis import stats
 from orchestrator.analysis.document import Doc
 from orchestrator.analysis.effects import CONVERGENCE
 from orchestrator.analysis.headline import MAX_SEEDS_NEEDED, MIN_SEEDS_FOR_CI
@@ -37,7 +37,9 @@ from orchestrator.results.layout import DEFAULT_METHOD
 DEFAULT_MAX_FIGURES = 24
 MAX_GROUP_FIGURES = 12
 MAX_TABLE_ROWS = 200
-FIGURE_NAME = re.compile(r"^(fig3_.+|fig4_.+|seeds_.+|effect_.+|overview|table1)\.png$")
+FIGURE_NAME = re.compile(
+    r"^(fig3_.+|fig4_.+|seeds_.+|effect_.+|readiness_.+|overview|table1)\.(png|pdf|svg)$"
+)
 
 
 def _safe(name: str) -> str:
@@ -625,6 +627,7 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
         ]
     ].assign(checkpoint_epochs=runs["checkpoint_epochs"].map(join_epochs))
     doc.table(*_capped(run_table, "runs.csv"))
+    costs.section(doc, loaded)
 
     doc.h("Definitions")
     doc.items(_definitions(agg))
@@ -720,7 +723,15 @@ FILES = [
     "`figures/`: `effect_*.png`, `seeds_*.png`, `aligned_*.png` per (dataset, model, class),"
     " `table1.png`,"
     " `overview.png`, `fig3_<run>_class<c>.png`, `fig4_<run>_class<c>.png`,"
-    " `readiness_<dataset>_<model>.png` (with `training.readiness`).",
+    " `readiness_<dataset>_<model>.png` (with `training.readiness`); each also as `.pdf`"
+    " and `.svg` beside the PNG (`--formats`; fonts embedded in the PDF, text as outlines in"
+    " the SVG).",
+    "`table1.tex`, `headline.tex`: Table 1 and the headline as LaTeX tables (booktabs: put"
+    " `\\usepackage{booktabs}` in the preamble, then `\\input{table1.tex}`).",
+    "`costs.csv` (runs that recorded costs): per (dataset, model, method) the CPU seconds of"
+    " training, features and repair, in total and per run, wall seconds, GPU-hours,"
+    " `repair_vs_train` and the epochs a record-only readiness policy would have saved;"
+    " `costs_runs.csv`: every stage of every run (`count`, `wall_s`, `cpu_s`, `gpu_s`).",
 ]
 
 
@@ -733,8 +744,8 @@ def write_report(
     md = out / "report.md"
     page = out / "report.html"
     md.write_text(doc.markdown(out), encoding="utf-8")
-    page.write_text(doc.html(), encoding="utf-8")
-    figs = sorted((out / "figures").glob("*.png"))
+    page.write_text(doc.html(out), encoding="utf-8")
+    figs = formats.figure_files(out / "figures")
     return [*figs, md, page]
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.analysis.formats import DEFAULT_FORMATS
 from orchestrator.cli.app import ANALYSIS_PANEL, app, err
 from orchestrator.cli.output import LocationOutputOpt, render
 
@@ -72,6 +73,14 @@ def aggregate(
             " best earlier checkpoint's Holm-adjusted p is below it.",
         ),
     ] = 0.05,
+    formats: Annotated[
+        str,
+        typer.Option(
+            "--formats",
+            help="Figure formats, comma-separated: png (the report shows it) plus pdf and/or"
+            " svg, written beside each PNG with their fonts embedded.",
+        ),
+    ] = ",".join(DEFAULT_FORMATS),
     output: LocationOutputOpt = None,
 ) -> None:
     """Headline, tables (Table 1, switch points, repair effects, Qual), figures and a report
@@ -97,6 +106,9 @@ def aggregate(
             " every checkpoint against the last"
         )
     ag.check_rules(rules, mode)
+    from orchestrator.analysis.formats import parse_formats
+
+    figure_formats = parse_formats(formats)
     store = open_store(results_uri, **({"endpoint_url": endpoint_url} if endpoint_url else {}))
     agg = ag.aggregate(
         store,
@@ -114,7 +126,7 @@ def aggregate(
     from orchestrator.analysis import output as report_files
     from orchestrator.analysis import report
 
-    report_files.publish(agg, folder, max_figures=max_figures)
+    report_files.publish(agg, folder, max_figures=max_figures, formats=figure_formats)
     if len(agg.problems):
         err(
             f"{plural(len(agg.problems), 'incomplete or damaged result')}:"

@@ -137,6 +137,20 @@ class TrainSummary(BaseModel):
     readiness: ReadinessOutcome | None = None  # only with training.readiness
 
 
+class CostRow(BaseModel):
+    """Seconds one stage of a run cost, summed over its occurrences and attempts
+    (``trainer_image.costs`` names the stages)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str  # data, train, online_features, online_repair, online, evaluate, repair
+    method: str | None = None  # the repair method's key, for the repair stages
+    count: int  # how many times the stage ran
+    wall_s: float
+    cpu_s: float  # process CPU time, every thread
+    gpu_s: float  # wall time x GPUs held, on CUDA; 0 on CPU
+
+
 class RunInfo(BaseModel):
     """``run.json``: what ran, with which software and where; rewritten as steps finish."""
 
@@ -150,6 +164,7 @@ class RunInfo(BaseModel):
     started: str  # ISO-8601 UTC
     finished: str | None = None
     timings: dict[str, float] = {}  # step name -> seconds
+    costs: list[CostRow] = []  # per stage: wall, CPU and GPU seconds
 
 
 # --- one finished run's records in one object (``layout.records``) -----------------------

@@ -216,14 +216,18 @@ def test_dependencies_come_from_the_lock_in_a_layer_before_the_project(name: str
         for i, c in enumerate(layers)
         if c.cmd == "RUN" and "pip install" in c.value[0] and "constraints" in c.value[0]
     ]
-    project = [i for i, c in enumerate(layers) if any("from=wheel" in f for f in c.flags)]
-    assert deps and project and lock_copy < min(deps) and max(deps) < min(project)
+    (wheel_copy,) = [
+        i for i, c in enumerate(layers) if c.cmd == "COPY" and "--from=wheel" in c.flags
+    ]
+    assert deps and lock_copy < min(deps) and max(deps) < wheel_copy
     # Nothing of the project reaches the dependency layer: no bind of the context or wheel.
     for i in deps:
         assert not any(f.startswith("--mount=type=bind") for f in layers[i].flags), layers[i]
-    # The project's own install adds nothing the lock did not already install.
-    (install,) = [layers[i].value[0] for i in project]
-    assert "pip install --no-deps /wheels/" in install and "pip check" in install
+    # The project's own install, right after its wheel arrives, adds nothing the lock did
+    # not already install.
+    install = layers[wheel_copy + 1].value[0]
+    target = layers[wheel_copy].value[-1]
+    assert f"pip install --no-deps {target}*.whl" in install and "pip check" in install
     # The image checks at build time that it got the pinned torch.
     assert "${TORCH_VERSION}" in run_text(stages()[name])
 
@@ -454,3 +458,22 @@ def test_wheel_stage_builds_the_entrypoint_from_the_context_alone(tmp_path: Path
     assert "early-repair = orchestrator.cli:main" in scripts
     assert "orchestrator/cli/__init__.py" in names and "trainer_image/entrypoint.py" in names
     assert not any(n.startswith(("tests/", "charts/", "k8s/")) for n in names)
+
+
+def test_every_pip_run_uses_its_cache_mount_and_may_trust_a_ca_secret() -> None:
+    """pip runs as root while HOME and XDG_CACHE_HOME name the trainer's home: without
+    PIP_CACHE_DIR it would ignore the cache mount (not owned by root) and download the whole
+    lock on every build. Each such RUN also takes an optional CA bundle as a build secret."""
+    pip_runs = [
+        c
+        for s in stages().values()
+        for c in s["commands"]
+        if c.cmd == "RUN" and "pip " in c.value[0]
+    ]
+    assert len(pip_runs) == 5  # wheel, and per runtime stage: dependencies, project
+    for run in pip_runs:
+        (cache,) = [f for f in run.flags if f.startswith("--mount=type=cache")]
+        target = dict(p.split("=", 1) for p in cache.removeprefix("--mount=").split(","))["target"]
+        assert f"export PIP_CACHE_DIR={target}" in run.value[0], run
+        assert "--mount=type=secret,id=pip-cert" in run.flags, run
+        assert "export PIP_CERT=/run/secrets/pip-cert" in run.value[0], run

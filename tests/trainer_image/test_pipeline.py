@@ -595,3 +595,50 @@ def test_history_methods_run_end_to_end_with_the_initial_weights_kept(tmp_path: 
         assert "certified" not in nr and "reference_epoch" not in pr
     agg = aggregate(store)
     assert sorted(agg.methods["method"].unique()) == ["neurecover", "provable"]
+
+
+# --- what a run cost (run.json's costs) ------------------------------------------------
+
+
+def test_run_json_says_what_each_stage_cost(reference: Path) -> None:
+    """One row per stage (and method), counted as the steps ran: training once, each kept
+    checkpoint evaluated once, each (checkpoint, class) repaired once; no GPU seconds on a
+    CPU; never more wall time than the step's own timing, which encloses it."""
+    info = RunInfo.model_validate_json(FileStore(reference).read_bytes(keys.run_json(SWEEP, RUN)))
+    rows = {(c.stage, c.method): c for c in info.costs}
+    assert set(rows) == {("data", None), ("train", None), ("evaluate", None), ("repair", "arachne")}
+    assert [rows[k].count for k in sorted(rows)] == [1, 3, 6, 1]  # data evaluate repair train
+    for (stage, _), c in rows.items():
+        assert c.gpu_s == 0 and c.cpu_s >= 0
+        assert c.wall_s <= info.timings[stage] + 1e-3
+
+
+def test_online_costs_and_the_epochs_a_recording_policy_would_have_saved(online: Path) -> None:
+    """Online repair is charged apart from training (features once per epoch, each repair
+    per class); costs.csv sums them per method and counts the epochs trained after the
+    policy fired for every class."""
+    from orchestrator.analysis import costs
+    from orchestrator.analysis.aggregate import aggregate
+
+    store = FileStore(online)
+    info = RunInfo.model_validate_json(store.read_bytes(keys.run_json(SWEEP, RUN)))
+    summary = TrainSummary.model_validate_json(store.read_bytes(keys.summary_json(SWEEP, RUN)))
+    rows = {(c.stage, c.method): c for c in info.costs}
+    epochs = summary.epochs_trained
+    assert rows["online_features", None].count == rows["online", None].count == epochs
+    assert rows["online_repair", "arachne"].count == 2 * epochs
+    assert ("repair", "arachne") not in rows  # every kept checkpoint was repaired online
+
+    (row,) = costs.summary(aggregate(store).loaded).to_dict("records")
+    assert (row["method"], row["runs"], row["device"]) == ("arachne", 1, "cpu")
+    assert row["train_s"] == pytest.approx(rows["train", None].cpu_s)
+    assert (
+        row["repair_s"]
+        == row["online_repair_s"]
+        == pytest.approx(rows["online_repair", "arachne"].cpu_s)
+    )
+    assert row["total_s"] == pytest.approx(sum(c.cpu_s for c in info.costs))
+    fired = [t.fired_epoch for t in summary.readiness.tracks]
+    saved = 0 if None in fired else epochs - max(fired)
+    assert (row["epochs_trained"], row["epochs_saved"]) == (epochs, saved)
+    assert row["train_s_saved"] == pytest.approx(row["train_s"] / epochs * saved)
