@@ -574,10 +574,21 @@ class _RepairCommon(_Strict):
             method_configs(self)  # every entry valid now, not when a run gets there
         return self
 
+    accept: Literal["always", "fixes-some", "no-worse-val"] = _added(
+        "always",
+        description="Which patches are kept. always (the paper): every one. fixes-some: only"
+        " a patch that fixes at least one repair-set negative of the class. no-worse-val: only"
+        " one under which Qual(0.5, c) on the validation split does not drop. A rejected patch"
+        " leaves the unrepaired model (record accepted: false, empty patch.json). A method"
+        " listed again with another rule gets its own folder, repair/<method>+<accept>/.",
+    )
+
     @property
     def key(self) -> str:
-        """The method's folder in the result layout (``repair/<key>/class_C``)."""
-        return method_key(self.method)
+        """The method's folder in the result layout (``repair/<key>/class_C``); a rule other
+        than ``accept: always`` is part of it, so one method under two rules is two methods."""
+        base = method_key(self.method)
+        return base if self.accept == "always" else f"{base}+{self.accept}"
 
 
 class ArachneSpec(_RepairCommon):

@@ -42,12 +42,19 @@ from orchestrator.results.consolidate import write_run_records
 from orchestrator.results.records import TrainSummary
 from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
+from trainer_image import acceptance
 from trainer_image.data import Holdout, Splits, load_splits
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics, predicted_labels
 from trainer_image.models import Repairable, build_model
 from trainer_image.online import RepairOutcome, configured_methods, repair_epoch
-from trainer_image.outputs import metrics_record, put_record, repair_fields, write_repair
+from trainer_image.outputs import (
+    method_name,
+    metrics_record,
+    put_record,
+    repair_fields,
+    write_repair,
+)
 from trainer_image.readiness import RepairedScores, Track
 from trainer_image.readiness import build as build_readiness
 from trainer_image.repair import method_for
@@ -304,7 +311,7 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
     and the aggregator takes it from train/summary.json."""
     run = job.run
     methods = configured_methods(run.repair)
-    where = {c.method: c.key for c in run.repair.configs()}
+    where = {method_name(c): c.key for c in run.repair.configs()}
 
     def repair(
         epoch: int, model: torch.nn.Module, val_feats: torch.Tensor
@@ -320,7 +327,7 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
                 kind="repaired",
                 repair_class=outcome.repair_class,
                 method=outcome.method,
-                **repair_fields(outcome.result),
+                **repair_fields(outcome.result, outcome.verdict),
             )
             write_repair(
                 job,
@@ -388,6 +395,8 @@ class Checkpoint:
     y: torch.Tensor  # repair-set labels
     split: TargetSplit
     test_features: torch.Tensor
+    # Validation features and labels, for repair.accept: no-worse-val only (else None).
+    val: tuple[torch.Tensor, np.ndarray] | None = None
 
 
 def evaluate_step(
@@ -418,6 +427,11 @@ def evaluate_step(
         test_logits, test_feats = forward_split(model, splits.test, device, features=True)
         assert repair_feats is not None and test_feats is not None
         split = TargetSplit(y=splits.repair.y, pred=repair_logits.argmax(1).cpu().numpy())
+        val = None
+        if any(acceptance.needs_validation(c) for c in job.run.repair.configs()):
+            val_feats = forward_split(model, splits.val, device, features=True)[1]
+            assert val_feats is not None
+            val = (val_feats, splits.val.y)
         if not base_done:
             test = classification_metrics(test_logits, splits.test.y, splits.num_classes)
             record = metrics_record(job.run, summary.convergence_epoch, epoch, test, kind="base")
@@ -435,6 +449,7 @@ def evaluate_step(
         y=torch.from_numpy(splits.repair.y).to(device),
         split=split,
         test_features=test_feats,
+        val=val,
     )
 
 
@@ -493,7 +508,8 @@ def repair_step(
     with job.timed("repair"):
         seed = repair_seed(cfg.seed, job.run.seed, epoch, cls)
         task = RepairTask(ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, seed, job.device)
-        result = method(task, cfg)
+        verdict = acceptance.judge(cfg, task, method(task, cfg), ckpt.val)
+        result = verdict.result  # a rejected patch: empty, the model stays the base one
         with torch.no_grad():
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)
         record = metrics_record(
@@ -503,8 +519,8 @@ def repair_step(
             classification_metrics(test_logits, splits.test.y, splits.num_classes),
             kind="repaired",
             repair_class=cls,
-            method=cfg.method,
-            **repair_fields(result),
+            method=method_name(cfg),
+            **repair_fields(result, verdict),
         )
         write_repair(job, epoch, cls, where, result, record, predicted_labels(test_logits))
     if result.status == "nothing_to_repair":
@@ -512,7 +528,7 @@ def repair_step(
     else:
         log.info(
             "epoch %d class %d %s: RR %.1f%% BR %.1f%%, test accuracy %.4f, %d weights,"
-            " %d iterations, %.1f s",
+            " %d iterations, %.1f s%s",
             epoch,
             cls,
             where,
@@ -522,6 +538,7 @@ def repair_step(
             len(result.patch),
             result.iterations,
             result.seconds,
+            "" if verdict.accepted else f"; patch rejected ({cfg.accept})",
         )
     job.archive_log()
 

@@ -36,6 +36,9 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
         methods=agg.loaded.runs["methods"].map(";".join),
     )
     written = [out / "records.parquet"]
+    if len(agg.regressions.columns):  # the regression ledger (regressions.py)
+        agg.regressions.to_parquet(out / "regressions.parquet", index=False)
+        written.append(out / "regressions.parquet")
     for name, df in (
         ("headline.csv", agg.headline),
         ("effects.csv", agg.effects),
@@ -53,6 +56,7 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
         for name, df in (
             ("readiness.csv", agg.readiness),
             ("readiness_runs.csv", agg.readiness_runs),
+            ("readiness_stops.csv", agg.readiness_stops),
         ):
             df.to_csv(out / name, index=False)
             written.append(out / name)

@@ -91,6 +91,10 @@ class Aggregation:
     # without such runs.
     readiness_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     readiness: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Test examples each repair fixed and broke (regressions.LEDGER_COLUMNS).
+    regressions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Per run: the epoch action: stop ends training, and the epochs that saves.
+    readiness_stops: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def sweep(self) -> str:
@@ -622,7 +626,7 @@ def _aggregate(
     packed: bool,
     noise_alpha: float,
 ) -> Aggregation:
-    from orchestrator.analysis import effects, headline, noise, readiness
+    from orchestrator.analysis import effects, headline, noise, readiness, regressions
 
     loaded = load(store, sweep, packed=packed)
     if loaded.records.empty and not loaded.problems:
@@ -633,7 +637,8 @@ def _aggregate(
         sp, q, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
     )
     pt = patterns(sp, after_convergence, rules)
-    eff = effects.effects(q, loaded.records)
+    changed, ledger = regressions.changes(loaded)
+    eff = effects.effects(q, loaded.records, changed)
     meth = effects.methods(eff)
     reference = describe_reference(rules)
     head = headline.headline(sp, bootstrap_seed, reference)
@@ -657,4 +662,6 @@ def _aggregate(
         noise_alpha,
         ready,
         readiness.summary(ready, bootstrap_seed),
+        regressions=ledger,
+        readiness_stops=readiness.per_run_stops(loaded, ready),
     )

@@ -13,7 +13,7 @@ from functools import cache
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # 2: repair records live under repair/<method>/ (the method became a sweep dimension).
 # Version 1 records (repair/class_C/, read as arachne) have the same fields and still read.
@@ -74,6 +74,17 @@ class MetricsRecord(BaseModel):
     n_intact: int | None = None
     iterations: int | None = None
     seconds: float | None = None
+    # Added with repair.accept (records format 3); left out of a record's JSON while None,
+    # so base records and older readers see what they saw before. accepted: whether the
+    # patch was kept (false: the model is the unrepaired one, the figures above rr..seconds
+    # describe the candidate patch); repair_changed: how many repair-set predictions the
+    # candidate patch changed (0: a no-op patch).
+    accepted: bool | None = Field(None, exclude_if=lambda v: v is None)
+    repair_changed: int | None = Field(None, exclude_if=lambda v: v is None)
+
+
+# Fields that records.arrow files of an older format lack (read as null there).
+ADDED_FIELDS = {"accepted": 3, "repair_changed": 3}
 
 
 class ReadinessTrack(BaseModel):
@@ -88,6 +99,9 @@ class ReadinessTrack(BaseModel):
     ready_epoch: int | None  # the epoch it picks: best score up to firing (or to the end)
     best_score: float | None  # that epoch's score (higher is better; val-loss: -loss)
     evaluations: int
+    # (epoch, score) of every epoch the track had a score, after firing too (None: not
+    # finite); empty in summaries written before it was kept.
+    scores: list[tuple[int, float | None]] = []
 
 
 class ReadinessOutcome(BaseModel):
@@ -145,8 +159,9 @@ class RunInfo(BaseModel):
 # Format 2 adds each record's test predictions (column ``predictions``, its predictions.npy;
 # null where a record has none) and the run's test labels (metadata ``test_labels``).
 
-RUN_RECORDS_FORMAT = 2
-READABLE_FORMATS = frozenset({1, 2})
+# Format 3 adds the columns of ``ADDED_FIELDS`` (null in older files).
+RUN_RECORDS_FORMAT = 3
+READABLE_FORMATS = frozenset({1, 2, 3})
 PREDICTIONS_COLUMN = "predictions"
 _META_KEY = b"early-repair.run-records"
 
@@ -187,14 +202,15 @@ def _arrow_type(annotation: Any) -> Any:
 
 
 @cache
-def run_records_schema(with_predictions: bool = True) -> Any:
-    """The Arrow schema of ``records.arrow``: every ``MetricsRecord`` field, ``key``, then
-    (format 2) ``predictions``."""
+def run_records_schema(with_predictions: bool = True, fmt: int = RUN_RECORDS_FORMAT) -> Any:
+    """The Arrow schema of ``records.arrow`` of format ``fmt``: every ``MetricsRecord``
+    field it had, ``key``, then (format 2) ``predictions``."""
     import pyarrow as pa
 
     fields = [
         pa.field(name, _arrow_type(f.annotation), nullable=True)
         for name, f in MetricsRecord.model_fields.items()
+        if ADDED_FIELDS.get(name, 0) <= fmt
     ]
     fields.append(pa.field("key", pa.string()))
     if with_predictions:
@@ -241,7 +257,9 @@ def dump_run_records(
         raise ValueError(f"{len(records)} records but {len(predictions)} prediction vectors")
     rows = [MetricsRecord.model_validate(r).model_dump() for r in records]
     schema = run_records_schema()
-    columns: dict[str, Any] = {name: [r[name] for r in rows] for name in MetricsRecord.model_fields}
+    columns: dict[str, Any] = {
+        name: [r.get(name) for r in rows] for name in MetricsRecord.model_fields
+    }
     columns["key"] = list(keys)
     columns[PREDICTIONS_COLUMN] = predictions_array(predictions)
     packed = {k: v.decode("utf-8") for k, v in (files or {}).items()}
@@ -279,9 +297,16 @@ def load_run_records(data: bytes) -> RunRecords:
             f" reads versions {sorted(READABLE_VERSIONS)}"
         )
     with_predictions = meta["format"] >= 2
-    expected = run_records_schema(with_predictions)
+    expected = run_records_schema(with_predictions, meta["format"])
     if not table.schema.remove_metadata().equals(expected):
         raise ValueError("its columns are not those of this version's MetricsRecord")
+    if meta["format"] < RUN_RECORDS_FORMAT:  # the columns added since: null in every row
+        current = run_records_schema(with_predictions)
+        for name in ADDED_FIELDS:
+            if name not in table.column_names:
+                i = current.get_field_index(name)
+                column = pa.nulls(len(table), current.field(name).type)
+                table = table.add_column(i, current.field(name), column)
     if not with_predictions:  # format 1: no record has predictions
         table = table.append_column(
             run_records_schema().field(PREDICTIONS_COLUMN), predictions_array([None] * len(table))
