@@ -9,9 +9,11 @@ test set would pick. Per (run, method, class) at the policy's alpha:
 
     regret       oracle Qual - policy Qual (>= 0; 0 is a perfect choice)
     gain         policy Qual - Qual of the model repaired at the convergence epoch
-    epochs_saved epochs trained - fired epoch, with ``action: record`` and a policy that
-                 fired (training would have ended there); 0 when it never fired; NaN with
-                 ``action: stop`` (the rest of the curve was never trained)
+    epochs_saved epochs trained - fired epoch of this track, with ``action: record`` and a
+                 policy that fired; 0 when it never fired; NaN with ``action: stop`` (the
+                 rest of the curve was never trained). Per *track*: a run stops only when
+                 every track has fired, so what a *run* saves is ``per_run_stops``'s.
+    beats_unrepaired  policy Qual > Qual of the unrepaired model at convergence
 
 A policy of the unrepaired model (val-loss) watches no track of its own: its epoch is
 judged for every (method, class) the run repaired. ``summary`` gives the mean and a 95%

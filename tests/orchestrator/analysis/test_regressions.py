@@ -130,3 +130,31 @@ def test_a_tree_without_predictions_leaves_the_new_columns_empty(tmp_path: Path)
     assert not agg.problems["detail"].str.contains("predictions").any()  # not a problem
     md = build(agg, tmp_path, max_figures=0).markdown(tmp_path)
     assert md.count(regressions.NOTE_NO_PREDICTIONS) == 1  # said once
+
+
+def test_a_records_file_of_the_previous_format_reads_with_the_new_columns_empty() -> None:
+    import json
+
+    import pyarrow as pa
+
+    from orchestrator.results import records as rs
+
+    rec = rs.MetricsRecord(
+        sweep="s", run="r", dataset="digits", model="m", seed=1, epoch=1,
+        convergence_epoch=1, kind="repaired", repair_class=3, method="arachne",
+        accuracy=0.5, per_class_accuracy=[0.5], f1_macro=0.5, recall_macro=0.5,
+        auc_macro=None, accepted=False, repair_changed=0,
+    )  # fmt: skip
+    now = rs.load_run_records(rs.dump_run_records([rec.model_dump(mode="json")], ["k"]))
+    assert now.table.column("accepted").to_pylist() == [False]
+    # The same file as format 2 wrote it: without the two columns.
+    old = now.table.drop_columns(["accepted", "repair_changed"])
+    meta = {"format": 2, "schema_version": 2, "files": {}, "test_labels": None}
+    old = old.replace_schema_metadata({b"early-repair.run-records": json.dumps(meta)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, old.schema) as writer:
+        writer.write_table(old)
+    back = rs.load_run_records(sink.getvalue().to_pybytes())
+    assert back.table.schema.remove_metadata().equals(rs.run_records_schema())
+    assert back.table.column("accepted").to_pylist() == [None]
+    assert back.records()[0]["accuracy"] == 0.5 and "accepted" not in back.records()[0]
