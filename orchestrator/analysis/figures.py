@@ -601,7 +601,8 @@ def readiness_figure(
             ):
                 if not pd.isna(epoch) and not pd.isna(value):
                     ax.plot([epoch], [100 * value], marker, color=c, mfc=fill, ms=8)
-        pp_axis(ax)
+        marked = rows[["policy_qual", "oracle_qual", "convergence_qual"]].to_numpy(float)
+        pp_axis(ax, 100 * marked.ravel())
         if watched is not None:
             draw_watched(ax, watched, rows, u.method, u.repair_class, u.policy)
         regret = 100 * rows["regret"].mean()

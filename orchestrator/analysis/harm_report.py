@@ -25,10 +25,11 @@ def harm_section(doc: Doc, agg: Aggregation) -> None:
     doc.h("Why repairs hurt")
     doc.p(
         f"Repairs that lowered Qual(α={ALPHA:g}) against their checkpoint's unrepaired model,"
-        " by cause: *no-op* patches changed no repair-set prediction (RR = BR = 0) yet moved"
-        " the decision boundary; *fixed none* turned no test image right; *broke more* fixed"
-        " some test images but broke more. `effects.csv` has `no_op`, `test_fixed` and"
-        " `test_broken` per repair."
+        " by cause: *RR = 0* patches fixed no repair-set negative of their class yet moved"
+        " the decision boundary (`repair.accept: fixes-some` rejects them); *no-op* ones"
+        " changed no repair-set prediction at all; *fixed none* turned no test image right;"
+        " *broke more* fixed some test images but broke more. `effects.csv` has `no_op`,"
+        " `test_fixed` and `test_broken` per repair."
     )
     doc.table(regressions.harm_causes(eff, ALPHA), name="harm-causes")
     notes = []

@@ -135,9 +135,20 @@ def broken_classes(ledger: pd.DataFrame, top: int = 3) -> pd.DataFrame:
 
 def harm_causes(eff: pd.DataFrame, alpha: float = 0.5) -> pd.DataFrame:
     """Per (dataset, model, method), at ``alpha``: repairs that lowered Qual, split by cause -
-    no-op patches (changed no repair-set prediction), fixed nothing on the test set, fixed
-    some but broke more; and how many were rejected by ``repair.accept``."""
-    cols = ["dataset", "model", "method", "repairs", "harmed", "no-op", "fixed none", "broke more"]
+    RR = 0 (fixed no repair-set negative of the class), no-op (changed no repair-set
+    prediction at all: a subset of RR = 0 with BR = 0), fixed no test image, fixed some test
+    images but broke more."""
+    cols = [
+        "dataset",
+        "model",
+        "method",
+        "repairs",
+        "harmed",
+        "RR = 0",
+        "no-op",
+        "fixed none",
+        "broke more",
+    ]
     at = eff[np.isclose(eff["alpha"].to_numpy(dtype=float), alpha)]
     if at.empty:
         return pd.DataFrame(columns=cols)
@@ -152,6 +163,7 @@ def harm_causes(eff: pd.DataFrame, alpha: float = 0.5) -> pd.DataFrame:
                 meth,
                 len(g),
                 len(h),
+                int((h["rr"] == 0).sum()),
                 _count(h["no_op"]),
                 _count(fixed == 0) if fixed.notna().any() else pd.NA,
                 _count((fixed > 0) & (broken > fixed)) if fixed.notna().any() else pd.NA,
