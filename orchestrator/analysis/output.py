@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from orchestrator.analysis import report
 from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.tables import Aggregation
@@ -36,7 +38,8 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
         methods=agg.loaded.runs["methods"].map(";".join),
     )
     written = [out / "records.parquet"]
-    if len(agg.regressions.columns):  # the regression ledger (regressions.py)
+    # The regression ledger (regressions.py), for trees with per-example predictions.
+    if len(agg.regressions) or bool(rec.get("has_predictions", pd.Series(dtype=bool)).any()):
         agg.regressions.to_parquet(out / "regressions.parquet", index=False)
         written.append(out / "regressions.parquet")
     for name, df in (
