@@ -183,3 +183,25 @@ def test_an_unknown_rule_names_the_field() -> None:
     entry = {"methods": ["arachne", {"method": "arachne", "accept": "never"}]}
     with pytest.raises(BadInput, match=r"methods\.1\.accept"):
         parse_spec({**data, "repair": {"classes": [3], **entry}})
+
+
+def test_no_worse_val_judges_alike_while_training_and_at_checkpoints(tmp_path: Path) -> None:
+    rules = {"methods": ["arachne", {"method": "arachne", "accept": "no-worse-val"}]}
+    run_trainer(spec(tmp_path / "c.json", tmp_path / "ckpt", rules), 0)
+    run_trainer(spec(tmp_path / "o.json", tmp_path / "online", rules, repair_every=1), 0)
+    ckpt, online = FileStore(tmp_path / "ckpt"), FileStore(tmp_path / "online")
+    where = "arachne+no-worse-val"
+    verdicts = []
+    for e in (1, 2):
+        base = json.loads(ckpt.read_bytes(keys.base_metrics(SWEEP, RUN, e)))
+        for c in (3, 6):
+            key = keys.repair_metrics(SWEEP, RUN, e, c, where)
+            a, b = json.loads(ckpt.read_bytes(key)), json.loads(online.read_bytes(key))
+            for r in (a, b):
+                r.pop("seconds"), r.pop("convergence_epoch")
+            assert a == b  # the online step and the checkpoint step decide alike
+            verdicts.append(a["accepted"])
+            if not a["accepted"]:
+                assert a["per_class_accuracy"] == base["per_class_accuracy"]
+                assert a["accuracy"] == base["accuracy"]
+    assert len(verdicts) == 4
