@@ -241,7 +241,7 @@ def train_step(
         None
         if cfg.readiness is None
         else build_readiness(
-            cfg.readiness, [c.method for c in run.repair.configs()], run.repair_classes
+            cfg.readiness, [method_name(c) for c in run.repair.configs()], run.repair_classes
         )
     )
     with job.timed("train"):

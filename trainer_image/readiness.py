@@ -217,7 +217,9 @@ class RepairedValQual(ReadinessPolicy):
     def watch(
         cls, spec: ReadinessSpec, methods: Sequence[str], classes: Sequence[int]
     ) -> list[Track]:
-        ms = [m for m in methods if spec.method in (None, m)]
+        # readiness.method names a method: it watches it under every acceptance rule
+        # (arachne watches arachne and arachne+fixes-some).
+        ms = [m for m in methods if spec.method in (None, m, m.split("+", 1)[0])]
         cs = [c for c in classes if spec.repair_class in (None, c)]
         return [(m, c) for m in ms for c in cs]
 

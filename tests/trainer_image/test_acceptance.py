@@ -205,3 +205,18 @@ def test_no_worse_val_judges_alike_while_training_and_at_checkpoints(tmp_path: P
                 assert a["per_class_accuracy"] == base["per_class_accuracy"]
                 assert a["accuracy"] == base["accuracy"]
     assert len(verdicts) == 4
+
+
+def test_a_readiness_policy_watches_each_rule_as_its_own_track(tmp_path: Path) -> None:
+    rules = {"methods": ["arachne", {"method": "arachne", "accept": "fixes-some"}], "classes": [3]}
+    ready = {"action": "record", "patience": 1, "method": "arachne"}
+    run_trainer(
+        spec(tmp_path / "r.json", tmp_path / "r", rules, repair_every=1, readiness=ready), 0
+    )
+    summary = json.loads(FileStore(tmp_path / "r").read_bytes(keys.summary_json(SWEEP, RUN)))
+    tracks = summary["readiness"]["tracks"]
+    assert [(t["method"], t["repair_class"]) for t in tracks] == [
+        ("arachne", 3),
+        ("arachne+fixes-some", 3),
+    ]
+    assert all([e for e, _ in t["scores"]] == [1, 2] for t in tracks)
