@@ -63,13 +63,15 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     ex = loaded.examples
     fixed = np.full(len(merged), -1, dtype=np.int64)
     broken = np.full(len(merged), -1, dtype=np.int64)
-    parts: list[pd.DataFrame] = []
-    for i in range(len(merged)):
-        if base_rows[i] < 0 or not (
-            ex.has(rep_rows[i : i + 1])[0] and ex.has(base_rows[i : i + 1])[0]
-        ):
-            continue
-        labels = ex.labels.get(merged.at[i, "run"])
+    runs = merged["run"].to_numpy(dtype=object)
+    ok = (base_rows >= 0) & ex.has(rep_rows) & ex.has(np.maximum(base_rows, 0))
+    # Plain arrays per changed record, one frame at the end: a frame per record would cost
+    # more than the comparisons themselves in a sweep of 100,000 records.
+    who: list[np.ndarray] = []
+    idx: list[np.ndarray] = []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for i in np.flatnonzero(ok):
+        labels = ex.labels.get(runs[i])
         after, before = ex.vector(int(rep_rows[i])), ex.vector(int(base_rows[i]))
         if labels is None or after is None or before is None:
             continue
@@ -77,19 +79,11 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
         f, b = np.flatnonzero(~was & now), np.flatnonzero(was & ~now)
         fixed[i], broken[i] = len(f), len(b)
         if len(f) or len(b):
-            idx = np.concatenate([f, b])
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "_i": i,
-                        "example": idx,
-                        "label": labels[idx].astype("int64"),
-                        "before": before[idx].astype("int64"),
-                        "after": after[idx].astype("int64"),
-                        "change": ["fixed"] * len(f) + ["broken"] * len(b),
-                    }
-                )
-            )
+            changed = np.concatenate([f, b])
+            who.append(np.full(len(changed), i))
+            idx.append(changed)
+            kinds = np.array(["fixed"] * len(f) + ["broken"] * len(b), dtype=object)
+            parts.append((labels[changed], before[changed], after[changed], kinds))
     out = merged[RECORD_KEYS].copy()
     out["repair_class"] = out["repair_class"].astype("int64")
     changed = merged["repair_changed"]
@@ -99,11 +93,14 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     out["test_fixed"] = pd.array(np.where(fixed < 0, None, fixed), dtype="Int64")
     out["test_broken"] = pd.array(np.where(broken < 0, None, broken), dtype="Int64")
     if parts:
-        long = pd.concat(parts, ignore_index=True)
-        who = merged[["dataset", "model", "method", "run", "seed", "repair_class", "epoch"]]
-        who = who.assign(accepted=out["accepted"], repair_class=out["repair_class"])
-        ledger = who.iloc[long["_i"].to_numpy()].reset_index(drop=True)
-        ledger = pd.concat([ledger, long.drop(columns="_i")], axis=1)[LEDGER_COLUMNS]
+        ident = merged[["dataset", "model", "method", "run", "seed", "repair_class", "epoch"]]
+        ident = ident.assign(accepted=out["accepted"], repair_class=out["repair_class"])
+        ledger = ident.iloc[np.concatenate(who)].reset_index(drop=True)
+        ledger["example"] = np.concatenate(idx).astype("int64")
+        for j, col in enumerate(("label", "before", "after")):
+            ledger[col] = np.concatenate([p[j] for p in parts]).astype("int64")
+        ledger["change"] = np.concatenate([p[3] for p in parts])
+        ledger = ledger[LEDGER_COLUMNS]
     else:
         ledger = pd.DataFrame({c: pd.Series(dtype=object) for c in LEDGER_COLUMNS})
     return out[CHANGE_COLUMNS].reset_index(drop=True), ledger
