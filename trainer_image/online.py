@@ -25,10 +25,12 @@ import numpy as np
 import torch
 
 from orchestrator.spec import RepairConfig
+from trainer_image.acceptance import Verdict, judge, needs_validation
 from trainer_image.costs import CostMeter
 from trainer_image.data import Splits
 from trainer_image.metrics import classification_metrics, per_class_accuracy, predicted_labels
 from trainer_image.models import Repairable
+from trainer_image.outputs import method_name
 from trainer_image.readiness import RepairedScores, Track
 from trainer_image.repair import method_for
 from trainer_image.repair.base import (
@@ -54,7 +56,7 @@ class Method:
 
 def configured_methods(cfg: RepairConfig) -> list[Method]:
     """The methods of the spec's ``repair`` section, in the order of its ``methods``."""
-    return [Method(c.method, method_for(c.method), c, c.seed) for c in cfg.configs()]
+    return [Method(method_name(c), method_for(c.method), c, c.seed) for c in cfg.configs()]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class RepairOutcome:
     val: RepairedScores | None  # model + patch on the validation split (None: not asked)
     seconds: float  # the search and both evaluations
     predictions: np.ndarray = field(compare=False)  # model + patch's test labels
+    verdict: Verdict | None = None  # repair.accept's decision (None: made by hand)
 
 
 @dataclass
@@ -132,7 +135,8 @@ def repair_epoch(
         repair_logits, repair_feats = forward_split(model, splits.repair, device, features=True)
         test_logits, test_feats = forward_split(model, splits.test, device, features=True)
         val_feats = val_features
-        if validation and val_feats is None:
+        wanted = validation or any(needs_validation(m.cfg) for m in methods)
+        if wanted and val_feats is None:
             val_feats = forward_split(model, splits.val, device, features=True)[1]
         elif not validation:
             val_feats = None
@@ -154,14 +158,16 @@ def repair_epoch(
             seed = repair_seed(method.seed, run_seed, epoch, cls)
             with meter.stage("online_repair", getattr(method.cfg, "key", method.name)):
                 task = RepairTask(model.head, repair_feats, y_repair, split, cls, seed, device)
-                result = method.repair(task, method.cfg)
+                val_split = None if val_feats is None else (val_feats, splits.val.y)
+                verdict = judge(method.cfg, task, method.repair(task, method.cfg), val_split)
+                result = verdict.result  # a rejected patch: empty, the model stays as it is
                 head = apply_patch(model.head, result.patch)
                 with torch.no_grad():
                     test_logits = head(test_feats)
                     test = classification_metrics(test_logits, splits.test.y, num_classes)
                     val = (
                         None
-                        if val_feats is None
+                        if val_feats is None or not validation
                         else validation_scores(head(val_feats), splits.val.y, num_classes, result)
                     )
             outcome = RepairOutcome(
@@ -172,6 +178,7 @@ def repair_epoch(
                 val,
                 seconds=time.perf_counter() - t,
                 predictions=predicted_labels(test_logits),
+                verdict=verdict,
             )
             out.repairs[(method.name, cls)] = outcome
             if on_result is not None:

@@ -15,6 +15,7 @@ from orchestrator.results import layout as keys
 from orchestrator.results import predictions as predicted
 from orchestrator.results.records import MetricsRecord
 from orchestrator.spec import RunSpec
+from trainer_image.acceptance import Verdict
 from trainer_image.ledger import Ledger, csv_bytes
 from trainer_image.repair.base import RepairResult
 
@@ -41,9 +42,17 @@ def metrics_record(
     )
 
 
-def repair_fields(result: RepairResult) -> dict[str, Any]:
-    """What a repaired model's record says about its repair."""
-    return {
+def method_name(cfg: Any) -> str:
+    """What a repaired record's ``method`` says: the method's name, or, under an acceptance
+    rule other than ``always``, its folder key (``arachne+fixes-some``), so that one method
+    under two rules reads as two methods."""
+    return cfg.method if getattr(cfg, "accept", "always") == "always" else cfg.key
+
+
+def repair_fields(result: RepairResult, verdict: Verdict | None = None) -> dict[str, Any]:
+    """What a repaired model's record says about its repair (and, given the acceptance
+    ``verdict``, whether its patch was kept)."""
+    return (verdict.fields() if verdict is not None else {}) | {
         "rr": result.rr,
         "br": result.br,
         "n_neg": result.n_neg,

@@ -42,13 +42,20 @@ from orchestrator.results.consolidate import write_run_records
 from orchestrator.results.records import TrainSummary
 from orchestrator.spec import RepairMethodConfig, RunSpec, SweepSpec
 from orchestrator.store import Store
+from trainer_image import acceptance
 from trainer_image.data import Holdout, Splits, load_splits
 from trainer_image.history_store import history_for, keep_initial
 from trainer_image.ledger import Ledger, csv_bytes, now
 from trainer_image.metrics import classification_metrics, predicted_labels
 from trainer_image.models import Repairable, build_model
 from trainer_image.online import RepairOutcome, configured_methods, repair_epoch
-from trainer_image.outputs import metrics_record, put_record, repair_fields, write_repair
+from trainer_image.outputs import (
+    method_name,
+    metrics_record,
+    put_record,
+    repair_fields,
+    write_repair,
+)
 from trainer_image.readiness import RepairedScores, Track
 from trainer_image.readiness import build as build_readiness
 from trainer_image.repair import method_for
@@ -237,7 +244,7 @@ def train_step(
         None
         if cfg.readiness is None
         else build_readiness(
-            cfg.readiness, [c.method for c in run.repair.configs()], run.repair_classes
+            cfg.readiness, [method_name(c) for c in run.repair.configs()], run.repair_classes
         )
     )
     with job.timed("train"):
@@ -307,7 +314,7 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
     and the aggregator takes it from train/summary.json."""
     run = job.run
     methods = configured_methods(run.repair)
-    where = {c.method: c.key for c in run.repair.configs()}
+    where = {method_name(c): c.key for c in run.repair.configs()}
 
     def repair(
         epoch: int, model: torch.nn.Module, val_feats: torch.Tensor
@@ -323,7 +330,7 @@ def online_repair(job: Ledger, splits: Splits, device: torch.device) -> OnlineRe
                 kind="repaired",
                 repair_class=outcome.repair_class,
                 method=outcome.method,
-                **repair_fields(outcome.result),
+                **repair_fields(outcome.result, outcome.verdict),
             )
             write_repair(
                 job,
@@ -393,6 +400,8 @@ class Checkpoint:
     split: TargetSplit
     test_features: torch.Tensor
     history: TrainingHistory  # earlier weights, loaded on first use (history_store.py)
+    # Validation features and labels, for repair.accept: no-worse-val only (else None).
+    val: tuple[torch.Tensor, np.ndarray] | None = None
 
 
 def evaluate_step(
@@ -423,6 +432,11 @@ def evaluate_step(
         test_logits, test_feats = forward_split(model, splits.test, device, features=True)
         assert repair_feats is not None and test_feats is not None
         split = TargetSplit(y=splits.repair.y, pred=repair_logits.argmax(1).cpu().numpy())
+        val = None
+        if any(acceptance.needs_validation(c) for c in job.run.repair.configs()):
+            val_feats = forward_split(model, splits.val, device, features=True)[1]
+            assert val_feats is not None
+            val = (val_feats, splits.val.y)
         if not base_done:
             test = classification_metrics(test_logits, splits.test.y, splits.num_classes)
             record = metrics_record(job.run, summary.convergence_epoch, epoch, test, kind="base")
@@ -443,6 +457,7 @@ def evaluate_step(
         history=history_for(
             job, model, splits, device, summary.checkpoint_epochs, epoch, load_checkpoint
         ),
+        val=val,
     )
 
 
@@ -504,7 +519,8 @@ def repair_step(
         task = RepairTask(
             ckpt.head, ckpt.features, ckpt.y, ckpt.split, cls, seed, job.device, history
         )
-        result = method(task, cfg)
+        verdict = acceptance.judge(cfg, task, method(task, cfg), ckpt.val)
+        result = verdict.result  # a rejected patch: empty, the model stays the base one
         with torch.no_grad():
             test_logits = apply_patch(ckpt.head, result.patch)(ckpt.test_features)
         record = metrics_record(
@@ -514,8 +530,8 @@ def repair_step(
             classification_metrics(test_logits, splits.test.y, splits.num_classes),
             kind="repaired",
             repair_class=cls,
-            method=cfg.method,
-            **repair_fields(result),
+            method=method_name(cfg),
+            **repair_fields(result, verdict),
         )
         write_repair(job, epoch, cls, where, result, record, predicted_labels(test_logits))
     if result.status == "nothing_to_repair":
@@ -523,7 +539,7 @@ def repair_step(
     else:
         log.info(
             "epoch %d class %d %s: RR %.1f%% BR %.1f%%, test accuracy %.4f, %d weights,"
-            " %d iterations, %.1f s",
+            " %d iterations, %.1f s%s",
             epoch,
             cls,
             where,
@@ -533,6 +549,7 @@ def repair_step(
             len(result.patch),
             result.iterations,
             result.seconds,
+            "" if verdict.accepted else f"; patch rejected ({cfg.accept})",
         )
     job.archive_log()
 

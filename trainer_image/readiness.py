@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from orchestrator import catalog
@@ -77,9 +77,16 @@ class TrackState:
     wait: int = 0
     evaluations: int = 0
     fired_epoch: int | None = None
+    # [epoch, score] of every epoch that had a score, after firing too (None: not finite),
+    # so that a reader can replay each decision and see the curve it ignored.
+    scores: list[list[Any]] = field(default_factory=list)
+
+    def note(self, epoch: int, score: float) -> None:
+        self.scores.append([epoch, score if math.isfinite(score) else None])
 
     def update(self, epoch: int, score: float, patience: int, min_delta: float) -> bool:
         """Record one evaluation; True when the track fires with it."""
+        self.note(epoch, score)
         self.evaluations += 1
         finite = math.isfinite(score)
         if finite and score > self.best:
@@ -122,10 +129,11 @@ class ReadinessPolicy:
         """Feed one epoch; returns the tracks that fired with it."""
         fired = []
         for track, state in self.tracks.items():
-            if state.fired_epoch is not None:
-                continue
             score = self.score(evidence, track)
             if score is None:
+                continue
+            if state.fired_epoch is not None:  # frozen: the value is only kept
+                state.note(evidence.epoch, float(score))
                 continue
             if state.update(evidence.epoch, float(score), self.spec.patience, self.spec.min_delta):
                 fired.append(track)
@@ -165,7 +173,10 @@ class ReadinessPolicy:
                 f" {sorted(self.tracks, key=str)}"
             )
         names = {f.name for f in fields(TrackState)}
-        self.tracks = {t: TrackState(**{k: saved[t][k] for k in names}) for t in self.tracks}
+        # A state saved before a field existed (scores) starts it afresh.
+        self.tracks = {
+            t: TrackState(**{k: saved[t][k] for k in names if k in saved[t]}) for t in self.tracks
+        }
 
     def outcome(self, *, stopped_training: bool) -> dict[str, Any]:
         """``readiness`` of ``train/summary.json`` (records.ReadinessOutcome)."""
@@ -182,6 +193,7 @@ class ReadinessPolicy:
                     "ready_epoch": s.best_epoch,
                     "best_score": s.best if s.best_epoch is not None else None,
                     "evaluations": s.evaluations,
+                    "scores": [list(p) for p in s.scores],
                 }
                 for (method, cls), s in self.tracks.items()
             ],
@@ -206,7 +218,9 @@ class RepairedValQual(ReadinessPolicy):
     def watch(
         cls, spec: ReadinessSpec, methods: Sequence[str], classes: Sequence[int]
     ) -> list[Track]:
-        ms = [m for m in methods if spec.method in (None, m)]
+        # readiness.method names a method: it watches it under every acceptance rule
+        # (arachne watches arachne and arachne+fixes-some).
+        ms = [m for m in methods if spec.method in (None, m, m.split("+", 1)[0])]
         cs = [c for c in classes if spec.repair_class in (None, c)]
         return [(m, c) for m in ms for c in cs]
 

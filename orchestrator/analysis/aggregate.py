@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.analysis import effects, headline, noise, readiness
+from orchestrator.analysis import effects, headline, noise, readiness, regressions
 from orchestrator.analysis.load import Loaded, load
 from orchestrator.analysis.problems import INCOMPLETE, problems_frame
 from orchestrator.analysis.tables import (
@@ -80,6 +80,10 @@ class Aggregation:
     # without such runs.
     readiness_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     readiness: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Test examples each repair fixed and broke (regressions.LEDGER_COLUMNS).
+    regressions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Per run: the epoch action: stop ends training, and the epochs that saves.
+    readiness_stops: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def sweep(self) -> str:
@@ -158,7 +162,8 @@ def _aggregate(
         sp, q, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
     )
     pt = patterns(sp, after_convergence, rules)
-    eff = effects.effects(q, loaded.records)
+    changed, ledger = regressions.changes(loaded)
+    eff = effects.effects(q, loaded.records, changed)
     meth = effects.methods(eff)
     reference = describe_reference(rules)
     head = headline.headline(sp, bootstrap_seed, reference)
@@ -182,4 +187,6 @@ def _aggregate(
         noise_alpha,
         ready,
         readiness.summary(ready, bootstrap_seed),
+        regressions=ledger,
+        readiness_stops=readiness.per_run_stops(loaded, ready),
     )

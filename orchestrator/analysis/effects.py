@@ -41,11 +41,20 @@ EFFECT_COLUMNS = [
     "br",
     "seconds",
     "harmed",
+    # Why (regressions.py): the patch changed no repair-set prediction; it was kept
+    # (repair.accept); test images it turned right / wrong. Empty where not recorded.
+    "no_op",
+    "accepted",
+    "test_fixed",
+    "test_broken",
 ]
 
 
-def effects(q: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
-    """One row per repaired model and alpha, against the base model of its checkpoint."""
+def effects(
+    q: pd.DataFrame, records: pd.DataFrame, changes: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per repaired model and alpha, against the base model of its checkpoint;
+    ``changes`` (``regressions.changes``) adds what each repair fixed and broke."""
     keys = ["run", "repair_class", "epoch", "alpha"]
     is_base = (q["kind"] == "base").to_numpy(dtype=bool)
     base = q[[*keys, "qual", "accuracy", "acc_class"]][is_base]
@@ -60,6 +69,15 @@ def effects(q: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         ["run", "method", "repair_class", "epoch", "rr", "br", "seconds"]
     ].assign(repair_class=lambda d: d["repair_class"].astype("int64"))
     eff = eff.merge(cost, on=["run", "method", "repair_class", "epoch"], how="left")
+    if changes is None:
+        changes = pd.DataFrame(columns=["run", "method", "repair_class", "epoch"])
+    why = changes.reindex(columns=["run", "method", "repair_class", "epoch", *EFFECT_COLUMNS[-4:]])
+    why = why.astype({"repair_class": "int64", "epoch": "int64"})
+    eff = eff.merge(why, on=["run", "method", "repair_class", "epoch"], how="left")
+    for col, dtype in zip(
+        EFFECT_COLUMNS[-4:], ["boolean", "boolean", "Int64", "Int64"], strict=True
+    ):
+        eff[col] = eff[col].astype(dtype)
     eff["delta_qual"] = eff["qual_after"] - eff["qual_before"]
     eff["delta_acc"] = eff["acc_after"] - eff["acc_before"]
     eff["delta_acc_class"] = eff["acc_class_after"] - eff["acc_class_before"]

@@ -33,6 +33,7 @@ from orchestrator.analysis import formats, stats
 from orchestrator.analysis.problems import INCOMPLETE
 from orchestrator.analysis.readiness import repaired_qual
 from orchestrator.analysis.tables import AFTER, POST, PRE
+from orchestrator.analysis.watched import draw_watched, pp_axis
 from orchestrator.analysis.words import plural
 
 DPI = 90
@@ -564,11 +565,17 @@ MAX_READINESS_PANELS = 6
 
 
 def readiness_figure(
-    records: pd.DataFrame, per_run: pd.DataFrame, dataset: str, model: str, path: Path
+    records: pd.DataFrame,
+    per_run: pd.DataFrame,
+    dataset: str,
+    model: str,
+    path: Path,
+    watched: pd.DataFrame | None = None,
 ) -> Path:
     """Per (method, class) of one (dataset, model) with a readiness policy: each seed's
     repaired test Qual at every evaluated epoch (at the policy's alpha), with the policy's
-    epoch (triangle), the oracle epoch (star) and the convergence epoch (hollow circle)."""
+    epoch (triangle), the oracle epoch (star) and the convergence epoch (hollow circle);
+    with ``watched`` (``Loaded.readiness``), the value the policy watched, on its own axis."""
     d = per_run[(per_run["dataset"] == dataset) & (per_run["model"] == model)]
     units = d[["policy", "method", "repair_class"]].drop_duplicates().head(MAX_READINESS_PANELS)
     n = max(1, len(units))
@@ -596,6 +603,10 @@ def readiness_figure(
             ):
                 if not pd.isna(epoch) and not pd.isna(value):
                     ax.plot([epoch], [100 * value], marker, color=c, mfc=fill, ms=8)
+        marked = rows[["policy_qual", "oracle_qual", "convergence_qual"]].to_numpy(float)
+        pp_axis(ax, 100 * marked.ravel())
+        if watched is not None:
+            draw_watched(ax, watched, rows, u.method, u.repair_class, u.policy)
         regret = 100 * rows["regret"].mean()
         ax.set_title(
             f"{u.method}, class {u.repair_class} ({u.policy})\nmean regret {regret:.2f} pp",
@@ -609,6 +620,11 @@ def readiness_figure(
         Line2D([], [], marker="v", ls="", color="k", label="policy's epoch"),
         Line2D([], [], marker="*", ls="", color="k", ms=9, label="oracle (best test Qual)"),
         Line2D([], [], marker="o", ls="", color="k", mfc="none", label="convergence"),
+        *(
+            [Line2D([], [], ls=":", marker="x", color="k", label="watched value (right axis)")]
+            if watched is not None
+            else []
+        ),
     ]
     seeds = axes[0].get_legend_handles_labels()[0]
     fig.legend(handles=[*handles, *seeds], fontsize=7, loc="lower center", ncols=6, frameon=False)

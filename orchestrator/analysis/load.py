@@ -86,20 +86,35 @@ RECORD_COLUMNS = [
     "n_intact",
     "iterations",
     "seconds",
+    "accepted",
+    "repair_changed",
     "n_classes",
     "schema_version",
     "run_complete",
     "has_predictions",
     "key",
 ]
-_INT_COLUMNS = ("repair_class", "n_neg", "n_pos", "n_patched", "n_intact", "iterations")
+_INT_COLUMNS = (
+    "repair_class",
+    "n_neg",
+    "n_pos",
+    "n_patched",
+    "n_intact",
+    "iterations",
+    "repair_changed",
+)
 _FLOAT_COLUMNS = ("auc_macro", "rr", "br", "fitness", "seconds")
 # Impossible values: (columns, low, high, what it is); None is allowed where the schema is.
 _RANGES: list[tuple[tuple[str, ...], float, float, str]] = [
     (("accuracy", "f1_macro", "recall_macro", "auc_macro"), 0.0, 1.0, "a fraction"),
     (("rr", "br"), 0.0, 100.0, "a percentage"),
     (("seconds",), 0.0, np.inf, "a duration"),
-    (("n_neg", "n_pos", "n_patched", "n_intact", "iterations"), 0, np.inf, "a count"),
+    (
+        ("n_neg", "n_pos", "n_patched", "n_intact", "iterations", "repair_changed"),
+        0,
+        np.inf,
+        "a count",
+    ),
 ]
 
 
@@ -353,6 +368,7 @@ READINESS_COLUMNS = [
     "fired_epoch",
     "ready_epoch",
     "epochs_trained",
+    "scores",  # [(epoch, watched value or None), ...]: empty in older summaries
 ]
 
 
@@ -370,6 +386,7 @@ def _readiness_frame(sums: dict[str, TrainSummary | None]) -> pd.DataFrame:
             t.fired_epoch,
             t.ready_epoch,
             s.epochs_trained,
+            [tuple(p) for p in t.scores],
         )
         for run, s in sorted(sums.items())
         if s is not None and (r := s.readiness) is not None
@@ -797,6 +814,7 @@ def _records_frame(
         df[col] = df[col].astype("Int64")
     for col in _FLOAT_COLUMNS:
         df[col] = df[col].astype(float)
+    df["accepted"] = df["accepted"].astype("boolean")  # null: base, or written before accept
     for col in ("seed", "epoch", "n_classes", "schema_version"):
         df[col] = df[col].astype("int64")
     # Missing in records written while training, until _with_convergence fills it in.

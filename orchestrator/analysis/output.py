@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from orchestrator.analysis import costs, latex, report
 from orchestrator.analysis.aggregate import Aggregation
 from orchestrator.analysis.formats import figure_formats
@@ -37,6 +39,10 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
         methods=agg.loaded.runs["methods"].map(";".join),
     )
     written = [out / "records.parquet"]
+    # The regression ledger (regressions.py), for trees with per-example predictions.
+    if len(agg.regressions) or bool(rec.get("has_predictions", pd.Series(dtype=bool)).any()):
+        agg.regressions.to_parquet(out / "regressions.parquet", index=False)
+        written.append(out / "regressions.parquet")
     for name, df in (
         ("headline.csv", agg.headline),
         ("effects.csv", agg.effects),
@@ -61,6 +67,7 @@ def write_tables(agg: Aggregation, out: Path) -> list[Path]:
         for name, df in (
             ("readiness.csv", agg.readiness),
             ("readiness_runs.csv", agg.readiness_runs),
+            ("readiness_stops.csv", agg.readiness_stops),
         ):
             df.to_csv(out / name, index=False)
             written.append(out / name)

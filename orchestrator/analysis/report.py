@@ -27,6 +27,7 @@ from orchestrator.analysis import costs, formats, stats
 from orchestrator.analysis import figures as fg
 from orchestrator.analysis.document import Doc
 from orchestrator.analysis.effects import CONVERGENCE
+from orchestrator.analysis.harm_report import harm_section, readiness_stops_section
 from orchestrator.analysis.headline import MAX_SEEDS_NEEDED, MIN_SEEDS_FOR_CI
 from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.noise import NOTE_NO_PREDICTIONS
@@ -170,12 +171,25 @@ def effect_table(eff: pd.DataFrame) -> pd.DataFrame:
     out["RR %"] = first["rr"].round(1)
     out["BR %"] = first["br"].round(1)
     out["seconds"] = first["seconds"].round(2)
+    out = out.join(_why_columns(first))
     for alpha in sorted(eff["alpha"].unique()):
         out[f"Δ Qual α={alpha:g} (pp)"] = wide[alpha].reindex(out.index).map(_pct)
     flags = worse.reindex(out.index).astype(object)
     out["flag"] = flags.where(flags.notna(), "").map(lambda s: f"⚠ {s}" if s else "")
     out = out.reset_index().drop(columns=["run", "epoch"])
     return out.rename(columns={"repair_class": "class"})
+
+
+def _why_columns(first: pd.DataFrame) -> pd.DataFrame:
+    """What each repair did (regressions.py): no-op patch, kept or not, test images fixed
+    and broken; blank where not recorded."""
+    out = pd.DataFrame(index=first.index)
+    yes_no = {True: "yes", False: "no"}
+    for name, col in (("no-op", "no_op"), ("kept", "accepted")):
+        out[name] = first[col].astype(object).map(yes_no).fillna("")
+    for name, col in (("test fixed", "test_fixed"), ("test broken", "test_broken")):
+        out[name] = first[col].astype(object).where(first[col].notna(), "")
+    return out
 
 
 def _switch_table(sp: pd.DataFrame) -> pd.DataFrame:
@@ -305,7 +319,7 @@ def readiness_table(summary: pd.DataFrame) -> pd.DataFrame:
             "n seeds": summary["n"],
             "regret (pp) [95% CI]": ci("regret", 100, ".2f"),
             "gain over conv. (pp) [95% CI]": ci("gain", 100, "+.2f"),
-            "epochs saved [95% CI]": ci("epochs_saved", 1, ".1f"),
+            "epochs saved per track [95% CI]": ci("epochs_saved", 1, ".1f"),
         }
     )
 
@@ -324,6 +338,7 @@ def _readiness_section(doc: Doc, agg: ag.Aggregation, figdir: Path) -> None:
         " n < 2."
     )
     doc.table(*_capped(readiness_table(agg.readiness), "readiness.csv"), name="readiness")
+    readiness_stops_section(doc, agg)
     groups = per_run[["dataset", "model"]].drop_duplicates().head(MAX_GROUP_FIGURES)
     figs = [
         (
@@ -333,6 +348,7 @@ def _readiness_section(doc: Doc, agg: ag.Aggregation, figdir: Path) -> None:
                 d,
                 m,
                 figdir / f"readiness_{_safe(d)}_{_safe(m)}.png",
+                watched=agg.loaded.readiness,
             ),
             f"Repaired test Qual per epoch and the policy's choice - {d} / {m}",
         )
@@ -504,6 +520,7 @@ def build(agg: ag.Aggregation, out: Path, *, max_figures: int = DEFAULT_MAX_FIGU
         doc.table(table, note, name="effects")
     if capped_note:
         doc.p(capped_note)
+    harm_section(doc, agg)
 
     doc.h("Qual over epochs, aggregated over seeds")
     doc.p(
@@ -693,7 +710,10 @@ FILES = [
     " sentence (`text`).",
     "`effects.csv`: per repaired model and α, against the unrepaired model of its checkpoint:"
     " `qual_before/after`, `delta_qual`, `delta_acc`, `delta_acc_class`, `rr`, `br`,"
-    " `seconds`, `harmed`.",
+    " `seconds`, `harmed`; `no_op` (the patch changed no repair-set prediction), `accepted`"
+    " (kept by `repair.accept`), `test_fixed`/`test_broken` (test images turned right/wrong).",
+    "`regressions.parquet`: every test image each repair fixed or broke (run, method, class,"
+    " epoch, example index, true label, prediction before and after, change).",
     "`methods.csv`: means over seeds per (dataset, model, class, checkpoint, method, α);"
     " checkpoint `convergence` = each seed's convergence checkpoint.",
     "`records.parquet`, `records.csv`: one row per evaluated model (base and repaired) with"
@@ -718,8 +738,11 @@ FILES = [
     "`runs.csv`: one row per run; `problems.csv`: every incomplete or damaged result.",
     "`readiness.csv` (sweeps with `training.readiness`): per (dataset, model, policy, method,"
     " class, α) `n` and the mean with 95% CI (`_ci_low`/`_ci_high`) of `regret`, `gain`,"
-    " `epochs_saved`; `readiness_runs.csv`: the same per run, with `fired_epoch`,"
-    " `policy_epoch`, `oracle_epoch`, `convergence_epoch` and the three Quals.",
+    " `epochs_saved` (per track); `readiness_runs.csv`: the same per run and track, with"
+    " `fired_epoch`, `policy_epoch`, `oracle_epoch`, `convergence_epoch`, the three Quals,"
+    " `unrepaired_convergence_qual` and `beats_unrepaired`; `readiness_stops.csv`: per run"
+    " the epoch `action: stop` ends training (`stop_epoch`, when every track fired) and the"
+    " `epochs_saved` of the run.",
     "`figures/`: `effect_*.png`, `seeds_*.png`, `aligned_*.png` per (dataset, model, class),"
     " `table1.png`,"
     " `overview.png`, `fig3_<run>_class<c>.png`, `fig4_<run>_class<c>.png`,"

@@ -158,7 +158,7 @@ _RUN_FILES: dict[str, Kind] = {
 _EPOCH_KEY = re.compile(
     r"^(?:checkpoints/epoch_(?P<ckpt>\d{3,})\.pt"
     r"|epoch_(?P<epoch>\d{3,})/(?:(?P<base>base)"
-    r"|repair/(?:(?!class_\d+/)(?P<method>[A-Za-z0-9][A-Za-z0-9_.-]*)/)?class_(?P<cls>\d+))"
+    r"|repair/(?:(?!class_\d+/)(?P<method>[A-Za-z0-9][A-Za-z0-9_.+-]*)/)?class_(?P<cls>\d+))"
     r"/(?P<file>metrics\.json|predictions\.npy))$"
 )
 

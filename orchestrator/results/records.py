@@ -92,6 +92,18 @@ class MetricsRecord(BaseModel):
     solver_status: str | None = Field(None, exclude_if=_is_none)
     reference_epoch: int | None = Field(None, exclude_if=_is_none)
     method_note: str | None = Field(None, exclude_if=_is_none)
+    # Added with repair.accept (records format 3); left out of a record's JSON while None,
+    # so base records and older readers see what they saw before. accepted: whether the
+    # patch was kept (false: the model is the unrepaired one, the figures above rr..seconds
+    # describe the candidate patch); repair_changed: how many repair-set predictions the
+    # candidate patch changed (0: a no-op patch).
+    accepted: bool | None = Field(None, exclude_if=_is_none)
+    repair_changed: int | None = Field(None, exclude_if=_is_none)
+
+
+# Columns records.arrow holds only when some record of the run has them (so files of runs
+# without them keep their bytes), and that older files lack: both read as nulls.
+OPTIONAL_FIELDS = (*METHOD_FIELDS, "accepted", "repair_changed")
 
 
 class ReadinessTrack(BaseModel):
@@ -106,6 +118,9 @@ class ReadinessTrack(BaseModel):
     ready_epoch: int | None  # the epoch it picks: best score up to firing (or to the end)
     best_score: float | None  # that epoch's score (higher is better; val-loss: -loss)
     evaluations: int
+    # (epoch, score) of every epoch the track had a score, after firing too (None: not
+    # finite); empty in summaries written before it was kept.
+    scores: list[tuple[int, float | None]] = []
 
 
 class ReadinessOutcome(BaseModel):
@@ -178,8 +193,9 @@ class RunInfo(BaseModel):
 # Format 2 adds each record's test predictions (column ``predictions``, its predictions.npy;
 # null where a record has none) and the run's test labels (metadata ``test_labels``).
 
-RUN_RECORDS_FORMAT = 2
-READABLE_FORMATS = frozenset({1, 2})
+# Format 3 adds the columns of ``ADDED_FIELDS`` (null in older files).
+RUN_RECORDS_FORMAT = 3
+READABLE_FORMATS = frozenset({1, 2, 3})
 PREDICTIONS_COLUMN = "predictions"
 _META_KEY = b"early-repair.run-records"
 
@@ -274,7 +290,7 @@ def dump_run_records(
     rows = [MetricsRecord.model_validate(r).model_dump() for r in records]
     # A method-specific column is written only when some record has it, so the files of
     # runs without such a method keep their bytes (load_run_records adds it back as nulls).
-    absent = [f for f in METHOD_FIELDS if all(r.get(f) is None for r in rows)]
+    absent = [f for f in OPTIONAL_FIELDS if all(r.get(f) is None for r in rows)]
     schema = run_records_schema()
     for name in absent:
         schema = schema.remove(schema.get_field_index(name))
@@ -322,7 +338,7 @@ def load_run_records(data: bytes) -> RunRecords:
     expected = run_records_schema()
     # Columns a file may lack: method-specific ones no record of the run had, and (format
     # 1) the predictions; they read as nulls.
-    optional = [*METHOD_FIELDS] + ([PREDICTIONS_COLUMN] if meta["format"] < 2 else [])
+    optional = [*OPTIONAL_FIELDS] + ([PREDICTIONS_COLUMN] if meta["format"] < 2 else [])
     for name in (f for f in optional if f not in table.schema.names):
         table = table.append_column(
             expected.field(name), pa.nulls(table.num_rows, expected.field(name).type)

@@ -33,6 +33,8 @@ class PredictedRun:
     # (epoch, cls) whose stated accuracy is off by this much (a record its predictions
     # do not reproduce)
     tamper: dict[tuple[int, int | None], float] = field(default_factory=dict)
+    # (epoch, cls) -> further fields of that repaired record (accepted, repair_changed, ...)
+    fields: dict[tuple[int, int], dict] = field(default_factory=dict)
 
 
 def metrics(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> dict:
@@ -98,6 +100,7 @@ def write_predicted_run(store: Store, sweep: str, t: PredictedRun) -> None:
             br=None if cls is None else 1.0,
             seconds=None if cls is None else 0.5,
             **m,
+            **({} if cls is None else t.fields.get((epoch, cls), {})),
         )
         key = (
             layout.base_metrics(sweep, t.run, epoch)

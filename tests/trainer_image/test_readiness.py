@@ -295,3 +295,30 @@ def test_the_policy_never_reads_the_test_split(splits: Splits) -> None:
     assert all(a.base_test != b.base_test for a, b in zip(online, online2, strict=True))
     a, b = online[-1].repairs[("arachne", 3)], online2[-1].repairs[("arachne", 3)]
     assert a.test != b.test and a.val == b.val
+
+
+def test_every_epochs_watched_value_is_kept_and_replays_the_decision() -> None:
+    policy = qual_policy(patience=2)
+    seq = [0.5, 0.6, NAN, 0.55, 0.58, 0.7, 0.65]
+    feed(policy, seq)
+    out = policy.outcome(stopped_training=False)["tracks"][0]
+    # Every epoch's value, after the firing (epoch 4) too; NaN kept as None.
+    assert out["scores"] == [
+        [e, None if math.isnan(q) else pytest.approx(q)] for e, q in enumerate(seq, start=1)
+    ]
+    assert out["fired_epoch"] == 4 and out["evaluations"] == 4
+    # A reader replays the decision from the stored values alone.
+    replay = R.TrackState()
+    fired = next(
+        e
+        for e, q in out["scores"]
+        if replay.update(e, NAN if q is None else q, patience=2, min_delta=0.0)
+    )
+    assert (fired, replay.best_epoch) == (out["fired_epoch"], out["ready_epoch"])
+    # A state saved before the values were kept still loads (and starts them afresh).
+    state = policy.state_dict()
+    for _, s in state["tracks"]:
+        del s["scores"]
+    again = qual_policy(patience=2)
+    again.load_state_dict(state)
+    assert again.tracks[TRACK].fired_epoch == 4 and again.tracks[TRACK].scores == []

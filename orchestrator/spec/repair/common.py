@@ -10,7 +10,7 @@ a new method is one module with its class plus one line in the union of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -43,6 +43,14 @@ class _RepairCommon(_Strict):
         " inherited; the entry naming this block's own `method` is this block. Default: this"
         " block's method alone.",
     )
+    accept: Literal["always", "fixes-some", "no-worse-val"] = _added(
+        "always",
+        description="Which patches are kept. always (the paper): every one. fixes-some: only"
+        " a patch that fixes at least one repair-set negative of the class. no-worse-val: only"
+        " one under which Qual(0.5, c) on the validation split does not drop. A rejected patch"
+        " leaves the unrepaired model (record accepted: false, empty patch.json). A method"
+        " listed again with another rule gets its own folder, repair/<method>+<accept>/.",
+    )
 
     def configs(self) -> list[RepairMethodConfig]:
         """One config per method to run, in the order of ``methods``."""
@@ -71,8 +79,10 @@ class _RepairCommon(_Strict):
 
     @property
     def key(self) -> str:
-        """The method's folder in the result layout (``repair/<key>/class_C``)."""
-        return method_key(self.method)
+        """The method's folder in the result layout (``repair/<key>/class_C``); a rule other
+        than ``accept: always`` is part of it, so one method under two rules is two methods."""
+        base = method_key(self.method)
+        return base if self.accept == "always" else f"{base}+{self.accept}"
 
 
 def _method(value: Any) -> Any:
