@@ -165,8 +165,8 @@ def test_rejected_patches_leave_the_base_model(two_rules: tuple[Path, Path]) -> 
 
 
 def test_the_aggregator_reads_two_rules_as_two_methods(two_rules: tuple[Path, Path]) -> None:
+    from orchestrator.analysis.aggregate import aggregate
     from orchestrator.analysis.harm_report import acceptance_table
-    from orchestrator.analysis.tables import aggregate
 
     agg = aggregate(FileStore(two_rules[1]))
     assert agg.problems.empty

@@ -9,7 +9,7 @@ from pathlib import Path
 from aggregate_tree import RunTree, write_tree
 from s3_server import S3Target
 
-from orchestrator.analysis.tables import aggregate
+from orchestrator.analysis.aggregate import aggregate
 from orchestrator.results import layout
 from orchestrator.store.file import FileStore
 from orchestrator.store.s3 import S3Store

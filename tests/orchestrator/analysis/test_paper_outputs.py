@@ -24,8 +24,8 @@ from pylatexenc.latexwalker import (
     LatexWalker,
 )
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import formats, latex, output
-from orchestrator.analysis import tables as ag
 from orchestrator.store.file import FileStore
 
 PDFLATEX = shutil.which("pdflatex")

@@ -12,9 +12,9 @@ from aggregate_tree import RunTree, write_run
 from matplotlib.figure import Figure
 
 from orchestrator.analysis import readiness
+from orchestrator.analysis.aggregate import aggregate
 from orchestrator.analysis.load import load
 from orchestrator.analysis.report import build
-from orchestrator.analysis.tables import aggregate
 from orchestrator.analysis.watched import draw_watched, pp_axis
 from orchestrator.store.file import FileStore
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from prediction_tree import PredictedRun, write_predicted_tree
 
+from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import regressions
-from orchestrator.analysis import tables as ag
 from orchestrator.analysis.harm_report import acceptance_table
 from orchestrator.analysis.output import write_tables
 from orchestrator.analysis.report import build
