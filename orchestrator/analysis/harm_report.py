@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import regressions
+from orchestrator.analysis.aggregate import PRE, Aggregation
 from orchestrator.analysis.document import Doc
-from orchestrator.analysis.tables import PRE, Aggregation
 
 ALPHA = 0.5  # the stakeholder weight the section speaks of (the paper's middle one)
 RULE_SEPARATOR = "+"  # a method key under a rule other than always: arachne+fixes-some
