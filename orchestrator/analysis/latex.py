@@ -12,6 +12,7 @@ ASCII and compile with pdflatex as well as lualatex.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,9 @@ def symbols(text: str) -> str:
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     """``df`` as a booktabs ``table`` float: text columns left, numbers right."""
     numeric = [
-        pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
+        # numbers written as text ("3", a range "2-3") align as numbers too
+        or (len(df) > 0 and all(re.fullmatch(r"[-+0-9.]+", str(v)) for v in df[c]))
         for c in df.columns
     ]
     styler = (
