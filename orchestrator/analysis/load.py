@@ -11,11 +11,19 @@ Damaged input is a problem, not a crash (``problems.py``): an object the store c
 return, JSON that does not parse or nests too deep, a record that fails the schema, a
 ``schema_version`` this version cannot read (``READABLE_VERSIONS``), an impossible value
 (an accuracy outside 0..1, a non-finite number), or a record whose fields disagree with its key.
+
+The tree is untrusted (anyone who can write to the bucket wrote it), so reading is bounded:
+each object is read only up to its kind's size limit (``store.limits``) and only when it is
+a regular file; a records.arrow must be uncompressed; string fields and per-class vectors
+are bounded (a per-class vector must have as many values as the run's other records); a
+record seen twice (twice in one records.arrow, or at two keys that name the same record)
+and JSON with a key given twice are reported, and never change a number.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +36,14 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.analysis.problems import (
     BAD_VALUE,
     DAMAGED,
+    DUPLICATE,
     INCONSISTENT,
     MISPLACED,
     NO_SUMMARY,
+    NOT_A_FILE,
+    REFUSED_KEY,
     SCHEMA,
+    TOO_LARGE,
     UNFINISHED,
     UNREADABLE,
     Problem,
@@ -50,6 +62,8 @@ from orchestrator.results.records import (
 )
 from orchestrator.spec import describe_error
 from orchestrator.store import Store
+from orchestrator.store.base import BadObject, NotARegularFile, ObjectTooLarge
+from orchestrator.store.limits import MAX_CLASSES, MAX_KEY_CHARS, MAX_NAME_CHARS, read_many_bounded
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_METHOD = layout.DEFAULT_METHOD
@@ -159,17 +173,60 @@ def _list(store: Store, sweep: str | None) -> tuple[list[str], tuple[str | None,
     )
 
 
+def _refused(store: Store, prefix: str) -> list[Problem]:
+    """The listed keys the store left out as unsafe (``a/../b`` in a bucket), as problems."""
+    refused: dict[str, str] = getattr(store, "refused", {}) or {}
+    return [
+        Problem(REFUSED_KEY, key, "", f"{why}; not read")
+        for key, why in sorted(refused.items())
+        if key.startswith(prefix)
+    ]
+
+
 # --- parsing ----------------------------------------------------------------------------
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice: which value is meant is unknown."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _DuplicateKey(twice)
+    return out
+
+
+def unreadable(key: str, run: str, error: Exception) -> Problem:
+    """The problem entry for an object the store would not (or could not) give."""
+    if isinstance(error, ObjectTooLarge):
+        return Problem(TOO_LARGE, key, run, one_line(error))
+    if isinstance(error, NotARegularFile):
+        return Problem(NOT_A_FILE, key, run, one_line(error))
+    return Problem(UNREADABLE, key, run, one_line(f"{type(error).__name__}: {error}"))
 
 
 def _decode(
     key: str, run: str, blob: bytes | Exception, problems: list[Problem]
 ) -> dict[str, Any] | None:
     if isinstance(blob, Exception):
-        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        problems.append(unreadable(key, run, blob))
         return None
     try:
-        data = json.loads(blob)
+        data = json.loads(blob, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as e:
+        problems.append(
+            Problem(
+                DUPLICATE,
+                key,
+                run,
+                f"the JSON key {one_line(repr(str(e)), 80)} appears twice; which value is"
+                " meant is unknown, so the object is left out",
+            )
+        )
+        return None
     except RecursionError:
         problems.append(Problem(DAMAGED, key, run, "nested too deeply to parse"))
         return None
@@ -180,6 +237,11 @@ def _decode(
         problems.append(Problem(DAMAGED, key, run, "not a JSON object"))
         return None
     return data
+
+
+# Every key of a JSON object is a string followed by ':' (values may add matches, never
+# hide one): as many matches as fields set means no key was given twice.
+_KEY_LIKE = re.compile(rb'"\s*:')
 
 
 def _schema_detail(version: object) -> str:
@@ -199,8 +261,12 @@ def _validate(
             valid = model.model_validate_json(blob)
         except (ValidationError, ValueError, RecursionError):
             valid = None
-        if valid is not None and getattr(valid, "schema_version", None) in READABLE_VERSIONS:
-            return valid
+        if (
+            valid is not None
+            and getattr(valid, "schema_version", None) in READABLE_VERSIONS
+            and len(_KEY_LIKE.findall(blob)) == len(valid.model_fields_set)
+        ):
+            return valid  # (else: perhaps a key given twice - the path below says)
     data = _decode(key, run, blob, problems)
     if data is None:
         return None
@@ -263,13 +329,13 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     wanted = [sweep_key] if sweep_key in listing else []
     wanted += [runs[r].files["records"] for r in sorted(bundled)]
     wanted += _single_keys(runs, set(runs) - bundled)
-    blobs = store.read_many(wanted)
+    blobs = read_many_bounded(store, wanted)
     failed = [v for v in blobs.values() if isinstance(v, Exception)]
-    if failed and len(failed) == len(blobs):
+    if failed and len(failed) == len(blobs) and not any(isinstance(v, BadObject) for v in failed):
         # Nothing at all could be read: the store is unusable (endpoint down, no access),
         # which is bad input with one line, not a report full of "unreadable".
         raise BadInput(f"{uri}: cannot read any result ({one_line(failed[0])})") from failed[0]
-    problems: list[Problem] = []
+    problems: list[Problem] = _refused(store, prefix)
     sweep_info: dict[str, Any] = {}
     if sweep_key in blobs:
         sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
@@ -287,7 +353,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
             parts.append((r, len(table)))
     if redo:  # a damaged records.arrow: read that run's single files after all
         _list_records(store, prefix, redo, runs)
-        blobs.update(store.read_many(_single_keys(runs, set(redo))))
+        blobs.update(read_many_bounded(store, _single_keys(runs, set(redo))))
     singles = sorted(set(runs) - bundled | set(redo))
     tables.append(_single_records(runs, singles, blobs, problems, parts))
     table = _with_keys(tables, parts, prefix)
@@ -295,7 +361,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         name = _sweep_name(uri, sweep_info, table)
         if sweep is not None and sweep != name:
             raise BadInput(f"{uri} holds sweep {name!r}, not {sweep!r}; fix --sweep")
-    records = _records_frame(table, name, prefix, finished, problems)
+    records = _without_duplicates(_records_frame(table, name, prefix, finished, problems), problems)
 
     infos = {
         r: _validate(RunInfo, k, r, blobs[k], problems)
@@ -411,17 +477,35 @@ def _unpack(
     files put in ``blobs``; None (and a problem) when it cannot be used."""
     fallback = "; reading the run's single files instead"
     if isinstance(blob, Exception):
-        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        problems.append(unreadable(key, run, blob))
         return None
     try:
         packed = load_run_records(blob)
     except ValueError as e:
         problems.append(Problem(DAMAGED, key, run, one_line(e) + fallback))
         return None
+    keys = packed.table.column("key")
+    if pc_count_distinct(keys) != len(keys):
+        problems.append(
+            Problem(
+                DUPLICATE,
+                key,
+                run,
+                "it holds a record twice (two rows with one key); which one is right is"
+                " unknown" + fallback,
+            )
+        )
+        return None
     folder = f"{prefix}{run}/"
     for rel, data in packed.files.items():
         blobs[folder + rel] = data
     return packed.table
+
+
+def pc_count_distinct(column: Any) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.count_distinct(column, mode="all").as_py())
 
 
 def _single_records(
@@ -462,8 +546,9 @@ def _with_keys(tables: list[Any], parts: list[tuple[str, int]], prefix: str) -> 
 
 
 def _sweep_name(uri: str, sweep_info: dict[str, Any], table: Any) -> str:
-    if isinstance(sweep_info.get("name"), str):
-        return sweep_info["name"]
+    said = sweep_info.get("name")
+    if isinstance(said, str) and 0 < len(said) <= MAX_NAME_CHARS:
+        return said
     names = Counter(table.column("sweep").slice(0, 50).to_pylist())
     if names:
         return names.most_common(1)[0][0]
@@ -523,8 +608,13 @@ def _runs_frame(
         else:
             dataset = _label(spec.get("dataset"))
             model = _label(spec.get("model"))
-            seed = spec.get("seed")
-        classes = set(spec.get("repair_classes") or []) | {int(c) for c in classes_of.get(run, [])}
+            seed = _spec_int(spec.get("seed"))
+        # run.json is untrusted too: only what has the shape a RunSpec gives it counts.
+        listed = spec.get("repair_classes")
+        named = [_spec_int(c) for c in listed] if isinstance(listed, list) else []
+        classes = {c for c in named if c is not None and 0 <= c < MAX_CLASSES} | {
+            int(c) for c in classes_of.get(run, [])
+        }
         methods = set(_spec_methods(spec)) | set(methods_of.get(run, []))
         epochs = sorted(int(e) for e in epochs_of.get(run, []))
         seen = convs_of.get(run, [])
@@ -600,14 +690,22 @@ def _spec_methods(spec: dict[str, Any]) -> list[str]:
         return []
     methods = repair.get("methods", repair.get("method"))
     if isinstance(methods, str):
-        return [methods]
-    return [m for m in methods if isinstance(m, str)] if isinstance(methods, list) else []
+        methods = [methods]
+    if not isinstance(methods, list):
+        return []
+    return [m for m in methods if isinstance(m, str) and 0 < len(m) <= MAX_NAME_CHARS]
 
 
-def _label(part: Any) -> Any:
+def _label(part: Any) -> str | None:
     if isinstance(part, dict):
-        return part.get("label") or part.get("name")
-    return part
+        part = part.get("label") or part.get("name")
+    return part if isinstance(part, str) and len(part) <= MAX_NAME_CHARS else None
+
+
+def _spec_int(value: Any) -> int | None:
+    """An integer of a run.json's spec, if it is one that fits the tables' int64."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return value if ok else None
 
 
 def _run_problems(
@@ -699,6 +797,7 @@ def _records_frame(
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    table = _bounded(table, problems)
     matrix, lengths, class_nonfinite = _per_class(table.column("per_class_accuracy"))
     floats = [
         n for n, t in zip(table.column_names, table.schema.types, strict=True) if t == pa.float64()
@@ -741,6 +840,102 @@ def _records_frame(
     # Base before repaired, classes and epochs ascending: the order people read them in.
     by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
     return df.take(sorted_rows(df, by)).reset_index(drop=True)
+
+
+_NAME_COLUMNS = ("sweep", "run", "dataset", "model", "kind", "method")
+
+
+def _bounded(table: Any, problems: list[Problem]) -> Any:
+    """``table`` without the records whose strings or per-class vectors are out of bounds:
+    a name longer than ``MAX_NAME_CHARS``, a key longer than ``MAX_KEY_CHARS``, more than
+    ``MAX_CLASSES`` per-class values, or another number of them than the run's other
+    records have (checked on Arrow lengths, before anything is built from the values)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(table)
+    if n == 0:
+        return table
+    why: dict[int, str] = {}
+    for name, limit in [*((c, MAX_NAME_CHARS) for c in _NAME_COLUMNS), ("_rel", MAX_KEY_CHARS)]:
+        chars = pc.fill_null(pc.utf8_length(table.column(name)), 0).to_numpy()
+        for i in np.flatnonzero(chars > limit).tolist():
+            shown = "key" if name == "_rel" else name
+            why.setdefault(i, f"{shown} is {int(chars[i]):,} characters long (at most {limit})")
+    values = pc.fill_null(pc.list_value_length(table.column("per_class_accuracy")), 0).to_numpy()
+    folders = pc.dictionary_encode(table.column("_folder").combine_chunks())
+    codes = folders.indices.to_numpy().astype(np.int64)
+    width = MAX_CLASSES + 2
+    capped = np.minimum(values, MAX_CLASSES + 1)
+    combos, counts = np.unique(codes * width + capped, return_counts=True)
+    run_of, length_of = np.divmod(combos, width)
+    # Per run, the number of values most of its records have (ties: the smaller number).
+    order = np.lexsort((length_of, -counts, run_of))
+    first = order[np.r_[True, run_of[order][1:] != run_of[order][:-1]]]
+    expected = np.full(len(folders.dictionary), -1, dtype=np.int64)
+    expected[run_of[first]] = length_of[first]
+    for i in np.flatnonzero((values > MAX_CLASSES) | (values != expected[codes])).tolist():
+        if values[i] > MAX_CLASSES:
+            detail = f"per_class_accuracy has {int(values[i]):,} values (at most {MAX_CLASSES})"
+        else:
+            detail = (
+                f"per_class_accuracy has {int(values[i])} values but the run's other records"
+                f" have {int(expected[codes[i]])}"
+            )
+        why.setdefault(i, detail)
+    if not why:
+        return table
+    keys, folder = table.column("key"), table.column("_folder")
+    for i, detail in sorted(why.items()):
+        key, run = keys[i].as_py(), folder[i].as_py()
+        problems.append(Problem(BAD_VALUE, key, run, f"{detail}; {_LEFT_OUT}"))
+    keep = np.ones(n, dtype=bool)
+    keep[list(why)] = False
+    return table.filter(pa.array(keep))
+
+
+_RECORD_ID = ["run", "kind", "method", "repair_class", "epoch"]
+
+
+def _without_duplicates(df: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
+    """One row per record: keys that name the same record (``epoch_001/`` and
+    ``epoch_0001/``; ``repair/class_3/`` and ``repair/arachne/class_3/``) count it once
+    when they agree and not at all when they do not - a copy never changes a number."""
+    twice = df.duplicated(_RECORD_ID, keep=False).to_numpy()
+    if not twice.any():
+        return df
+    drop: list[int] = []
+    for _, group in df[twice].groupby(_RECORD_ID, dropna=False, sort=False):
+        keys = group["key"].tolist()
+        values = group.drop(columns="key")
+        same = all(
+            values.iloc[[0, j]].nunique(dropna=False).le(1).all() for j in range(1, len(group))
+        )
+        if same:
+            drop += group.index[1:].tolist()
+            for k in keys[1:]:
+                problems.append(
+                    Problem(
+                        DUPLICATE,
+                        k,
+                        group["run"].iloc[0],
+                        f"the same record as {keys[0]}; counted once",
+                    )
+                )
+        else:
+            drop += group.index.tolist()
+            for k in keys:
+                others = ", ".join(x for x in keys if x != k)
+                problems.append(
+                    Problem(
+                        DUPLICATE,
+                        k,
+                        group["run"].iloc[0],
+                        f"names the same record as {others} with other values; which is right"
+                        " is unknown, so none of them is counted",
+                    )
+                )
+    return df.drop(index=drop).reset_index(drop=True)
 
 
 def sort_keys(frame: pd.DataFrame, by: list[str]) -> list[np.ndarray]:

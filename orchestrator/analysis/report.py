@@ -25,7 +25,7 @@ import pandas as pd
 from orchestrator.analysis import figures as fg
 from orchestrator.analysis import stats
 from orchestrator.analysis import tables as ag
-from orchestrator.analysis.document import Doc
+from orchestrator.analysis.document import Doc, file_part
 from orchestrator.analysis.effects import CONVERGENCE
 from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.problems import PROBLEM_KINDS, counts_text
@@ -38,7 +38,7 @@ FIGURE_NAME = re.compile(r"^(fig3_.+|fig4_.+|seeds_.+|effect_.+|overview|table1)
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return file_part(name)  # store names: bounded, never '..', a hash when changed
 
 
 def _capped(df: pd.DataFrame, csv: str) -> tuple[pd.DataFrame, str]:

@@ -85,19 +85,17 @@ def render(
     ``-o`` is given. ``table_to_stderr``: the table also goes to stderr whenever stdout does
     not get it (commands that always showed it there, for the person watching a pipe).
     """
-    from rich.console import Console
-
     if output is None and location is not None:
         if table_to_stderr:
-            Console(stderr=True).print(table())
-        print(location, flush=True)
+            safe_console(stderr=True).print(table())
+        print(printable(location), flush=True)
         return
     fmt = chosen(output)
     if fmt is Output.table:
-        Console().print(table())
+        safe_console().print(table())
         return
     if table_to_stderr:
-        Console(stderr=True).print(table())
+        safe_console(stderr=True).print(table())
     sys.stdout.write(dumps(data, fmt, stream=stream))
     sys.stdout.flush()
 
@@ -120,3 +118,29 @@ def json_alias(output: Output | None, as_json: bool) -> Output | None:
     if output not in (None, Output.json):
         raise BadInput(f"--json means -o json: give one of --json and -o {output.value}")
     return Output.json
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (ESC, OSC, BEL, CR, bidi overrides...) but
+    newline and tab written out visibly: strings from a results store are data, and must
+    not move the cursor, retitle the window or hide text on the reader's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else ascii(ch)[1:-1] for ch in text)
+
+
+def safe_console(**options: Any) -> Any:
+    """A rich ``Console`` whose text segments are ``printable`` before rich styles them:
+    its own colours stay, escape sequences that came with the data do not."""
+    from rich.console import Console
+    from rich.segment import Segment
+
+    class SafeConsole(Console):
+        def render(self, renderable: Any, options: Any = None) -> Any:
+            for segment in super().render(renderable, options):
+                if segment.control is None and not segment.text.isprintable():
+                    yield Segment(printable(segment.text), segment.style)
+                else:
+                    yield segment
+
+    return SafeConsole(**options)
