@@ -165,7 +165,7 @@ def file_part(name: str, limit: int = 60) -> str:
     that had to change to get there ends in a short hash of itself, so two names never
     share a file."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-    if len(safe) <= limit and safe.strip(".") and not safe.startswith("."):
+    if safe == name and len(safe) <= limit and not safe.startswith("."):
         return safe
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{safe.lstrip('.')[: limit - 11]}-{digest}"

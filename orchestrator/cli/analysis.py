@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.app import ANALYSIS_PANEL, app, err
-from orchestrator.cli.output import LocationOutputOpt, render
+from orchestrator.cli.output import LocationOutputOpt, printable_warnings, render
 
 
 def _default_out(sweep: str, uri: str) -> Path:
@@ -116,6 +116,7 @@ def aggregate(
     if strict:
         raise_if_problems(agg.loaded.uri, agg.problems)
     folder = (out or _default_out(agg.sweep, agg.loaded.uri)).absolute()
+    printable_warnings()  # matplotlib quotes labels (store names) in its font warnings
     # Only now: matplotlib writes its font cache on import, bad input must leave no trace.
     from orchestrator.analysis import output as report_files
     from orchestrator.analysis import report

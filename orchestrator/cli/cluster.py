@@ -151,6 +151,7 @@ def k8s_plan(
     from rich.console import Console
 
     from orchestrator.backends.kubernetes.manifests import (
+        check_configmap_size,
         object_name,
         render_sweep,
         to_yaml,
@@ -164,6 +165,7 @@ def k8s_plan(
         raise BadInput("--out - prints the objects on stdout: drop -o, or --out to a file")
     sweep = with_namespace(load_spec(spec), namespace)
     _check_results(sweep)
+    check_configmap_size(sweep)  # what submit could not create is no plan either
     runs = sweep.runs()
     doc: dict[str, object] = {
         "sweep": sweep.name,

@@ -10,6 +10,7 @@ their summary goes to stderr; ``-o`` then asks for the whole answer on stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -144,3 +145,23 @@ def safe_console(**options: Any) -> Any:
                     yield segment
 
     return SafeConsole(**options)
+
+
+def printable_warnings() -> None:
+    """Warnings (Python's, matplotlib's "Glyph 27 missing from font") go to stderr as
+    ``printable`` text: they may quote strings from a results store."""
+    import warnings
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        with contextlib.suppress(OSError):  # as warnings' own: a closed stderr is no failure
+            (file or sys.stderr).write(printable(text))
+
+    warnings.showwarning = show

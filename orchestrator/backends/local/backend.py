@@ -42,6 +42,7 @@ from rich.console import Console
 from orchestrator.backends.base import RunState, RunStatus, SubmitResult
 from orchestrator.backends.local.display import Display, duration
 from orchestrator.backends.local.parent import PARENT_ENV
+from orchestrator.backends.local.state_file import read_json_object, read_state
 from orchestrator.backends.progress import describe, sweep_progress
 from orchestrator.errors import BadInput, EarlyRepairError, StoreError
 from orchestrator.gpu.nvml import Nvml
@@ -285,13 +286,8 @@ class LocalBackend:
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            return None  # another version's record (or a damaged one) is not ours to act on
-        return data
+        # Another version's record is not ours to act on (None); a damaged one is BadInput.
+        return read_state(path, STATE_VERSION)
 
     def read_state(self, sweep: str, results: str) -> dict[str, Any] | None:
         return self._read(self.state_file(sweep, results))
@@ -644,7 +640,7 @@ class LocalBackend:
         spec: SweepSpec | None = None
         if state and isinstance(state.get("spec_file"), str):
             with contextlib.suppress(OSError, ValueError, BadInput):
-                spec = parse_spec(json.loads(Path(state["spec_file"]).read_text()))
+                spec = parse_spec(read_json_object(Path(state["spec_file"]), "sweep_json"))
         if spec is not None and spec.name != sweep:
             spec = None
         store = self._store
