@@ -470,7 +470,11 @@ def test_hostile_tree_in_a_folder(name: str, tmp_path: Path, clean_tables: dict[
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.s3] + list(S3_ONLY))
 def test_hostile_tree_in_s3(
-    name: str, tmp_path: Path, moto: tuple[str, str], clean_tables: dict[str, bytes]
+    name: str,
+    tmp_path: Path,
+    moto: tuple[str, str],
+    s3_env: None,
+    clean_tables: dict[str, bytes],
 ):
     """The same corpus as objects in S3 (moto on loopback), where it applies, plus keys
     only a bucket can hold ('..' parts, '//')."""
