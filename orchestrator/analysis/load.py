@@ -63,7 +63,13 @@ from orchestrator.results.records import (
 from orchestrator.spec import describe_error
 from orchestrator.store import Store
 from orchestrator.store.base import BadObject, NotARegularFile, ObjectTooLarge
-from orchestrator.store.limits import MAX_CLASSES, MAX_KEY_CHARS, MAX_NAME_CHARS, read_many_bounded
+from orchestrator.store.limits import (
+    COLUMN_CHARS,
+    COLUMN_VALUES,
+    MAX_CLASSES,
+    MAX_NAME_CHARS,
+    read_many_bounded,
+)
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_METHOD = layout.DEFAULT_METHOD
@@ -842,14 +848,11 @@ def _records_frame(
     return df.take(sorted_rows(df, by)).reset_index(drop=True)
 
 
-_NAME_COLUMNS = ("sweep", "run", "dataset", "model", "kind", "method")
-
-
 def _bounded(table: Any, problems: list[Problem]) -> Any:
-    """``table`` without the records whose strings or per-class vectors are out of bounds:
-    a name longer than ``MAX_NAME_CHARS``, a key longer than ``MAX_KEY_CHARS``, more than
-    ``MAX_CLASSES`` per-class values, or another number of them than the run's other
-    records have (checked on Arrow lengths, before anything is built from the values)."""
+    """``table`` without the records whose columns are out of bounds (``COLUMN_CHARS``,
+    ``COLUMN_VALUES``, by column name: a name longer than 256 characters, more than 1,000
+    per-class values) or whose per-class vector has another length than the run's other
+    records' (checked on Arrow lengths, before anything is built from the values)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -857,11 +860,20 @@ def _bounded(table: Any, problems: list[Problem]) -> Any:
     if n == 0:
         return table
     why: dict[int, str] = {}
-    for name, limit in [*((c, MAX_NAME_CHARS) for c in _NAME_COLUMNS), ("_rel", MAX_KEY_CHARS)]:
-        chars = pc.fill_null(pc.utf8_length(table.column(name)), 0).to_numpy()
+    names = set(table.column_names)
+    for name, limit in COLUMN_CHARS.items():
+        column = "_rel" if name == "key" else name  # the key as the run folder holds it
+        if column not in names:
+            continue
+        chars = pc.fill_null(pc.utf8_length(table.column(column)), 0).to_numpy()
         for i in np.flatnonzero(chars > limit).tolist():
-            shown = "key" if name == "_rel" else name
-            why.setdefault(i, f"{shown} is {int(chars[i]):,} characters long (at most {limit})")
+            why.setdefault(i, f"{name} is {int(chars[i]):,} characters long (at most {limit})")
+    for name, limit in COLUMN_VALUES.items():
+        if name not in names or name == "per_class_accuracy":  # that one: below
+            continue
+        count = pc.fill_null(pc.list_value_length(table.column(name)), 0).to_numpy()
+        for i in np.flatnonzero(count > limit).tolist():
+            why.setdefault(i, f"{name} has {int(count[i]):,} values (at most {limit:,})")
     values = pc.fill_null(pc.list_value_length(table.column("per_class_accuracy")), 0).to_numpy()
     folders = pc.dictionary_encode(table.column("_folder").combine_chunks())
     codes = folders.indices.to_numpy().astype(np.int64)
@@ -876,7 +888,8 @@ def _bounded(table: Any, problems: list[Problem]) -> Any:
     expected[run_of[first]] = length_of[first]
     for i in np.flatnonzero((values > MAX_CLASSES) | (values != expected[codes])).tolist():
         if values[i] > MAX_CLASSES:
-            detail = f"per_class_accuracy has {int(values[i]):,} values (at most {MAX_CLASSES})"
+            limit = COLUMN_VALUES["per_class_accuracy"]
+            detail = f"per_class_accuracy has {int(values[i]):,} values (at most {limit:,})"
         else:
             detail = (
                 f"per_class_accuracy has {int(values[i])} values but the run's other records"

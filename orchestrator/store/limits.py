@@ -48,6 +48,25 @@ MAX_NAME_CHARS = 256
 MAX_KEY_CHARS = 1024
 # The most classes a per-class vector may have (ImageNet has 1,000).
 MAX_CLASSES = 1000
+# The most test examples a run may have (per-example predictions, one label each).
+MAX_EXAMPLES = 1_000_000
+
+# Bounds on the columns of a records.arrow (and of records read one by one), by column
+# name; a record over one is left out as a bad value before anything is built from it.
+# String columns: the most characters; list columns: the most values in one row.
+COLUMN_CHARS: dict[str, int] = {
+    "sweep": MAX_NAME_CHARS,
+    "run": MAX_NAME_CHARS,
+    "dataset": MAX_NAME_CHARS,
+    "model": MAX_NAME_CHARS,
+    "kind": MAX_NAME_CHARS,
+    "method": MAX_NAME_CHARS,
+    "key": MAX_KEY_CHARS,
+}
+COLUMN_VALUES: dict[str, int] = {
+    "per_class_accuracy": MAX_CLASSES,
+    "predictions": MAX_EXAMPLES,
+}
 
 
 def kind_of(key: str, *, root: bool = True) -> str | None:
