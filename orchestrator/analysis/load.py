@@ -23,7 +23,6 @@ and JSON with a key given twice are reported, and never change a number.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +39,20 @@ from orchestrator.analysis.problems import (
     INCONSISTENT,
     MISPLACED,
     NO_SUMMARY,
-    NOT_A_FILE,
-    REFUSED_KEY,
     SCHEMA,
-    TOO_LARGE,
     UNFINISHED,
-    UNREADABLE,
     Problem,
     one_line,
+)
+from orchestrator.analysis.untrusted import (
+    KEY_LIKE,
+    DuplicateKey,
+    bounded,
+    pc_count_distinct,
+    refused_problems,
+    unique_pairs,
+    unreadable,
+    without_duplicates,
 )
 from orchestrator.errors import BadInput
 from orchestrator.results import layout
@@ -62,14 +67,8 @@ from orchestrator.results.records import (
 )
 from orchestrator.spec import describe_error
 from orchestrator.store import Store
-from orchestrator.store.base import BadObject, NotARegularFile, ObjectTooLarge
-from orchestrator.store.limits import (
-    COLUMN_CHARS,
-    COLUMN_VALUES,
-    MAX_CLASSES,
-    MAX_NAME_CHARS,
-    read_many_bounded,
-)
+from orchestrator.store.base import BadObject
+from orchestrator.store.limits import MAX_CLASSES, MAX_NAME_CHARS, read_many_bounded
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_METHOD = layout.DEFAULT_METHOD
@@ -179,39 +178,7 @@ def _list(store: Store, sweep: str | None) -> tuple[list[str], tuple[str | None,
     )
 
 
-def _refused(store: Store, prefix: str) -> list[Problem]:
-    """The listed keys the store left out as unsafe (``a/../b`` in a bucket), as problems."""
-    refused: dict[str, str] = getattr(store, "refused", {}) or {}
-    return [
-        Problem(REFUSED_KEY, key, "", f"{why}; not read")
-        for key, why in sorted(refused.items())
-        if key.startswith(prefix)
-    ]
-
-
 # --- parsing ----------------------------------------------------------------------------
-
-
-class _DuplicateKey(ValueError):
-    """A JSON object names one key twice: which value is meant is unknown."""
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _DuplicateKey(twice)
-    return out
-
-
-def unreadable(key: str, run: str, error: Exception) -> Problem:
-    """The problem entry for an object the store would not (or could not) give."""
-    if isinstance(error, ObjectTooLarge):
-        return Problem(TOO_LARGE, key, run, one_line(error))
-    if isinstance(error, NotARegularFile):
-        return Problem(NOT_A_FILE, key, run, one_line(error))
-    return Problem(UNREADABLE, key, run, one_line(f"{type(error).__name__}: {error}"))
 
 
 def _decode(
@@ -221,8 +188,8 @@ def _decode(
         problems.append(unreadable(key, run, blob))
         return None
     try:
-        data = json.loads(blob, object_pairs_hook=_unique_pairs)
-    except _DuplicateKey as e:
+        data = json.loads(blob, object_pairs_hook=unique_pairs)
+    except DuplicateKey as e:
         problems.append(
             Problem(
                 DUPLICATE,
@@ -245,11 +212,6 @@ def _decode(
     return data
 
 
-# Every key of a JSON object is a string followed by ':' (values may add matches, never
-# hide one): as many matches as fields set means no key was given twice.
-_KEY_LIKE = re.compile(rb'"\s*:')
-
-
 def _schema_detail(version: object) -> str:
     return (
         f"schema_version {version!r}; this early-repair reads versions"
@@ -270,7 +232,7 @@ def _validate(
         if (
             valid is not None
             and getattr(valid, "schema_version", None) in READABLE_VERSIONS
-            and len(_KEY_LIKE.findall(blob)) == len(valid.model_fields_set)
+            and len(KEY_LIKE.findall(blob)) == len(valid.model_fields_set)
         ):
             return valid  # (else: perhaps a key given twice - the path below says)
     data = _decode(key, run, blob, problems)
@@ -341,7 +303,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         # Nothing at all could be read: the store is unusable (endpoint down, no access),
         # which is bad input with one line, not a report full of "unreadable".
         raise BadInput(f"{uri}: cannot read any result ({one_line(failed[0])})") from failed[0]
-    problems: list[Problem] = _refused(store, prefix)
+    problems: list[Problem] = refused_problems(store, prefix)
     sweep_info: dict[str, Any] = {}
     if sweep_key in blobs:
         sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
@@ -367,7 +329,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         name = _sweep_name(uri, sweep_info, table)
         if sweep is not None and sweep != name:
             raise BadInput(f"{uri} holds sweep {name!r}, not {sweep!r}; fix --sweep")
-    records = _without_duplicates(_records_frame(table, name, prefix, finished, problems), problems)
+    records = without_duplicates(_records_frame(table, name, prefix, finished, problems), problems)
 
     infos = {
         r: _validate(RunInfo, k, r, blobs[k], problems)
@@ -506,12 +468,6 @@ def _unpack(
     for rel, data in packed.files.items():
         blobs[folder + rel] = data
     return packed.table
-
-
-def pc_count_distinct(column: Any) -> int:
-    import pyarrow.compute as pc
-
-    return int(pc.count_distinct(column, mode="all").as_py())
 
 
 def _single_records(
@@ -803,7 +759,7 @@ def _records_frame(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = _bounded(table, problems)
+    table = bounded(table, problems)
     matrix, lengths, class_nonfinite = _per_class(table.column("per_class_accuracy"))
     floats = [
         n for n, t in zip(table.column_names, table.schema.types, strict=True) if t == pa.float64()
@@ -846,109 +802,6 @@ def _records_frame(
     # Base before repaired, classes and epochs ascending: the order people read them in.
     by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
     return df.take(sorted_rows(df, by)).reset_index(drop=True)
-
-
-def _bounded(table: Any, problems: list[Problem]) -> Any:
-    """``table`` without the records whose columns are out of bounds (``COLUMN_CHARS``,
-    ``COLUMN_VALUES``, by column name: a name longer than 256 characters, more than 1,000
-    per-class values) or whose per-class vector has another length than the run's other
-    records' (checked on Arrow lengths, before anything is built from the values)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(table)
-    if n == 0:
-        return table
-    why: dict[int, str] = {}
-    names = set(table.column_names)
-    for name, limit in COLUMN_CHARS.items():
-        column = "_rel" if name == "key" else name  # the key as the run folder holds it
-        if column not in names:
-            continue
-        chars = pc.fill_null(pc.utf8_length(table.column(column)), 0).to_numpy()
-        for i in np.flatnonzero(chars > limit).tolist():
-            why.setdefault(i, f"{name} is {int(chars[i]):,} characters long (at most {limit})")
-    for name, limit in COLUMN_VALUES.items():
-        if name not in names or name == "per_class_accuracy":  # that one: below
-            continue
-        count = pc.fill_null(pc.list_value_length(table.column(name)), 0).to_numpy()
-        for i in np.flatnonzero(count > limit).tolist():
-            why.setdefault(i, f"{name} has {int(count[i]):,} values (at most {limit:,})")
-    values = pc.fill_null(pc.list_value_length(table.column("per_class_accuracy")), 0).to_numpy()
-    folders = pc.dictionary_encode(table.column("_folder").combine_chunks())
-    codes = folders.indices.to_numpy().astype(np.int64)
-    width = MAX_CLASSES + 2
-    capped = np.minimum(values, MAX_CLASSES + 1)
-    combos, counts = np.unique(codes * width + capped, return_counts=True)
-    run_of, length_of = np.divmod(combos, width)
-    # Per run, the number of values most of its records have (ties: the smaller number).
-    order = np.lexsort((length_of, -counts, run_of))
-    first = order[np.r_[True, run_of[order][1:] != run_of[order][:-1]]]
-    expected = np.full(len(folders.dictionary), -1, dtype=np.int64)
-    expected[run_of[first]] = length_of[first]
-    for i in np.flatnonzero((values > MAX_CLASSES) | (values != expected[codes])).tolist():
-        if values[i] > MAX_CLASSES:
-            limit = COLUMN_VALUES["per_class_accuracy"]
-            detail = f"per_class_accuracy has {int(values[i]):,} values (at most {limit:,})"
-        else:
-            detail = (
-                f"per_class_accuracy has {int(values[i])} values but the run's other records"
-                f" have {int(expected[codes[i]])}"
-            )
-        why.setdefault(i, detail)
-    if not why:
-        return table
-    keys, folder = table.column("key"), table.column("_folder")
-    for i, detail in sorted(why.items()):
-        key, run = keys[i].as_py(), folder[i].as_py()
-        problems.append(Problem(BAD_VALUE, key, run, f"{detail}; {_LEFT_OUT}"))
-    keep = np.ones(n, dtype=bool)
-    keep[list(why)] = False
-    return table.filter(pa.array(keep))
-
-
-_RECORD_ID = ["run", "kind", "method", "repair_class", "epoch"]
-
-
-def _without_duplicates(df: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
-    """One row per record: keys that name the same record (``epoch_001/`` and
-    ``epoch_0001/``; ``repair/class_3/`` and ``repair/arachne/class_3/``) count it once
-    when they agree and not at all when they do not - a copy never changes a number."""
-    twice = df.duplicated(_RECORD_ID, keep=False).to_numpy()
-    if not twice.any():
-        return df
-    drop: list[int] = []
-    for _, group in df[twice].groupby(_RECORD_ID, dropna=False, sort=False):
-        keys = group["key"].tolist()
-        values = group.drop(columns="key")
-        same = all(
-            values.iloc[[0, j]].nunique(dropna=False).le(1).all() for j in range(1, len(group))
-        )
-        if same:
-            drop += group.index[1:].tolist()
-            for k in keys[1:]:
-                problems.append(
-                    Problem(
-                        DUPLICATE,
-                        k,
-                        group["run"].iloc[0],
-                        f"the same record as {keys[0]}; counted once",
-                    )
-                )
-        else:
-            drop += group.index.tolist()
-            for k in keys:
-                others = ", ".join(x for x in keys if x != k)
-                problems.append(
-                    Problem(
-                        DUPLICATE,
-                        k,
-                        group["run"].iloc[0],
-                        f"names the same record as {others} with other values; which is right"
-                        " is unknown, so none of them is counted",
-                    )
-                )
-    return df.drop(index=drop).reset_index(drop=True)
 
 
 def sort_keys(frame: pd.DataFrame, by: list[str]) -> list[np.ndarray]:
