@@ -48,8 +48,9 @@ from orchestrator.analysis.untrusted import (
     KEY_LIKE,
     DuplicateKey,
     bounded,
-    pc_count_distinct,
+    key_count,
     refused_problems,
+    repeated_keys,
     unique_pairs,
     unreadable,
     without_duplicates,
@@ -232,7 +233,7 @@ def _validate(
         if (
             valid is not None
             and getattr(valid, "schema_version", None) in READABLE_VERSIONS
-            and len(KEY_LIKE.findall(blob)) == len(valid.model_fields_set)
+            and len(KEY_LIKE.findall(blob)) == key_count(valid)
         ):
             return valid  # (else: perhaps a key given twice - the path below says)
     data = _decode(key, run, blob, problems)
@@ -319,6 +320,19 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         else:
             tables.append(table)
             parts.append((r, len(table)))
+    for i in sorted(repeated_keys(tables), reverse=True):  # a record twice in one file
+        r = parts[i][0]
+        problems.append(
+            Problem(
+                DUPLICATE,
+                runs[r].files["records"],
+                r,
+                "it holds a record twice (two rows with one key); which one is right is"
+                " unknown; reading the run's single files instead",
+            )
+        )
+        del tables[i], parts[i]
+        redo.append(r)
     if redo:  # a damaged records.arrow: read that run's single files after all
         _list_records(store, prefix, redo, runs)
         blobs.update(read_many_bounded(store, _single_keys(runs, set(redo))))
@@ -451,18 +465,6 @@ def _unpack(
         packed = load_run_records(blob)
     except ValueError as e:
         problems.append(Problem(DAMAGED, key, run, one_line(e) + fallback))
-        return None
-    keys = packed.table.column("key")
-    if pc_count_distinct(keys) != len(keys):
-        problems.append(
-            Problem(
-                DUPLICATE,
-                key,
-                run,
-                "it holds a record twice (two rows with one key); which one is right is"
-                " unknown" + fallback,
-            )
-        )
         return None
     folder = f"{prefix}{run}/"
     for rel, data in packed.files.items():

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from orchestrator.analysis.problems import (
     BAD_VALUE,
@@ -71,10 +72,33 @@ def unreadable(key: str, run: str, error: Exception) -> Problem:
 KEY_LIKE = re.compile(rb'"\s*:')
 
 
-def pc_count_distinct(column: Any) -> int:
-    import pyarrow.compute as pc
+def key_count(value: Any) -> int:
+    """How many object keys the JSON that validated as ``value`` held, at every depth - as
+    many as ``KEY_LIKE`` matches means no key was given twice (each match is one key or
+    a value that looks like one)."""
+    if isinstance(value, BaseModel):
+        fields = value.model_fields_set
+        return len(fields) + sum(key_count(getattr(value, f)) for f in fields)
+    if isinstance(value, dict):
+        return len(value) + sum(key_count(v) for v in value.values())
+    if isinstance(value, list) and value and isinstance(value[0], dict | list | BaseModel):
+        return sum(key_count(v) for v in value)
+    return 0
 
-    return int(pc.count_distinct(column, mode="all").as_py())
+
+def repeated_keys(tables: list[Any]) -> set[int]:
+    """The indexes of the tables (one run's records each) whose ``key`` column holds a key
+    twice - in one pass over all of them, not one call per run."""
+    import pyarrow as pa
+
+    if not tables:
+        return set()
+    chunks = [c for t in tables for c in t.column("key").chunks]
+    keys = pa.chunked_array(chunks, pa.string()).to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
+    codes, found = pd.factorize(keys)
+    twice = pd.Series(owner * (len(found) + 1) + codes).duplicated(keep=False).to_numpy()
+    return set(owner[twice].tolist())
 
 
 def bounded(table: Any, problems: list[Problem]) -> Any:

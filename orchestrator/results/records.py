@@ -324,9 +324,6 @@ def load_run_records(data: bytes) -> RunRecords:
             f"records of schema_version {meta.get('schema_version')!r}; this early-repair"
             f" reads versions {sorted(READABLE_VERSIONS)}"
         )
-    expected = run_records_schema()
-    if not table.schema.remove_metadata().equals(expected):
-        raise ValueError("its columns are not those of this version's MetricsRecord")
     files = meta.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ValueError("its packed run files are not readable")
