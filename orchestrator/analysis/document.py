@@ -3,9 +3,10 @@ report.html (figures embedded as base64 PNG, so it can be mailed or archived as 
 
 Both are rendered from one list of blocks, so they cannot say different things. Text in
 them quotes names from the results store, which anyone who could write there chose: the
-HTML escapes everything, and the Markdown escapes HTML and the brackets of links and images
-outside `code` spans (inside them nothing renders), so no store string becomes markup, a
-remote image or a link. ``file_part`` makes such names safe parts of file names.
+HTML escapes everything, and the Markdown escapes HTML and the closing bracket of links
+and images outside `code` spans (inside them nothing renders), so no store string becomes
+markup, a remote image or a link (a bare URL stays text, which some viewers make
+clickable). ``file_part`` makes such names safe parts of file names.
 """
 
 from __future__ import annotations
@@ -135,9 +136,11 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-# Outside code spans: what would become HTML, a link or an image, or an entity.
-_MD_ACTIVE = re.compile(r"[<>\[\]&]")
-_MD_ESCAPES = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "[": "\\[", "]": "\\]"}
+# Outside code spans: what would become HTML or an entity, and the ']' every link, image
+# and link reference needs (``[t](u)``, ``![a](s)``, ``[t][r]``, ``[r]: u``) - escaped, no
+# bracket can close one.
+_MD_ACTIVE = re.compile(r"[<>\]&]")
+_MD_ESCAPES = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "]": "\\]"}
 
 
 def _md_plain(text: str) -> str:
