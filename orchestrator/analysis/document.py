@@ -1,12 +1,18 @@
 """One document, two renderings: report.md (relative image links) and a self-contained
 report.html (figures embedded as base64 PNG, so it can be mailed or archived as one file).
 
-Both are rendered from one list of blocks, so they cannot say different things.
+Both are rendered from one list of blocks, so they cannot say different things. Text in
+them quotes names from the results store, which anyone who could write there chose: the
+HTML escapes everything, and the Markdown escapes HTML and the closing bracket of links
+and images outside `code` spans (inside them nothing renders), so no store string becomes
+markup, a remote image or a link (a bare URL stays text, which some viewers make
+clickable). ``file_part`` makes such names safe parts of file names.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import re
 from dataclasses import dataclass, field
@@ -47,23 +53,23 @@ class Doc:
         self.blocks.append(("pair", [left, right]))
 
     def markdown(self, root: Path) -> str:
-        out = [f"# {self.title}", ""]
+        out = [f"# {_md(self.title)}", ""]
         for kind, value in self.blocks:
             if kind == "h":
-                out += [f"## {value}", ""]
+                out += [f"## {_md(value)}", ""]
             elif kind == "p":
-                out += [value, ""]
+                out += [_md(value), ""]
             elif kind == "ul":
-                out += [f"- {line}" for line in value] + [""]
+                out += [f"- {_md(line)}" for line in value] + [""]
             elif kind == "table":
                 df, note, _ = value
-                out += [_md_table(df), ""] + ([note, ""] if note else [])
+                out += [_md_table(df), ""] + ([_md(note), ""] if note else [])
             elif kind == "img":
                 for path, alt in value:
-                    out += [f"![{alt}]({path.relative_to(root).as_posix()})", ""]
+                    out += [f"![{_md_plain(alt)}]({_md_link(path, root)})", ""]
                     out += [_vector_links(path, root)] if siblings(path) else []
             elif kind == "pair":  # one line: Markdown viewers put the two images side by side
-                out += [" ".join(f"![{a}]({p.relative_to(root).as_posix()})" for p, a in value)]
+                out += [" ".join(f"![{_md_plain(a)}]({_md_link(p, root)})" for p, a in value)]
                 out += [""]
                 links = [_vector_links(p, root) for p, _ in value if siblings(p)]
                 out += [" ".join(links), ""] if links else []
@@ -150,9 +156,51 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+# Outside code spans: what would become HTML or an entity, and the ']' every link, image
+# and link reference needs (``[t](u)``, ``![a](s)``, ``[t][r]``, ``[r]: u``) - escaped, no
+# bracket can close one.
+_MD_ACTIVE = re.compile(r"[<>\]&]")
+_MD_ESCAPES = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "]": "\\]"}
+
+
+def _md_plain(text: str) -> str:
+    """``text`` as literal Markdown: no HTML, links, images or code spans from it."""
+    return _MD_ACTIVE.sub(lambda m: _MD_ESCAPES[m[0]], text).replace("`", "\\`")
+
+
+def _md(text: str) -> str:
+    """Our text with `code` spans (the only markup we write): everything outside them
+    literal (``_md_plain``); inside them nothing renders anyway."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an odd backtick (from a store string): no span is safe
+        return _md_plain(text)
+    return "`".join(p if i % 2 else _md_plain(p) for i, p in enumerate(parts))
+
+
+def _md_link(path: Path, root: Path) -> str:
+    """A relative link to one of our figures (their names are ``file_part``s)."""
+    return path.relative_to(root).as_posix().replace(" ", "%20").replace(")", "%29")
+
+
+def file_part(name: str, limit: int = 60) -> str:
+    """``name`` (a dataset, model, run or method from the store) as part of a file name:
+    only ``[A-Za-z0-9_.-]``, never ``.`` or ``..``, at most ``limit`` characters - a name
+    that had to change to get there ends in a short hash of itself, so two names never
+    share a file."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    if safe == name and len(safe) <= limit and not safe.startswith("."):
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{safe.lstrip('.')[: limit - 11]}-{digest}"
+
+
 def _md_table(df: pd.DataFrame) -> str:
     def row(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+        return (
+            "| "
+            + " | ".join(_md_plain(c).replace("|", "\\|").replace("\n", " ") for c in cells)
+            + " |"
+        )
 
     lines = [row([str(c) for c in df.columns]), row(["---"] * len(df.columns))]
     lines += [row([_cell(v) for v in r]) for r in df.itertuples(index=False)]

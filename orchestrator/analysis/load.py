@@ -11,6 +11,13 @@ Damaged input is a problem, not a crash (``problems.py``): an object the store c
 return, JSON that does not parse or nests too deep, a record that fails the schema, a
 ``schema_version`` this version cannot read (``READABLE_VERSIONS``), an impossible value
 (an accuracy outside 0..1, a non-finite number), or a record whose fields disagree with its key.
+
+The tree is untrusted (anyone who can write to the bucket wrote it), so reading is bounded:
+each object is read only up to its kind's size limit (``store.limits``) and only when it is
+a regular file; a records.arrow must be uncompressed; string fields and per-class vectors
+are bounded (a per-class vector must have as many values as the run's other records); a
+record seen twice (twice in one records.arrow, or at two keys that name the same record)
+and JSON with a key given twice are reported, and never change a number.
 """
 
 from __future__ import annotations
@@ -31,14 +38,25 @@ from orchestrator.analysis.examples import check as check_examples
 from orchestrator.analysis.problems import (
     BAD_VALUE,
     DAMAGED,
+    DUPLICATE,
     INCONSISTENT,
     MISPLACED,
     NO_SUMMARY,
     SCHEMA,
     UNFINISHED,
-    UNREADABLE,
     Problem,
     one_line,
+)
+from orchestrator.analysis.untrusted import (
+    KEY_LIKE,
+    DuplicateKey,
+    bounded,
+    key_count,
+    refused_problems,
+    repeated_keys,
+    unique_pairs,
+    unreadable,
+    without_duplicates,
 )
 from orchestrator.errors import BadInput
 from orchestrator.results import layout
@@ -55,6 +73,8 @@ from orchestrator.results.records import (
 )
 from orchestrator.spec import describe_error
 from orchestrator.store import Store
+from orchestrator.store.base import BadObject
+from orchestrator.store.limits import MAX_CLASSES, MAX_NAME_CHARS, read_many_bounded
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_METHOD = layout.DEFAULT_METHOD
@@ -191,10 +211,21 @@ def _decode(
     key: str, run: str, blob: bytes | Exception, problems: list[Problem]
 ) -> dict[str, Any] | None:
     if isinstance(blob, Exception):
-        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        problems.append(unreadable(key, run, blob))
         return None
     try:
-        data = json.loads(blob)
+        data = json.loads(blob, object_pairs_hook=unique_pairs)
+    except DuplicateKey as e:
+        problems.append(
+            Problem(
+                DUPLICATE,
+                key,
+                run,
+                f"the JSON key {one_line(repr(str(e)), 80)} appears twice; which value is"
+                " meant is unknown, so the object is left out",
+            )
+        )
+        return None
     except RecursionError:
         problems.append(Problem(DAMAGED, key, run, "nested too deeply to parse"))
         return None
@@ -224,8 +255,12 @@ def _validate(
             valid = model.model_validate_json(blob)
         except (ValidationError, ValueError, RecursionError):
             valid = None
-        if valid is not None and getattr(valid, "schema_version", None) in READABLE_VERSIONS:
-            return valid
+        if (
+            valid is not None
+            and getattr(valid, "schema_version", None) in READABLE_VERSIONS
+            and len(KEY_LIKE.findall(blob)) == key_count(valid)
+        ):
+            return valid  # (else: perhaps a key given twice - the path below says)
     data = _decode(key, run, blob, problems)
     if data is None:
         return None
@@ -291,13 +326,13 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     wanted = [sweep_key] if sweep_key in listing else []
     wanted += [runs[r].files["records"] for r in sorted(bundled)]
     wanted += _single_keys(runs, set(runs) - bundled)
-    blobs = store.read_many(wanted)
+    blobs = read_many_bounded(store, wanted)
     failed = [v for v in blobs.values() if isinstance(v, Exception)]
-    if failed and len(failed) == len(blobs):
+    if failed and len(failed) == len(blobs) and not any(isinstance(v, BadObject) for v in failed):
         # Nothing at all could be read: the store is unusable (endpoint down, no access),
         # which is bad input with one line, not a report full of "unreadable".
         raise BadInput(f"{uri}: cannot read any result ({one_line(failed[0])})") from failed[0]
-    problems: list[Problem] = []
+    problems: list[Problem] = refused_problems(store, prefix)
     labels: dict[str, np.ndarray] = {}
     sweep_info: dict[str, Any] = {}
     if sweep_key in blobs:
@@ -314,9 +349,22 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         else:
             tables.append(table)
             parts.append((r, len(table)))
+    for i in sorted(repeated_keys(tables), reverse=True):  # a record twice in one file
+        r = parts[i][0]
+        problems.append(
+            Problem(
+                DUPLICATE,
+                runs[r].files["records"],
+                r,
+                "it holds a record twice (two rows with one key); which one is right is"
+                " unknown; reading the run's single files instead",
+            )
+        )
+        del tables[i], parts[i]
+        redo.append(r)
     if redo:  # a damaged records.arrow: read that run's single files after all
         _list_records(store, prefix, redo, runs)
-        blobs.update(store.read_many(_single_keys(runs, set(redo))))
+        blobs.update(read_many_bounded(store, _single_keys(runs, set(redo))))
     singles = sorted(set(runs) - bundled | set(redo))
     tables.append(_single_records(runs, singles, blobs, problems, parts, labels))
     table = _with_keys(tables, parts, prefix)
@@ -325,6 +373,9 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         if sweep is not None and sweep != name:
             raise BadInput(f"{uri} holds sweep {name!r}, not {sweep!r}; fix --sweep")
     records, examples = _records_frame(table, name, prefix, finished, problems, labels)
+    once = without_duplicates(records, problems)  # keeps the index of the rows it keeps
+    examples = examples.select(once.index.to_numpy())
+    records = once.reset_index(drop=True)
 
     infos = {
         r: _validate(RunInfo, k, r, blobs[k], problems)
@@ -451,7 +502,7 @@ def _unpack(
     cannot be used."""
     fallback = "; reading the run's single files instead"
     if isinstance(blob, Exception):
-        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        problems.append(unreadable(key, run, blob))
         return None
     try:
         packed = load_run_records(blob)
@@ -504,7 +555,7 @@ def _single_records(
 def _npy(key: str, run: str, blob: bytes | Exception, problems: list[Problem]) -> Any:
     """A ``.npy`` of labels; None (and a problem) when it cannot be used."""
     if isinstance(blob, Exception):
-        problems.append(Problem(UNREADABLE, key, run, one_line(f"{type(blob).__name__}: {blob}")))
+        problems.append(unreadable(key, run, blob))
         return None
     try:
         return predicted.parse(blob)
@@ -529,8 +580,9 @@ def _with_keys(tables: list[Any], parts: list[tuple[str, int]], prefix: str) -> 
 
 
 def _sweep_name(uri: str, sweep_info: dict[str, Any], table: Any) -> str:
-    if isinstance(sweep_info.get("name"), str):
-        return sweep_info["name"]
+    said = sweep_info.get("name")
+    if isinstance(said, str) and 0 < len(said) <= MAX_NAME_CHARS:
+        return said
     names = Counter(table.column("sweep").slice(0, 50).to_pylist())
     if names:
         return names.most_common(1)[0][0]
@@ -590,8 +642,13 @@ def _runs_frame(
         else:
             dataset = _label(spec.get("dataset"))
             model = _label(spec.get("model"))
-            seed = spec.get("seed")
-        classes = set(spec.get("repair_classes") or []) | {int(c) for c in classes_of.get(run, [])}
+            seed = _spec_int(spec.get("seed"))
+        # run.json is untrusted too: only what has the shape a RunSpec gives it counts.
+        listed = spec.get("repair_classes")
+        named = [_spec_int(c) for c in listed] if isinstance(listed, list) else []
+        classes = {c for c in named if c is not None and 0 <= c < MAX_CLASSES} | {
+            int(c) for c in classes_of.get(run, [])
+        }
         methods = set(_spec_methods(spec)) | set(methods_of.get(run, []))
         epochs = sorted(int(e) for e in epochs_of.get(run, []))
         seen = convs_of.get(run, [])
@@ -667,14 +724,22 @@ def _spec_methods(spec: dict[str, Any]) -> list[str]:
         return []
     methods = repair.get("methods", repair.get("method"))
     if isinstance(methods, str):
-        return [methods]
-    return [m for m in methods if isinstance(m, str)] if isinstance(methods, list) else []
+        methods = [methods]
+    if not isinstance(methods, list):
+        return []
+    return [m for m in methods if isinstance(m, str) and 0 < len(m) <= MAX_NAME_CHARS]
 
 
-def _label(part: Any) -> Any:
+def _label(part: Any) -> str | None:
     if isinstance(part, dict):
-        return part.get("label") or part.get("name")
-    return part
+        part = part.get("label") or part.get("name")
+    return part if isinstance(part, str) and len(part) <= MAX_NAME_CHARS else None
+
+
+def _spec_int(value: Any) -> int | None:
+    """An integer of a run.json's spec, if it is one that fits the tables' int64."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return value if ok else None
 
 
 def _run_problems(
@@ -771,6 +836,7 @@ def _records_frame(
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    table = bounded(table, problems)
     matrix, lengths, class_nonfinite = _per_class(table.column("per_class_accuracy"))
     values, offsets, present = from_arrow(table.column(PREDICTIONS_COLUMN))
     floats = [

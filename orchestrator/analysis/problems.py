@@ -13,9 +13,14 @@ import pandas as pd
 
 from orchestrator.analysis.words import plural
 from orchestrator.errors import BadInput
+from orchestrator.errors import one_line as errors_one_line
 
 # Problem kinds, in the order the report lists them.
 UNREADABLE = "unreadable"  # the store could not return the object
+TOO_LARGE = "too-large"  # larger than its kind of object may be (store.limits); not read
+NOT_A_FILE = "not-a-file"  # a folder, FIFO, device or outward link where a file should be
+REFUSED_KEY = "unsafe-key"  # a listed key that names another object than it seems ('..')
+DUPLICATE = "duplicate"  # a record (or a JSON key) seen twice: counted once or not at all
 DAMAGED = "damaged"  # not JSON, too deeply nested, or not a valid record (a torn write)
 SCHEMA = "schema-version"  # written by an older or newer early-repair
 BAD_VALUE = "bad-value"  # a valid record with an impossible number (NaN, accuracy 1.5)
@@ -27,6 +32,10 @@ INCOMPLETE = "incomplete"  # (run, method, class) the rules cannot compare: not 
 PARTIAL = "partial"  # (run, method, class) compared on fewer checkpoints than it should be
 PROBLEM_KINDS = (
     UNREADABLE,
+    TOO_LARGE,
+    NOT_A_FILE,
+    REFUSED_KEY,
+    DUPLICATE,
     DAMAGED,
     SCHEMA,
     BAD_VALUE,
@@ -50,14 +59,24 @@ class Problem:
     detail: str
 
 
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+def one_line(text: object, limit: int = 2000) -> str:
+    """``text`` as one printable line (control characters written out as ``\\x1b``), at
+    most ``limit`` characters: store data reaches terminals, CSV files and reports."""
+    return errors_one_line(str(text), limit)
+
+
+def shown_key(key: str, limit: int = 300) -> str:
+    """A store key as a problem line shows it: printable, on one line, of bounded length."""
+    return errors_one_line(key, limit)
 
 
 def problems_frame(problems: list[Problem]) -> pd.DataFrame:
     rank = {k: i for i, k in enumerate(PROBLEM_KINDS)}
     ordered = sorted(problems, key=lambda p: (rank.get(p.kind, 99), p.key, p.detail))
-    return pd.DataFrame([(p.kind, p.run, p.key, p.detail) for p in ordered], columns=COLUMNS)
+    return pd.DataFrame(
+        [(p.kind, shown_key(p.run), shown_key(p.key), one_line(p.detail)) for p in ordered],
+        columns=COLUMNS,
+    )
 
 
 def counts_text(problems: pd.DataFrame) -> str:

@@ -25,7 +25,7 @@ import pandas as pd
 from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import costs, formats, stats
 from orchestrator.analysis import figures as fg
-from orchestrator.analysis.document import Doc
+from orchestrator.analysis.document import Doc, file_part
 from orchestrator.analysis.effects import CONVERGENCE
 from orchestrator.analysis.harm_report import harm_section, readiness_stops_section
 from orchestrator.analysis.headline import MAX_SEEDS_NEEDED, MIN_SEEDS_FOR_CI
@@ -44,7 +44,7 @@ FIGURE_NAME = re.compile(
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return file_part(name)  # store names: bounded, never '..', a hash when changed
 
 
 def _capped(df: pd.DataFrame, csv: str) -> tuple[pd.DataFrame, str]:

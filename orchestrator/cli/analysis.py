@@ -9,7 +9,22 @@ import typer
 
 from orchestrator.analysis.formats import DEFAULT_FORMATS
 from orchestrator.cli.app import ANALYSIS_PANEL, app, err
-from orchestrator.cli.output import LocationOutputOpt, render
+from orchestrator.cli.output import LocationOutputOpt, printable_warnings, render
+
+
+def _default_out(sweep: str, uri: str) -> Path:
+    """``report/<sweep>`` when the sweep's name (which comes from the store: anyone who can
+    write there chose it) is a valid sweep name - never a path such as ``/etc`` or ``../x``."""
+    from orchestrator.errors import BadInput, one_line
+    from orchestrator.spec import DNS1123_LABEL, MAX_SWEEP_NAME
+
+    if len(sweep) <= MAX_SWEEP_NAME and DNS1123_LABEL.fullmatch(sweep):
+        return Path("report") / sweep
+    shown = one_line(repr(sweep), 80)
+    raise BadInput(
+        f"{uri}: the sweep's name {shown} is not a valid sweep name (lower-case letters,"
+        " digits and '-'), so it does not name the output folder; pass --out DIR"
+    )
 
 
 @app.command(rich_help_panel=ANALYSIS_PANEL)
@@ -121,7 +136,8 @@ def aggregate(
     )
     if strict:
         raise_if_problems(agg.loaded.uri, agg.problems)
-    folder = (out or Path("report") / agg.sweep).absolute()
+    folder = (out or _default_out(agg.sweep, agg.loaded.uri)).absolute()
+    printable_warnings()  # matplotlib quotes labels (store names) in its font warnings
     # Only now: matplotlib writes its font cache on import, bad input must leave no trace.
     from orchestrator.analysis import output as report_files
     from orchestrator.analysis import report

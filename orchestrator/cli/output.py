@@ -10,6 +10,7 @@ their summary goes to stderr; ``-o`` then asks for the whole answer on stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -85,19 +86,17 @@ def render(
     ``-o`` is given. ``table_to_stderr``: the table also goes to stderr whenever stdout does
     not get it (commands that always showed it there, for the person watching a pipe).
     """
-    from rich.console import Console
-
     if output is None and location is not None:
         if table_to_stderr:
-            Console(stderr=True).print(table())
-        print(location, flush=True)
+            safe_console(stderr=True).print(table())
+        print(printable(location), flush=True)
         return
     fmt = chosen(output)
     if fmt is Output.table:
-        Console().print(table())
+        safe_console().print(table())
         return
     if table_to_stderr:
-        Console(stderr=True).print(table())
+        safe_console(stderr=True).print(table())
     sys.stdout.write(dumps(data, fmt, stream=stream))
     sys.stdout.flush()
 
@@ -120,3 +119,49 @@ def json_alias(output: Output | None, as_json: bool) -> Output | None:
     if output not in (None, Output.json):
         raise BadInput(f"--json means -o json: give one of --json and -o {output.value}")
     return Output.json
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (ESC, OSC, BEL, CR, bidi overrides...) but
+    newline and tab written out visibly: strings from a results store are data, and must
+    not move the cursor, retitle the window or hide text on the reader's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else ascii(ch)[1:-1] for ch in text)
+
+
+def safe_console(**options: Any) -> Any:
+    """A rich ``Console`` whose text segments are ``printable`` before rich styles them:
+    its own colours stay, escape sequences that came with the data do not."""
+    from rich.console import Console
+    from rich.segment import Segment
+
+    class SafeConsole(Console):
+        def render(self, renderable: Any, options: Any = None) -> Any:
+            for segment in super().render(renderable, options):
+                if segment.control is None and not segment.text.isprintable():
+                    yield Segment(printable(segment.text), segment.style)
+                else:
+                    yield segment
+
+    return SafeConsole(**options)
+
+
+def printable_warnings() -> None:
+    """Warnings (Python's, matplotlib's "Glyph 27 missing from font") go to stderr as
+    ``printable`` text: they may quote strings from a results store."""
+    import warnings
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        with contextlib.suppress(OSError):  # as warnings' own: a closed stderr is no failure
+            (file or sys.stderr).write(printable(text))
+
+    warnings.showwarning = show

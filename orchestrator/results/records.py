@@ -9,10 +9,11 @@ a record of another early-repair version from a damaged one.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from functools import cache
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +27,11 @@ READABLE_VERSIONS = frozenset({1, 2})
 # run only adds outputs, and the trainer computes exactly the missing ones.
 EXPERIMENT_FIELDS = ("dataset", "model", "seed", "training", "repair")
 CLASS_FIELDS = {"dataset": {"repair_classes"}, "repair": {"classes"}}
+
+
+# Integers as Arrow and pandas hold them: a record is untrusted data, and 10**30 in one
+# would otherwise pass validation and overflow every column it reaches.
+Int = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 def experiment(run: dict[str, Any]) -> dict[str, Any]:
@@ -57,18 +63,18 @@ class MetricsRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Int = SCHEMA_VERSION
     sweep: str
     run: str
     dataset: str
     model: str
-    seed: int
-    epoch: int
+    seed: Int
+    epoch: Int
     # None in records written while the model trained (training.repair_every), before the
     # convergence epoch was known: train/summary.json says it.
-    convergence_epoch: int | None
+    convergence_epoch: Int | None
     kind: Literal["base", "repaired"]
-    repair_class: int | None = None
+    repair_class: Int | None = None
     method: str | None = None
     accuracy: float
     per_class_accuracy: list[float | None]
@@ -77,12 +83,12 @@ class MetricsRecord(BaseModel):
     auc_macro: float | None
     rr: float | None = None
     br: float | None = None
-    n_neg: int | None = None
-    n_pos: int | None = None
+    n_neg: Int | None = None
+    n_pos: Int | None = None
     fitness: float | None = None
-    n_patched: int | None = None
-    n_intact: int | None = None
-    iterations: int | None = None
+    n_patched: Int | None = None
+    n_intact: Int | None = None
+    iterations: Int | None = None
     seconds: float | None = None
     # Method-specific, left out of a record while None (so other methods' records keep
     # their bytes): provable's guarantee and its solver's status; the epoch whose weights
@@ -113,14 +119,14 @@ class ReadinessTrack(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str | None
-    repair_class: int | None
-    fired_epoch: int | None  # the epoch at which it fired; None: not within the epochs trained
-    ready_epoch: int | None  # the epoch it picks: best score up to firing (or to the end)
+    repair_class: Int | None
+    fired_epoch: Int | None  # the epoch at which it fired; None: not within the epochs trained
+    ready_epoch: Int | None  # the epoch it picks: best score up to firing (or to the end)
     best_score: float | None  # that epoch's score (higher is better; val-loss: -loss)
-    evaluations: int
+    evaluations: Int
     # (epoch, score) of every epoch the track had a score, after firing too (None: not
     # finite); empty in summaries written before it was kept.
-    scores: list[tuple[int, float | None]] = []
+    scores: list[tuple[Int, float | None]] = []
 
 
 class ReadinessOutcome(BaseModel):
@@ -140,12 +146,12 @@ class TrainSummary(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
-    convergence_epoch: int  # epoch with the lowest validation loss
-    checkpoint_epochs: list[int]  # sorted; every one has checkpoints/epoch_NNN.pt
+    schema_version: Int = SCHEMA_VERSION
+    convergence_epoch: Int  # epoch with the lowest validation loss
+    checkpoint_epochs: list[Int]  # sorted; every one has checkpoints/epoch_NNN.pt
     # Sorted epochs repaired while training (training.repair_every): records, no checkpoint.
-    online_epochs: list[int] = []
-    epochs_trained: int
+    online_epochs: list[Int] = []
+    epochs_trained: Int
     stopped_early: bool
     best_val_loss: float
     seconds: float
@@ -171,7 +177,7 @@ class RunInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Int = SCHEMA_VERSION
     run: dict  # RunSpec.model_dump(mode="json")
     versions: dict[str, str]  # python, torch, early-repair, ...
     device: str  # "cpu", "cuda:0 (NVIDIA H200)", ...
@@ -224,10 +230,14 @@ class RunRecords(BaseModel):
 def _arrow_type(annotation: Any) -> Any:
     import pyarrow as pa
 
+    if get_origin(annotation) is Annotated:  # Int: the bound is pydantic's, not Arrow's
+        return _arrow_type(get_args(annotation)[0])
     args = [a for a in get_args(annotation) if a is not type(None)]
     base = (
         args[0] if get_origin(annotation) in (Union, UnionType) and len(args) == 1 else annotation
     )
+    if get_origin(base) is Annotated:
+        return _arrow_type(get_args(base)[0])
     if get_origin(base) is Literal or base is str:
         return pa.string()
     if get_origin(base) is list:
@@ -315,12 +325,98 @@ def dump_run_records(
     return sink.getvalue().to_pybytes()
 
 
+# --- reading Arrow IPC metadata without decoding a batch --------------------------------
+# A compressed Arrow file is a bomb: kilobytes that decode to gigabytes before anything
+# could look at them. This version never compresses records.arrow, so a compressed (or
+# dictionary-carrying) one is refused from its metadata alone - the FlatBuffers tables
+# of the footer and of each batch's message (format.fbs: Footer, Block, Message,
+# RecordBatch.compression) - and every other byte read is a view of the object's bytes.
+_MAGIC = b"ARROW1"
+_RECORD_BATCH = 3  # MessageHeader union tag
+
+
+def _fb_field(buf: bytes, table: int, index: int) -> int | None:
+    """Where field ``index`` of the FlatBuffers table at ``table`` lies; None if absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    if 4 + 2 * index >= vt_size:
+        return None
+    off = struct.unpack_from("<H", buf, vtable + 4 + 2 * index)[0]
+    return table + off if off else None
+
+
+def _fb_ref(buf: bytes, at: int) -> int:
+    """The table or vector an offset field at ``at`` points to."""
+    return at + struct.unpack_from("<I", buf, at)[0]
+
+
+def _check_arrow_layout(data: bytes) -> None:
+    """ValueError unless ``data`` is an Arrow IPC file of uncompressed record batches only."""
+    try:
+        if data[:6] != _MAGIC or data[-6:] != _MAGIC or len(data) < 18:
+            raise ValueError("not an Arrow IPC file")
+        footer_len = struct.unpack_from("<i", data, len(data) - 10)[0]
+        start = len(data) - 10 - footer_len
+        if footer_len <= 0 or start < 8:
+            raise ValueError("not an Arrow IPC file (its footer is damaged)")
+        footer = data[start : len(data) - 10]
+        root = _fb_ref(footer, 0)
+        dictionaries = _fb_field(footer, root, 2)
+        if (
+            dictionaries is not None
+            and struct.unpack_from("<I", footer, _fb_ref(footer, dictionaries))[0]
+        ):
+            raise ValueError("it carries dictionary batches, which this version never writes")
+        batches = _fb_field(footer, root, 3)
+        if batches is None:
+            return
+        vec = _fb_ref(footer, batches)
+        for i in range(struct.unpack_from("<I", footer, vec)[0]):
+            offset = struct.unpack_from("<q", footer, vec + 4 + 24 * i)[0]
+            if not 8 <= offset < len(data) - 8:
+                raise ValueError("not an Arrow IPC file (a batch lies outside it)")
+            at = offset + (8 if data[offset : offset + 4] == b"\xff\xff\xff\xff" else 4)
+            length = struct.unpack_from("<i", data, at - 4)[0]
+            message = data[at : at + length]
+            msg = _fb_ref(message, 0)
+            kind = _fb_field(message, msg, 1)
+            header = _fb_field(message, msg, 2)
+            if kind is None or message[kind] != _RECORD_BATCH or header is None:
+                raise ValueError("not an Arrow IPC file (a block is not a record batch)")
+            if _fb_field(message, _fb_ref(message, header), 3) is not None:
+                raise ValueError(
+                    "its record batches are compressed, which this version never writes"
+                    " (a compressed file can decode to any size)"
+                )
+    except (struct.error, IndexError) as e:
+        raise ValueError("not an Arrow IPC file (its metadata is damaged)") from e
+
+
+def _check_columns(schema: Any) -> None:
+    """ValueError unless every column is one of this version's, of its type, and only
+    columns that may be absent (``OPTIONAL_FIELDS``, format 1's predictions) are."""
+    expected = run_records_schema()
+    may_lack = {*OPTIONAL_FIELDS, PREDICTIONS_COLUMN}
+    for field in schema:
+        i = expected.get_field_index(field.name)
+        if i < 0 or not expected.field(i).type.equals(field.type):
+            raise ValueError("its columns are not those of this version's MetricsRecord")
+    if set(expected.names) - set(schema.names) - may_lack or len(set(schema.names)) != len(
+        schema.names
+    ):
+        raise ValueError("its columns are not those of this version's MetricsRecord")
+
+
 def load_run_records(data: bytes) -> RunRecords:
     """Parse ``records.arrow``; ValueError (one line) when it is not one this version wrote."""
     import pyarrow as pa
 
+    _check_arrow_layout(data)
     try:
-        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        reader = pa.ipc.open_file(pa.py_buffer(data))
+        _check_columns(reader.schema)  # before a single batch is decoded
+        table = reader.read_all()
+        table.validate(full=True)  # offsets and lengths inside their buffers
     except (pa.ArrowException, OSError) as e:
         raise ValueError(f"not an Arrow IPC file ({' '.join(str(e).split())[:120]})") from e
     raw = (table.schema.metadata or {}).get(_META_KEY)

@@ -9,7 +9,7 @@ paths relative to the store's root (see ``orchestrator.results``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +18,20 @@ from orchestrator.errors import StoreError
 
 class KeyMissing(StoreError):
     """The key does not exist in the store."""
+
+
+class BadObject(StoreError):
+    """The key names something a results reader must not take in whole: the store is fine,
+    this one object is damage (a problem entry), never a reason to stop or to wait."""
+
+
+class ObjectTooLarge(BadObject):
+    """The object is larger than the limit its kind allows (``store.limits``)."""
+
+
+class NotARegularFile(BadObject):
+    """A folder, FIFO, device or socket where a file should be, or a link that leads out of
+    the store's folder: reading it could hang, never end, or read what is not results."""
 
 
 @runtime_checkable
@@ -30,8 +44,10 @@ class Store(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def read_bytes(self, key: str) -> bytes:
-        """Raise ``KeyMissing`` when absent."""
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Raise ``KeyMissing`` when absent, ``ObjectTooLarge`` when larger than
+        ``max_bytes`` (then at most ``max_bytes + 1`` bytes are ever held), and
+        ``NotARegularFile`` for what is no plain object."""
         ...
 
     def write_bytes(self, key: str, data: bytes) -> None: ...
@@ -50,11 +66,26 @@ class Store(Protocol):
         """
         ...
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
-        """Read many keys; a failed key maps to its exception instead of raising."""
+    def read_many(
+        self, keys: Iterable[str], max_bytes: Callable[[str], int | None] | None = None
+    ) -> dict[str, bytes | Exception]:
+        """Read many keys; a failed key maps to its exception instead of raising.
+        ``max_bytes(key)``: the size limit of each key (``read_bytes``)."""
         ...
 
     def delete_prefix(self, prefix: str) -> None: ...
+
+
+def unsafe_key(key: str) -> str | None:
+    """Why a key a store listed cannot be read back as itself (None when it can): keys
+    come from whoever could write to the bucket, and ``a/../b`` or ``a//b`` name other
+    objects than they seem to (or none)."""
+    parts = key.split("/")
+    if any(p in ("..", ".") for p in parts):
+        return "its key holds '.' or '..' parts"
+    if any(p == "" for p in parts[:-1]) or not key:
+        return "its key holds an empty part ('//' or a leading '/')"
+    return None
 
 
 def clean_key(key: str) -> str:

@@ -59,7 +59,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
 
 from orchestrator.errors import BadInput, EarlyRepairError, StoreError, TransientStoreError
-from orchestrator.store.base import KeyMissing, clean_key
+from orchestrator.store.base import KeyMissing, ObjectTooLarge, clean_key, unsafe_key
 from orchestrator.urls import check_endpoint, credentials_problem, redact, uri_credentials_problem
 
 if TYPE_CHECKING:
@@ -251,6 +251,8 @@ class S3Store:
         self._attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
         self._lock = threading.Lock()
         self._transfer: TransferConfig | None = None
+        # Listed keys left out because they are not safe to use (``_safe``): key -> why.
+        self.refused: dict[str, str] = {}
 
     @classmethod
     def from_uri(
@@ -495,10 +497,18 @@ class S3Store:
             return False
         return True
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         full = self._full(key)
         with self._translated("get", key):
             response = self.client.get_object(Bucket=self.bucket, Key=full)
+            size = response.get("ContentLength")
+            if max_bytes is not None and (not isinstance(size, int) or size > max_bytes):
+                response["Body"].close()  # not a byte more than the headers
+                raise ObjectTooLarge(
+                    f"{self.uri}/{key}: {size:,} bytes, over the {max_bytes:,}-byte limit for it"
+                    if isinstance(size, int)
+                    else f"{self.uri}/{key}: the server did not say its size; not read"
+                )
             try:
                 return response["Body"].read()
             except _STREAM_ERRORS as e:
@@ -534,12 +544,25 @@ class S3Store:
         with self._translated("list", clean_key(prefix) or None):
             if delimiter:
                 keys, rolled = self._list_all(base, delimiter)
-                return sorted(self._rel(k) for k in [*keys, *rolled])
+                return sorted(self._safe([self._rel(k) for k in [*keys, *rolled]]))
             keys = self._list_under(base)
-        out = sorted(self._rel(k) for k in keys if not k.endswith("/"))
+        out = sorted(self._safe([self._rel(k) for k in keys if not k.endswith("/")]))
         p = clean_key(prefix)
         if not out and p and self.exists(p):
             return [p]  # like FileStore: a prefix that names one object lists it
+        return out
+
+    def _safe(self, keys: list[str]) -> list[str]:
+        """``keys`` without those that cannot be read back as themselves (``a/../b``): such
+        a key is anyone's to write into a bucket; ``refused`` says which and why."""
+        out = []
+        for key in keys:
+            # A rolled-up entry ends at its delimiter: judge the part before it.
+            why = unsafe_key(key.rstrip("/") if key.endswith("/") else key)
+            if why is None:
+                out.append(key)
+            else:
+                self.refused[key] = why
         return out
 
     def _list_page(self, base: str, delimiter: str | None, token: str | None) -> dict[str, Any]:
@@ -581,7 +604,9 @@ class S3Store:
             keys += found
         return keys
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+    def read_many(
+        self, keys: Iterable[str], max_bytes: Callable[[str], int | None] | None = None
+    ) -> dict[str, bytes | Exception]:
         wanted = list(dict.fromkeys(keys))
         fatal: list[StoreUnavailable] = []
 
@@ -589,7 +614,7 @@ class S3Store:
             if fatal:  # no point hammering an endpoint we cannot use
                 return fatal[0]
             try:
-                return self.read_bytes(key)
+                return self.read_bytes(key, max_bytes(key) if max_bytes else None)
             except StoreUnavailable as e:
                 fatal.append(e)
                 return e

@@ -192,10 +192,12 @@ class Counted:
             self.n += 1
             return list_(prefix, delimiter=delimiter)
 
-        def counted_read(keys: Iterable[str]) -> dict[str, bytes | Exception]:
+        def counted_read(
+            keys: Iterable[str], max_bytes: Any = None
+        ) -> dict[str, bytes | Exception]:
             keys = list(keys)
             self.n += len(keys)
-            return read_many(keys)
+            return read_many(keys, max_bytes)
 
         store.list, store.read_many = counted_list, counted_read
         return store

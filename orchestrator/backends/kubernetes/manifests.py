@@ -169,8 +169,43 @@ def _check(spec: SweepSpec) -> None:
             )
 
 
+# What a Kubernetes API server accepts: a ConfigMap's data (all values together) at most
+# 1 MiB; any object at most etcd's default request size, 1.5 MiB.
+CONFIGMAP_DATA_LIMIT = 1 << 20
+OBJECT_LIMIT = 3 << 19
+
+
+def check_configmap_size(spec: SweepSpec) -> None:
+    """BadInput, before anything is created, when the sweep's ConfigMap would be larger
+    than Kubernetes accepts (the expanded spec grows with datasets x models x seeds)."""
+    size = len(sweep_json(spec).encode())
+    if size > CONFIGMAP_DATA_LIMIT:
+        raise BadInput(
+            f"{spec.name}: the sweep's ConfigMap would hold {size:,} bytes of data, over"
+            f" Kubernetes' limit of {CONFIGMAP_DATA_LIMIT:,} (1 MiB); split the sweep into"
+            " several smaller sweeps (fewer seeds, datasets or models per spec)"
+        )
+
+
+def check_object_sizes(objects: list[dict[str, Any]]) -> None:
+    """BadInput when any object is larger than an API server accepts (``OBJECT_LIMIT``;
+    a ConfigMap's data: ``CONFIGMAP_DATA_LIMIT``), naming it and what to do."""
+    for obj in objects:
+        name = f"{obj['kind']} {obj['metadata']['name']}"
+        data = sum(len(str(v).encode()) for v in (obj.get("data") or {}).values())
+        size = len(json.dumps(obj, separators=(",", ":")).encode())
+        if data > CONFIGMAP_DATA_LIMIT or size > OBJECT_LIMIT:
+            raise BadInput(
+                f"{name}: {max(size, data):,} bytes, over what Kubernetes accepts"
+                f" ({CONFIGMAP_DATA_LIMIT:,} bytes of ConfigMap data, {OBJECT_LIMIT:,} per"
+                " object); split the sweep into several smaller sweeps (fewer seeds,"
+                " datasets or models per spec)"
+            )
+
+
 def render_configmap(spec: SweepSpec) -> dict[str, Any]:
     _check(spec)
+    check_configmap_size(spec)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -365,9 +400,11 @@ def render_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     """``[ConfigMap, Job]`` exactly as ``submit`` creates them, in creation order.
 
     Raises ``BadInput`` when the sweep cannot run as a Job (results not on s3://, a bad
-    resource quantity).
+    resource quantity, an object larger than Kubernetes accepts).
     """
-    return [render_configmap(spec), render_job(spec)]
+    objects = [render_configmap(spec), render_job(spec)]
+    check_object_sizes(objects)
+    return objects
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:

@@ -12,7 +12,12 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.backends.kubernetes.manifests import object_name, render_sweep, to_yaml
+from orchestrator.backends.kubernetes.manifests import (
+    check_configmap_size,
+    object_name,
+    render_sweep,
+    to_yaml,
+)
 from orchestrator.spec import SweepSpec
 
 
@@ -21,6 +26,10 @@ class KubernetesPlan:
     """The objects of one sweep in one namespace (``spec.kubernetes.namespace``)."""
 
     spec: SweepSpec
+
+    def __post_init__(self) -> None:
+        # What submit could not create is no plan either: refused here, rendered or not.
+        check_configmap_size(self.spec)
 
     @property
     def where(self) -> str:

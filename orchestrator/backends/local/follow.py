@@ -10,7 +10,6 @@ trainers that outlived it) - only processes the record still names (``processes.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from orchestrator.backends.base import CancelResult, RunState, RunStatus
 from orchestrator.backends.local.processes import _ours, _terminate
 from orchestrator.backends.local.records import Records
+from orchestrator.backends.local.state_file import read_json_object
 from orchestrator.backends.progress import describe, sweep_progress
 from orchestrator.errors import BadInput, EarlyRepairError, StoreError
 from orchestrator.results import layout as keys
@@ -51,7 +51,7 @@ class Following(Records):
         spec: SweepSpec | None = None
         if state and isinstance(state.get("spec_file"), str):
             with contextlib.suppress(OSError, ValueError, BadInput):
-                spec = parse_spec(json.loads(Path(state["spec_file"]).read_text()))
+                spec = parse_spec(read_json_object(Path(state["spec_file"]), "sweep_json"))
         if spec is not None and spec.name != sweep:
             spec = None
         store = self._store

@@ -12,12 +12,12 @@ act on.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from orchestrator.backends.local.processes import _ours
+from orchestrator.backends.local.state_file import read_state
 from orchestrator.errors import BadInput
 from orchestrator.spec import check_sweep_name
 from orchestrator.store import open_store
@@ -73,13 +73,8 @@ class Records:
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            return None  # another version's record (or a damaged one) is not ours to act on
-        return data
+        # Another version's record is not ours to act on (None); a damaged one is BadInput.
+        return read_state(path, STATE_VERSION)
 
     def read_state(self, sweep: str, results: str) -> dict[str, Any] | None:
         return self._read(self.state_file(sweep, results))

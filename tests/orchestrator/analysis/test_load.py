@@ -5,7 +5,7 @@ problems, not results."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -33,10 +33,12 @@ class CountingStore(FileStore):
         self.lists.append((prefix, delimiter))
         return super().list(prefix, delimiter)
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+    def read_many(
+        self, keys: Iterable[str], max_bytes: Callable[[str], int | None] | None = None
+    ) -> dict[str, bytes | Exception]:
         keys = list(keys)
         self.reads += len(keys)
-        return super().read_many(keys)
+        return super().read_many(keys, max_bytes)
 
 
 def mixed_runs() -> list[RunTree]:

@@ -4,7 +4,7 @@ patterns, Table 1, and how missing, unfinished and damaged results are counted."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -414,20 +414,22 @@ class FlakyStore(FileStore):
         self.single_reads = 0  # reads outside read_many
         self._in_bulk = False
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+    def read_many(
+        self, keys: Iterable[str], max_bytes: Callable[[str], int | None] | None = None
+    ) -> dict[str, bytes | Exception]:
         self.bulk_reads += 1
         self._in_bulk = True
         try:
-            out = super().read_many(keys)
+            out = super().read_many(keys, max_bytes)
         finally:
             self._in_bulk = False
         for k in self.failing & set(out):
             out[k] = StoreError(f"{k}: 503 Slow Down\n(after 5 attempts)")
         return out
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         self.single_reads += not self._in_bulk
-        return super().read_bytes(key)
+        return super().read_bytes(key, max_bytes)
 
 
 def test_unreadable_objects_are_listed_and_reads_are_one_bulk_call(tmp_path: Path) -> None:
