@@ -38,10 +38,18 @@ class Examples:
         return self.row_of[rows] >= 0
 
     def matrix(self, rows: np.ndarray) -> np.ndarray:
-        """The predictions of ``rows`` (all of one run, all present) as rows x examples."""
-        return np.stack(
-            [self.values[self.offsets[j] : self.offsets[j + 1]] for j in self.row_of[rows]]
-        )
+        """The predictions of ``rows`` (all present, all of one length) as rows x examples,
+        gathered in one indexing step."""
+        j = self.row_of[np.asarray(rows, dtype=np.int64)]
+        if not len(j):
+            return np.zeros((0, 0), dtype=self.values.dtype)
+        length = int(self.offsets[j[0] + 1] - self.offsets[j[0]])
+        return self.values[self.offsets[j][:, None] + np.arange(length)]
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """How many predictions each of ``rows`` has (0 for none)."""
+        j = self.row_of[np.asarray(rows, dtype=np.int64)]
+        return np.where(j >= 0, self.offsets[j + 1] - self.offsets[np.maximum(j, 0)], 0)
 
     def select(self, keep: np.ndarray) -> Examples:
         """The same predictions for a records frame reduced to the rows ``keep`` (in order)."""

@@ -64,26 +64,30 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     fixed = np.full(len(merged), -1, dtype=np.int64)
     broken = np.full(len(merged), -1, dtype=np.int64)
     runs = merged["run"].to_numpy(dtype=object)
-    ok = (base_rows >= 0) & ex.has(rep_rows) & ex.has(np.maximum(base_rows, 0))
-    # Plain arrays per changed record, one frame at the end: a frame per record would cost
-    # more than the comparisons themselves in a sweep of 100,000 records.
+    have = np.array([r in ex.labels for r in runs], dtype=bool)
+    ok = have & (base_rows >= 0) & ex.has(rep_rows) & ex.has(np.maximum(base_rows, 0))
+    # All records whose runs' test sets have one length at once, as matrices: a loop over
+    # records would cost seconds in a sweep of 100,000 records.
+    n_of = np.zeros(len(merged), dtype=np.int64)
+    n_of[ok] = ex.lengths(rep_rows[ok])
+    same = ok & (ex.lengths(np.maximum(base_rows, 0)) == n_of)
     who: list[np.ndarray] = []
     idx: list[np.ndarray] = []
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for i in np.flatnonzero(ok):
-        labels = ex.labels.get(runs[i])
-        after, before = ex.vector(int(rep_rows[i])), ex.vector(int(base_rows[i]))
-        if labels is None or after is None or before is None:
-            continue
+    parts: list[tuple[np.ndarray, ...]] = []
+    for n in np.unique(n_of[same]):
+        rows = np.flatnonzero(same & (n_of == n))
+        names = runs[rows]
+        table = {r: ex.labels[r] for r in dict.fromkeys(names)}
+        labels = np.stack([table[r] for r in names]).astype(np.int64)
+        after, before = ex.matrix(rep_rows[rows]), ex.matrix(base_rows[rows])
         was, now = before == labels, after == labels
-        f, b = np.flatnonzero(~was & now), np.flatnonzero(was & ~now)
-        fixed[i], broken[i] = len(f), len(b)
-        if len(f) or len(b):
-            changed = np.concatenate([f, b])
-            who.append(np.full(len(changed), i))
-            idx.append(changed)
-            kinds = np.array(["fixed"] * len(f) + ["broken"] * len(b), dtype=object)
-            parts.append((labels[changed], before[changed], after[changed], kinds))
+        fix, brk = ~was & now, was & ~now
+        fixed[rows], broken[rows] = fix.sum(axis=1), brk.sum(axis=1)
+        r, e = np.nonzero(fix | brk)  # row-major: each record's examples in order
+        who.append(rows[r])
+        idx.append(e)
+        kinds = np.where(fix[r, e], "fixed", "broken").astype(object)
+        parts.append((labels[r, e], before[r, e], after[r, e], kinds))
     out = merged[RECORD_KEYS].copy()
     out["repair_class"] = out["repair_class"].astype("int64")
     changed = merged["repair_changed"]
@@ -92,7 +96,7 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     out["accepted"] = merged["accepted"].astype("boolean")
     out["test_fixed"] = pd.array(np.where(fixed < 0, None, fixed), dtype="Int64")
     out["test_broken"] = pd.array(np.where(broken < 0, None, broken), dtype="Int64")
-    if parts:
+    if parts and sum(len(w) for w in who):
         ident = merged[["dataset", "model", "method", "run", "seed", "repair_class", "epoch"]]
         ident = ident.assign(accepted=out["accepted"], repair_class=out["repair_class"])
         ledger = ident.iloc[np.concatenate(who)].reset_index(drop=True)
