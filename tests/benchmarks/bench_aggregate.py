@@ -11,7 +11,8 @@ Tree: runs x 8 checkpoints x (base + 4 repaired classes) = 40 records per run (2
 for 100,000 records), each run with run.json, train/summary.json, _SUCCESS and the
 records.arrow the trainer writes when it finishes. Every record has its predictions.npy
 (360 test examples, 36 per class, as digits' test split; each model right on the easiest
-k_c examples of class c, so that its metrics are exactly those the predictions give) and
+k_c examples of class c, so that its metrics are exactly those the predictions give; a
+repaired model differs from its checkpoint's on a few images of its class and one other) and
 each run its test_labels.npy, unless ``--no-predictions`` (a tree as written before they
 were stored: the per-example tests are then skipped). Files are written plainly (no fsync per
 file as the trainer's atomic writes do): this measures the aggregator, not the disk. The
@@ -131,7 +132,14 @@ def generate(
             for cls in (None, *CLASSES):
                 if written >= n_records:
                     break
-                k = rng.integers(N_PER_CLASS // 2, N_PER_CLASS + 1, size=10)
+                if cls is None:  # the checkpoint's model
+                    base_k = rng.integers(N_PER_CLASS // 2, N_PER_CLASS + 1, size=10)
+                    k = base_k
+                else:  # a repair moves a few images: of its class, and of one other
+                    k = base_k.copy()
+                    k[cls] += rng.integers(-1, 4)
+                    k[(cls + 1 + rng.integers(0, 9)) % 10] -= rng.integers(0, 3)
+                    k = np.clip(k, 0, N_PER_CLASS)
                 right = rank < k[labels]
                 pred = np.where(right, labels, (labels + 1) % 10)
                 acc = (k / N_PER_CLASS).tolist()
