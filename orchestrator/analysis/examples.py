@@ -44,7 +44,12 @@ class Examples:
         if not len(j):
             return np.zeros((0, 0), dtype=self.values.dtype)
         length = int(self.offsets[j[0] + 1] - self.offsets[j[0]])
-        return self.values[self.offsets[j][:, None] + np.arange(length)]
+        start = self.offsets[j]
+        if length and self.values.size % length == 0 and not (start % length).any():
+            # Every row starts on a multiple of its length (the common case: all records
+            # of a sweep have one test set): whole rows of a 2-D view, not single values.
+            return self.values.reshape(-1, length)[start // length]
+        return self.values[start[:, None] + np.arange(length)]
 
     def lengths(self, rows: np.ndarray) -> np.ndarray:
         """How many predictions each of ``rows`` has (0 for none)."""
