@@ -73,12 +73,15 @@ def check_layout(root: Path | Store, sweep: str, run: str, classes: list[int]) -
         keys.log(sweep, run),
         keys.records(sweep, run),
         keys.success(sweep, run),
+        keys.test_labels(sweep, run),
     }
     for e in summary.checkpoint_epochs:
-        want |= {keys.checkpoint(sweep, run, e), keys.base_metrics(sweep, run, e)}
+        base = keys.base_metrics(sweep, run, e)
+        want |= {keys.checkpoint(sweep, run, e), base, keys.predictions(base)}
         for c in classes:
             want |= {
                 keys.repair_metrics(sweep, run, e, c),
+                keys.predictions(keys.repair_metrics(sweep, run, e, c)),
                 keys.repair_patch(sweep, run, e, c),
                 keys.repair_search(sweep, run, e, c),
             }
