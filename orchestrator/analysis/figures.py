@@ -1,4 +1,4 @@
-"""Every figure of the report, drawn with matplotlib's object API (``Figure`` + Agg).
+"""The report's figures, drawn with matplotlib's object API (``Figure`` + Agg).
 
 Never pyplot: no global state, no GUI backend. Conventions a reader can rely on: epochs
 on the x axis are integers; legends sit outside the axes (below them), so they cover no
@@ -9,11 +9,11 @@ curve, marker or label; Qual and accuracies are shown in percent.
   each seed's convergence epoch as a tick on the axis.
 * ``effect_figure``: the same panels for delta Qual (repaired - unrepaired, percentage
   points) per checkpoint, each seed a dot, the ones below zero (repair made it worse) red.
-* ``fig3``/``fig4``: the paper's Fig. 3 (Acc_c and Acc_total before and after repair) and
-  Fig. 4 (Qual per alpha, switch point starred) for one (run, method, class), sized to sit
-  side by side.
 * ``overview``: each seed's switch epoch against its convergence epoch, one marker shape
   per seed; ``table1_figure``: Table 1 as stacked bars.
+
+The paper's Fig. 3 and Fig. 4 per run are in run_figures.py, the readiness figure in
+readiness_figures.py; both draw with ``save`` and ``integer_epochs`` from here.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from orchestrator.analysis import formats, stats
 from orchestrator.analysis.problems import INCOMPLETE
-from orchestrator.analysis.readiness import repaired_qual
 from orchestrator.analysis.tables import AFTER, POST, PRE
-from orchestrator.analysis.watched import draw_watched, pp_axis
 from orchestrator.analysis.words import plural
 
 DPI = 90
@@ -44,9 +42,6 @@ UNREPAIRED_COLOUR = "#555555"
 HARM_COLOUR = "#d62728"
 METHOD_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 SEED_MARKERS = ["o", "^", "s", "D", "v", "P", "X", "<", ">", "h"]
-# Fig. 3 and Fig. 4 side by side fill the report's 1,100 px column at DPI.
-FIG3_SIZE = (5.0, 3.9)
-FIG4_SIZE = (7.2, 3.9)
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -63,22 +58,6 @@ def method_colours(methods: list[str]) -> dict[str, str]:
     return {m: METHOD_COLOURS[i % len(METHOD_COLOURS)] for i, m in enumerate(sorted(methods))}
 
 
-def _convergence_line(ax: Any, conv: Any) -> None:
-    if conv is not None and not pd.isna(conv):
-        ax.axvline(int(conv), color="#555", linestyle=":", linewidth=1.2)
-        ax.annotate(
-            "convergence",
-            (int(conv), 0.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(-10, 4),
-            textcoords="offset points",
-            fontsize=7,
-            color="#555",
-            rotation=90,
-            va="bottom",
-        )
-
-
 def _convergence_rug(ax: Any, epochs: Any) -> None:
     """Each seed's convergence epoch as a tick on the bottom edge of the axes."""
     for e in sorted({int(e) for e in epochs if not pd.isna(e)}):
@@ -92,131 +71,6 @@ def _convergence_rug(ax: Any, epochs: Any) -> None:
             transform=ax.get_xaxis_transform(),
             zorder=6,
         )
-
-
-# --- the paper's Fig. 3 and Fig. 4, per (run, method, class) ------------------------------
-
-
-def fig3(q: pd.DataFrame, run: str, method: str, cls: int, path: Path) -> Path:
-    """Paper's Fig. 3: Acc_c and Acc_total before and after repair over epochs."""
-    d = q[(q["run"] == run) & (q["repair_class"] == cls)]
-    d = d[d["alpha"] == d["alpha"].min()]
-    d = d[(d["kind"] == "base") | (d["method"] == method)]
-    fig = Figure(figsize=FIG3_SIZE)
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.33, top=0.9)
-    ax = fig.subplots()
-    for kind, style in (("base", "--"), ("repaired", "-")):
-        part = d[d["kind"] == kind].sort_values("epoch")
-        label = "before repair" if kind == "base" else "after repair"
-        ax.plot(
-            part["epoch"],
-            100 * part["acc_class"],
-            style,
-            marker="o",
-            color="C0",
-            label=f"Acc_{cls} {label}",
-        )
-        ax.plot(
-            part["epoch"],
-            100 * part["accuracy"],
-            style,
-            marker="s",
-            color="C3",
-            label=f"Acc_total {label}",
-        )
-    _convergence_line(ax, d["convergence_epoch"].iloc[0] if len(d) else None)
-    integer_epochs(ax)
-    ax.set_xlabel("checkpoint epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Fig. 3 - {run}, class {cls}", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.legend(fontsize=7, loc="lower center", ncols=2, frameon=False)
-    return save(fig, path)
-
-
-def fig4(
-    q: pd.DataFrame,
-    sp: pd.DataFrame,
-    run: str,
-    method: str,
-    cls: int,
-    compared_up_to_convergence: bool,
-    path: Path,
-) -> Path:
-    """Paper's Fig. 4: Qual over epochs for each alpha, the chosen switch point marked.
-
-    Left the whole range; right the same curves zoomed on the top, where the switch points
-    and the convergence checkpoint usually lie within a few percentage points.
-    """
-    d = q[(q["run"] == run) & (q["repair_class"] == cls)]
-    d = d[(d["kind"] == "base") | (d["method"] == method)]
-    unit = sp[(sp["run"] == run) & (sp["repair_class"] == cls) & (sp["method"] == method)]
-    best = unit.set_index("alpha")
-    fig = Figure(figsize=FIG4_SIZE)
-    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.3, top=0.9, wspace=0.22)
-    full, zoom = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
-    conv = d["convergence_epoch"].iloc[0] if len(d) else None
-    top: list[float] = []
-    for ax in (full, zoom):
-        for i, (alpha, g) in enumerate(d.groupby("alpha")):
-            colour = f"C{i}"
-            rep = g[g["kind"] == "repaired"].sort_values("epoch")
-            base = g[g["kind"] == "base"].sort_values("epoch")
-            ax.plot(
-                rep["epoch"],
-                100 * rep["qual"],
-                "-o",
-                ms=4,
-                color=colour,
-                label=f"α={alpha:g} repaired",
-            )
-            ax.plot(base["epoch"], 100 * base["qual"], ":", color=colour, alpha=0.6, lw=1)
-            b = best.loc[alpha] if alpha in best.index else None
-            if b is not None and not pd.isna(b["best_epoch"]):
-                ax.plot(
-                    int(b["best_epoch"]),
-                    100 * b["best_qual"],
-                    "*",
-                    color=colour,
-                    markersize=15,
-                    markeredgecolor="black",
-                    zorder=5,
-                )
-                top += [100 * b["best_qual"], 100 * b["reference_qual"]]
-        if compared_up_to_convergence and conv is not None and not pd.isna(conv):
-            right = d["epoch"].max()
-            if right > conv:
-                ax.axvspan(int(conv), right + 0.5, color="#999", alpha=0.12, linewidth=0)
-        _convergence_line(ax, conv)
-        integer_epochs(ax)
-        ax.set_xlabel("checkpoint epoch")
-        ax.grid(alpha=0.3)
-    top = [t for t in top if not pd.isna(t)]
-    if top:
-        lo, hi = min(top), max(top)
-        pad = max(0.5, 0.4 * (hi - lo))
-        zoom.set_ylim(lo - 2 * pad, hi + pad)
-    zoom.set_title("zoom on the best", fontsize=9)
-    full.set_ylabel(f"Qual(α, {cls}) (%)")
-    full.set_title(f"Fig. 4 - {run}, class {cls}: quality", fontsize=9)
-    handles, _ = full.get_legend_handles_labels()
-    handles += [
-        Line2D([], [], linestyle=":", color="#666", label="before repair"),
-        Line2D(
-            [],
-            [],
-            marker="*",
-            linestyle="",
-            color="#666",
-            markeredgecolor="black",
-            markersize=11,
-            label="best (switch point)",
-        ),
-    ]
-    if compared_up_to_convergence:
-        handles.append(Patch(color="#999", alpha=0.25, label="not compared"))
-    fig.legend(handles=handles, fontsize=7, loc="lower center", ncols=3, frameon=False)
-    return save(fig, path)
 
 
 # --- seed-aggregated figures, per (dataset, model, class) -------------------------------
@@ -558,75 +412,4 @@ def table1_figure(pt: pd.DataFrame, names: list[str], path: Path) -> Path:
     ax.set_title("Table 1: runs per pattern", fontsize=10)
     fig.legend(fontsize=7, loc="outside right upper")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    return save(fig, path)
-
-
-MAX_READINESS_PANELS = 6
-
-
-def readiness_figure(
-    records: pd.DataFrame,
-    per_run: pd.DataFrame,
-    dataset: str,
-    model: str,
-    path: Path,
-    watched: pd.DataFrame | None = None,
-) -> Path:
-    """Per (method, class) of one (dataset, model) with a readiness policy: each seed's
-    repaired test Qual at every evaluated epoch (at the policy's alpha), with the policy's
-    epoch (triangle), the oracle epoch (star) and the convergence epoch (hollow circle);
-    with ``watched`` (``Loaded.readiness``), the value the policy watched, on its own axis."""
-    d = per_run[(per_run["dataset"] == dataset) & (per_run["model"] == model)]
-    units = d[["policy", "method", "repair_class"]].drop_duplicates().head(MAX_READINESS_PANELS)
-    n = max(1, len(units))
-    fig = Figure(figsize=(min(4.2 * n, 12.6), 3.9))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.3, top=0.8, wspace=0.25)
-    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)[0])
-    rep = records[(records["kind"] == "repaired") & (records["dataset"] == dataset)]
-    rep = rep[rep["model"] == model]
-    for ax, u in zip(axes, units.itertuples(index=False), strict=False):
-        rows = d[
-            (d["policy"] == u.policy)
-            & (d["method"] == u.method)
-            & (d["repair_class"] == u.repair_class)
-        ]
-        for i, r in enumerate(rows.itertuples(index=False)):
-            c = f"C{i % 10}"
-            curve = rep[(rep["run"] == r.run) & (rep["method"] == u.method)]
-            curve = curve[curve["repair_class"] == u.repair_class].sort_values("epoch")
-            qual = 100 * repaired_qual(curve, int(u.repair_class), r.alpha)
-            ax.plot(curve["epoch"], qual, "-", color=c, lw=1, label=f"seed {r.seed}")
-            for epoch, value, marker, fill in (
-                (r.policy_epoch, r.policy_qual, "v", c),
-                (r.oracle_epoch, r.oracle_qual, "*", c),
-                (r.convergence_epoch, r.convergence_qual, "o", "none"),
-            ):
-                if not pd.isna(epoch) and not pd.isna(value):
-                    ax.plot([epoch], [100 * value], marker, color=c, mfc=fill, ms=8)
-        marked = rows[["policy_qual", "oracle_qual", "convergence_qual"]].to_numpy(float)
-        pp_axis(ax, 100 * marked.ravel())
-        if watched is not None:
-            draw_watched(ax, watched, rows, u.method, u.repair_class, u.policy)
-        regret = 100 * rows["regret"].mean()
-        ax.set_title(
-            f"{u.method}, class {u.repair_class} ({u.policy})\nmean regret {regret:.2f} pp",
-            fontsize=8,
-        )
-        integer_epochs(ax)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("repaired test Qual (%)")
-    handles = [
-        Line2D([], [], marker="v", ls="", color="k", label="policy's epoch"),
-        Line2D([], [], marker="*", ls="", color="k", ms=9, label="oracle (best test Qual)"),
-        Line2D([], [], marker="o", ls="", color="k", mfc="none", label="convergence"),
-        *(
-            [Line2D([], [], ls=":", marker="x", color="k", label="watched value (right axis)")]
-            if watched is not None
-            else []
-        ),
-    ]
-    seeds = axes[0].get_legend_handles_labels()[0]
-    fig.legend(handles=[*handles, *seeds], fontsize=7, loc="lower center", ncols=6, frameon=False)
-    fig.suptitle(f"Readiness policy - {dataset} / {model}", fontsize=9)
     return save(fig, path)

@@ -3,7 +3,7 @@
 ``table1.tex`` and ``headline.tex`` hold one ``table`` float each (booktabs rules, a
 caption, a label ``tab:table1`` / ``tab:headline``), written by pandas' ``Styler.to_latex``
 from the very frames the report shows - Table 1's per-dataset rows and
-``report.headline_table`` - so the paper and the report cannot disagree. The preamble
+``shown.headline_table`` - so the paper and the report cannot disagree. The preamble
 needs ``\\usepackage{booktabs}``. Cell text is escaped for LaTeX; the few non-ASCII symbols
 the tables use (alpha, minus, ellipsis, ...) become LaTeX commands, so the files are plain
 ASCII and compile with pdflatex as well as lualatex.
@@ -85,7 +85,7 @@ def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
 
 def table1_frame(agg: Aggregation) -> pd.DataFrame:
     """Table 1's per-dataset rows, as the report shows them."""
-    from orchestrator.analysis.report import table1_shown
+    from orchestrator.analysis.shown import table1_shown
 
     pt = agg.patterns
     top = pt[pt["scope"] == "dataset"].drop(columns=["scope", "model", "repair_class"])
@@ -95,7 +95,7 @@ def table1_frame(agg: Aggregation) -> pd.DataFrame:
 def headline_frame(agg: Aggregation) -> pd.DataFrame:
     """The headline's columns that fit a page: what was compared, the paper's count beside
     the wins beyond noise, the mean gain with its per-seed range and the Wilcoxon p."""
-    from orchestrator.analysis.report import headline_table
+    from orchestrator.analysis.shown import headline_table
 
     shown = headline_table(agg.headline, agg.reference_name)
     keep = [c for c in shown.columns if not c.startswith(("…with", "95% CI", "seeds for", "best"))]

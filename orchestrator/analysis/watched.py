@@ -1,7 +1,7 @@
 """Parts of the readiness figure: the value a policy watched, on its own axis, and a
 percentage axis fine enough that a 1 pp difference is visible.
 
-Kept apart from figures.py (already long) so that the readiness figure only calls them.
+Kept apart from readiness_figures.py so that the readiness figure only calls them.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def aggregate(
     printable_warnings()  # matplotlib quotes labels (store names) in its font warnings
     # Only now: matplotlib writes its font cache on import, bad input must leave no trace.
     from orchestrator.analysis import output as report_files
-    from orchestrator.analysis import report
+    from orchestrator.analysis import terminal
 
     report_files.publish(agg, folder, max_figures=max_figures, formats=figure_formats)
     if len(agg.problems):
@@ -150,6 +150,6 @@ def aggregate(
         )
 
     def table() -> Group:
-        return Group(*report.terminal_summary(agg))
+        return Group(*terminal.terminal_summary(agg))
 
-    render(report.summary(agg, folder), output, table, location=str(folder), table_to_stderr=True)
+    render(terminal.summary(agg, folder), output, table, location=str(folder), table_to_stderr=True)
