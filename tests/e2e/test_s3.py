@@ -243,9 +243,15 @@ def test_killed_run_resumes_from_s3_without_redoing_steps(
 
     prefix = f"resume/{SWEEP}/{RUN0}/"
     before = _listing(s3_bucket, prefix)
+    # The log and run.json are rewritten by design, and the stalled record's
+    # predictions.npy (written just before it) belongs to the unfinished step; everything
+    # else is a finished step.
+    unfinished = f"resume/{keys.predictions(stall_at)}"
     done = {
-        k: v for k, v in before.items() if not k.endswith(("trainer.log", "run.json"))
-    }  # the log and run.json are rewritten by design; everything else is a finished step
+        k: v
+        for k, v in before.items()
+        if not k.endswith(("trainer.log", "run.json")) and k != unfinished
+    }
     assert f"resume/{keys.summary_json(SWEEP, RUN0)}" in done
     assert f"resume/{keys.repair_metrics(SWEEP, RUN0, 1, 8)}" in done
     assert f"resume/{stall_at}" not in before and f"{prefix}_SUCCESS" not in before

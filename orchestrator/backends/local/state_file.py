@@ -24,8 +24,9 @@ def read_json_object(path: Path, kind: str = "local_state") -> dict[str, Any]:
     try:
         data = read_regular_file(path, LIMITS[kind])
         value = json.loads(data)
-    except FileNotFoundError:
-        raise
+    except (FileNotFoundError, NotADirectoryError) as e:
+        # No file there (a folder above it being a file is for the writer to report).
+        raise FileNotFoundError(str(path)) from e
     except (StoreError, OSError) as e:
         raise ValueError(one_line(str(e))) from e
     except RecursionError as e:
