@@ -47,7 +47,10 @@ def exe() -> str:
 
 def env(**extra: str) -> dict[str, str]:
     # PYTHONPATH: this checkout's code, also when the console script belongs to another one.
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", **extra}
+    # Never a completion request of the surroundings: with it set, every command would
+    # answer as a completion (the tests that want one pass it in ``extra``).
+    here = {k: v for k, v in os.environ.items() if not k.endswith("_COMPLETE")}
+    return {**here, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
 def both(cli, *args: Any) -> tuple[Any, Any]:
