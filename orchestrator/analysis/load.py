@@ -505,7 +505,7 @@ def _unpack(
         problems.append(unreadable(key, run, blob))
         return None
     try:
-        packed = load_run_records(blob)
+        packed = load_run_records(blob, complete=False)
     except ValueError as e:
         problems.append(Problem(DAMAGED, key, run, one_line(e) + fallback))
         return None
@@ -570,7 +570,9 @@ def _with_keys(tables: list[Any], parts: list[tuple[str, int]], prefix: str) -> 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = pa.concat_tables(tables)
+    # Columns a file may lack (load_run_records(complete=False)) become nulls here, once.
+    schema = run_records_schema()
+    table = pa.concat_tables(tables, promote_options="default").select(schema.names)
     names = np.array([r for r, _ in parts], dtype=object)
     folder = pa.array(np.repeat(names, [n for _, n in parts]), pa.string())
     rel = table["key"]

@@ -409,8 +409,11 @@ def _check_columns(schema: Any) -> None:
         raise ValueError("its columns are not those of this version's MetricsRecord")
 
 
-def load_run_records(data: bytes) -> RunRecords:
-    """Parse ``records.arrow``; ValueError (one line) when it is not one this version wrote."""
+def load_run_records(data: bytes, *, complete: bool = True) -> RunRecords:
+    """Parse ``records.arrow``; ValueError (one line) when it is not one this version wrote.
+
+    ``complete=False`` leaves out the columns a file may lack instead of adding them as
+    nulls (a reader of many files adds them once, when it concatenates the tables)."""
     import pyarrow as pa
 
     _check_arrow_layout(data)
@@ -437,15 +440,17 @@ def load_run_records(data: bytes) -> RunRecords:
     # Columns a file may lack: method-specific ones no record of the run had, and (format
     # 1) the predictions; they read as nulls.
     optional = [*OPTIONAL_FIELDS] + ([PREDICTIONS_COLUMN] if meta["format"] < 2 else [])
-    for name in (f for f in optional if f not in table.schema.names):
-        table = table.append_column(
-            expected.field(name), pa.nulls(table.num_rows, expected.field(name).type)
-        )
-    if sorted(table.schema.names) != sorted(expected.names):
+    missing = [f for f in optional if f not in table.schema.names]
+    if set(expected.names) - set(table.schema.names) - set(missing):
         raise ValueError("its columns are not those of this version's MetricsRecord")
-    table = table.select(expected.names)
-    if not table.schema.remove_metadata().equals(expected):
-        raise ValueError("its columns are not those of this version's MetricsRecord")
+    if complete:
+        for name in missing:
+            table = table.append_column(
+                expected.field(name), pa.nulls(table.num_rows, expected.field(name).type)
+            )
+        table = table.select(expected.names)
+        if not table.schema.remove_metadata().equals(expected):
+            raise ValueError("its columns are not those of this version's MetricsRecord")
     files = meta.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ValueError("its packed run files are not readable")
