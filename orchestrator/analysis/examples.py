@@ -82,43 +82,44 @@ def check(df: pd.DataFrame, examples: Examples, acc_cols: list[str]) -> dict[int
     pos = np.flatnonzero(examples.row_of >= 0)
     if not len(pos):
         return bad
-    runs = df["run"].to_numpy(dtype=object)
+    runs = df["run"].to_numpy(dtype=object)[pos]
+    codes, names = pd.factorize(runs)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     accuracy = df["accuracy"].to_numpy(dtype=float)
     per_class = df[acc_cols].to_numpy(dtype=float) if acc_cols else np.zeros((len(df), 0))
     index = df.index.to_numpy()
-    k = per_class.shape[1]
-    n_of = np.array([len(examples.labels.get(r, ())) for r in runs[pos]], dtype=np.int64)
-    known = np.array([r in examples.labels for r in runs[pos]], dtype=bool)
-    pos, n_of = pos[known], n_of[known]  # without test_labels: not checked, so not used
-    lengths = examples.lengths(pos)
-    for j in np.flatnonzero(lengths != n_of):
-        bad[int(index[pos[j]])] = (int(n_of[j]), f"its predictions.npy holds {lengths[j]} labels")
-    # Every run whose test set has one length at once: a loop over runs would cost a
-    # second in a sweep of thousands of runs.
-    for n in np.unique(n_of[(lengths == n_of) & (n_of > 0)]):
-        rows = pos[(lengths == n_of) & (n_of == n)]
-        names = runs[rows]
-        table = {r: examples.labels[r] for r in dict.fromkeys(names)}
-        labels = np.stack([table[r] for r in names]).astype(np.int64)
-        correct = examples.matrix(rows) == labels
+    for r, name in enumerate(names):
+        rows = pos[order[bounds[r] : bounds[r + 1]]]
+        labels = examples.labels.get(name)
+        lengths = np.diff(examples.offsets)[examples.row_of[rows]]
+        if labels is None:
+            continue  # no test_labels: the predictions cannot be checked, so are not used
+        n = len(labels)
+        for j in np.flatnonzero(lengths != n):
+            bad[int(index[rows[j]])] = (n, f"its predictions.npy holds {lengths[j]} labels")
+        rows = rows[lengths == n]
+        if not len(rows) or not n:
+            continue
+        correct = examples.matrix(rows) == labels[None, :]
         acc = correct.mean(axis=1)
-        width = max(k, int(labels.max()) + 1)
-        cell = labels + width * np.arange(len(rows))[:, None]
-        size = len(rows) * width
-        hits = np.bincount(cell[correct], minlength=size).reshape(-1, width)[:, :k]
-        counts = np.bincount(cell.ravel(), minlength=size).reshape(-1, width)
+        k = per_class.shape[1]
+        onehot = np.zeros((n, max(k, int(labels.max()) + 1)), dtype=np.float64)
+        onehot[np.arange(n), labels] = 1.0
+        counts = onehot.sum(axis=0)[:k]
+        hits = (correct.astype(np.float64) @ onehot)[:, :k]
         with np.errstate(invalid="ignore", divide="ignore"):
-            pc = np.where(counts[:, :k] > 0, hits / counts[:, :k], np.nan)
+            pc = np.where(counts > 0, hits / counts, np.nan)
         stated = per_class[rows]
         off_acc = np.abs(acc - accuracy[rows]) > TOLERANCE
         same_nan = np.isnan(pc) == np.isnan(stated)
         off_pc = ~same_nan | (np.abs(np.nan_to_num(pc) - np.nan_to_num(stated)) > TOLERANCE)
-        off_pc |= (counts[:, k:] > 0).any(axis=1)[:, None]  # a label the record has no class for
+        off_pc |= int(labels.max()) >= k  # a label the record has no class for
         for j in np.flatnonzero(off_acc | off_pc.any(axis=1)):
             what = (
                 f"accuracy {acc[j]:.6g}, not the recorded {accuracy[rows[j]]:.6g}"
                 if off_acc[j]
                 else "per-class accuracies other than the recorded ones"
             )
-            bad[int(index[rows[j]])] = (int(n), f"its predictions.npy gives {what}")
+            bad[int(index[rows[j]])] = (n, f"its predictions.npy gives {what}")
     return bad
