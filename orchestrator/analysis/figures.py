@@ -31,12 +31,18 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from orchestrator.analysis import formats, stats
 from orchestrator.analysis.problems import INCOMPLETE
-from orchestrator.analysis.tables import AFTER, POST, PRE
+from orchestrator.analysis.tables import AFTER, AT_LAST, BEFORE_LAST, POST, PRE
 from orchestrator.analysis.words import plural
 
 DPI = 90
 MAX_OVERVIEW_GROUPS = 40
-PATTERN_COLOURS = {PRE: "#1f77b4", POST: "#ff7f0e", AFTER: "#2ca02c"}
+PATTERN_COLOURS = {
+    PRE: "#1f77b4",
+    POST: "#ff7f0e",
+    AFTER: "#2ca02c",
+    BEFORE_LAST: "#1f77b4",
+    AT_LAST: "#ff7f0e",
+}
 INCOMPLETE_COLOUR = "#bbbbbb"
 UNREPAIRED_COLOUR = "#555555"
 HARM_COLOUR = "#d62728"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import regressions
-from orchestrator.analysis.aggregate import PRE, Aggregation
+from orchestrator.analysis.aggregate import Aggregation, pattern_names
 from orchestrator.analysis.document import Doc
 
 ALPHA = 0.5  # the stakeholder weight the section speaks of (the paper's middle one)
@@ -73,6 +73,7 @@ def acceptance_table(agg: Aggregation) -> pd.DataFrame:
     pt = agg.patterns
     top = pt[(pt["scope"] == "dataset") & np.isclose(pt["alpha"].to_numpy(dtype=float), ALPHA)]
     pre = top.set_index(["dataset", "method"])
+    first = pattern_names(agg.rules, agg.after_convergence)[0]  # the early-win column
     rows = []
     for (d, m, meth), g in at.groupby(["dataset", "model", "method"], sort=True):
         rule = meth.split(RULE_SEPARATOR, 1)[1] if RULE_SEPARATOR in meth else "always"
@@ -88,7 +89,7 @@ def acceptance_table(agg: Aggregation) -> pd.DataFrame:
                 "kept": int(kept.fillna(True).astype(bool).sum()),
                 "harmed": int(g["harmed"].fillna(False).astype(bool).sum()),
                 "mean Δ Qual (pp)": round(100 * float(g["delta_qual"].mean()), 2),
-                "early wins": "" if win is None else f"{int(win[PRE])} of {int(win['compared'])}",
+                "early wins": "" if win is None else f"{int(win[first])} of {int(win['compared'])}",
             }
         )
     return pd.DataFrame(rows)

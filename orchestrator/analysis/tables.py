@@ -459,7 +459,23 @@ def check_rules(rules: str, after_convergence: str) -> None:
         )
 
 
+# Table 1's columns under the notebook's rules, whose reference is the last checkpoint:
+# named after it, not after convergence.
+BEFORE_LAST = "before-last"
+AT_LAST = "at-last"
+
+
 def pattern_names(rules: Rules, after_convergence: AfterConvergence) -> list[str]:
+    """Table 1's pattern columns (``patterns``), in order."""
+    if rules == "notebook":
+        return [BEFORE_LAST, AT_LAST]
+    if rules == "text" and after_convergence == "include":
+        return [PRE, POST, AFTER]
+    return [PRE, POST]
+
+
+def _internal_patterns(rules: Rules, after_convergence: AfterConvergence) -> list[str]:
+    """The ``pattern`` values behind ``pattern_names`` (switch_points.csv keeps these)."""
     if rules == "text" and after_convergence == "include":
         return [PRE, POST, AFTER]
     return [PRE, POST]
@@ -479,6 +495,7 @@ def patterns(
     candidates, the more naive wins under no effect at all).
     """
     names = pattern_names(rules, after_convergence)
+    internal = _internal_patterns(rules, after_convergence)
     counts_cols = [*names, "compared", "incomplete"]
     extra = ["pre_beyond_noise", "tested", "n_compared_min", "n_compared_max"]
 
@@ -486,7 +503,8 @@ def patterns(
         if sp.empty:
             return pd.DataFrame(columns=[*by, *counts_cols, *extra])
         c = pd.crosstab([sp[k] for k in by], sp["pattern"].where(sp["status"] != INCOMPLETE, "_i"))
-        c = c.reindex(columns=[*names, "_i"], fill_value=0).rename(columns={"_i": "incomplete"})
+        c = c.reindex(columns=[*internal, "_i"], fill_value=0)
+        c = c.rename(columns={"_i": "incomplete", **dict(zip(internal, names, strict=True))})
         c["compared"] = c[names].sum(axis=1)
         c = c[counts_cols].rename_axis(columns=None).reset_index()
         done = sp[sp["status"] != INCOMPLETE]

@@ -86,7 +86,7 @@ def terminal_summary(agg: ag.Aggregation, max_rows: int = 30) -> list[Any]:
             if r["tested"]
             else " (not testable: no predictions)"
         )
-        counts = ", ".join(f"{n} {r[n]}{noise if n == ag.PRE else ''}" for n in names)
+        counts = ", ".join(f"{n} {r[n]}{noise if n == names[0] else ''}" for n in names)
         out.append(
             Text(
                 f"  {r['dataset']} / {r['method']}, α={r['alpha']:g}: {counts};"
