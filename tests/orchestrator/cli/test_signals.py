@@ -113,5 +113,7 @@ def test_trainers_stop_quietly_when_run_is_killed(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     log = trainer_log(results)
     assert "Traceback" not in log and "BrokenPipeError" not in log
-    # SIGTERM from the kernel when the parent died (PR_SET_PDEATHSIG), not a broken pipe.
-    assert f"run {RUN} stopped (exit 143); run it again to resume" in log
+    # SIGTERM from the kernel when the parent died (PR_SET_PDEATHSIG), or - when the
+    # trainer was writing a progress event at that moment - the closed pipe's SIGPIPE,
+    # whichever the kernel delivers first: either way a clean stop, never a traceback.
+    assert re.search(rf"run {RUN} stopped \(exit 14[13]\); run it again to resume", log), log
