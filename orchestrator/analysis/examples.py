@@ -7,27 +7,80 @@ example (``noise.py``); before any of that, each record's predictions must repro
 accuracy and per-class accuracy it states (within ``TOLERANCE``): one that does not is a
 problem, never a result. Trees written before predictions were stored simply have none:
 their records stay results, and the per-example columns stay empty.
+
+The work is done per *test set*, not per run: the runs of one dataset share their true
+labels, so their records form one rows x examples matrix compared with one label vector
+(in blocks of ``BLOCK`` values, so that temporaries stay a few MB at any sweep size). The
+per-class correct counts the check computes (``Examples.hits``) are kept: a paired
+comparison needs only the examples where two models disagree on top of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 TOLERANCE = 1e-9
+BLOCK = 1 << 22  # predictions per block of rows (8 MB of uint16)
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """One distinct vector of true test labels, with its examples ordered by class."""
+
+    labels: np.ndarray  # in the runs' test order
+    order: np.ndarray  # example indices, class by class (stable)
+    starts: np.ndarray  # where each class present begins in ``order``
+    classes: np.ndarray  # the class of each of those blocks
+    width: int  # largest label + 1
+    in_order: bool  # stored class by class already (``order`` is the identity)
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> TestSet:
+        order = np.argsort(labels, kind="stable")
+        ordered = labels[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(labels) else order
+        width = int(labels.max()) + 1 if len(labels) else 0
+        in_order = bool((order == np.arange(len(order))).all())
+        return cls(labels, order, starts, ordered[starts].astype(np.int64), width, in_order)
+
+    def by_class(self, mask: np.ndarray, width: int) -> np.ndarray:
+        """Per class, how many examples of each row of ``mask`` (rows x examples, test
+        order) are True: rows x ``width`` (``width`` >= ``self.width``)."""
+        out = np.zeros((len(mask), width), dtype=np.int64)
+        if len(mask) and len(self.labels):
+            # np.take along an axis is several times faster than fancy indexing a column
+            # set; a test set stored class by class needs neither
+            ordered = mask if self.in_order else np.take(mask, self.order, axis=1)
+            out[:, self.classes] = np.add.reduceat(ordered, self.starts, axis=1, dtype=np.int64)
+        return out
+
+    def sizes(self, width: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=width)[:width]
+
+
+def blocks(rows: np.ndarray, n: int) -> Iterator[np.ndarray]:
+    """``rows`` in consecutive blocks of at most ``BLOCK`` predictions of ``n`` examples."""
+    step = max(1, BLOCK // max(n, 1))
+    for start in range(0, len(rows), step):
+        yield rows[start : start + step]
 
 
 @dataclass
 class Examples:
     """The predictions of the records frame's rows: row ``i``'s labels are
-    ``values[offsets[j]:offsets[j + 1]]`` with ``j = row_of[i]`` (-1: none)."""
+    ``values[offsets[j]:offsets[j + 1]]`` with ``j = row_of[i]`` (-1: none). ``hits[j]``:
+    its correct predictions per class, once ``check`` has run (else -1)."""
 
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint16))
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     row_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # run -> true test labels
+    hits: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    _sets: dict[bytes, TestSet] = field(default_factory=dict, repr=False)
 
     def vector(self, row: int) -> np.ndarray | None:
         j = int(self.row_of[row])
@@ -56,9 +109,39 @@ class Examples:
         j = self.row_of[np.asarray(rows, dtype=np.int64)]
         return np.where(j >= 0, self.offsets[j + 1] - self.offsets[np.maximum(j, 0)], 0)
 
+    def class_hits(self, rows: np.ndarray) -> np.ndarray:
+        """Correct predictions per class of ``rows`` (checked rows only)."""
+        return self.hits[self.row_of[np.asarray(rows, dtype=np.int64)]]
+
+    def test_sets(self, runs: np.ndarray) -> list[tuple[np.ndarray, TestSet]]:
+        """Positions in ``runs`` (the run of each row considered) grouped by their run's
+        test set, in ascending order within each; runs without labels are left out."""
+        codes, names = pd.factorize(np.asarray(runs, dtype=object))
+        found: list[TestSet] = []
+        which: dict[int, int] = {}
+        group = np.full(len(names), -1, dtype=np.int64)
+        for i, name in enumerate(names):
+            labels = self.labels.get(name)
+            if labels is None:
+                continue
+            key = labels.tobytes()
+            ts = self._sets.get(key)
+            if ts is None:
+                ts = self._sets[key] = TestSet.of(labels)
+            if id(ts) not in which:
+                which[id(ts)] = len(found)
+                found.append(ts)
+            group[i] = which[id(ts)]
+        of_row = group[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+        order = np.argsort(of_row, kind="stable")
+        bounds = np.searchsorted(of_row[order], np.arange(len(found) + 1))
+        return [(order[bounds[g] : bounds[g + 1]], ts) for g, ts in enumerate(found)]
+
     def select(self, keep: np.ndarray) -> Examples:
         """The same predictions for a records frame reduced to the rows ``keep`` (in order)."""
-        return Examples(self.values, self.offsets, self.row_of[keep], self.labels)
+        return Examples(
+            self.values, self.offsets, self.row_of[keep], self.labels, self.hits, self._sets
+        )
 
 
 def from_arrow(column: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,51 +160,44 @@ def from_arrow(column: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def check(df: pd.DataFrame, examples: Examples, acc_cols: list[str]) -> dict[int, tuple[int, str]]:
     """Rows (index labels of ``df``) whose predictions do not reproduce their record:
     index -> (test examples, why). ``df`` holds ``run``, ``accuracy`` and ``acc_cols``;
-    rows without predictions (or whose run has no labels) are not checked."""
+    rows without predictions (or whose run has no labels) are not checked. Fills
+    ``examples.hits`` for the rows it checks."""
     bad: dict[int, tuple[int, str]] = {}
     pos = np.flatnonzero(examples.row_of >= 0)
+    k = len(acc_cols)
+    width = max([k] + [int(v.max()) + 1 for v in examples.labels.values() if len(v)])
+    examples.hits = np.full((len(examples.offsets) - 1, width), -1, dtype=np.int64)
     if not len(pos):
         return bad
-    runs = df["run"].to_numpy(dtype=object)[pos]
-    codes, names = pd.factorize(runs)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     accuracy = df["accuracy"].to_numpy(dtype=float)
     per_class = df[acc_cols].to_numpy(dtype=float) if acc_cols else np.zeros((len(df), 0))
     index = df.index.to_numpy()
-    for r, name in enumerate(names):
-        rows = pos[order[bounds[r] : bounds[r + 1]]]
-        labels = examples.labels.get(name)
-        if labels is None:
-            continue  # no test_labels: the predictions cannot be checked, so are not used
-        # this run's rows only: the offsets of every record differenced once per run
-        # would cost seconds in a sweep of thousands of runs
+    for group, ts in examples.test_sets(df["run"].to_numpy(dtype=object)[pos]):
+        rows = pos[group]
+        n = len(ts.labels)
         lengths = examples.lengths(rows)
-        n = len(labels)
         for j in np.flatnonzero(lengths != n):
             bad[int(index[rows[j]])] = (n, f"its predictions.npy holds {lengths[j]} labels")
         rows = rows[lengths == n]
         if not len(rows) or not n:
             continue
-        correct = examples.matrix(rows) == labels[None, :]
-        acc = correct.mean(axis=1)
-        k = per_class.shape[1]
-        onehot = np.zeros((n, max(k, int(labels.max()) + 1)), dtype=np.float64)
-        onehot[np.arange(n), labels] = 1.0
-        counts = onehot.sum(axis=0)[:k]
-        hits = (correct.astype(np.float64) @ onehot)[:, :k]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pc = np.where(counts > 0, hits / counts, np.nan)
-        stated = per_class[rows]
-        off_acc = np.abs(acc - accuracy[rows]) > TOLERANCE
-        same_nan = np.isnan(pc) == np.isnan(stated)
-        off_pc = ~same_nan | (np.abs(np.nan_to_num(pc) - np.nan_to_num(stated)) > TOLERANCE)
-        off_pc |= int(labels.max()) >= k  # a label the record has no class for
-        for j in np.flatnonzero(off_acc | off_pc.any(axis=1)):
-            what = (
-                f"accuracy {acc[j]:.6g}, not the recorded {accuracy[rows[j]]:.6g}"
-                if off_acc[j]
-                else "per-class accuracies other than the recorded ones"
-            )
-            bad[int(index[rows[j]])] = (n, f"its predictions.npy gives {what}")
+        counts = ts.sizes(width)[:k]
+        for block in blocks(rows, n):
+            hits = ts.by_class(examples.matrix(block) == ts.labels, width)
+            examples.hits[examples.row_of[block]] = hits
+            acc = hits.sum(axis=1) / n
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pc = np.where(counts > 0, hits[:, :k] / counts, np.nan)
+            stated = per_class[block]
+            off_acc = np.abs(acc - accuracy[block]) > TOLERANCE
+            same_nan = np.isnan(pc) == np.isnan(stated)
+            off_pc = ~same_nan | (np.abs(np.nan_to_num(pc) - np.nan_to_num(stated)) > TOLERANCE)
+            off_pc |= ts.width > k  # a label the record has no class for
+            for j in np.flatnonzero(off_acc | off_pc.any(axis=1)):
+                what = (
+                    f"accuracy {acc[j]:.6g}, not the recorded {accuracy[block[j]]:.6g}"
+                    if off_acc[j]
+                    else "per-class accuracies other than the recorded ones"
+                )
+                bad[int(index[block[j]])] = (n, f"its predictions.npy gives {what}")
     return bad

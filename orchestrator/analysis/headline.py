@@ -62,28 +62,47 @@ def seeds_needed(gains: np.ndarray, level: float = LEVEL, power: float = POWER) 
     and SD of per-seed gains are the observed ones (noncentral t); NaN when the observed
     mean is <= 0, the SD is 0 or fewer than two gains are known; ``MAX_SEEDS_NEEDED`` + 1
     when even that many would not do."""
+    return float(seeds_needed_many([gains], level, power)[0])
+
+
+_TRIES = 64  # sample sizes tried from just below the normal approximation's
+
+
+def seeds_needed_many(
+    groups: list[np.ndarray], level: float = LEVEL, power: float = POWER
+) -> np.ndarray:
+    """``seeds_needed`` of every group, in one vectorized noncentral-t evaluation."""
     from scipy import stats as st
 
-    g = np.asarray(gains, dtype=float)
-    g = g[~np.isnan(g)]
-    if len(g) < 2:
-        return float("nan")
-    mean, sd = g.mean(), g.std(ddof=1)
-    if not mean > 0 or not sd > 0:
-        return float("nan")
-    d = mean / sd
+    out = np.full(len(groups), np.nan)
+    effect = np.full(len(groups), np.nan)
+    for i, gains in enumerate(groups):
+        g = np.asarray(gains, dtype=float)
+        g = g[~np.isnan(g)]
+        if len(g) < 2:
+            continue
+        mean, sd = g.mean(), g.std(ddof=1)
+        if mean > 0 and sd > 0:
+            effect[i] = mean / sd
+    live = np.flatnonzero(~np.isnan(effect))
+    if not len(live):
+        return out
+    d = effect[live]
     # The normal approximation n = ((z_a + z_b) / d)^2 is a little low for a t-test; the
     # exact answer (noncentral t) is the first n from just below it that reaches the power.
     z = st.norm.ppf(1 - level / 2) + st.norm.ppf(power)
-    start = max(2, int(np.floor((z / d) ** 2)) - 2)
-    if start > MAX_SEEDS_NEEDED:
-        return float(MAX_SEEDS_NEEDED + 1)
-    n = np.arange(start, min(start + 64, MAX_SEEDS_NEEDED) + 1)
+    start = np.maximum(2, np.floor((z / d) ** 2).astype(np.int64) - 2)
+    too_many = start > MAX_SEEDS_NEEDED
+    start = np.minimum(start, MAX_SEEDS_NEEDED)
+    n = start[:, None] + np.arange(_TRIES + 1)[None, :]
+    valid = n <= np.minimum(start + _TRIES, MAX_SEEDS_NEEDED)[:, None]
     crit = st.t.ppf(1 - level / 2, n - 1)
-    nc = d * np.sqrt(n)
+    nc = d[:, None] * np.sqrt(n)
     achieved = st.nct.sf(crit, n - 1, nc) + st.nct.cdf(-crit, n - 1, nc)
-    ok = np.flatnonzero(achieved >= power)
-    return float(n[ok[0]]) if len(ok) else float(MAX_SEEDS_NEEDED + 1)
+    ok = (achieved >= power) & valid
+    first = np.where(ok.any(axis=1), n[np.arange(len(n)), ok.argmax(axis=1)], MAX_SEEDS_NEEDED + 1)
+    out[live] = np.where(too_many, MAX_SEEDS_NEEDED + 1, first)
+    return out
 
 
 def pp(value: float, sign: bool = True) -> str:
@@ -126,6 +145,7 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
     o_ci = stats.mean_cis(offsets, seed)
     tests = stats.wilcoxons(gains)
     n_resamples = stats.resamples(gains)
+    needed = seeds_needed_many(gains)
     rows = []
     for i, (key, c) in enumerate(counts.iterrows()):
         p, n_w = tests[i]
@@ -143,7 +163,7 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
             wilcoxon_p=p,
             wilcoxon_n=n_w,
             wilcoxon_note=_wilcoxon_note(n_w),
-            seeds_needed=seeds_needed(known),
+            seeds_needed=needed[i],
             mean_offset=o_ci[i, 0],
             offset_low=o_ci[i, 1] if wide else np.nan,
             offset_high=o_ci[i, 2] if wide else np.nan,

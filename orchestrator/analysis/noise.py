@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.examples import Examples
+from orchestrator.analysis.examples import Examples, blocks
 from orchestrator.analysis.problems import INCOMPLETE
 from orchestrator.analysis.tables import KEYS, PRE, UNIT, rounded
 
@@ -232,31 +232,21 @@ def _pairs(rec: pd.DataFrame, examples: Examples, wanted: pd.DataFrame) -> _Pair
     w = w.merge(ref, on=["run", "method", "repair_class", "reference_epoch"], how="inner")
     w = w[examples.has(w["_row"].to_numpy()) & examples.has(w["_ref"].to_numpy())]
     w = w[w["run"].isin(list(examples.labels))].reset_index(drop=True)
-    width = max(
-        [int(rec["n_classes"].max() or 0)]
-        + [int(v.max()) + 1 for v in examples.labels.values() if len(v)]
-    )
+    width = examples.hits.shape[1]
     plus = np.zeros((len(w), width), dtype=np.int64)
     minus = np.zeros_like(plus)
     sizes = np.zeros_like(plus)
-    # All pairs whose runs' test sets have one length at once: a loop over runs would
-    # cost seconds for sweeps of thousands of runs.
-    runs, run_of = np.unique(w["run"].to_numpy(dtype=str), return_inverse=True)
-    n_of = np.array([len(examples.labels[r]) for r in runs], dtype=np.int64)
-    for n in np.unique(n_of):
-        these = np.flatnonzero(n_of == n)
-        idx = np.flatnonzero(np.isin(run_of, these))
-        table = np.stack([examples.labels[runs[r]] for r in these]).astype(np.int64)
-        row_in = np.searchsorted(these, run_of[idx])
-        labels = table[row_in]  # pairs x examples
-        early = examples.matrix(w["_row"].to_numpy()[idx]) == labels
-        late = examples.matrix(w["_ref"].to_numpy()[idx]) == labels
-        cell = labels + width * np.arange(len(idx))[:, None]
-        size = len(idx) * width
-        plus[idx] = np.bincount(cell[early & ~late], minlength=size).reshape(-1, width)
-        minus[idx] = np.bincount(cell[~early & late], minlength=size).reshape(-1, width)
-        per_run = np.stack([np.bincount(t, minlength=width) for t in table])
-        sizes[idx] = per_run[row_in]
+    early_rows, late_rows = w["_row"].to_numpy(), w["_ref"].to_numpy()
+    # The checked per-class hits give (plus - minus); the examples where the two models
+    # disagree give (plus + minus): one pass over the predictions, test set by test set.
+    for group, ts in examples.test_sets(w["run"].to_numpy(dtype=object)):
+        sizes[group] = ts.sizes(width)
+        for block in blocks(group, len(ts.labels)):
+            early = examples.matrix(early_rows[block]) == ts.labels
+            late = examples.matrix(late_rows[block]) == ts.labels
+            disc = ts.by_class(early != late, width)
+            diff = examples.class_hits(early_rows[block]) - examples.class_hits(late_rows[block])
+            plus[block], minus[block] = (disc + diff) // 2, (disc - diff) // 2
     index = w[on].assign(_pair=np.arange(len(w)))
     return _Pairs(index, plus, minus, sizes)
 

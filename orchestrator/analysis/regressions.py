@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis.examples import blocks
 from orchestrator.analysis.load import Loaded
 
 # One row per repaired record (its identity, as in the records frame).
@@ -35,6 +36,7 @@ LEDGER_COLUMNS = [
     "after",  # the repaired model's prediction
     "change",  # fixed | broken
 ]
+_CHANGE = np.array(["broken", "fixed"], dtype=object)  # by "now right"
 NOTE_NO_PREDICTIONS = (
     "test_fixed, test_broken and the regression ledger are empty: this tree holds no"
     " per-example test predictions (written before predictions.npy existed)"
@@ -66,28 +68,29 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs = merged["run"].to_numpy(dtype=object)
     have = np.array([r in ex.labels for r in runs], dtype=bool)
     ok = have & (base_rows >= 0) & ex.has(rep_rows) & ex.has(np.maximum(base_rows, 0))
-    # All records whose runs' test sets have one length at once, as matrices: a loop over
+    # Test set by test set, as matrices compared with one label vector: a loop over
     # records would cost seconds in a sweep of 100,000 records.
-    n_of = np.zeros(len(merged), dtype=np.int64)
-    n_of[ok] = ex.lengths(rep_rows[ok])
-    same = ok & (ex.lengths(np.maximum(base_rows, 0)) == n_of)
     who: list[np.ndarray] = []
     idx: list[np.ndarray] = []
     parts: list[tuple[np.ndarray, ...]] = []
-    for n in np.unique(n_of[same]):
-        rows = np.flatnonzero(same & (n_of == n))
-        names = runs[rows]
-        table = {r: ex.labels[r] for r in dict.fromkeys(names)}
-        labels = np.stack([table[r] for r in names]).astype(np.int64)
-        after, before = ex.matrix(rep_rows[rows]), ex.matrix(base_rows[rows])
-        was, now = before == labels, after == labels
-        fix, brk = ~was & now, was & ~now
-        fixed[rows], broken[rows] = fix.sum(axis=1), brk.sum(axis=1)
-        r, e = np.nonzero(fix | brk)  # row-major: each record's examples in order
-        who.append(rows[r])
-        idx.append(e)
-        kinds = np.where(fix[r, e], "fixed", "broken").astype(object)
-        parts.append((labels[r, e], before[r, e], after[r, e], kinds))
+    for group, ts in ex.test_sets(runs[ok]):
+        rows = np.flatnonzero(ok)[group]
+        n = len(ts.labels)
+        rows = rows[(ex.lengths(rep_rows[rows]) == n) & (ex.lengths(base_rows[rows]) == n)]
+        for block in blocks(rows, n):
+            after, before = ex.matrix(rep_rows[block]), ex.matrix(base_rows[block])
+            now = after == ts.labels
+            moved = (before == ts.labels) != now  # fixed or broken
+            fixed[block] = (moved & now).sum(axis=1)
+            broken[block] = moved.sum(axis=1) - fixed[block]
+            r, e = np.nonzero(moved)  # row-major: each record's examples in order
+            who.append(block[r])
+            idx.append(e)
+            parts.append((ts.labels[e], before[r, e], after[r, e], now[r, e]))
+    if len(who) > 1:  # several test sets: records in frame order again
+        order = np.argsort(np.concatenate(who), kind="stable")
+        who, idx = [np.concatenate(who)[order]], [np.concatenate(idx)[order]]
+        parts = [tuple(np.concatenate([p[j] for p in parts])[order] for j in range(4))]
     out = merged[RECORD_KEYS].copy()
     out["repair_class"] = out["repair_class"].astype("int64")
     changed = merged["repair_changed"]
@@ -103,7 +106,7 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
         ledger["example"] = np.concatenate(idx).astype("int64")
         for j, col in enumerate(("label", "before", "after")):
             ledger[col] = np.concatenate([p[j] for p in parts]).astype("int64")
-        ledger["change"] = np.concatenate([p[3] for p in parts])
+        ledger["change"] = _CHANGE[np.concatenate([p[3] for p in parts]).astype(np.int64)]
         ledger = ledger[LEDGER_COLUMNS]
     else:
         ledger = pd.DataFrame({c: pd.Series(dtype=object) for c in LEDGER_COLUMNS})

@@ -248,7 +248,8 @@ def _arrow_type(annotation: Any) -> Any:
 @cache
 def run_records_schema() -> Any:
     """The Arrow schema of ``records.arrow``: every ``MetricsRecord`` field, ``key``, then
-    (format 2) ``predictions``."""
+    (format 2) ``predictions``. (Built once: a reader compares it with thousands of files'
+    schemas, and Arrow schemas are immutable.)"""
     import pyarrow as pa
 
     fields = [
@@ -396,8 +397,8 @@ def _check_columns(schema: Any) -> None:
     """ValueError unless every column is one of this version's, of its type, and only
     columns that may be absent (``OPTIONAL_FIELDS``, format 1's predictions) are."""
     expected = run_records_schema()
-    if schema.remove_metadata().equals(expected):
-        return  # the usual case, in one comparison
+    if any(schema.equals(ok, check_metadata=False) for ok in (expected, *_ACCEPTED)):
+        return  # the usual cases, in a comparison or a few
     may_lack = {*OPTIONAL_FIELDS, PREDICTIONS_COLUMN}
     for field in schema:
         i = expected.get_field_index(field.name)
@@ -407,6 +408,13 @@ def _check_columns(schema: Any) -> None:
         schema.names
     ):
         raise ValueError("its columns are not those of this version's MetricsRecord")
+    if len(_ACCEPTED) < 64:  # a sweep's files share a handful of schemas
+        _ACCEPTED.append(schema.remove_metadata())
+
+
+# Schemas other than the full one that ``_check_columns`` accepted: files that lack some
+# optional columns (thousands of a sweep's runs lack the same ones).
+_ACCEPTED: list[Any] = []
 
 
 def load_run_records(data: bytes, *, complete: bool = True) -> RunRecords:
@@ -440,8 +448,9 @@ def load_run_records(data: bytes, *, complete: bool = True) -> RunRecords:
     # Columns a file may lack: method-specific ones no record of the run had, and (format
     # 1) the predictions; they read as nulls.
     optional = [*OPTIONAL_FIELDS] + ([PREDICTIONS_COLUMN] if meta["format"] < 2 else [])
-    missing = [f for f in optional if f not in table.schema.names]
-    if set(expected.names) - set(table.schema.names) - set(missing):
+    names = set(table.schema.names)
+    missing = [f for f in optional if f not in names]
+    if set(expected.names) - names - set(missing):
         raise ValueError("its columns are not those of this version's MetricsRecord")
     if complete:
         for name in missing:
