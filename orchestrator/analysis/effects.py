@@ -10,9 +10,10 @@ compared at the same checkpoint; with one method it is that method's effect per 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.load import sorted_rows
+from orchestrator.analysis.rows import sorted_rows
 from orchestrator.analysis.tables import rounded
 
 CONVERGENCE = "convergence"  # the checkpoint column's name for each seed's convergence epoch
@@ -116,13 +117,16 @@ def methods(eff: pd.DataFrame) -> pd.DataFrame:
     """
     if eff.empty:
         return pd.DataFrame(columns=METHOD_COLUMNS)
-    by = ["dataset", "model", "repair_class", "_o", "checkpoint", "method", "alpha"]
+    # Grouped by the checkpoint's order (the epoch; convergence last), which names it: a
+    # string label per row would cost more than the grouping.
+    last = 10**9
+    by = ["dataset", "model", "repair_class", "_o", "method", "alpha"]
     values = ["run", "rr", "br", "delta_acc", "delta_acc_class", "delta_qual", "harmed", "seconds"]
     used = eff[["dataset", "model", "repair_class", "method", "alpha", "epoch", *values]]
     rows = pd.concat(
         [
-            used.assign(checkpoint=used["epoch"].astype(str), _o=used["epoch"]),
-            used[eff["at_convergence"]].assign(checkpoint=CONVERGENCE, _o=10**9),
+            used.rename(columns={"epoch": "_o"}),
+            used[eff["at_convergence"]].rename(columns={"epoch": "_o"}).assign(_o=last),
         ],
         ignore_index=True,
     )
@@ -138,4 +142,6 @@ def methods(eff: pd.DataFrame) -> pd.DataFrame:
         seconds=("seconds", "mean"),
     ).reset_index()
     out["harmed"] = out["harmed"].astype("int64")
+    order = out["_o"].to_numpy()
+    out["checkpoint"] = np.where(order == last, CONVERGENCE, order.astype(str)).astype(object)
     return out[METHOD_COLUMNS]

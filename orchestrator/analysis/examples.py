@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 TOLERANCE = 1e-9
-BLOCK = 1 << 22  # predictions per block of rows (8 MB of uint16)
+BLOCK = 1 << 20  # predictions per block of rows (2 MB of uint16: temporaries stay in cache)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,9 @@ class TestSet:
             # np.take along an axis is several times faster than fancy indexing a column
             # set; a test set stored class by class needs neither
             ordered = mask if self.in_order else np.take(mask, self.order, axis=1)
-            out[:, self.classes] = np.add.reduceat(ordered, self.starts, axis=1, dtype=np.int64)
+            # counted as bytes into int32: four times faster than into int64
+            counts = np.add.reduceat(ordered.view(np.uint8), self.starts, axis=1, dtype=np.int32)
+            out[:, self.classes] = counts
         return out
 
     def sizes(self, width: int) -> np.ndarray:

@@ -47,6 +47,7 @@ from orchestrator.analysis.problems import (
     Problem,
     one_line,
 )
+from orchestrator.analysis.rows import plain_strings, sorted_rows
 from orchestrator.analysis.untrusted import (
     KEY_LIKE,
     DuplicateKey,
@@ -709,15 +710,6 @@ def _runs_frame(
     )
 
 
-def plain_strings(df: pd.DataFrame) -> pd.DataFrame:
-    """String columns as Python objects, not pandas' Arrow-backed ``str``: the tables take,
-    merge and group rows many times, and each of those converts Arrow strings again."""
-    for col in df.columns:
-        if pd.api.types.is_string_dtype(df[col].dtype) and df[col].dtype != object:
-            df[col] = df[col].astype(object)
-    return df
-
-
 def _spec_methods(spec: dict[str, Any]) -> list[str]:
     """The repair methods a run's spec names: ``repair.methods`` (a list) or
     ``repair.method`` (one name, the first spec); none when the spec is unknown."""
@@ -892,27 +884,6 @@ def _records_frame(
     by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
     order = sorted_rows(df, by)
     return df.take(order).reset_index(drop=True), examples.select(kept[order])
-
-
-def sort_keys(frame: pd.DataFrame, by: list[str]) -> list[np.ndarray]:
-    """One numeric array per column of ``by`` that sorts as the column does (missing
-    values first; strings in code point order): sorting by string columns directly is
-    what makes large sweeps slow."""
-    keys = []
-    for col in by:
-        values = frame[col]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            keys.append(values.to_numpy(dtype=float, na_value=-np.inf))
-        else:
-            keys.append(pd.factorize(values, sort=True)[0])  # missing -> -1, first
-    return keys
-
-
-def sorted_rows(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
-    """The row order that sorts ``frame`` by ``by`` (see ``sort_keys``). Stable, so equal
-    keys keep their order."""
-    keys = sort_keys(frame, by)
-    return np.lexsort(keys[::-1]) if keys else np.arange(len(frame))
 
 
 def _check(

@@ -73,32 +73,33 @@ _EPS = 1e-7  # in counts of examples: far below the spacing of distinct differen
 
 
 class _Binomial:
-    """Binomial(m, 1/2) probabilities and upper tails from log-factorials, for any m up to
-    ``size``; tails are summed from the far end, so small p-values keep their precision."""
+    """Binomial(m, 1/2) probabilities and upper tails from log-factorials, as tables for
+    each m in ``ms`` looked up in one gather; tails are summed from the far end, so small
+    p-values keep their precision."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, ms: np.ndarray) -> None:
         from scipy.special import gammaln
 
-        self.logfact = gammaln(np.arange(size + 2) + 1.0)
-        self._tails: dict[int, np.ndarray] = {}
+        self.ms = np.unique(ms)
+        lf = gammaln(np.arange(int(self.ms.max(initial=0)) + 2) + 1.0)
+        # every m's pmf(0..m) one after the other; its tail P(V >= 0..m+1) likewise
+        self.pmf_at = np.concatenate([[0], np.cumsum(self.ms + 1)[:-1]]).astype(np.int64)
+        self.tail_at = self.pmf_at + np.arange(len(self.ms))
+        m = np.repeat(self.ms, self.ms + 1)
+        k = np.arange(len(m)) - np.repeat(self.pmf_at, self.ms + 1)
+        self.pmf_table = np.exp(lf[m] - lf[k] - lf[m - k] - m * np.log(2.0))
+        tails = []
+        for i, mm in enumerate(self.ms.tolist()):
+            pmf = self.pmf_table[self.pmf_at[i] : self.pmf_at[i] + mm + 1]
+            tails.append(np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]]))
+        self.tail_table = np.concatenate(tails) if tails else np.zeros(0)
 
     def pmf(self, k: np.ndarray, m: np.ndarray) -> np.ndarray:
-        lf = self.logfact
-        return np.exp(lf[m] - lf[k] - lf[m - k] - m * np.log(2.0))
+        return self.pmf_table[self.pmf_at[np.searchsorted(self.ms, m)] + k]
 
     def tail(self, v: np.ndarray, m: np.ndarray) -> np.ndarray:
         """P(V >= v) for V ~ Binomial(m, 1/2), any integer v."""
-        out = np.empty(len(v))
-        for mm in np.unique(m):
-            sel = m == mm
-            table = self._tails.get(int(mm))
-            if table is None:
-                k = np.arange(mm + 1)
-                pmf = self.pmf(k, np.full(mm + 1, mm))
-                table = np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]])
-                self._tails[int(mm)] = table
-            out[sel] = table[np.clip(v[sel], 0, mm + 1)]
-        return out
+        return self.tail_table[self.tail_at[np.searchsorted(self.ms, m)] + np.clip(v, 0, m + 1)]
 
 
 def signflip_p(
@@ -115,7 +116,7 @@ def signflip_p(
     out = np.ones(len(mc))
     if not len(mc):
         return out
-    binom = _Binomial(int(max(mc.max(), mo.max())))
+    binom = _Binomial(np.concatenate([mc, mo]))
     # Sum over the variable with fewer values; the other's coefficient must be positive.
     over_x = (mc <= mo) & (b > 0)
     for rows, (m_sum, m_tail, x_sum, x_tail, c_sum, c_tail) in (

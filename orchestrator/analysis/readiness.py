@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import stats
-from orchestrator.analysis.load import Loaded, plain_strings
+from orchestrator.analysis.load import Loaded
+from orchestrator.analysis.rows import plain_strings
 
 KEYS = ["dataset", "model", "policy", "action", "method", "repair_class", "alpha"]
 PER_RUN = [

@@ -81,8 +81,8 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
             after, before = ex.matrix(rep_rows[block]), ex.matrix(base_rows[block])
             now = after == ts.labels
             moved = (before == ts.labels) != now  # fixed or broken
-            fixed[block] = (moved & now).sum(axis=1)
-            broken[block] = moved.sum(axis=1) - fixed[block]
+            fixed[block] = np.count_nonzero(moved & now, axis=1)
+            broken[block] = np.count_nonzero(moved, axis=1) - fixed[block]
             r, e = np.nonzero(moved)  # row-major: each record's examples in order
             who.append(block[r])
             idx.append(e)
