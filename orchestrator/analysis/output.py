@@ -20,7 +20,7 @@ import pandas as pd
 from orchestrator.analysis import costs, latex, report
 from orchestrator.analysis.aggregate import Aggregation
 from orchestrator.analysis.formats import figure_formats
-from orchestrator.analysis.load import join_epochs
+from orchestrator.analysis.run_frame import join_epochs
 from orchestrator.common.atomic import replace_durably
 from orchestrator.errors import BadInput
 

@@ -31,9 +31,9 @@ from orchestrator.analysis.document import Doc, file_part
 from orchestrator.analysis.file_notes import FILES
 from orchestrator.analysis.harm_report import harm_section, readiness_stops_section
 from orchestrator.analysis.headline import MIN_SEEDS_FOR_CI
-from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.noise import NOTE_NO_PREDICTIONS
 from orchestrator.analysis.problems import PROBLEM_KINDS, counts_text
+from orchestrator.analysis.run_frame import join_epochs
 from orchestrator.analysis.shown import (
     capped,
     effect_table,

@@ -40,9 +40,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.load import join_epochs
 from orchestrator.analysis.problems import INCOMPLETE, PARTIAL, Problem
 from orchestrator.analysis.rows import plain_strings, sort_keys, sorted_rows
+from orchestrator.analysis.run_frame import join_epochs
 from orchestrator.analysis.words import noun
 from orchestrator.errors import BadInput
 from orchestrator.results.layout import DEFAULT_METHOD
