@@ -27,6 +27,36 @@ def _default_out(sweep: str, uri: str) -> Path:
     )
 
 
+def _checked(
+    results_uri: str,
+    endpoint_url: str | None,
+    sweep: str | None,
+    rules: str,
+    after_convergence: str | None,
+    formats: str,
+) -> tuple[str, tuple[str, ...]]:
+    """``aggregate``'s options checked before anything is read: (the after-convergence
+    mode, the figure formats); BadInput naming the option otherwise."""
+    from orchestrator.analysis import aggregate as ag
+    from orchestrator.analysis.formats import parse_formats
+    from orchestrator.errors import BadInput
+
+    if sweep is not None:
+        from orchestrator.spec import check_sweep_name
+
+        check_sweep_name(sweep, "--sweep")
+    if endpoint_url and not results_uri.startswith("s3://"):
+        raise BadInput(f"--endpoint-url applies to s3:// URIs only, not {results_uri}")
+    mode = after_convergence or "exclude"
+    if rules == "notebook" and after_convergence is not None:
+        raise BadInput(
+            "--after-convergence applies to --rules text only; the notebook's rules compare"
+            " every checkpoint against the last"
+        )
+    ag.check_rules(rules, mode)
+    return mode, parse_formats(formats)
+
+
 @app.command(rich_help_panel=ANALYSIS_PANEL)
 def aggregate(
     results_uri: Annotated[
@@ -105,25 +135,11 @@ def aggregate(
     from orchestrator.analysis import aggregate as ag
     from orchestrator.analysis.problems import raise_if_problems
     from orchestrator.analysis.words import plural
-    from orchestrator.errors import BadInput
     from orchestrator.store import open_store
 
-    if sweep is not None:
-        from orchestrator.spec import check_sweep_name
-
-        check_sweep_name(sweep, "--sweep")
-    if endpoint_url and not results_uri.startswith("s3://"):
-        raise BadInput(f"--endpoint-url applies to s3:// URIs only, not {results_uri}")
-    mode = after_convergence or "exclude"
-    if rules == "notebook" and after_convergence is not None:
-        raise BadInput(
-            "--after-convergence applies to --rules text only; the notebook's rules compare"
-            " every checkpoint against the last"
-        )
-    ag.check_rules(rules, mode)
-    from orchestrator.analysis.formats import parse_formats
-
-    figure_formats = parse_formats(formats)
+    mode, figure_formats = _checked(
+        results_uri, endpoint_url, sweep, rules, after_convergence, formats
+    )
     store = open_store(results_uri, **({"endpoint_url": endpoint_url} if endpoint_url else {}))
     agg = ag.aggregate(
         store,
