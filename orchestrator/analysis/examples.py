@@ -28,7 +28,7 @@ BLOCK = 1 << 20  # predictions per block of rows (2 MB of uint16: temporaries st
 
 
 @dataclass(frozen=True)
-class TestSet:
+class LabelSet:
     """One distinct vector of true test labels, with its examples ordered by class."""
 
     labels: np.ndarray  # in the runs' test order
@@ -39,7 +39,7 @@ class TestSet:
     in_order: bool  # stored class by class already (``order`` is the identity)
 
     @classmethod
-    def of(cls, labels: np.ndarray) -> TestSet:
+    def of(cls, labels: np.ndarray) -> LabelSet:
         order = np.argsort(labels, kind="stable")
         ordered = labels[order]
         starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(labels) else order
@@ -82,7 +82,7 @@ class Examples:
     row_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # run -> true test labels
     hits: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
-    _sets: dict[bytes, TestSet] = field(default_factory=dict, repr=False)
+    _sets: dict[bytes, LabelSet] = field(default_factory=dict, repr=False)
 
     def vector(self, row: int) -> np.ndarray | None:
         j = int(self.row_of[row])
@@ -115,11 +115,11 @@ class Examples:
         """Correct predictions per class of ``rows`` (checked rows only)."""
         return self.hits[self.row_of[np.asarray(rows, dtype=np.int64)]]
 
-    def test_sets(self, runs: np.ndarray) -> list[tuple[np.ndarray, TestSet]]:
+    def test_sets(self, runs: np.ndarray) -> list[tuple[np.ndarray, LabelSet]]:
         """Positions in ``runs`` (the run of each row considered) grouped by their run's
         test set, in ascending order within each; runs without labels are left out."""
         codes, names = pd.factorize(np.asarray(runs, dtype=object))
-        found: list[TestSet] = []
+        found: list[LabelSet] = []
         which: dict[int, int] = {}
         group = np.full(len(names), -1, dtype=np.int64)
         for i, name in enumerate(names):
@@ -129,7 +129,7 @@ class Examples:
             key = labels.tobytes()
             ts = self._sets.get(key)
             if ts is None:
-                ts = self._sets[key] = TestSet.of(labels)
+                ts = self._sets[key] = LabelSet.of(labels)
             if id(ts) not in which:
                 which[id(ts)] = len(found)
                 found.append(ts)
