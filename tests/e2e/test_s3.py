@@ -22,10 +22,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from paths import REPO
-from results_compare import comparable
-from s3_faults import RECOVERABLE, FaultProxy, Request
-from s3_server import SECRET_ACCESS_KEY, S3Target
+from early_repair_testing.paths import REPO
+from early_repair_testing.results_compare import comparable
+from early_repair_testing.s3_faults import RECOVERABLE, FaultProxy, Request
+from early_repair_testing.s3_server import SECRET_ACCESS_KEY, S3Target
 
 from orchestrator.cli import main
 from orchestrator.results import layout as keys
@@ -103,7 +103,7 @@ def one_line_error(r: Any) -> str:
     return r.err
 
 
-# -- must-show 2: the quickstart on S3 gives the local folder's tables ------------------------
+# -- the quickstart on S3 gives the local folder's tables ------------------------------------
 
 
 def test_run_and_aggregate_on_s3_equal_local(
@@ -140,7 +140,7 @@ def test_run_and_aggregate_on_s3_equal_local(
     assert comparable(s3, f"{SWEEP}/") == comparable(local, f"{SWEEP}/")
 
 
-# -- must-show 3: through 500s, SlowDowns, dropped connections and cut bodies -----------------
+# -- through 500s, SlowDowns, dropped connections and cut bodies -----------------------------
 
 
 @pytest.mark.slow
@@ -176,7 +176,7 @@ def test_run_and_aggregate_through_faults(
     assert_same_report(reference[1], tmp_path / "report")
 
 
-# -- must-show 4: killed after some steps reached S3, local files gone, run again ------------
+# -- killed after some steps reached S3, local files gone, run again ------------------------
 
 
 def _listing(target: S3Target, prefix: str) -> dict[str, tuple[Any, str]]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from aggregate_tree import paper_table1_runs, write_tree
-from s3_server import S3Target, free_port
+from early_repair_testing.aggregate_tree import paper_table1_runs, write_tree
+from early_repair_testing.s3_server import S3Target, free_port
 
 from orchestrator.errors import EXIT_TRANSIENT
 from orchestrator.store.file import FileStore

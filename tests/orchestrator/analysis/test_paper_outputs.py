@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from aggregate_tree import paper_table1_runs, write_tree
+from early_repair_testing.aggregate_tree import paper_table1_runs, write_tree
 from pylatexenc.latexwalker import (
     LatexEnvironmentNode,
     LatexGroupNode,

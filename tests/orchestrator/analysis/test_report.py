@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from aggregate_browser import (
+from early_repair_testing.aggregate_browser import (
     CHROMIUM,
     NO_CHROMIUM,
     WINDOW,
@@ -23,7 +23,7 @@ from aggregate_browser import (
     loaded_images,
     screenshots,
 )
-from aggregate_tree import paper_table1_runs, write_tree
+from early_repair_testing.aggregate_tree import paper_table1_runs, write_tree
 from PIL import Image
 
 from orchestrator.analysis import aggregate as ag

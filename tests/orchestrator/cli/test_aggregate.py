@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from aggregate_tree import RunTree, paper_table1_runs, pattern_run, write_tree
+from early_repair_testing.aggregate_tree import RunTree, paper_table1_runs, pattern_run, write_tree
 
 from orchestrator.results import layout as results
 from orchestrator.store.file import FileStore

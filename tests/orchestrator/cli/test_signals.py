@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 from orchestrator.results import layout as keys
 

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from paths import REPO
-from s3_faults import FaultProxy
-from s3_server import S3Target
+from early_repair_testing.paths import REPO
+from early_repair_testing.s3_faults import FaultProxy
+from early_repair_testing.s3_server import S3Target
 
 from orchestrator.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TRANSIENT
 from orchestrator.results import layout as keys
@@ -89,7 +89,7 @@ def test_storage_failing_past_the_retries_exits_retriable(
 def test_an_unreachable_endpoint_exits_retriable(
     cli, s3_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from s3_server import free_port
+    from early_repair_testing.s3_server import free_port
 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     dead = f"http://127.0.0.1:{free_port()}"

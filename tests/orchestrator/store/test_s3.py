@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from paths import REPO
-from s3_faults import RECOVERABLE, FaultProxy, Request
-from s3_server import SECRET_ACCESS_KEY, S3Target, free_port
+from early_repair_testing.paths import REPO
+from early_repair_testing.s3_faults import RECOVERABLE, FaultProxy, Request
+from early_repair_testing.s3_server import SECRET_ACCESS_KEY, S3Target, free_port
 
 from orchestrator.errors import (
     EXIT_BAD_INPUT,
