@@ -106,6 +106,7 @@ def one_line_error(r: Any) -> str:
 # -- the quickstart on S3 gives the local folder's tables ------------------------------------
 
 
+@pytest.mark.slow
 def test_run_and_aggregate_on_s3_equal_local(
     cli, s3_bucket: S3Target, reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -211,6 +212,7 @@ def _trainer(spec: Path, endpoint: str, workdir: Path) -> subprocess.Popen[bytes
     )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_s3_without_redoing_steps(
     s3_bucket: S3Target, reference: tuple[Path, Path], tmp_path: Path
 ) -> None:

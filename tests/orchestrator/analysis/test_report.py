@@ -138,6 +138,7 @@ def test_chromium_shows_headline_effect_table_and_seed_figures(paper_report: Pat
     assert len(boxes["fig3"]) == MAX_FIGURES
 
 
+@pytest.mark.slow
 def test_report_of_two_repair_methods(tmp_path: Path) -> None:
     """Methods side by side: per-checkpoint table rows for both, method-named Fig. 3/4."""
     runs = paper_table1_runs()[5:7]  # two GTSRB seeds, classes 20 27 30

@@ -189,6 +189,7 @@ def test_status_watch_streams_one_document_per_change(
 # --- run, status --local, aggregate, prepare, schema --------------------------------
 
 
+@pytest.mark.slow
 def test_local_commands_print_json_and_yaml(cli, tmp_path: Path) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY))

@@ -72,6 +72,7 @@ def write_spec(tmp_path: Path, results: str, extra: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_storage_failing_past_the_retries_exits_retriable(
     s3_bucket: S3Target, tmp_path: Path
 ) -> None:
@@ -99,6 +100,7 @@ def test_an_unreachable_endpoint_exits_retriable(
     assert "cannot connect to the S3 endpoint" in last_error(r.err)
 
 
+@pytest.mark.slow
 def test_a_missing_bucket_exits_bad_input(moto_endpoint: str, s3_env: None, tmp_path: Path):
     spec = write_spec(
         tmp_path, "s3://no-such-bucket-here/r", f"storage: {{endpoint_url: '{moto_endpoint}'}}\n"
@@ -108,6 +110,7 @@ def test_a_missing_bucket_exits_bad_input(moto_endpoint: str, s3_env: None, tmp_
     assert "does not exist" in last_error(proc.stderr)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_names_the_folder(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, str(tmp_path / "results"))
     scratch = tmp_path / "tmp"
