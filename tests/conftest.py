@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 # The moto S3 server fixtures (moto_endpoint, s3_env, s3_bucket) for every test module.
-pytest_plugins = ["s3_server"]
+pytest_plugins = ["early_repair_testing.s3_server"]
 
 # Tests share two cores; keep BLAS/torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 from orchestrator.backends import BACKENDS
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 LINT = Path(sys.executable).with_name("lint-imports")
 

@@ -1,7 +1,7 @@
 """Benchmark: aggregate 100,000 metrics records, read one file per record versus one
 records.arrow per finished run, from a local folder and from S3.
 
-Targets (issue 14): every table for 100,000 records in <= 2 s from a local folder and
+Targets: every table for 100,000 records in <= 2 s from a local folder and
 <= 5 s from S3 (moto in its own process, each request delayed 10 ms as in bench_s3.py).
 One run prints both ways side by side (from the folder each twice, the faster pass in the
 table: the first may read from disk rather than the page cache), checks that they give
@@ -47,7 +47,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS / "support"))
 sys.path.insert(0, str(TESTS.parent))
 
-from s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY  # noqa: E402
+from early_repair_testing.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY  # noqa: E402
 
 from orchestrator.analysis import aggregate as ag  # noqa: E402
 from orchestrator.analysis import load as loading  # noqa: E402

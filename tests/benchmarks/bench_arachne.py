@@ -1,6 +1,6 @@
 """Benchmark: one Arachne repair of a VGG16-shaped network, vectorised vs the paper's way.
 
-Why: the issue's claim is that evaluating the swarm from cached penultimate activations
+Why: the claim is that evaluating the swarm from cached penultimate activations
 makes repair orders of magnitude cheaper than re-running the whole network for every
 particle (what the paper's code did), with the same fitness values. This measures both.
 
@@ -100,7 +100,7 @@ def _child(kind: str, threads: int, device_name: str, ref_evals: int, q: Any) ->
     sys.path.insert(0, str(TESTS / "support"))
     torch.set_num_threads(threads)
     device = torch.device(device_name)
-    from arachne_reference import reference_scores
+    from early_repair_testing.arachne_reference import reference_scores
 
     from orchestrator.spec import ArachneSpec
     from trainer_image.repair.arachne import repair

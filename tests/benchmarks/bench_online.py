@@ -1,7 +1,7 @@
 """Benchmark: the per-epoch cost of dense online repair relative to the training epoch.
 
 Why: repairing at *every* epoch while the model trains (``training.repair_every: 1``) is
-only worth offering if it costs a fraction of the epoch it follows. Target (issue 15): the
+only worth offering if it costs a fraction of the epoch it follows. Target: the
 online repair of one epoch - features of the repair, validation and test splits once, then
 3 classes x 1 method with their test and validation evaluations - costs <= 0.5x the
 training epoch, and each further class or method adds <= 5% of the epoch.

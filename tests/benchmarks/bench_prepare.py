@@ -1,6 +1,6 @@
 """Benchmark: ``early-repair prepare rsna`` on a generated tree of a few thousand DICOMs.
 
-Why: the issue asks that preparing stream - decode one file at a time into one
+Why: preparing is meant to stream - decode one file at a time into one
 preallocated array and write the splits in chunks - so that memory stays near the size of
 the prepared arrays, not the raw images (let alone twice). This measures it, with the
 throughput, on the Kaggle layout at a realistic scale.

@@ -17,7 +17,7 @@ from typing import Any
 import helm_python as helm
 import jsonschema
 import pytest
-from k8s_checks import (
+from early_repair_testing.k8s_checks import (
     KUBE_VERSIONS,
     is_kueue,
     load_crds,
@@ -30,7 +30,7 @@ from k8s_checks import (
     strict_crd_schema,
     validate_strict,
 )
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 from orchestrator.spec import KubernetesSpec, load_spec
 

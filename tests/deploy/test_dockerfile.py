@@ -25,9 +25,9 @@ from typing import Any
 import dockerfile
 import pytest
 from docker.utils.build import exclude_paths
+from early_repair_testing.paths import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version
-from paths import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 LOCK = REPO / "constraints.txt"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from paths import QUICKSTART, REPO
+from early_repair_testing.paths import QUICKSTART, REPO
 
 _spec = importlib.util.spec_from_file_location(
     "image_check_job", REPO / "scripts" / "image_check_job.py"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_checks import (
+from early_repair_testing.k8s_checks import (
     KUBE_VERSIONS,
     load_file,
     pod_spec,
@@ -26,7 +26,7 @@ from k8s_checks import (
     secret_refs,
     validate_strict,
 )
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 from orchestrator.spec import KubernetesSpec, load_spec
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 PRESETS = ("quickstart", "quickstart-online", "quickstart-mnist")
 

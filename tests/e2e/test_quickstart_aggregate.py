@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from aggregate_browser import (
+from early_repair_testing.aggregate_browser import (
     CHROMIUM,
     check_report_on_screen,
     coloured_pixels,
     loaded_images,
     screenshots,
 )
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 SEED = 1024
 CLASSES = [3, 8]

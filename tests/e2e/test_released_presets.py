@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from gtsrb_tree import write_gtsrb
-from paths import REPO
-from rsna_tree import write_rsna
+from early_repair_testing.gtsrb_tree import write_gtsrb
+from early_repair_testing.paths import REPO
+from early_repair_testing.rsna_tree import write_rsna
 from torchvision.models.vgg import cfgs, make_layers
 
 from orchestrator.results import layout as keys

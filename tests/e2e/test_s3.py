@@ -22,10 +22,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from paths import REPO
-from results_compare import comparable
-from s3_faults import RECOVERABLE, FaultProxy, Request
-from s3_server import SECRET_ACCESS_KEY, S3Target
+from early_repair_testing.paths import REPO
+from early_repair_testing.results_compare import comparable
+from early_repair_testing.s3_faults import RECOVERABLE, FaultProxy, Request
+from early_repair_testing.s3_server import SECRET_ACCESS_KEY, S3Target
 
 from orchestrator.cli import main
 from orchestrator.results import layout as keys
@@ -103,9 +103,10 @@ def one_line_error(r: Any) -> str:
     return r.err
 
 
-# -- must-show 2: the quickstart on S3 gives the local folder's tables ------------------------
+# -- the quickstart on S3 gives the local folder's tables ------------------------------------
 
 
+@pytest.mark.slow
 def test_run_and_aggregate_on_s3_equal_local(
     cli, s3_bucket: S3Target, reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -140,7 +141,7 @@ def test_run_and_aggregate_on_s3_equal_local(
     assert comparable(s3, f"{SWEEP}/") == comparable(local, f"{SWEEP}/")
 
 
-# -- must-show 3: through 500s, SlowDowns, dropped connections and cut bodies -----------------
+# -- through 500s, SlowDowns, dropped connections and cut bodies -----------------------------
 
 
 @pytest.mark.slow
@@ -176,7 +177,7 @@ def test_run_and_aggregate_through_faults(
     assert_same_report(reference[1], tmp_path / "report")
 
 
-# -- must-show 4: killed after some steps reached S3, local files gone, run again ------------
+# -- killed after some steps reached S3, local files gone, run again ------------------------
 
 
 def _listing(target: S3Target, prefix: str) -> dict[str, tuple[Any, str]]:
@@ -211,6 +212,7 @@ def _trainer(spec: Path, endpoint: str, workdir: Path) -> subprocess.Popen[bytes
     )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_s3_without_redoing_steps(
     s3_bucket: S3Target, reference: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -47,7 +47,9 @@ def test_a_valid_online_spec_parses() -> None:
     assert run.training.readiness is not None and run.training.readiness.repair_class == 8
     # The baseline needs no online repair and no repaired class.
     parse_spec({**BASE, "repair": {}, "training": {"readiness": {"policy": "val-loss"}}})
-    parse_spec(with_training(readiness={"policy": "custom_policy:ValAccuracy"}))
+    parse_spec(
+        with_training(readiness={"policy": "early_repair_testing.custom_policy:ValAccuracy"})
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_nvml import FakeClock, FakeGpu, FakeMig, FakeNvml, GiB, no_driver
+from early_repair_testing.fake_nvml import FakeClock, FakeGpu, FakeMig, FakeNvml, GiB, no_driver
 
 from orchestrator.errors import (
     EXIT_BAD_INPUT,

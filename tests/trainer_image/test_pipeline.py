@@ -1,6 +1,6 @@
-"""The trainer pipeline on real digits: layout, records, determinism (must-show 3),
-resuming after a kill without redoing finished steps (must-show 6), Store-protocol only,
-and a repair method of the user's own, run end to end by import path."""
+"""The trainer pipeline on real digits: layout, records, determinism, resuming after a kill
+without redoing finished steps, Store-protocol only, and a repair method of the user's own,
+run end to end by import path."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import results_compare
 import torch
+from early_repair_testing import results_compare
 
 from orchestrator.errors import BadInput
 from orchestrator.results import events as ev
@@ -309,10 +309,14 @@ def test_results_of_another_experiment_are_refused(reference: Path, tmp_path: Pa
     assert {k for k in before if before[k] != after[k]} <= {keys.log(SWEEP, RUN)}
 
 
-# --- a repair method of one's own: one module (tests/support/nudge_repair.py), by path ---
+# --- a repair method of one's own: one module (early_repair_testing.nudge_repair), by path ---
 
-NUDGE = {"method": "nudge_repair:repair", "classes": [3], "options": {"step": 2.0}}
-NUDGE_KEY = "nudge-repair-repair"  # its folder: a slug of the import path
+NUDGE = {
+    "method": "early_repair_testing.nudge_repair:repair",
+    "classes": [3],
+    "options": {"step": 2.0},
+}
+NUDGE_KEY = "early-repair-testing-nudge-repair-repair"  # its folder: a slug of the import path
 TWO_EPOCHS = {**TINY["training"], "max_epochs": 2}
 
 
@@ -330,7 +334,7 @@ def test_a_repair_method_by_import_path_runs_end_to_end(tmp_path: Path) -> None:
             store.read_bytes(keys.repair_metrics(SWEEP, RUN, epoch, 3, NUDGE_KEY))
         )
         assert (rec.method, rec.repair_class, rec.n_patched, rec.iterations) == (
-            "nudge_repair:repair",
+            "early_repair_testing.nudge_repair:repair",
             3,
             1,
             1,
@@ -359,9 +363,11 @@ def test_a_repair_method_by_import_path_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_a_repair_method_that_does_not_import_fails_before_training(tmp_path: Path) -> None:
     root = tmp_path / "results"
-    bad = {**NUDGE, "method": "nudge_repair:no_such_function"}
+    bad = {**NUDGE, "method": "early_repair_testing.nudge_repair:no_such_function"}
     spec = write_spec(tmp_path / "sweep.json", root, training=TWO_EPOCHS, repair=bad)
-    with pytest.raises(BadInput, match=r"cannot import 'nudge_repair:no_such_function'"):
+    with pytest.raises(
+        BadInput, match=r"cannot import 'early_repair_testing.nudge_repair:no_such_function'"
+    ):
         run_trainer(spec, 0)
     assert not FileStore(root).exists(keys.summary_json(SWEEP, RUN))
 
@@ -375,7 +381,7 @@ def test_bad_run_index_names_the_range(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
-# --- must-show 6: kill the trainer mid-run, run it again --------------------------------
+# --- kill the trainer mid-run, run it again: finished steps are not redone -------------
 
 # Five classes with full-length searches make the repair phase last a few seconds, so
 # the kill lands after the first base metrics and before the run completes.
@@ -445,7 +451,7 @@ def test_killed_trainer_resumes_without_redoing_finished_steps(tmp_path: Path, r
     ).all()
 
 
-# --- dense online repair (issue 15): training.repair_every ----------------------------
+# --- dense online repair: training.repair_every ---------------------------------------
 
 ONLINE = {**TINY["training"], "repair_every": 1, "readiness": {"action": "record", "patience": 2}}
 
@@ -521,7 +527,7 @@ def test_online_records_aggregate_with_the_summarys_convergence_epoch(online: Pa
         assert row["oracle_qual"] == pytest.approx(best)
 
 
-# --- several repair methods in one run (issue 13) ---------------------------------------
+# --- several repair methods in one run ------------------------------------------------
 
 THREE = {"methods": ["arachne", "arachne-de", "finetune"], "classes": [3], "particles": 20}
 

@@ -1,6 +1,6 @@
-"""Readiness policies (issue 15, must-show 2): they fire exactly where a controlled sequence
-of validation Quals says, decide from validation and repair-set data only (a run whose test
-labels are permuted makes the same decisions), and a new policy is one class."""
+"""Readiness policies: they fire exactly where a controlled sequence of validation Quals
+says, decide from validation and repair-set data only (a run whose test labels are permuted
+makes the same decisions), and a new policy is one class."""
 
 from __future__ import annotations
 
@@ -172,21 +172,23 @@ def test_every_catalog_policy_is_a_policy_class() -> None:
 
 
 def test_a_new_policy_is_one_class_named_by_import_path() -> None:
-    from custom_policy import ValAccuracy
+    from early_repair_testing.custom_policy import ValAccuracy
 
-    policy = R.build(ReadinessSpec(policy="custom_policy:ValAccuracy", patience=2), [], [])
+    policy = R.build(
+        ReadinessSpec(policy="early_repair_testing.custom_policy:ValAccuracy", patience=2), [], []
+    )
     assert isinstance(policy, ValAccuracy)
     for epoch, acc in enumerate([0.5, 0.7, 0.6, 0.65, 0.9], start=1):
         policy.observe(Evidence(epoch, 1.0, acc))
     assert track(policy, R.UNREPAIRED) == (4, 2, 4)
     with pytest.raises(BadInput, match=r"not a subclass of trainer_image\.readiness"):
-        R.build(ReadinessSpec(policy="custom_policy:NOT_A_POLICY"), [], [])
+        R.build(ReadinessSpec(policy="early_repair_testing.custom_policy:NOT_A_POLICY"), [], [])
     with pytest.raises(BadInput, match="cannot import"):
-        R.build(ReadinessSpec(policy="custom_policy:Missing"), [], [])
+        R.build(ReadinessSpec(policy="early_repair_testing.custom_policy:Missing"), [], [])
 
 
 def test_a_policy_of_online_repairs_needs_them(splits: Splits) -> None:
-    spec = ReadinessSpec(policy="custom_policy:RepairedRR")
+    spec = ReadinessSpec(policy="early_repair_testing.custom_policy:RepairedRR")
     policy = R.build(spec, ["arachne"], [3, 8])
     assert list(policy.tracks) == [("arachne", 3), ("arachne", 8)]
     cfg = TrainingSpec(max_epochs=1, num_threads=1, readiness=spec)  # no repair_every

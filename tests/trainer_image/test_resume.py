@@ -1,6 +1,6 @@
-"""Epoch-level resume (issue 15, must-show 1): a training killed at any epoch and resumed
-from its stored state gives bit-identical weights, history, checkpoints, online repairs,
-readiness decisions and metrics to an uninterrupted one, and retrains no finished epoch."""
+"""Epoch-level resume: a training killed at any epoch and resumed from its stored state
+gives bit-identical weights, history, checkpoints, online repairs, readiness decisions and
+metrics to an uninterrupted one, and retrains no finished epoch."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from results_compare import comparable
+from early_repair_testing.results_compare import comparable
 from torch import nn
 
 from orchestrator.errors import RunFailed
@@ -296,14 +296,20 @@ EPOCH_LINE = re.compile(r"epoch (\d+)/6: loss")
 
 def trainer(spec: Path, repo: Path, kill: str | None) -> tuple[int, list[int], str]:
     """One trainer process (killed at ``kill``): exit code, epochs it trained, its log."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    support = repo / "tests" / "support"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(repo), str(support)]),
+    }
     env.pop("KILL_AT", None)
     if kill:
         env["KILL_AT"] = kill
     proc = subprocess.run(
         [
             sys.executable,
-            str(repo / "tests" / "support" / "kill_at.py"),
+            "-m",
+            "early_repair_testing.kill_at",
             "trainer",
             "--sweep",
             str(spec),

@@ -1,5 +1,5 @@
-"""The training procedure: lr schedules, early stopping, convergence epoch, checkpoint set
-(issue 2, must-show 4) on controlled validation-loss sequences, and determinism per seed."""
+"""The training procedure: lr schedules, early stopping, convergence epoch and checkpoint set
+on controlled validation-loss sequences, and determinism per seed."""
 
 from __future__ import annotations
 

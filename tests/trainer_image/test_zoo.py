@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gtsrb_tree import write_gtsrb
-from rsna_tree import write_rsna
+from early_repair_testing.gtsrb_tree import write_gtsrb
+from early_repair_testing.rsna_tree import write_rsna
 from torch import nn
 from torchvision.models import densenet121 as tv_densenet121
 from torchvision.models.vgg import cfgs, make_layers

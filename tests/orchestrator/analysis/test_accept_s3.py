@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aggregate_tree import RunTree, write_tree
-from s3_server import S3Target
+from early_repair_testing.aggregate_tree import RunTree, write_tree
+from early_repair_testing.s3_server import S3Target
 
 from orchestrator.analysis.aggregate import aggregate
 from orchestrator.results import layout

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from aggregate_tree import RunTree, write_tree
-from stats_reference import exact_bootstrap_quantile, exact_wilcoxon_p
+from early_repair_testing.aggregate_tree import RunTree, write_tree
+from early_repair_testing.stats_reference import exact_bootstrap_quantile, exact_wilcoxon_p
 
 from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import headline, stats

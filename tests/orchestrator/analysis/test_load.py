@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from aggregate_tree import RunTree, paper_table1_runs, pattern_run, typed_run, write_tree
+from early_repair_testing.aggregate_tree import (
+    RunTree,
+    paper_table1_runs,
+    pattern_run,
+    typed_run,
+    write_tree,
+)
 
 from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import problems as pb

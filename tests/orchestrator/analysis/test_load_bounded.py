@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from aggregate_tree import pattern_run, write_tree
+from early_repair_testing.aggregate_tree import pattern_run, write_tree
 
 from orchestrator.analysis.load import load
 from orchestrator.results import layout

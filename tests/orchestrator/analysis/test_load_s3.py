@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from aggregate_tree import paper_table1_runs, write_tree
-from s3_server import S3Target, free_port
+import pytest
+from early_repair_testing.aggregate_tree import paper_table1_runs, write_tree
+from early_repair_testing.s3_server import S3Target, free_port
 
 from orchestrator.errors import EXIT_TRANSIENT
 from orchestrator.store.file import FileStore
@@ -17,6 +18,7 @@ from orchestrator.store.s3 import S3Store
 TABLES = ("quality.csv", "switch_points.csv", "patterns.csv", "problems.csv", "runs.csv")
 
 
+@pytest.mark.slow
 def test_s3_and_local_give_the_same_tables(cli, s3_bucket: S3Target, tmp_path: Path):
     runs = paper_table1_runs()
     write_tree(FileStore(tmp_path / "local"), "paper", runs)

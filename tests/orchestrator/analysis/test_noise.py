@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prediction_tree import PredictedRun, coin_flips, fixed, write_predicted_tree
+from early_repair_testing.prediction_tree import (
+    PredictedRun,
+    coin_flips,
+    fixed,
+    write_predicted_tree,
+)
 from scipy import stats
 
 from orchestrator.analysis import aggregate as ag

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from aggregate_tree import paper_table1_runs, write_tree
+from early_repair_testing.aggregate_tree import paper_table1_runs, write_tree
 from pylatexenc.latexwalker import (
     LatexEnvironmentNode,
     LatexGroupNode,
@@ -176,6 +176,7 @@ def test_the_report_links_the_vector_figures_and_the_latex_tables(paper) -> None
     assert linked and all((out / href).is_file() for href in linked)
 
 
+@pytest.mark.slow
 def test_formats_flag_chooses_the_files_and_refuses_what_it_cannot_write(cli, paper, tmp_path):
     _, out = paper
     results = out.parent / "results"

@@ -1,13 +1,13 @@
-"""The aggregator's judgement of a readiness policy (issue 15): policy, oracle and
-convergence epochs, regret, gain and epochs saved per seed, and their means with CIs -
-on trees whose repaired Quals are known by construction."""
+"""The aggregator's judgement of a readiness policy: policy, oracle and convergence epochs,
+regret, gain and epochs saved per seed, and their means with CIs - on trees whose repaired
+Quals are known by construction."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-from aggregate_tree import RunTree, write_run
+from early_repair_testing.aggregate_tree import RunTree, write_run
 
 from orchestrator.analysis import readiness
 from orchestrator.analysis.aggregate import aggregate

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aggregate_tree import RunTree, write_run
+from early_repair_testing.aggregate_tree import RunTree, write_run
 from matplotlib.figure import Figure
 
 from orchestrator.analysis import readiness

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from prediction_tree import PredictedRun, write_predicted_tree
+from early_repair_testing.prediction_tree import PredictedRun, write_predicted_tree
 
 from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import regressions

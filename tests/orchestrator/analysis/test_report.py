@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from aggregate_browser import (
+from early_repair_testing.aggregate_browser import (
     CHROMIUM,
     NO_CHROMIUM,
     WINDOW,
@@ -23,7 +23,7 @@ from aggregate_browser import (
     loaded_images,
     screenshots,
 )
-from aggregate_tree import paper_table1_runs, write_tree
+from early_repair_testing.aggregate_tree import paper_table1_runs, write_tree
 from PIL import Image
 
 from orchestrator.analysis import aggregate as ag
@@ -138,6 +138,7 @@ def test_chromium_shows_headline_effect_table_and_seed_figures(paper_report: Pat
     assert len(boxes["fig3"]) == MAX_FIGURES
 
 
+@pytest.mark.slow
 def test_report_of_two_repair_methods(tmp_path: Path) -> None:
     """Methods side by side: per-checkpoint table rows for both, method-named Fig. 3/4."""
     runs = paper_table1_runs()[5:7]  # two GTSRB seeds, classes 20 27 30

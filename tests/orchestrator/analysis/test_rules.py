@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aggregate_tree import RunTree, paper_table1_runs, write_tree
+from early_repair_testing.aggregate_tree import RunTree, paper_table1_runs, write_tree
 
 from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import problems as pb

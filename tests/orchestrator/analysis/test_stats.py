@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stats_reference import exact_bootstrap_quantile, exact_wilcoxon_p
+from early_repair_testing.stats_reference import exact_bootstrap_quantile, exact_wilcoxon_p
 
 from orchestrator.analysis import stats
 

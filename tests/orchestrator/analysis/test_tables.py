@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from aggregate_tree import (
+from early_repair_testing.aggregate_tree import (
     PRE_BY_ALPHA,
     RunTree,
     paper_table1_runs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from paths import QUICKSTART
+from early_repair_testing.paths import QUICKSTART
 
 from orchestrator.backends import BACKENDS, open_backend
 from orchestrator.backends.kubernetes.backend import KubernetesBackend

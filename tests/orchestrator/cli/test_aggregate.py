@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from aggregate_tree import RunTree, paper_table1_runs, pattern_run, write_tree
+from early_repair_testing.aggregate_tree import RunTree, paper_table1_runs, pattern_run, write_tree
 
 from orchestrator.results import layout as results
 from orchestrator.store.file import FileStore
@@ -50,6 +50,7 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path / "results"
 
 
+@pytest.mark.slow
 def test_aggregate_writes_every_output_and_prints_the_folder(cli, tree: Path, tmp_path: Path):
     out = tmp_path / "out"
     r = cli("aggregate", tree, "--out", out)
@@ -70,6 +71,7 @@ def test_aggregate_writes_every_output_and_prints_the_folder(cli, tree: Path, tm
     assert "after-convergence" not in table.columns
 
 
+@pytest.mark.slow
 def test_after_convergence_include_and_alphas(cli, tree: Path, tmp_path: Path):
     out = tmp_path / "out"
     r = cli(
@@ -97,6 +99,7 @@ def test_after_convergence_include_and_alphas(cli, tree: Path, tmp_path: Path):
     assert "after-convergence" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_default_out_is_report_sweep_in_the_working_dir(cli, tree: Path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = cli("aggregate", f"file://{tree}")
@@ -111,6 +114,7 @@ def damage(tree: Path) -> str:
     return key
 
 
+@pytest.mark.slow
 def test_damaged_results_are_reported_not_fatal(cli, tree: Path, tmp_path: Path):
     key = damage(tree)
     out = tmp_path / "out"
@@ -137,6 +141,7 @@ def test_strict_makes_damage_bad_input_and_creates_nothing(cli, tree: Path, tmp_
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_strict_on_unfinished_run_and_on_clean_tree(cli, tree: Path, tmp_path: Path):
     assert cli("aggregate", tree, "--out", tmp_path / "a", "--strict").code == 0
     write_tree(
@@ -196,6 +201,7 @@ def test_bad_input_is_exit_2_with_one_line(cli, tree: Path, tmp_path: Path, args
     assert (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.slow
 def test_figure_cap_and_stale_figures(cli, tmp_path: Path):
     store = FileStore(tmp_path / "results")
     write_tree(store, "paper", paper_table1_runs())  # 20 (run, class) pairs, 2 datasets
@@ -260,6 +266,7 @@ def test_cli_import_stays_light_and_modules_never_import_torch(repo: Path):
     assert json.loads(out) == [[], False]
 
 
+@pytest.mark.slow
 def test_rules_flag_and_seeded_headline(cli, tree: Path, tmp_path: Path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert cli("aggregate", tree, "--out", a, "--rules", "notebook").code == 0
@@ -301,6 +308,7 @@ def aggregate_with_file_limit(repo: Path, limit: int, *args: object) -> subproce
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE (POSIX)")
 def test_full_disk_is_one_line_and_leaves_the_previous_report_whole(
     cli, repo: Path, tree: Path, tmp_path: Path
@@ -319,6 +327,7 @@ def test_full_disk_is_one_line_and_leaves_the_previous_report_whole(
     assert "counting rules `text`" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_full_disk_on_a_new_folder_leaves_no_report(repo: Path, tree: Path, tmp_path: Path):
     out = tmp_path / "new"
     r = aggregate_with_file_limit(repo, 150_000, tree, "--out", out)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 GiB = 1 << 30
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # AWS-style: '/' and '+' inside
@@ -378,9 +378,14 @@ def run_batch(tmp: Path, name: str, ids: list[str], preload: list[str]) -> dict[
         batch = {"preload": preload, "memory": 2 * GiB, "timeout_s": 120, "cases": todo}
         (tmp / f"{name}-{attempt}.json").write_text(json.dumps(batch))
         out = tmp / f"{name}-{attempt}-results.jsonl"
-        runner = REPO / "tests" / "support" / "cli_batch.py"
         proc = subprocess.run(
-            [sys.executable, str(runner), str(tmp / f"{name}-{attempt}.json"), str(out)],
+            [
+                sys.executable,
+                "-m",
+                "early_repair_testing.cli_batch",
+                str(tmp / f"{name}-{attempt}.json"),
+                str(out),
+            ],
             cwd=tmp,
             env=env,
             capture_output=True,

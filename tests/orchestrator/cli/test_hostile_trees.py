@@ -24,9 +24,15 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from aggregate_tree import RunTree, pattern_run, write_tree
-from paths import REPO
-from s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, boto_client, moto_subprocess
+from early_repair_testing.aggregate_tree import RunTree, pattern_run, write_tree
+from early_repair_testing.paths import REPO
+from early_repair_testing.s3_server import (
+    ACCESS_KEY_ID,
+    REGION,
+    SECRET_ACCESS_KEY,
+    boto_client,
+    moto_subprocess,
+)
 
 from orchestrator.results import layout
 from orchestrator.results.records import load_run_records

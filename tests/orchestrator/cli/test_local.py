@@ -24,6 +24,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EARLY_REPAIR_STATE_DIR", str(tmp_path / "state"))
 
 
+@pytest.mark.slow
 def test_status_logs_cancel_of_a_finished_local_sweep(cli, tmp_path: Path) -> None:
     spec = tmp_path / "sweep.yaml"
     spec.write_text(yaml.safe_dump(SPEC))

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from gtsrb_tree import write_gtsrb
-from kube_api import Cluster, Controller
-from paths import QUICKSTART, REPO
+from early_repair_testing.gtsrb_tree import write_gtsrb
+from early_repair_testing.kube_api import Cluster, Controller
+from early_repair_testing.paths import QUICKSTART, REPO
 
 from orchestrator.backends.kubernetes.manifests import object_name, render_sweep
 from orchestrator.spec import load_spec
@@ -189,6 +189,7 @@ def test_status_watch_streams_one_document_per_change(
 # --- run, status --local, aggregate, prepare, schema --------------------------------
 
 
+@pytest.mark.slow
 def test_local_commands_print_json_and_yaml(cli, tmp_path: Path) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY))

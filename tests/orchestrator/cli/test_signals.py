@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 from orchestrator.results import layout as keys
 
@@ -79,6 +79,7 @@ def trainer_log(results: Path) -> str:
     return (results / keys.log("signals", RUN)).read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_trainers_stop_cleanly(tmp_path: Path) -> None:
     proc, results = start_run(tmp_path)
     try:
@@ -96,6 +97,7 @@ def test_ctrl_c_exits_130_and_trainers_stop_cleanly(tmp_path: Path) -> None:
     assert re.search(rf"run {RUN} stopped \(exit 1(30|43)\); run it again to resume", log), log
 
 
+@pytest.mark.slow
 def test_trainers_stop_quietly_when_run_is_killed(tmp_path: Path) -> None:
     proc, results = start_run(tmp_path)
     try:

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from paths import REPO
-from s3_faults import FaultProxy
-from s3_server import S3Target
+from early_repair_testing.paths import REPO
+from early_repair_testing.s3_faults import FaultProxy
+from early_repair_testing.s3_server import S3Target
 
 from orchestrator.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TRANSIENT
 from orchestrator.results import layout as keys
@@ -72,6 +72,7 @@ def write_spec(tmp_path: Path, results: str, extra: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_storage_failing_past_the_retries_exits_retriable(
     s3_bucket: S3Target, tmp_path: Path
 ) -> None:
@@ -89,7 +90,7 @@ def test_storage_failing_past_the_retries_exits_retriable(
 def test_an_unreachable_endpoint_exits_retriable(
     cli, s3_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from s3_server import free_port
+    from early_repair_testing.s3_server import free_port
 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     dead = f"http://127.0.0.1:{free_port()}"
@@ -99,6 +100,7 @@ def test_an_unreachable_endpoint_exits_retriable(
     assert "cannot connect to the S3 endpoint" in last_error(r.err)
 
 
+@pytest.mark.slow
 def test_a_missing_bucket_exits_bad_input(moto_endpoint: str, s3_env: None, tmp_path: Path):
     spec = write_spec(
         tmp_path, "s3://no-such-bucket-here/r", f"storage: {{endpoint_url: '{moto_endpoint}'}}\n"
@@ -108,6 +110,7 @@ def test_a_missing_bucket_exits_bad_input(moto_endpoint: str, s3_env: None, tmp_
     assert "does not exist" in last_error(proc.stderr)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_names_the_folder(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, str(tmp_path / "results"))
     scratch = tmp_path / "tmp"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB, no_driver
+from early_repair_testing.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB, no_driver
 from rich.console import Console
 
 import orchestrator.gpu.packing

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3_server import S3Target
+from early_repair_testing.s3_server import S3Target
 
 from orchestrator.store.base import KeyMissing, NotARegularFile, ObjectTooLarge
 from orchestrator.store.file import FileStore

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from paths import REPO
-from s3_faults import RECOVERABLE, FaultProxy, Request
-from s3_server import SECRET_ACCESS_KEY, S3Target, free_port
+from early_repair_testing.paths import REPO
+from early_repair_testing.s3_faults import RECOVERABLE, FaultProxy, Request
+from early_repair_testing.s3_server import SECRET_ACCESS_KEY, S3Target, free_port
 
 from orchestrator.errors import (
     EXIT_BAD_INPUT,
@@ -600,7 +600,13 @@ def test_endpoint_that_never_answers(s3_bucket: S3Target) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "code"), [("500", "InternalError"), ("503", "SlowDown"), ("drop", "Connection")]
+    ("kind", "code"),
+    [
+        ("500", "InternalError"),
+        # Adaptive mode backs off for seconds on throttling, as it should.
+        pytest.param("503", "SlowDown", marks=pytest.mark.slow),
+        ("drop", "Connection"),
+    ],
 )
 def test_failures_that_outlast_the_retries_are_transient(
     s3_bucket: S3Target, kind: str, code: str
@@ -756,6 +762,7 @@ def test_reads_cut_short_every_time_fail_loudly(s3_bucket: S3Target) -> None:
 # -- listing and deleting beyond one page ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_large_listing_and_delete(s3_bucket: S3Target) -> None:
     keys = [f"s/run{r}/epoch_{e:03d}/metrics.json" for r in range(6) for e in range(220)]
     seed = s3_store(s3_bucket, "big")

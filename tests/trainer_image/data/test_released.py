@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from gtsrb_tree import write_gtsrb
+from early_repair_testing.gtsrb_tree import write_gtsrb
+from early_repair_testing.rsna_tree import write_rsna
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
-from rsna_tree import write_rsna
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec

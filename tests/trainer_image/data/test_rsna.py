@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-from rsna_tree import (
+from early_repair_testing.rsna_tree import (
     CT_ID,
     EXPECTED,
     KINDS,
@@ -27,6 +26,7 @@ from rsna_tree import (
     write_rsna,
     write_xray,
 )
+from pydicom.data import get_testdata_file
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import DatasetSpec

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gtsrb_tree import GtsrbTree, write_gtsrb
-from rsna_tree import RsnaTree, write_rsna
+from early_repair_testing.gtsrb_tree import GtsrbTree, write_gtsrb
+from early_repair_testing.rsna_tree import RsnaTree, write_rsna
 from sklearn.model_selection import train_test_split
 
 from orchestrator.errors import BadInput

@@ -1,12 +1,12 @@
 """One real training shared by the repair tests (it takes seconds): the quickstart's spec
-and the checkpoints of its first run (tests/support/digits_checkpoints.py)."""
+and the checkpoints of its first run (``early_repair_testing.digits_checkpoints``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from digits_checkpoints import quickstart_spec, train_checkpoints
+from early_repair_testing.digits_checkpoints import quickstart_spec, train_checkpoints
 
 from orchestrator.spec import SweepSpec
 from trainer_image.data import Splits

@@ -1,7 +1,8 @@
-"""A repair method added as one module (tests/support/greedy_repair.py) runs through the real
-trainer on digits, by import path, on the shared last-layer toolkit: it patches exactly
-Arachne's localised weights of each checkpoint, sees the positives every method sees for the
-seed, its recorded figures are those of the rebuilt model, and it never lowers the fitness.
+"""A repair method added as one module (``early_repair_testing.greedy_repair``) runs through
+the real trainer on digits, by import path, on the shared last-layer toolkit: it patches
+exactly Arachne's localised weights of each checkpoint, sees the positives every method sees
+for the seed, its recorded figures are those of the rebuilt model, and it never lowers the
+fitness.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from greedy_repair import repair as greedy
+from early_repair_testing.greedy_repair import repair as greedy
 
 from orchestrator.errors import BadInput
 from orchestrator.results import layout as keys
@@ -36,8 +37,12 @@ from trainer_image.repair.last_layer import paper_fitness, set_up
 torch.set_num_threads(1)
 
 SWEEP, RUN, CLASS = "added-method", "digits-small-cnn-s1", 3
-GREEDY = {"method": "greedy_repair:repair", "classes": [CLASS], "options": {"rounds": 2}}
-KEY = "greedy-repair-repair"  # its folder: a slug of the import path
+GREEDY = {
+    "method": "early_repair_testing.greedy_repair:repair",
+    "classes": [CLASS],
+    "options": {"rounds": 2},
+}
+KEY = "early-repair-testing-greedy-repair-repair"  # its folder: a slug of the import path
 SPEC: dict[str, Any] = {
     "name": SWEEP,
     "datasets": ["digits"],
@@ -94,7 +99,7 @@ def test_a_method_of_one_module_runs_end_to_end_on_the_toolkit(tmp_path: Path) -
         )
         assert all(p.old == model.head.weight[p.row, p.col].item() for p in patch)
         assert (rec.method, rec.n_neg, rec.n_pos, rec.iterations) == (
-            "greedy_repair:repair",
+            "early_repair_testing.greedy_repair:repair",
             problem.neg.size,
             problem.pos.size,
             GREEDY["options"]["rounds"],

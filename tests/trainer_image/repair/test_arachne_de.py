@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from arachne_reference import reference_scores, tosem_fitness
-from digits_checkpoints import CPU, untrained_cnn, weakest
+from early_repair_testing.arachne_reference import reference_scores, tosem_fitness
+from early_repair_testing.digits_checkpoints import CPU, untrained_cnn, weakest
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import ArachneDERepairSpec

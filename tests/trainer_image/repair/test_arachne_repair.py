@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from digits_checkpoints import CPU, load, predict
-from digits_checkpoints import repair_checkpoint as repair_with
+from early_repair_testing.digits_checkpoints import CPU, load, predict
+from early_repair_testing.digits_checkpoints import repair_checkpoint as repair_with
 
 from orchestrator.spec import SweepSpec
 from trainer_image.data import Splits

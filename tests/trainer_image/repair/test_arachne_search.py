@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from arachne_reference import reference_scores
+from early_repair_testing.arachne_reference import reference_scores
 
 from orchestrator.errors import BadInput
 from orchestrator.spec import ArachneSpec, DatasetSpec

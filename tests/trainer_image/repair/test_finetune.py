@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from digits_checkpoints import CPU, untrained_cnn, weakest
-from finetune_reference import reference_finetune
+from early_repair_testing.digits_checkpoints import CPU, untrained_cnn, weakest
+from early_repair_testing.finetune_reference import reference_finetune
 
 from orchestrator.spec import FinetuneRepairSpec
 from trainer_image.repair.base import RepairTask, TargetSplit, apply_patch

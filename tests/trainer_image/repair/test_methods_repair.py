@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from digits_checkpoints import load, predict, repair_checkpoint
+from early_repair_testing.digits_checkpoints import load, predict, repair_checkpoint
 
 from orchestrator.spec import (
     ArachneDERepairSpec,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from arachne_reference import reference_scores
-from digits_checkpoints import CPU, untrained_cnn, weakest
+from early_repair_testing.arachne_reference import reference_scores
+from early_repair_testing.digits_checkpoints import CPU, untrained_cnn, weakest
 from pydantic import ValidationError
 
 from orchestrator.spec import NeurecoverRepairSpec

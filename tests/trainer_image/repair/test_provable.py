@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from digits_checkpoints import untrained_cnn
+from early_repair_testing.digits_checkpoints import untrained_cnn
 from pydantic import ValidationError
 
 from orchestrator.spec import ProvableRepairSpec

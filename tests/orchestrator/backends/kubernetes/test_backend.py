@@ -20,10 +20,10 @@ import jsonschema
 import kmock
 import pytest
 import yaml
-from k8s_checks import load_crds, strict_crd_schema
-from kube_api import Cluster, Controller, Fault
-from paths import QUICKSTART
-from s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
+from early_repair_testing.k8s_checks import load_crds, strict_crd_schema
+from early_repair_testing.kube_api import Cluster, Controller, Fault
+from early_repair_testing.paths import QUICKSTART
+from early_repair_testing.s3_server import moto_endpoint, s3_bucket, s3_env  # noqa: F401
 
 from orchestrator.backends.kubernetes.backend import (
     ClusterUnavailable,

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_checks import KUBE_VERSIONS, restricted_violations, validate_strict
-from paths import GOLDEN, QUICKSTART
+from early_repair_testing.k8s_checks import KUBE_VERSIONS, restricted_violations, validate_strict
+from early_repair_testing.paths import GOLDEN, QUICKSTART
 
 from orchestrator.backends.kubernetes.manifests import (
     GPU_RESOURCE,

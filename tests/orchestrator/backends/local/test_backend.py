@@ -93,6 +93,7 @@ def check_layout(root: Path | Store, sweep: str, run: str, classes: list[int]) -
     return summary
 
 
+@pytest.mark.slow
 def test_run_end_to_end(cli, tmp_path: Path, cache: Path) -> None:
     spec = write(tmp_path / "sweep.yaml")
     results = tmp_path / "results"
@@ -139,6 +140,7 @@ def test_run_end_to_end(cli, tmp_path: Path, cache: Path) -> None:
     assert [s.state for s in backend.status(SWEEP)] == [RunState.SUCCEEDED] * 2
 
 
+@pytest.mark.slow
 def test_one_failing_run_exits_1_and_the_others_finish(cli, tmp_path: Path, cache: Path) -> None:
     # torch.nn.Identity accepts any arguments but has no Linear head: a user's bad model.
     spec = write(
@@ -166,6 +168,7 @@ def test_one_failing_run_exits_1_and_the_others_finish(cli, tmp_path: Path, cach
     assert rows["digits-broken-s1"].message.startswith("exit 2")
 
 
+@pytest.mark.slow
 def test_run_to_s3_with_an_endpoint_override(cli, tmp_path: Path, s3_bucket) -> None:
     """The same sweep into object storage (moto over HTTP): nothing assumes a folder."""
     spec = write(tmp_path / "sweep.yaml", seeds=[1])

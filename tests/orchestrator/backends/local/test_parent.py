@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from paths import REPO
+from early_repair_testing.paths import REPO
 
 from orchestrator.backends.local.parent import PARENT_ENV
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from paths import QUICKSTART
 
+from early_repair_testing.paths import QUICKSTART
 from orchestrator.spec import DatasetSpec, SweepSpec, load_spec
 from trainer_image.data import Splits, load_splits
 from trainer_image.data.digits import load as load_digits

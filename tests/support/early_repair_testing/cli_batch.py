@@ -2,8 +2,9 @@
 runs it, under a memory ceiling - so a corpus of hundreds of hostile inputs costs one
 interpreter start instead of hundreds.
 
-``python cli_batch.py CASES.json RESULTS.json``: CASES.json holds ``{"preload": [modules],
-"memory": bytes, "timeout_s": s, "cases": [{"id", "argv", "cwd", "env"}]}``. The modules are
+``python -m early_repair_testing.cli_batch CASES.json RESULTS.json`` (tests/support on
+PYTHONPATH): CASES.json holds ``{"preload": [modules], "memory": bytes, "timeout_s": s,
+"cases": [{"id", "argv", "cwd", "env"}]}``. The modules are
 imported first; then RLIMIT_AS is set to the address space in use plus ``memory``, so every
 case may allocate at most that much more (an alias bomb hits the ceiling, not the machine).
 Each case runs ``orchestrator.cli.main(argv)`` in its own working folder with its own

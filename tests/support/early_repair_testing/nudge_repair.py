@@ -4,7 +4,10 @@ It raises the one weight of the target class's row whose input the target negati
 activate most, by ``options.step``: a real (if crude) repair whose effect the tests can
 recompute by hand. A spec uses it by import path, with its own options::
 
-    repair: {method: "nudge_repair:repair", classes: [3], options: {step: 2.0}}
+    repair:
+      method: early_repair_testing.nudge_repair:repair
+      classes: [3]
+      options: {step: 2.0}
 """
 
 from __future__ import annotations

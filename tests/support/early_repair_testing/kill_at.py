@@ -6,7 +6,9 @@
 is the plain CLI. The wrapper patches ``trainer_image.train.train`` before the CLI imports
 the trainer, which binds ``train`` by name.
 
-Run: ``python tests/support/kill_at.py trainer --sweep FILE --run-index 0``
+Run (tests/support on PYTHONPATH)::
+
+    python -m early_repair_testing.kill_at trainer --sweep FILE --run-index 0
 """
 
 from __future__ import annotations

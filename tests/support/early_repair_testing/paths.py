@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # tests/support/early_repair_testing/paths.py
 TESTS = REPO / "tests"
 GOLDEN = TESTS / "golden"
 QUICKSTART = REPO / "settings" / "quickstart.yaml"

@@ -15,7 +15,10 @@ Deterministic: the seed only draws the positives, as for every method.
 
 A spec uses it by import path::
 
-    repair: {method: "greedy_repair:repair", classes: [3], options: {rounds: 2}}
+    repair:
+      method: early_repair_testing.greedy_repair:repair
+      classes: [3]
+      options: {rounds: 2}
 
 As a built-in method it would be this module in ``trainer_image/repair/``, one line in
 ``orchestrator.catalog.REPAIR_METHODS`` and ``GreedyOptions`` as a member of the spec's

@@ -22,45 +22,30 @@ rule ``AbortIncompleteMultipartUpload`` reclaims its parts). Reads are checked a
 Content-Length and, where the server stores one, the object's checksum, so a body cut
 short is an error, never a shorter record.
 
-Failures become one-line messages that name the URI and the fix and never contain a
-secret: permanent ones (a missing bucket, wrong credentials, a refused request) are
-``StoreError``/``BadInput`` (exit code 2); what botocore's retries could not ride out (5xx,
-throttling, refused or timed-out connections, bodies cut short) is ``TransientStoreError``
-(exit code 69, ``EXIT_TRANSIENT``), which a Kubernetes Job retries.
+Failures become one-line errors (``errors``): permanent ones exit 2, what botocore's
+retries could not ride out exits 69 (``EXIT_TRANSIENT``), which a Kubernetes Job retries.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse
 
-from boto3.exceptions import Boto3Error, RetriesExceededError
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    CredentialRetrievalError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProfileNotFound,
-    ReadTimeoutError,
-    ResponseStreamingError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
 
 from orchestrator.errors import BadInput, EarlyRepairError, StoreError, TransientStoreError
 from orchestrator.store.base import KeyMissing, ObjectTooLarge, clean_key, unsafe_key
-from orchestrator.urls import check_endpoint, credentials_problem, redact, uri_credentials_problem
+from orchestrator.store.s3.errors import STREAM_ERRORS, StoreUnavailable, is_transient, translate
+from orchestrator.store.s3.uri import parse_s3_uri
+from orchestrator.urls import check_endpoint, credentials_problem, redact
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
@@ -81,124 +66,6 @@ DEFAULT_MAX_ATTEMPTS = 8
 # Threads for read_many/list/delete. The work is waiting on the network, not the CPU.
 DEFAULT_WORKERS = 32
 MiB = 1 << 20
-# S3's rules for bucket names (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
-# bucketnamingrules.html); MinIO applies the same ones.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-_BUCKET_RULES = (
-    "3-63 characters: lower-case letters, digits, '.' and '-', starting and ending with a"
-    " letter or digit"
-)
-
-# A key or bucket that is not there. HEAD answers carry no body, hence the bare statuses.
-_MISSING_KEY = {"NoSuchKey", "NotFound", "404"}
-_KEY_OPS = {"head", "get", "download"}  # operations on one key, where 404 means no such key
-_AUTH_CODES = {
-    "InvalidAccessKeyId": "the access key id is not known to the server; check"
-    " AWS_ACCESS_KEY_ID (or the profile in AWS_PROFILE)",
-    "SignatureDoesNotMatch": "the secret access key does not belong to the access key id;"
-    " check AWS_SECRET_ACCESS_KEY (or the profile in AWS_PROFILE)",
-    "AccessDenied": "access denied; give these credentials read and write access to the"
-    " bucket and prefix (s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject)",
-    "AllAccessDisabled": "all access to this bucket has been disabled; use another bucket",
-    "403": "access denied (HTTP 403); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and that"
-    " they may read and write the bucket",
-    "Forbidden": "access denied (HTTP 403); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and"
-    " that they may read and write the bucket",
-    "ExpiredToken": "the session token has expired; refresh the credentials"
-    " (AWS_SESSION_TOKEN, `aws sso login`, or the pod's role)",
-    "InvalidToken": "the session token is not valid; check AWS_SESSION_TOKEN",
-    "TokenRefreshRequired": "the session token must be refreshed; renew the credentials",
-}
-_REGION_CODES = {
-    "PermanentRedirect",
-    "AuthorizationHeaderMalformed",
-    "IllegalLocationConstraintException",
-    "301",
-}
-# A body that broke off mid-stream: the managed download refetches it with its own retries.
-_STREAM_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError)
-
-
-# Answers that mean "the server is busy or failing, not you": after botocore's retries these
-# are transient (exit 69, retried by the podFailurePolicy), every other refusal is permanent.
-_TRANSIENT_CODES = {
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "TooManyRequests",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "PriorRequestNotComplete",
-    "OperationAborted",
-}
-
-
-def _transient(code: str, status: object) -> bool:
-    busy = isinstance(status, int) and (status >= 500 or status == 429)
-    return busy or code in _TRANSIENT_CODES
-
-
-class StoreUnavailable(StoreError):
-    """The store as a whole cannot be used (credentials, bucket, endpoint): retrying other
-    keys cannot help, so bulk operations stop at the first one."""
-
-
-class EndpointUnreachable(StoreUnavailable, TransientStoreError):
-    """No connection to the endpoint (refused, reset, timed out) after botocore's retries:
-    the whole store is out of reach, but perhaps only until the server is back."""
-
-    exit_code = TransientStoreError.exit_code
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix"); BadInput when malformed."""
-    shown = redact(uri)
-    try:
-        parsed = urlparse(uri.strip())
-    except ValueError as e:  # e.g. an unbalanced '[' where the bucket should be
-        raise BadInput(f"{shown!r}: not a valid URI; write s3://bucket/prefix") from e
-    if parsed.scheme.lower() != "s3":
-        raise BadInput(f"{shown}: not an S3 URI; write s3://bucket/prefix")
-    if uri_credentials_problem(uri.strip()):
-        raise BadInput(
-            f"{shown}: credentials do not belong in the URI; set AWS_ACCESS_KEY_ID and"
-            " AWS_SECRET_ACCESS_KEY (or a profile) instead"
-        )
-    if parsed.query or parsed.fragment or parsed.params:
-        raise BadInput(
-            f"{shown}: an S3 URI takes no '?', ';' or '#' part; write s3://bucket/prefix"
-        )
-    bucket = parsed.netloc
-    if not bucket:
-        raise BadInput(f"{shown}: the URI names no bucket; write s3://bucket/prefix")
-    if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
-        raise BadInput(f"{shown}: {bucket!r} is not a valid bucket name ({_BUCKET_RULES})")
-    try:
-        prefix = clean_key(parsed.path)
-    except ValueError as e:
-        raise BadInput(f"{shown}: the prefix may not contain '..'") from e
-    return bucket, prefix
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    """The botocore error under boto3's transfer wrappers (S3UploadFailedError, ...)."""
-    seen: set[int] = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        if (
-            isinstance(e, RetriesExceededError | TransferRetriesExceeded)
-            and e.last_exception is not None
-        ):
-            e = e.last_exception
-        elif isinstance(e, Boto3Error) and (e.__cause__ or e.__context__):
-            e = e.__cause__ or e.__context__  # type: ignore[assignment]
-        else:
-            break
-    return e
 
 
 class S3Store:
@@ -378,77 +245,15 @@ class S3Store:
 
     def _error(self, e: BaseException, op: str, key: str | None = None) -> EarlyRepairError:
         """Our one-line error for a boto3/botocore failure; never includes credentials."""
-        where = f"{self.uri}/{key}" if key else self.uri
-        root = _root_cause(e)
-        endpoint = self._endpoint()
-        if isinstance(root, NoCredentialsError | PartialCredentialsError):
-            return StoreUnavailable(
-                f"{where}: no AWS credentials found ({type(root).__name__}); set"
-                " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the pod"
-                " a role (IRSA)"
-            )
-        if isinstance(root, CredentialRetrievalError):
-            return StoreUnavailable(
-                f"{where}: the AWS credential provider failed ({type(root).__name__}); check"
-                " the profile's credential_process, SSO login or the pod's role"
-            )
-        if isinstance(root, BotoConnectionError | ConnectionClosedError | ReadTimeoutError):
-            what = (
-                f"no answer within {self.read_timeout:g} s from"
-                if isinstance(root, ReadTimeoutError)
-                else "cannot connect to"
-            )
-            return EndpointUnreachable(
-                f"{where}: {what} the S3 endpoint {endpoint} after {self._attempts}"
-                f" attempts ({type(root).__name__}); check --endpoint-url,"
-                " storage.endpoint_url or AWS_ENDPOINT_URL and that the server is up"
-            )
-        if isinstance(root, IncompleteReadError | ResponseStreamingError):
-            return TransientStoreError(
-                f"{where}: the connection broke while reading the object"
-                f" ({type(root).__name__}) even after retries; try again"
-            )
-        if isinstance(root, ClientError):
-            return self._client_error(root, op, key, where, endpoint)
-        return StoreError(f"{where}: S3 {op} failed ({type(root).__name__})")
-
-    def _client_error(
-        self, e: ClientError, op: str, key: str | None, where: str, endpoint: str
-    ) -> EarlyRepairError:
-        err = e.response.get("Error", {})
-        meta = e.response.get("ResponseMetadata", {})
-        code = str(err.get("Code") or meta.get("HTTPStatusCode") or "unknown")
-        status = meta.get("HTTPStatusCode")
-        attempts = int(meta.get("RetryAttempts", 0)) + 1
-        if op in _KEY_OPS and code in _MISSING_KEY:
-            return KeyMissing(f"{where}: not found")
-        if code in ("NoSuchBucket", "404"):
-            return StoreUnavailable(
-                f"{where}: bucket {self.bucket!r} does not exist at {endpoint}; create it"
-                f" (`aws s3 mb s3://{self.bucket}` or `mc mb`) or fix the results URI"
-            )
-        if code in _AUTH_CODES:
-            return StoreUnavailable(f"{where}: {_AUTH_CODES[code]} ({code} from {endpoint})")
-        if code in _REGION_CODES:
-            return StoreUnavailable(
-                f"{where}: the bucket lives in another region ({code}); set storage.region"
-                " or AWS_REGION to the bucket's region"
-            )
-        if code == "InvalidBucketName":
-            return BadInput(
-                f"{where}: {self.bucket!r} is not a valid bucket name ({_BUCKET_RULES})"
-            )
-        retried = f" after {attempts} attempts" if attempts > 1 else ""
-        message = " ".join(str(err.get("Message", "")).split())[:200]
-        detail = f": {message}" if message else ""
-        if _transient(code, status):
-            return TransientStoreError(
-                f"{where}: S3 {op} failed{retried} with {code} (HTTP {status}){detail}; the"
-                " server is overloaded or failing: try again later"
-            )
-        return StoreError(
-            f"{where}: S3 {op} refused with {code} (HTTP {status}){detail}; check the"
-            " results URI, storage settings and the credentials' permissions"
+        return translate(
+            e,
+            op,
+            key,
+            uri=self.uri,
+            bucket=self.bucket,
+            endpoint=self._endpoint(),
+            attempts=self._attempts,
+            read_timeout=self.read_timeout,
         )
 
     @contextmanager
@@ -511,7 +316,7 @@ class S3Store:
                 )
             try:
                 return response["Body"].read()
-            except _STREAM_ERRORS as e:
+            except STREAM_ERRORS as e:
                 # The body broke off after the headers, which botocore's retries do not
                 # cover; the managed download refetches with its own stream retries.
                 log.info("%s/%s: body broke off (%s); refetching", self.uri, key, e)
@@ -640,7 +445,7 @@ class S3Store:
             errors = response.get("Errors") or []
             if errors:
                 first = errors[0]
-                busy = _transient(first.get("Code", ""), None)
+                busy = is_transient(first.get("Code", ""), None)
                 raise (TransientStoreError if busy else StoreError)(
                     f"{self.uri}/{self._rel(first.get('Key', ''))}: could not delete"
                     f" ({first.get('Code')}); {len(errors)} objects were left - check the"
