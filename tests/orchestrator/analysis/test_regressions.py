@@ -159,3 +159,29 @@ def test_a_records_file_of_the_previous_format_reads_with_the_new_columns_empty(
     assert back.table.schema.remove_metadata().equals(rs.run_records_schema())
     assert back.table.column("accepted").to_pylist() == [None]
     assert back.records()[0]["accuracy"] == 0.5 and "accepted" not in back.records()[0]
+
+
+def test_runs_on_two_test_sets_keep_their_own_changes_in_record_order(tmp_path: Path) -> None:
+    """Runs whose test sets differ (another split: 7 images of 3 classes) are compared
+    against their own labels, and the ledger keeps the records' order even though the runs
+    sharing a test set are handled together (r0 and r2 before r1)."""
+    other = np.array([2, 1, 0, 0, 1, 2, 2])
+    base = preds({0: 0, 3: 1}, other)  # images 0 and 3 wrong
+    rep = preds({0: 2, 5: 0}, base)  # fixes image 0, breaks image 5
+    second = PredictedRun("r1", 2, other, 5, {5: base}, {(5, 1): rep}, n_classes=3)
+    third = PredictedRun("r2", 3, LABELS, 10, {5: BASE5}, {(5, 1): REP5_1}, n_classes=4)
+    store = FileStore(tmp_path / "results")
+    write_predicted_tree(store, "two", [run(), second, third])
+    agg = ag.aggregate(store, alphas=(0.5,))
+    eff = agg.effects.set_index(["run", "epoch", "repair_class"])
+    assert (eff.loc[("r1", 5, 1), "test_fixed"], eff.loc[("r1", 5, 1), "test_broken"]) == (1, 1)
+    assert (eff.loc[("r2", 5, 1), "test_fixed"], eff.loc[("r2", 5, 1), "test_broken"]) == (1, 2)
+    led = agg.regressions
+    assert led["run"].tolist() == ["r0"] * 4 + ["r1"] * 2 + ["r2"] * 3
+    r1 = led[led["run"] == "r1"]
+    assert r1[["example", "label", "before", "after", "change"]].values.tolist() == [
+        [0, 2, 0, 2, "fixed"],
+        [5, 2, 2, 0, "broken"],
+    ]
+    for _, g in led.groupby(["run", "epoch", "repair_class"]):
+        assert g["example"].is_monotonic_increasing
