@@ -68,6 +68,12 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "Analysis layers",
         ),
         ("orchestrator/analysis/load.py", "import orchestrator.analysis.tables", "Analysis layers"),
+        # The frames load builds sit below it: they never read a store or a sweep themselves.
+        (
+            "orchestrator/analysis/record_frame.py",
+            "import orchestrator.analysis.load",
+            "Analysis layers",
+        ),
         ("orchestrator/common/retry.py", "import orchestrator.errors", "Control-plane layers"),
         (
             "orchestrator/cli/cluster.py",
