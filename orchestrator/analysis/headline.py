@@ -91,7 +91,8 @@ def seeds_needed_many(
     # The normal approximation n = ((z_a + z_b) / d)^2 is a little low for a t-test; the
     # exact answer (noncentral t) is the first n from just below it that reaches the power.
     z = st.norm.ppf(1 - level / 2) + st.norm.ppf(power)
-    start = np.maximum(2, np.floor((z / d) ** 2).astype(np.int64) - 2)
+    approx = np.minimum((z / d) ** 2, MAX_SEEDS_NEEDED + 3)  # (a tiny effect: no overflow)
+    start = np.maximum(2, np.floor(approx).astype(np.int64) - 2)
     too_many = start > MAX_SEEDS_NEEDED
     start = np.minimum(start, MAX_SEEDS_NEEDED)
     n = start[:, None] + np.arange(_TRIES + 1)[None, :]

@@ -290,3 +290,13 @@ def test_a_tree_without_predictions_still_aggregates(tmp_path: Path) -> None:
     assert (agg.headline["n_tested"] == 0).all()
     assert "none testable against test-set noise" in agg.sentences[0]
     assert agg.problems.empty
+
+
+def test_seeds_needed_of_a_tiny_effect_is_more_than_any_sweep_and_groups_are_independent() -> None:
+    tiny = np.array([1.0, -1.0, 1.0, -1.0 + 1e-12])  # mean / SD about 2e-13
+    assert headline.seeds_needed(tiny) == headline.MAX_SEEDS_NEEDED + 1
+    groups = [np.array([0.01, 0.02, 0.015, 0.012]), tiny, np.array([0.01]), np.array([0.3, 0.1])]
+    together = headline.seeds_needed_many(groups)
+    alone = [headline.seeds_needed(g) for g in groups]
+    np.testing.assert_array_equal(together, alone)
+    assert together[0] == 3 and np.isnan(together[2])
