@@ -119,25 +119,19 @@ class Examples:
         """Positions in ``runs`` (the run of each row considered) grouped by their run's
         test set, in ascending order within each; runs without labels are left out."""
         codes, names = pd.factorize(np.asarray(runs, dtype=object))
-        found: list[LabelSet] = []
-        which: dict[int, int] = {}
+        found: dict[bytes, int] = {}  # a test set's labels -> its group, in order of first use
         group = np.full(len(names), -1, dtype=np.int64)
         for i, name in enumerate(names):
             labels = self.labels.get(name)
-            if labels is None:
-                continue
-            key = labels.tobytes()
-            ts = self._sets.get(key)
-            if ts is None:
-                ts = self._sets[key] = LabelSet.of(labels)
-            if id(ts) not in which:
-                which[id(ts)] = len(found)
-                found.append(ts)
-            group[i] = which[id(ts)]
+            if labels is not None:
+                key = labels.tobytes()
+                if key not in self._sets:
+                    self._sets[key] = LabelSet.of(labels)
+                group[i] = found.setdefault(key, len(found))
         of_row = group[codes] if len(codes) else np.zeros(0, dtype=np.int64)
         order = np.argsort(of_row, kind="stable")
         bounds = np.searchsorted(of_row[order], np.arange(len(found) + 1))
-        return [(order[bounds[g] : bounds[g + 1]], ts) for g, ts in enumerate(found)]
+        return [(order[bounds[g] : bounds[g + 1]], self._sets[key]) for key, g in found.items()]
 
     def select(self, keep: np.ndarray) -> Examples:
         """The same predictions for a records frame reduced to the rows ``keep`` (in order)."""
@@ -167,14 +161,13 @@ def check(df: pd.DataFrame, examples: Examples, acc_cols: list[str]) -> dict[int
     bad: dict[int, tuple[int, str]] = {}
     pos = np.flatnonzero(examples.row_of >= 0)
     k = len(acc_cols)
-    width = max([k] + [int(v.max()) + 1 for v in examples.labels.values() if len(v)])
+    sets = examples.test_sets(df["run"].to_numpy(dtype=object)[pos])
+    width = max([k] + [ts.width for _, ts in sets])
     examples.hits = np.full((len(examples.offsets) - 1, width), -1, dtype=np.int64)
-    if not len(pos):
-        return bad
     accuracy = df["accuracy"].to_numpy(dtype=float)
     per_class = df[acc_cols].to_numpy(dtype=float) if acc_cols else np.zeros((len(df), 0))
     index = df.index.to_numpy()
-    for group, ts in examples.test_sets(df["run"].to_numpy(dtype=object)[pos]):
+    for group, ts in sets:
         rows = pos[group]
         n = len(ts.labels)
         lengths = examples.lengths(rows)

@@ -231,8 +231,9 @@ def _pairs(rec: pd.DataFrame, examples: Examples, wanted: pd.DataFrame) -> _Pair
     w = wanted.merge(where, on=on, how="inner")
     ref = where.rename(columns={"epoch": "reference_epoch", "_row": "_ref"})
     w = w.merge(ref, on=["run", "method", "repair_class", "reference_epoch"], how="inner")
+    # (a row that has predictions has its run's labels: Examples.has)
     w = w[examples.has(w["_row"].to_numpy()) & examples.has(w["_ref"].to_numpy())]
-    w = w[w["run"].isin(list(examples.labels))].reset_index(drop=True)
+    w = w.reset_index(drop=True)
     width = examples.hits.shape[1]
     plus = np.zeros((len(w), width), dtype=np.int64)
     minus = np.zeros_like(plus)

@@ -66,8 +66,8 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     fixed = np.full(len(merged), -1, dtype=np.int64)
     broken = np.full(len(merged), -1, dtype=np.int64)
     runs = merged["run"].to_numpy(dtype=object)
-    have = np.array([r in ex.labels for r in runs], dtype=bool)
-    ok = have & (base_rows >= 0) & ex.has(rep_rows) & ex.has(np.maximum(base_rows, 0))
+    # (a row that has predictions has its run's labels: Examples.has)
+    ok = (base_rows >= 0) & ex.has(rep_rows) & ex.has(np.maximum(base_rows, 0))
     # Test set by test set, as matrices compared with one label vector: a loop over
     # records would cost seconds in a sweep of 100,000 records.
     who: list[np.ndarray] = []
