@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.analysis import effects, headline, noise, readiness, regressions
+from orchestrator.analysis import effects, forked, headline, noise, readiness, regressions
 from orchestrator.analysis.load import Loaded, load
 from orchestrator.analysis.problems import INCOMPLETE, problems_frame
 from orchestrator.analysis.tables import (
@@ -143,6 +143,15 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _repair_effects(
+    loaded: Loaded, q: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(the regression ledger, the effects table, the methods table)."""
+    changed, ledger = regressions.changes(loaded)
+    eff = effects.effects(q, loaded.records, changed)
+    return ledger, eff, effects.methods(eff)
+
+
 def _aggregate(
     store: Store,
     alphas: tuple[float, ...],
@@ -157,19 +166,22 @@ def _aggregate(
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")
     q = quality(loaded.records, loaded.runs, alphas)
-    sp = switch_points(q, loaded.runs, after_convergence, alphas, rules)
-    sp = noise.noise_columns(
-        sp, q, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
-    )
-    pt = patterns(sp, after_convergence, rules)
-    changed, ledger = regressions.changes(loaded)
-    eff = effects.effects(q, loaded.records, changed)
-    meth = effects.methods(eff)
-    reference = describe_reference(rules)
-    head = headline.headline(sp, bootstrap_seed, reference)
-    sentences = headline.sentences(sp, head, reference, noise_alpha)
-    probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
-    ready = readiness.per_run(loaded)
+    # Two independent halves: what each repair changed (the ledger, the effects) in a
+    # second process where there is a second core (forked.py), the switch points and the
+    # tests on them here.
+    many = len(loaded.records) >= forked.MIN_RECORDS
+    with forked.start(lambda: _repair_effects(loaded, q), fork=many) as side:
+        sp = switch_points(q, loaded.runs, after_convergence, alphas, rules)
+        sp = noise.noise_columns(
+            sp, q, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
+        )
+        pt = patterns(sp, after_convergence, rules)
+        reference = describe_reference(rules)
+        head = headline.headline(sp, bootstrap_seed, reference)
+        sentences = headline.sentences(sp, head, reference, noise_alpha)
+        probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
+        ready = readiness.per_run(loaded)
+        ledger, eff, meth = side.result()
     return Aggregation(
         loaded,
         alphas,

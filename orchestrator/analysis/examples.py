@@ -133,6 +133,35 @@ class Examples:
         bounds = np.searchsorted(of_row[order], np.arange(len(found) + 1))
         return [(order[bounds[g] : bounds[g + 1]], self._sets[key]) for key, g in found.items()]
 
+    @classmethod
+    def concat(cls, parts: list[Examples]) -> Examples:
+        """The predictions of records frames put one after the other (their runs distinct).
+        ``hits`` as one ``check`` of them all leaves them: as wide as the widest part's,
+        the extra classes 0 in a checked row (it has no such example), -1 in an unchecked."""
+        width = max(p.hits.shape[1] for p in parts)
+        offsets, row_of, hits = [np.zeros(1, dtype=np.int64)], [], []
+        values_before = rows_before = 0
+        for p in parts:
+            n = len(p.offsets) - 1
+            offsets.append(p.offsets[1:] + values_before)
+            row_of.append(np.where(p.row_of >= 0, p.row_of + rows_before, -1))
+            wide = np.full((n, width), -1, dtype=np.int64)
+            if p.hits.shape[0] == n and p.hits.shape[1]:
+                w = p.hits.shape[1]
+                wide[:, :w] = p.hits
+                wide[:, w:] = np.where(p.hits[:, :1] >= 0, 0, -1)
+            hits.append(wide)
+            values_before += len(p.values)
+            rows_before += n
+        return cls(
+            np.concatenate([p.values for p in parts]).astype(np.uint16, copy=False),
+            np.concatenate(offsets),
+            np.concatenate(row_of),
+            {k: v for p in parts for k, v in p.labels.items()},
+            np.concatenate(hits),
+            {k: v for p in parts for k, v in p._sets.items()},
+        )
+
     def select(self, keep: np.ndarray) -> Examples:
         """The same predictions for a records frame reduced to the rows ``keep`` (in order)."""
         return Examples(

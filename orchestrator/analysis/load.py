@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.analysis import forked
 from orchestrator.analysis.costs import costs_frame
 from orchestrator.analysis.examples import Examples
 from orchestrator.analysis.problems import (
@@ -41,7 +42,8 @@ from orchestrator.analysis.problems import (
     Problem,
     one_line,
 )
-from orchestrator.analysis.record_frame import records_frame, schema_detail
+from orchestrator.analysis.record_frame import RECORD_ORDER, records_frame, schema_detail
+from orchestrator.analysis.rows import sorted_rows
 from orchestrator.analysis.run_frame import (
     readiness_frame,
     run_problems,
@@ -81,6 +83,9 @@ DEFAULT_METHOD = layout.DEFAULT_METHOD
 # Up to this many runs read record by record are listed one by one; more, and the whole
 # sweep is listed at once (the store's own listing is concurrent).
 PER_RUN_LISTINGS = 16
+# A finished run's records, for judging whether parsing half of them is worth a process
+# (a run repairs a few classes at a few checkpoints: tens of records).
+RECORDS_PER_RUN = 40
 
 
 @dataclass
@@ -276,41 +281,40 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     if sweep_key in blobs:
         sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
 
-    tables: list[Any] = []
-    parts: list[tuple[str, int]] = []  # (run, rows) in table order
-    redo: list[str] = []
-    for r in sorted(bundled):
-        key = runs[r].files["records"]
-        table = _unpack(key, r, blobs[key], prefix, problems, blobs, labels)
-        if table is None:
-            redo.append(r)
-        else:
-            tables.append(table)
-            parts.append((r, len(table)))
-    for i in sorted(repeated_keys(tables), reverse=True):  # a record twice in one file
-        r = parts[i][0]
-        problems.append(
-            Problem(
-                DUPLICATE,
-                runs[r].files["records"],
-                r,
-                "it holds a record twice (two rows with one key); which one is right is"
-                " unknown; reading the run's single files instead",
-            )
-        )
-        del tables[i], parts[i]
-        redo.append(r)
+    # Finished runs' records.arrow are parsed in two halves at once where a second core
+    # is free (forked.py): each half becomes its own records frame, and the frames are put
+    # in order together - the same rows in the same order as one frame of all of them.
+    packed_runs = sorted(bundled)
+    split = name is not None and len(packed_runs) * RECORDS_PER_RUN >= forked.MIN_RECORDS
+    half = len(packed_runs) // 2 if split and forked.may_fork() else len(packed_runs)
+    theirs = packed_runs[half:]
+    with forked.start(
+        lambda: _packed_part(runs, theirs, blobs, prefix, name, finished), fork=bool(theirs)
+    ) as other:
+        mine = packed_runs[:half]
+        first = _packed_part(runs, mine, blobs, prefix, name if theirs else None, finished)
+        second = other.result() if theirs else None
+    done = [p for p in (first, second) if p is not None]
+    for part in done:
+        problems += part.problems
+        blobs.update(part.files)
+        labels.update(part.labels)
+    redo = [r for part in done for r in part.redo]
     if redo:  # a damaged records.arrow: read that run's single files after all
         _list_records(store, prefix, redo, runs)
         blobs.update(read_many_bounded(store, _single_keys(runs, set(redo))))
     singles = sorted(set(runs) - bundled | set(redo))
-    tables.append(_single_records(runs, singles, blobs, problems, parts, labels))
-    table = _with_keys(tables, parts, prefix)
+    parts: list[tuple[str, int]] = []
+    tables = [*first.tables, _single_records(runs, singles, blobs, problems, parts, labels)]
+    table = _with_keys(tables, first.parts + parts, prefix)
     if name is None:
         name = _sweep_name(uri, sweep_info, table)
         if sweep is not None and sweep != name:
             raise BadInput(f"{uri} holds sweep {name!r}, not {sweep!r}; fix --sweep")
-    records, examples = records_frame(table, name, prefix, finished, problems, labels)
+    frames = [(p.records, p.examples) for p in done if p.records is not None]
+    if len(table) or not frames:
+        frames.append(records_frame(table, name, prefix, finished, problems, labels))
+    records, examples = _in_order(frames)
     once = without_duplicates(records, problems)  # keeps the index of the rows it keeps
     examples = examples.select(once.index.to_numpy())
     records = once.reset_index(drop=True)
@@ -329,7 +333,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     runs_df = runs_frame(name, records, infos, sums, finished, others | set(infos) | set(sums))
     problems.extend(run_problems(prefix, records, runs_df, sums))
     records = with_convergence(records, runs_df)
-    n_packed = len(tables) - 1
+    n_packed = sum(part.packed for part in done)
     return Loaded(
         uri,
         name,
@@ -344,6 +348,75 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         examples,
         costs_frame(infos),
     )
+
+
+@dataclass
+class _Packed:
+    """A share of the finished runs, read from their records.arrow files."""
+
+    tables: list[Any]  # one per run whose file could be used
+    parts: list[tuple[str, int]]  # (run, rows) of each table
+    problems: list[Problem]
+    files: dict[str, bytes]  # the run files packed in them, by store key
+    labels: dict[str, np.ndarray]  # run -> test labels
+    redo: list[str]  # runs whose file cannot be used: read record by record instead
+    packed: int = 0  # runs read from their file
+    # The share's records frame, when built with it (the tables are then dropped).
+    records: pd.DataFrame | None = None
+    examples: Examples = field(default_factory=Examples)
+
+
+def _packed_part(
+    runs: dict[str, _Run],
+    names: list[str],
+    blobs: dict[str, bytes | Exception],
+    prefix: str,
+    sweep: str | None,
+    finished: set[str],
+) -> _Packed:
+    """The records.arrow of the runs ``names``; their records frame too when ``sweep`` is
+    given (the share parsed in a second process)."""
+    part = _Packed([], [], [], {}, {}, [])
+    for r in names:
+        key = runs[r].files["records"]
+        table = _unpack(key, r, blobs[key], prefix, part.problems, part.files, part.labels)
+        if table is None:
+            part.redo.append(r)
+        else:
+            part.tables.append(table)
+            part.parts.append((r, len(table)))
+    for i in sorted(repeated_keys(part.tables), reverse=True):  # a record twice in one file
+        r = part.parts[i][0]
+        part.problems.append(
+            Problem(
+                DUPLICATE,
+                runs[r].files["records"],
+                r,
+                "it holds a record twice (two rows with one key); which one is right is"
+                " unknown; reading the run's single files instead",
+            )
+        )
+        del part.tables[i], part.parts[i]
+        part.redo.append(r)
+    part.packed = len(part.tables)
+    if sweep is not None and part.tables:
+        table = _with_keys(part.tables, part.parts, prefix)
+        part.records, part.examples = records_frame(
+            table, sweep, prefix, finished, part.problems, part.labels
+        )
+        part.tables, part.parts = [], []
+    return part
+
+
+def _in_order(frames: list[tuple[pd.DataFrame, Examples]]) -> tuple[pd.DataFrame, Examples]:
+    """Records frames of disjoint sets of runs (each in ``RECORD_ORDER``) as one, in that
+    order: the frame ``records_frame`` makes of all their records at once."""
+    if len(frames) == 1:
+        return frames[0]
+    records = pd.concat([f for f, _ in frames], ignore_index=True)
+    examples = Examples.concat([e for _, e in frames])
+    order = sorted_rows(records, RECORD_ORDER)
+    return records.take(order).reset_index(drop=True), examples.select(order)
 
 
 def _list_records(store: Store, prefix: str, names: list[str], runs: dict[str, _Run]) -> None:
@@ -457,7 +530,13 @@ def _with_keys(tables: list[Any], parts: list[tuple[str, int]], prefix: str) -> 
 
     # Columns a file may lack (load_run_records(complete=False)) become nulls here, once.
     schema = run_records_schema()
-    table = pa.concat_tables(tables, promote_options="default").select(schema.names)
+    table = pa.concat_tables(tables, promote_options="default")
+    for name in schema.names:
+        if name not in table.column_names:  # no table has it
+            table = table.append_column(
+                schema.field(name), pa.nulls(len(table), schema.field(name).type)
+            )
+    table = table.select(schema.names)
     names = np.array([r for r, _ in parts], dtype=object)
     folder = pa.array(np.repeat(names, [n for _, n in parts]), pa.string())
     rel = table["key"]

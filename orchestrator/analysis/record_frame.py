@@ -119,6 +119,9 @@ def _not_finite(array: Any, pc: Any) -> np.ndarray:
     return pc.fill_null(pc.invert(pc.is_finite(array)), False).to_numpy(zero_copy_only=False)
 
 
+# Base before repaired, classes and epochs ascending: the order people read them in.
+RECORD_ORDER = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
+
 _FEW_STRINGS = ("sweep", "run", "dataset", "model", "kind", "method", "_folder", "_rel")
 
 
@@ -168,8 +171,8 @@ def records_frame(
         bad.setdefault(i, (INCONSISTENT, f"{why} on {n} test examples; {_LEFT_OUT}"))
     for i, (kind, detail) in sorted(bad.items()):
         problems.append(Problem(kind, df.at[i, "key"], df.at[i, "_folder"], detail))
-    kept = np.setdiff1d(np.arange(len(df)), np.fromiter(bad, dtype=np.int64, count=len(bad)))
-    df = df.drop(index=list(bad), columns=["_folder", "_rel"])
+    kept = np.flatnonzero(~np.isin(np.arange(len(df)), list(bad))) if bad else np.arange(len(df))
+    df = df.drop(index=list(bad) if bad else None, columns=["_folder", "_rel"])
     df["has_predictions"] = examples.row_of[kept] >= 0
 
     df["run_complete"] = df["run"].isin(finished)
@@ -183,9 +186,7 @@ def records_frame(
     # Missing in records written while training, until with_convergence fills it in.
     df["convergence_epoch"] = df["convergence_epoch"].astype("Int64")
     df = df[RECORD_COLUMNS + list(acc.columns)]
-    # Base before repaired, classes and epochs ascending: the order people read them in.
-    by = ["dataset", "model", "run", "kind", "method", "repair_class", "epoch"]
-    order = sorted_rows(df, by)
+    order = sorted_rows(df, RECORD_ORDER)
     return df.take(order).reset_index(drop=True), examples.select(kept[order])
 
 

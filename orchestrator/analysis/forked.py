@@ -1,0 +1,123 @@
+"""A second core for aggregation: a function run in a forked child while the caller goes on.
+
+Aggregating 100,000 records is seconds of single-threaded numpy and pandas, and its two
+halves - the runs read, and the tables built from them - each split into independent parts.
+A forked child starts with the parent's memory as it was at the fork, so nothing is sent to
+it; only its result comes back, pickled through a pipe. It runs the same code on the same
+data, so the result is the one a call here would give, bit for bit.
+
+fork is used only where it is safe and can help: a POSIX system, more than one CPU available
+to this process, no other Python thread (one holding a lock at the fork would leave the
+child's copy locked for ever), and ``EARLY_REPAIR_PROCESSES`` not set to 1. Otherwise - and
+whenever the child fails in any way (killed, out of memory, an exception) - the function runs
+here when its result is asked for, so an error surfaces in this process with its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import BinaryIO, Generic, TypeVar
+
+T = TypeVar("T")
+
+PROCESSES_ENV = "EARLY_REPAIR_PROCESSES"
+# Below this many records a table or a share of the load is done in milliseconds, less
+# than starting a process costs: callers do it here.
+MIN_RECORDS = 20_000
+_OK = b"ok"
+
+
+def may_fork() -> bool:
+    """Whether ``start`` runs its function in a child (see the module's docstring)."""
+    if not hasattr(os, "fork") or os.environ.get(PROCESSES_ENV, "").strip() == "1":
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return cpus > 1 and threading.active_count() == 1
+
+
+class Started(Generic[T]):
+    """A call under way in a child (or deferred to ``result``)."""
+
+    def __init__(self, fn: Callable[[], T], fork: bool) -> None:
+        self._fn = fn
+        self._pid = 0
+        self._out: BinaryIO | None = None
+        self.forked = False  # whether a child was started
+        if fork and may_fork():
+            self._fork()
+
+    def _fork(self) -> None:
+        # The result goes through an unnamed in-memory file, not a pipe: tens of megabytes
+        # through a pipe's 64 KiB take a context switch each, hundreds of milliseconds.
+        out = _scratch_file()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: compute, write, and leave without running the parent's exit
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it; the parent reports
+            status = 1
+            try:
+                out.write(_OK)
+                pickle.dump(self._fn(), out, protocol=pickle.HIGHEST_PROTOCOL)
+                out.flush()
+                status = 0
+            finally:
+                os._exit(status)
+        self._pid, self._out = pid, out
+        self.forked = True
+
+    def __enter__(self) -> Started[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """End the child if its result was never asked for (the caller failed meanwhile)."""
+        if self._pid:
+            os.kill(self._pid, signal.SIGKILL)
+            self._reap()
+        if self._out is not None:
+            self._out.close()
+
+    def _reap(self) -> int:
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = 0
+        return status
+
+    def result(self) -> T:
+        """The function's result; computed here if no child could give it."""
+        if not self._pid:
+            return self._fn()
+        try:
+            status = self._reap()
+        except BaseException:
+            self.cancel()
+            raise
+        with self._out as out:
+            out.seek(0)
+            if status == 0 and out.read(len(_OK)) == _OK:
+                return pickle.load(out)
+        return self._fn()  # the child failed: the same call here says why, or succeeds
+
+
+def _scratch_file() -> BinaryIO:
+    if hasattr(os, "memfd_create"):
+        return os.fdopen(os.memfd_create("early-repair-result", os.MFD_CLOEXEC), "w+b")
+    return tempfile.TemporaryFile()
+
+
+def start(fn: Callable[[], T], *, fork: bool = True) -> Started[T]:
+    """Start ``fn()`` in a child where that helps (and ``fork``: the caller's judgement that
+    the work is worth a process); ``.result()`` waits for what it returns. Use it as a
+    context manager, so that a child whose result is not wanted is ended."""
+    return Started(fn, fork)
