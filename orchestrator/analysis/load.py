@@ -411,10 +411,17 @@ def _packed_part(
 def _in_order(frames: list[tuple[pd.DataFrame, Examples]]) -> tuple[pd.DataFrame, Examples]:
     """Records frames of disjoint sets of runs (each in ``RECORD_ORDER``) as one, in that
     order: the frame ``records_frame`` makes of all their records at once."""
+    frames = [f for f in frames if len(f[0])] or frames[:1]
     if len(frames) == 1:
         return frames[0]
     records = pd.concat([f for f, _ in frames], ignore_index=True)
     examples = Examples.concat([e for _, e in frames])
+    # Shares of runs in name order usually follow each other: then each frame's last row
+    # sorts before (or with) the next one's first, and the whole is in order already.
+    ends = np.cumsum([len(f) for f, _ in frames])[:-1]
+    seams = np.stack([ends - 1, ends], axis=1).ravel()
+    if (sorted_rows(records.iloc[seams], RECORD_ORDER) == np.arange(len(seams))).all():
+        return records, examples
     order = sorted_rows(records, RECORD_ORDER)
     return records.take(order).reset_index(drop=True), examples.select(order)
 

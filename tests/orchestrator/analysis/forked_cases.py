@@ -22,6 +22,7 @@ from early_repair_testing.prediction_tree import (
 
 from orchestrator.analysis import aggregate as ag
 from orchestrator.analysis import forked
+from orchestrator.analysis import load as loading
 from orchestrator.results import layout
 from orchestrator.store.file import FileStore
 
@@ -92,11 +93,18 @@ def _run(rng: np.random.Generator, i: int, **kw: object) -> PredictedRun:
     )
 
 
-def _mixed_tree(root: Path) -> FileStore:
-    """Finished runs on two test sets, one unpacked, one whose records contradict their
-    predictions, one whose records.arrow is damaged (read record by record instead)."""
+def _tree(root: Path, kind: str) -> FileStore:
+    """``mixed``: finished runs on two test sets, one unpacked, one whose records contradict
+    their predictions, one whose records.arrow is damaged (read record by record instead),
+    one unfinished; ``clean``: finished, packed runs only; ``two-datasets``: those of two
+    datasets (each share of runs then holds both: its frame interleaves the other's)."""
     rng = np.random.default_rng(4)
     store = FileStore(root)
+    if kind != "mixed":
+        datasets = ["digits", "another"] if kind == "two-datasets" else ["digits"]
+        runs = [_run(rng, i, dataset=datasets[i % len(datasets)]) for i in range(8)]
+        write_predicted_tree(store, "sw", runs)
+        return store
     runs = [_run(rng, i) for i in range(7)]
     runs.append(_run(rng, 7, packed=False))
     runs.append(_run(rng, 8, tamper={(5, 2): 0.01}))
@@ -108,10 +116,11 @@ def _mixed_tree(root: Path) -> FileStore:
     return store
 
 
+@pytest.mark.parametrize("kind", ["mixed", "clean", "two-datasets"])
 def test_two_processes_give_exactly_the_aggregation_of_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    store = _mixed_tree(tmp_path / "results")
+    store = _tree(tmp_path / "results", kind)
     monkeypatch.setenv(forked.PROCESSES_ENV, "1")
     one = ag.aggregate(store)
     monkeypatch.delenv(forked.PROCESSES_ENV)
@@ -123,10 +132,21 @@ def test_two_processes_give_exactly_the_aggregation_of_one(
         started.append(real(*a, **kw))  # type: ignore[arg-type]
         return started[-1]
 
+    sorted_sizes: list[int] = []
+    real_sort = loading.sorted_rows
+
+    def spied(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
+        sorted_sizes.append(len(frame))
+        return real_sort(frame, by)
+
     monkeypatch.setattr(forked, "start", counted)
+    monkeypatch.setattr(loading, "sorted_rows", spied)
     two = ag.aggregate(store)
     assert sum(s.forked for s in started) == 2  # half of the runs parsed, the effects
-    assert two.loaded.packed_runs == one.loaded.packed_runs == 7
+    # The shares' frames follow each other in order only when nothing interleaves them.
+    # (the check looks at the rows either side of each seam: 2 or 4 rows)
+    assert sorted_sizes and (max(sorted_sizes) > 4) == (kind != "clean"), sorted_sizes
+    assert two.loaded.packed_runs == one.loaded.packed_runs == (7 if kind == "mixed" else 8)
     for name in ("records", "runs"):
         pd.testing.assert_frame_equal(getattr(one.loaded, name), getattr(two.loaded, name))
     for name in ("quality", "switch_points", "patterns", "effects", "methods", "headline"):
@@ -134,6 +154,9 @@ def test_two_processes_give_exactly_the_aggregation_of_one(
     pd.testing.assert_frame_equal(one.problems, two.problems)
     pd.testing.assert_frame_equal(one.regressions, two.regressions)
     assert one.sentences == two.sentences
+    if kind != "mixed":
+        assert one.problems.empty
+        return
     kinds = set(one.problems["kind"])
     assert {"damaged", "inconsistent", "unfinished-run"} <= kinds, kinds
     a, b = one.loaded.examples, two.loaded.examples
