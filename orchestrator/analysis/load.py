@@ -281,12 +281,13 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     if sweep_key in blobs:
         sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
 
-    # Finished runs' records.arrow are parsed in two halves at once where a second core
-    # is free (forked.py): each half becomes its own records frame, and the frames are put
+    # Finished runs' records.arrow are parsed in two shares at once where a second core
+    # is free (forked.py): each share becomes its own records frame, and the frames are put
     # in order together - the same rows in the same order as one frame of all of them.
+    # The child's share is the smaller (45%): its frame still has to come back.
     packed_runs = sorted(bundled)
     split = name is not None and len(packed_runs) * RECORDS_PER_RUN >= forked.MIN_RECORDS
-    half = len(packed_runs) // 2 if split and forked.may_fork() else len(packed_runs)
+    half = len(packed_runs) * 11 // 20 if split and forked.may_fork() else len(packed_runs)
     theirs = packed_runs[half:]
     with forked.start(
         lambda: _packed_part(runs, theirs, blobs, prefix, name, finished), fork=bool(theirs)

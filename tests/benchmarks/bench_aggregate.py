@@ -5,7 +5,9 @@ Targets: every table for 100,000 records in <= 2 s from a local folder and
 <= 5 s from S3 (moto in its own process, each request delayed 10 ms as in bench_s3.py).
 One run prints both ways side by side (from the folder each twice, the faster pass in the
 table: the first may read from disk rather than the page cache), checks that they give
-the same tables, and times the figures and report as well.
+the same tables, and times the figures and report as well. Where a second core is free the
+aggregator uses it (analysis/forked.py); records.arrow is then also read with
+EARLY_REPAIR_PROCESSES=1, one process, for comparison.
 
 Tree: runs x 8 checkpoints x (base + 4 repaired classes) = 40 records per run (2,500 runs
 for 100,000 records), each run with run.json, train/summary.json, _SUCCESS and the
@@ -50,8 +52,8 @@ sys.path.insert(0, str(TESTS.parent))
 from early_repair_testing.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY  # noqa: E402
 
 from orchestrator.analysis import aggregate as ag  # noqa: E402
+from orchestrator.analysis import forked, output, report  # noqa: E402
 from orchestrator.analysis import load as loading  # noqa: E402
-from orchestrator.analysis import output, report  # noqa: E402
 from orchestrator.results import layout  # noqa: E402
 from orchestrator.results import predictions as predicted  # noqa: E402
 from orchestrator.results.records import (  # noqa: E402
@@ -68,6 +70,7 @@ EPOCHS = (1, 5, 10, 15, 20, 25, 30, 12)  # the paper's checkpoints plus a conver
 CLASSES = (3, 8, 9, 5)
 SWEEP = "bench"
 BUCKET = "bench"
+ONE_PROCESS = "records.arrow, one process"
 FRAMES = ("quality", "switch_points", "patterns", "effects", "methods", "headline", "problems")
 
 
@@ -301,7 +304,8 @@ def main() -> None:
             )
             (work / "tree.json").write_text(json.dumps([n, n_runs]))
         print(
-            f"cores {os.cpu_count()}; {n:,} records in {n_runs:,} runs (40 per run), each"
+            f"cores {os.cpu_count()} ({'a second process' if forked.may_fork() else 'one process'}"
+            f" for aggregation); {n:,} records in {n_runs:,} runs (40 per run), each"
             f" finished run with its records.arrow; generated in {t_gen:.1f} s",
             flush=True,
         )
@@ -325,7 +329,7 @@ def main() -> None:
             assert len(agg.loaded.records) == n, "records lost"
             rows.append((where, how, t_load, t_all, counter.n))
             print(
-                f"  {where:<26} {how:<22} list+read+validate {t_load:7.2f} s   all tables"
+                f"  {where:<26} {how:<26} list+read+validate {t_load:7.2f} s   all tables"
                 f" {t_all:7.2f} s   {counter.n:>7,} requests",
                 flush=True,
             )
@@ -341,6 +345,14 @@ def main() -> None:
         for _ in range(2):
             packed = measure("local folder", "records.arrow per run", store, local, True)
         same_tables(per_file, packed)
+        # The same in one process (no second core used): what the second one buys.
+        os.environ[forked.PROCESSES_ENV] = "1"
+        try:
+            for _ in range(2):
+                alone = measure("local folder", ONE_PROCESS, store, local, True)
+        finally:
+            del os.environ[forked.PROCESSES_ENV]
+        same_tables(packed, alone)
 
         if not args.no_s3:
             proc = subprocess.Popen(
@@ -385,7 +397,10 @@ def main() -> None:
         t_report, _ = timed(lambda: report.write_report(packed, out))
         n_figs = len(list((out / "figures").glob("*.png")))
         print()
-        print(f"{'':<28}{'one file per record':>22}{'records.arrow per run':>24}{'target':>9}")
+        print(
+            f"{'':<28}{'one file per record':>22}{'records.arrow per run':>24}"
+            f"{'(one process)':>16}{'target':>9}"
+        )
         for where, target in (
             ("local folder", LOCAL_TARGET_S),
             (f"S3, {args.latency_ms:g} ms/request", S3_TARGET_S),
@@ -400,9 +415,13 @@ def main() -> None:
             for how in ("one file per record", "records.arrow per run"):
                 t, req = got.get(how, (float("nan"), 0))
                 cells.append(f"{t:8.2f} s ({req:>7,} req)" if req else f"{'not run':>22}")
+            one = got.get(ONE_PROCESS, (float("nan"), 0))[0]
+            cells.append(f"{one:8.2f} s" if one == one else f"{'':>10}")
             packed_t = got.get("records.arrow per run", (float("nan"), 0))[0]
             verdict = "met" if packed_t <= target else "MISSED"
-            print(f"{where:<28}{cells[0]:>22}{cells[1]:>24}{target:>7.1f} s  {verdict}")
+            print(
+                f"{where:<28}{cells[0]:>22}{cells[1]:>24}{cells[2]:>16}{target:>7.1f} s  {verdict}"
+            )
         print(
             f"tables identical both ways: yes; write CSV + parquet {t_tables:.2f} s;"
             f" figures ({n_figs}) + report {t_report:.2f} s"
