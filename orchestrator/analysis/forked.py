@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from typing import BinaryIO, Generic, TypeVar
 
@@ -61,7 +62,12 @@ class Started(Generic[T]):
         out = _scratch_file()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork beside any OS thread. No Python thread runs here
+            # (may_fork); the native pools left (Arrow's, OpenBLAS's) are idle and made
+            # anew in a child by their own at-fork handlers.
+            warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: compute, write, and leave without running the parent's exit
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it; the parent reports
             status = 1
