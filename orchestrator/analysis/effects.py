@@ -66,8 +66,9 @@ def effects(
         columns={"qual": "qual_after", "accuracy": "acc_after", "acc_class": "acc_class_after"}
     )
     eff = rep.merge(base, on=keys, how="left")
-    cost = records[records["kind"] == "repaired"][
-        ["run", "method", "repair_class", "epoch", "rr", "br", "seconds"]
+    cost = records.loc[
+        (records["kind"] == "repaired").to_numpy(dtype=bool),
+        ["run", "method", "repair_class", "epoch", "rr", "br", "seconds"],
     ].assign(repair_class=lambda d: d["repair_class"].astype("int64"))
     eff = eff.merge(cost, on=["run", "method", "repair_class", "epoch"], how="left")
     if changes is None:

@@ -66,6 +66,7 @@ def seeds_needed(gains: np.ndarray, level: float = LEVEL, power: float = POWER) 
 
 
 _TRIES = 64  # sample sizes tried from just below the normal approximation's
+_CHUNK = 4
 
 
 def seeds_needed_many(
@@ -95,13 +96,22 @@ def seeds_needed_many(
     start = np.maximum(2, np.floor(approx).astype(np.int64) - 2)
     too_many = start > MAX_SEEDS_NEEDED
     start = np.minimum(start, MAX_SEEDS_NEEDED)
-    n = start[:, None] + np.arange(_TRIES + 1)[None, :]
-    valid = n <= np.minimum(start + _TRIES, MAX_SEEDS_NEEDED)[:, None]
-    crit = st.t.ppf(1 - level / 2, n - 1)
-    nc = d[:, None] * np.sqrt(n)
-    achieved = st.nct.sf(crit, n - 1, nc) + st.nct.cdf(-crit, n - 1, nc)
-    ok = (achieved >= power) & valid
-    first = np.where(ok.any(axis=1), n[np.arange(len(n)), ok.argmax(axis=1)], MAX_SEEDS_NEEDED + 1)
+    first = np.full(len(d), MAX_SEEDS_NEEDED + 1)
+    todo = np.arange(len(d))
+    # A few sizes at a time, for the groups not yet there: the approximation is close, so
+    # most groups stop in the first few (the same first n as trying all at once).
+    for lo in range(0, _TRIES + 1, _CHUNK):
+        n = start[todo, None] + np.arange(lo, min(lo + _CHUNK, _TRIES + 1))[None, :]
+        valid = n <= np.minimum(start[todo] + _TRIES, MAX_SEEDS_NEEDED)[:, None]
+        crit = st.t.ppf(1 - level / 2, n - 1)
+        nc = d[todo, None] * np.sqrt(n)
+        achieved = st.nct.sf(crit, n - 1, nc) + st.nct.cdf(-crit, n - 1, nc)
+        ok = (achieved >= power) & valid
+        hit = ok.any(axis=1)
+        first[todo[hit]] = n[hit, ok[hit].argmax(axis=1)]
+        todo = todo[~hit]
+        if not len(todo):
+            break
     out[live] = np.where(too_many, MAX_SEEDS_NEEDED + 1, first)
     return out
 

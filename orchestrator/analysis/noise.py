@@ -40,6 +40,7 @@ import pandas as pd
 
 from orchestrator.analysis.examples import Examples, blocks
 from orchestrator.analysis.problems import INCOMPLETE
+from orchestrator.analysis.rows import sorted_rows
 from orchestrator.analysis.tables import KEYS, PRE, UNIT, rounded
 
 NOISE_ALPHA = 0.05
@@ -222,10 +223,10 @@ class _Pairs:
 def _pairs(rec: pd.DataFrame, examples: Examples, wanted: pd.DataFrame) -> _Pairs:
     """The pairs of ``wanted`` (run, method, repair_class, epoch, reference_epoch) whose
     two models both have predictions."""
-    repaired = rec[rec["kind"] == "repaired"]
-    where = repaired[["run", "method", "repair_class", "epoch"]].assign(
-        _row=np.flatnonzero((rec["kind"] == "repaired").to_numpy()),
-        repair_class=repaired["repair_class"].astype("int64"),
+    is_repaired = (rec["kind"] == "repaired").to_numpy(dtype=bool)
+    where = rec.loc[is_repaired, ["run", "method", "repair_class", "epoch"]]
+    where = where.assign(
+        _row=np.flatnonzero(is_repaired), repair_class=where["repair_class"].astype("int64")
     )
     on = ["run", "method", "repair_class", "epoch"]
     w = wanted.merge(where, on=on, how="inner")
@@ -275,16 +276,18 @@ def noise_columns(
     if not live.any() or not (examples.row_of >= 0).any():
         return out
     units = out.loc[live, [*KEYS, "reference_epoch"]]
-    rep = qual[(qual["kind"] == "repaired") & qual["qual"].notna()]
-    cand = rep[[*KEYS, "epoch", "qual"]].merge(units, on=KEYS)
+    rep = (qual["kind"] == "repaired") & qual["qual"].notna()
+    cand = qual.loc[rep, [*KEYS, "epoch", "qual"]].merge(units, on=KEYS)
     cand = cand[cand["epoch"] < cand["reference_epoch"]]
     cand = cand.assign(reference_epoch=cand["reference_epoch"].astype("int64"))
     first = cand[cand["alpha"] == cand["alpha"].min()] if len(cand) else cand
     pairs = _pairs(records, examples, first[[*UNIT, "epoch", "reference_epoch"]])
     cand = cand.merge(pairs.index, on=[*UNIT, "epoch"], how="left")
     # A unit is tested only when every earlier checkpoint it compares has predictions.
-    whole = cand["_pair"].notna().groupby([cand[k] for k in KEYS]).transform("all")
-    cand = cand[whole.to_numpy(dtype=bool)].reset_index(drop=True)
+    uid = cand.groupby(KEYS, sort=False, dropna=False).ngroup().to_numpy()
+    lacking = np.bincount(uid, weights=cand["_pair"].isna().to_numpy(), minlength=1)
+    whole = lacking[uid] == 0
+    cand, uid = cand[whole].reset_index(drop=True), uid[whole]
     if cand.empty:
         return out
     pair = cand["_pair"].to_numpy(dtype=np.int64)
@@ -295,10 +298,12 @@ def noise_columns(
     b = (1 - alpha) / pairs.sizes[pair].sum(axis=1)
     a = b + alpha / pairs.sizes[pair, cls]
     p = signflip_p(pc + nc, po + no, pc - nc, po - no, a, b)
-    uid = cand.groupby(KEYS, sort=False).ngroup().to_numpy()
-    cand = cand.assign(p_adj=holm(p, uid), uid=uid, rq=rounded(cand["qual"].to_numpy()), a=a, b=b)
-    best = cand.sort_values(["uid", "rq", "epoch"], ascending=[True, False, True])
-    best = best.drop_duplicates("uid").sort_values([*UNIT, "alpha"])
+    cand = cand.assign(p_adj=holm(p, uid), a=a, b=b)
+    # Per unit its best earlier checkpoint: the highest rounded Qual, then the earliest.
+    rank = np.lexsort((cand["epoch"].to_numpy(), -rounded(cand["qual"].to_numpy()), uid))
+    first = rank[np.r_[True, uid[rank][1:] != uid[rank][:-1]]]
+    best = cand.take(first)
+    best = best.take(sorted_rows(best, [*UNIT, "alpha"]))
     low, high, how = _intervals(best, pairs, seed, n_boot)
     disc = pairs.plus + pairs.minus
     res = best[KEYS].assign(

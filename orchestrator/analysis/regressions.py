@@ -47,13 +47,18 @@ NOTE_NO_CHANGED = (
 )
 
 
+_USED = [*RECORD_KEYS, "dataset", "model", "seed", "repair_changed", "accepted"]
+
+
 def _pairs(loaded: Loaded) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """The repaired rows, with the row of their checkpoint's base model (-1: none)."""
     rec = loaded.records
-    pos = pd.Series(np.arange(len(rec)), index=rec.index)
-    base = rec[rec["kind"] == "base"].assign(_base=pos[rec["kind"] == "base"].to_numpy())
-    rep = rec[rec["kind"] == "repaired"].assign(_rep=pos[rec["kind"] == "repaired"].to_numpy())
-    merged = rep.merge(base[["run", "epoch", "_base"]], on=["run", "epoch"], how="left")
+    kind = rec["kind"].to_numpy(dtype=object)
+    is_base, is_rep = kind == "base", kind == "repaired"
+    base = rec.loc[is_base, ["run", "epoch"]].assign(_base=np.flatnonzero(is_base))
+    # only the columns used: a filter copies every column it keeps
+    rep = rec.loc[is_rep, _USED].assign(_rep=np.flatnonzero(is_rep))
+    merged = rep.merge(base, on=["run", "epoch"], how="left")
     base_rows = merged["_base"].fillna(-1).to_numpy(dtype=np.int64)
     return merged, merged["_rep"].to_numpy(dtype=np.int64), base_rows
 

@@ -498,7 +498,8 @@ def patterns(
     def table(by: list[str]) -> pd.DataFrame:
         if sp.empty:
             return pd.DataFrame(columns=[*by, *counts_cols, *extra])
-        c = pd.crosstab([sp[k] for k in by], sp["pattern"].where(sp["status"] != INCOMPLETE, "_i"))
+        pattern = sp["pattern"].where(sp["status"] != INCOMPLETE, "_i")
+        c = sp[by].assign(_p=pattern).groupby([*by, "_p"], sort=True).size().unstack(fill_value=0)
         c = c.reindex(columns=[*internal, "_i"], fill_value=0)
         c = c.rename(columns={"_i": "incomplete", **dict(zip(internal, names, strict=True))})
         c["compared"] = c[names].sum(axis=1)
