@@ -9,8 +9,9 @@ data, so the result is the one a call here would give, bit for bit.
 fork is used only where it is safe and can help: a POSIX system, more than one CPU available
 to this process, no other Python thread (one holding a lock at the fork would leave the
 child's copy locked for ever), and ``EARLY_REPAIR_PROCESSES`` not set to 1. Otherwise - and
-whenever the child fails in any way (killed, out of memory, an exception) - the function runs
-here when its result is asked for, so an error surfaces in this process with its traceback.
+whenever no child can be started (a process limit, no memory) or it fails in any way
+(killed, out of memory, an exception) - the function runs here when its result is asked
+for, so an error surfaces in this process with its traceback.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ class Started(Generic[T]):
         self._out: BinaryIO | None = None
         self.forked = False  # whether a child was started
         if fork and may_fork():
-            self._fork()
+            try:
+                self._fork()
+            except OSError:  # no process or no scratch file to be had (limits, sandbox)
+                self._pid = 0
 
     def _fork(self) -> None:
         # The result goes through an unnamed in-memory file, not a pipe: tens of megabytes
@@ -67,7 +71,11 @@ class Started(Generic[T]):
             # (may_fork); the native pools left (Arrow's, OpenBLAS's) are idle and made
             # anew in a child by their own at-fork handlers.
             warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:
+                out.close()
+                raise
         if pid == 0:  # the child: compute, write, and leave without running the parent's exit
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it; the parent reports
             status = 1
@@ -118,7 +126,10 @@ class Started(Generic[T]):
 
 def _scratch_file() -> BinaryIO:
     if hasattr(os, "memfd_create"):
-        return os.fdopen(os.memfd_create("early-repair-result", os.MFD_CLOEXEC), "w+b")
+        try:
+            return os.fdopen(os.memfd_create("early-repair-result", os.MFD_CLOEXEC), "w+b")
+        except OSError:  # refused (a sandbox): a temporary file does the same
+            pass
     return tempfile.TemporaryFile()
 
 

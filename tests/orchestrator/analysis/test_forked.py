@@ -66,3 +66,17 @@ def test_no_child_when_told_not_to_or_when_a_thread_runs(monkeypatch: pytest.Mon
     finally:
         stop.set()
         thread.join()
+
+
+def test_no_child_to_be_had_means_the_call_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process limit or no memory for a child: the same result, computed here."""
+    monkeypatch.delenv(forked.PROCESSES_ENV, raising=False)
+    monkeypatch.setattr(forked, "may_fork", lambda: True)
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(forked.os, "fork", no_fork)
+    with forked.start(lambda: os.getpid()) as child:
+        assert not child.forked
+        assert child.result() == os.getpid()
