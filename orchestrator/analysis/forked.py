@@ -16,6 +16,7 @@ for, so an error surfaces in this process with its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -98,13 +99,18 @@ class Started(Generic[T]):
     def cancel(self) -> None:
         """End the child if its result was never asked for (the caller failed meanwhile)."""
         if self._pid:
-            os.kill(self._pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
             self._reap()
         if self._out is not None:
             self._out.close()
 
     def _reap(self) -> int:
-        _, status = os.waitpid(self._pid, 0)
+        """The child's wait status; -1 (a failure) if something else reaped it first."""
+        try:
+            status = os.waitpid(self._pid, 0)[1]
+        except ChildProcessError:
+            status = -1
         self._pid = 0
         return status
 

@@ -66,6 +66,13 @@ def test_a_failed_child_is_redone_here() -> None:
         c.result()  # the error surfaces here, with this process's traceback
 
 
+def test_a_child_reaped_by_someone_else_is_redone_here() -> None:
+    with forked.start(lambda: 5) as child:
+        assert child.forked
+        os.waitpid(child._pid, 0)  # as a stray waitpid(-1) elsewhere in the process would
+        assert child.result() == 5
+
+
 def test_a_child_whose_result_is_not_wanted_is_ended() -> None:
     gate_read, gate_write = os.pipe()  # the child blocks reading it: never done by itself
     with forked.start(lambda: os.read(gate_read, 1)) as child:
