@@ -3,7 +3,7 @@
 Aggregating 100,000 records is seconds of single-threaded numpy and pandas, and its two
 halves - the runs read, and the tables built from them - each split into independent parts.
 A forked child starts with the parent's memory as it was at the fork, so nothing is sent to
-it; only its result comes back, pickled through a pipe. It runs the same code on the same
+it; only its result comes back, pickled into an in-memory file. It runs the same code on the same
 data, so the result is the one a call here would give, bit for bit.
 
 fork is used only where it is safe and can help: a POSIX system, more than one CPU available

@@ -288,11 +288,10 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     packed_runs = sorted(bundled)
     split = name is not None and len(packed_runs) * RECORDS_PER_RUN >= forked.MIN_RECORDS
     half = len(packed_runs) * 11 // 20 if split and forked.may_fork() else len(packed_runs)
-    theirs = packed_runs[half:]
+    mine, theirs = packed_runs[:half], packed_runs[half:]
     with forked.start(
         lambda: _packed_part(runs, theirs, blobs, prefix, name, finished), fork=bool(theirs)
     ) as other:
-        mine = packed_runs[:half]
         first = _packed_part(runs, mine, blobs, prefix, name if theirs else None, finished)
         second = other.result() if theirs else None
     done = [p for p in (first, second) if p is not None]

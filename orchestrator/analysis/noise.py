@@ -301,8 +301,7 @@ def noise_columns(
     cand = cand.assign(p_adj=holm(p, uid), a=a, b=b)
     # Per unit its best earlier checkpoint: the highest rounded Qual, then the earliest.
     rank = np.lexsort((cand["epoch"].to_numpy(), -rounded(cand["qual"].to_numpy()), uid))
-    first = rank[np.r_[True, uid[rank][1:] != uid[rank][:-1]]]
-    best = cand.take(first)
+    best = cand.take(rank[np.r_[True, uid[rank][1:] != uid[rank][:-1]]])
     best = best.take(sorted_rows(best, [*UNIT, "alpha"]))
     low, high, how = _intervals(best, pairs, seed, n_boot)
     disc = pairs.plus + pairs.minus

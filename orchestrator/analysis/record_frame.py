@@ -171,7 +171,7 @@ def records_frame(
         bad.setdefault(i, (INCONSISTENT, f"{why} on {n} test examples; {_LEFT_OUT}"))
     for i, (kind, detail) in sorted(bad.items()):
         problems.append(Problem(kind, df.at[i, "key"], df.at[i, "_folder"], detail))
-    kept = np.flatnonzero(~np.isin(np.arange(len(df)), list(bad))) if bad else np.arange(len(df))
+    kept = np.delete(np.arange(len(df)), list(bad))
     df = df.drop(index=list(bad) if bad else None, columns=["_folder", "_rel"])
     df["has_predictions"] = examples.row_of[kept] >= 0
 

@@ -105,23 +105,37 @@ def record(
     )
 
 
+def run_info(
+    sweep: str,
+    run: str,
+    seed: int,
+    dataset: str,
+    model: str,
+    classes: list[int],
+    methods: Iterable[str] = (),
+) -> RunInfo:
+    """The run.json a trainer writes for such a run."""
+    methods = list(methods)
+    return RunInfo(
+        run={
+            "sweep": sweep,
+            "name": run,
+            "seed": seed,
+            "dataset": {"name": dataset},
+            "model": {"name": model},
+            "repair_classes": classes,
+            **({"repair": {"methods": methods}} if methods else {}),
+        },
+        versions={"python": "3.11"},
+        device="cpu",
+        hostname="test",
+        started="2024-01-01T00:00:00Z",
+    )
+
+
 def write_run(store: Store, sweep: str, t: RunTree) -> None:
     if t.run_json:
-        info = RunInfo(
-            run={
-                "sweep": sweep,
-                "name": t.run,
-                "seed": t.seed,
-                "dataset": {"name": t.dataset},
-                "model": {"name": t.model},
-                "repair_classes": t.classes,
-                **({"repair": {"methods": list(t.methods)}} if t.methods else {}),
-            },
-            versions={"python": "3.11"},
-            device="cpu",
-            hostname="test",
-            started="2024-01-01T00:00:00Z",
-        )
+        info = run_info(sweep, t.run, t.seed, t.dataset, t.model, t.classes, t.methods)
         write_json(store, results.run_json(sweep, t.run), info.model_dump(mode="json"))
     if t.summary:
         summary = TrainSummary(

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from early_repair_testing.aggregate_tree import run_info
 from orchestrator.results import layout
 from orchestrator.results import predictions as predicted
 from orchestrator.results.consolidate import write_run_records
-from orchestrator.results.records import MetricsRecord, RunInfo, TrainSummary
+from orchestrator.results.records import MetricsRecord, TrainSummary
 from orchestrator.store import Store, write_json
 
 
@@ -53,20 +54,8 @@ def metrics(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> dict:
 
 
 def write_predicted_run(store: Store, sweep: str, t: PredictedRun) -> None:
-    info = RunInfo(
-        run={
-            "sweep": sweep,
-            "name": t.run,
-            "seed": t.seed,
-            "dataset": {"name": t.dataset},
-            "model": {"name": t.model},
-            "repair_classes": sorted({c for _, c in t.repaired}),
-        },
-        versions={"python": "3.11"},
-        device="cpu",
-        hostname="test",
-        started="2024-01-01T00:00:00Z",
-    )
+    classes = sorted({c for _, c in t.repaired})
+    info = run_info(sweep, t.run, t.seed, t.dataset, t.model, classes)
     write_json(store, layout.run_json(sweep, t.run), info.model_dump(mode="json"))
     epochs = sorted(t.base)
     summary = TrainSummary(
