@@ -143,13 +143,30 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _repair_effects(
-    loaded: Loaded, q: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(the regression ledger, the effects table, the methods table)."""
+@dataclass
+class _Side:
+    """What the tables need besides the switch points and the tests on them."""
+
+    ledger: pd.DataFrame  # the regression ledger
+    effects: pd.DataFrame
+    methods: pd.DataFrame
+    ready: pd.DataFrame  # readiness per run, its summary and its stops
+    ready_summary: pd.DataFrame
+    ready_stops: pd.DataFrame
+
+
+def _side(loaded: Loaded, q: pd.DataFrame, seed: int) -> _Side:
     changed, ledger = regressions.changes(loaded)
     eff = effects.effects(q, loaded.records, changed)
-    return ledger, eff, effects.methods(eff)
+    ready = readiness.per_run(loaded)
+    return _Side(
+        ledger,
+        eff,
+        effects.methods(eff),
+        ready,
+        readiness.summary(ready, seed),
+        readiness.per_run_stops(loaded, ready),
+    )
 
 
 def _aggregate(
@@ -166,11 +183,11 @@ def _aggregate(
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")
     q = quality(loaded.records, loaded.runs, alphas)
-    # Two independent halves: what each repair changed (the ledger, the effects) in a
-    # second process where there is a second core (forked.py), the switch points and the
-    # tests on them here.
+    # Two independent halves: what each repair changed (the ledger, the effects) and the
+    # readiness tables in a second process where there is a second core (forked.py), the
+    # switch points and the tests on them here.
     many = len(loaded.records) >= forked.MIN_RECORDS
-    with forked.start(lambda: _repair_effects(loaded, q), fork=many) as side:
+    with forked.start(lambda: _side(loaded, q, bootstrap_seed), fork=many) as started:
         sp = switch_points(q, loaded.runs, after_convergence, alphas, rules)
         sp = noise.noise_columns(
             sp, q, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
@@ -180,8 +197,7 @@ def _aggregate(
         head = headline.headline(sp, bootstrap_seed, reference)
         sentences = headline.sentences(sp, head, reference, noise_alpha)
         probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
-        ready = readiness.per_run(loaded)
-        ledger, eff, meth = side.result()
+        side = started.result()
     return Aggregation(
         loaded,
         alphas,
@@ -190,15 +206,15 @@ def _aggregate(
         q,
         sp,
         pt,
-        eff,
-        meth,
+        side.effects,
+        side.methods,
         head,
         sentences,
         probs,
         bootstrap_seed,
         noise_alpha,
-        ready,
-        readiness.summary(ready, bootstrap_seed),
-        regressions=ledger,
-        readiness_stops=readiness.per_run_stops(loaded, ready),
+        side.ready,
+        side.ready_summary,
+        regressions=side.ledger,
+        readiness_stops=side.ready_stops,
     )

@@ -69,7 +69,9 @@ from orchestrator.results.records import (
     SCHEMA_VERSION,
     MetricsRecord,
     RunInfo,
+    RunRecords,
     TrainSummary,
+    damaged_tables,
     load_run_records,
     run_records_schema,
 )
@@ -377,14 +379,29 @@ def _packed_part(
     """The records.arrow of the runs ``names``; their records frame too when ``sweep`` is
     given (the share parsed in a second process)."""
     part = _Packed([], [], [], {}, {}, [])
+    read: list[tuple[str, RunRecords]] = []
     for r in names:
         key = runs[r].files["records"]
-        table = _unpack(key, r, blobs[key], prefix, part.problems, part.files, part.labels)
-        if table is None:
+        packed = _unpack(key, r, blobs[key], part.problems)
+        if packed is None:
             part.redo.append(r)
         else:
-            part.tables.append(table)
-            part.parts.append((r, len(table)))
+            read.append((r, packed))
+    damaged = damaged_tables([p.table for _, p in read])
+    for i, (r, packed) in enumerate(read):
+        if i in damaged:
+            part.problems.append(
+                Problem(DAMAGED, runs[r].files["records"], r, damaged[i] + _FALLBACK)
+            )
+            part.redo.append(r)
+            continue
+        folder = f"{prefix}{r}/"
+        for rel, data in packed.files.items():
+            part.files[folder + rel] = data
+        if packed.test_labels is not None:
+            part.labels[r] = packed.test_labels
+        part.tables.append(packed.table)
+        part.parts.append((r, len(packed.table)))
     for i in sorted(repeated_keys(part.tables), reverse=True):  # a record twice in one file
         r = part.parts[i][0]
         part.problems.append(
@@ -453,33 +470,20 @@ def _single_keys(runs: dict[str, _Run], names: set[str]) -> list[str]:
     return out
 
 
-def _unpack(
-    key: str,
-    run: str,
-    blob: bytes | Exception,
-    prefix: str,
-    problems: list[Problem],
-    blobs: dict[str, bytes | Exception],
-    labels: dict[str, np.ndarray],
-) -> Any:
-    """One run's records.arrow as a table (keys relative to the run folder), its packed run
-    files put in ``blobs`` and its test labels in ``labels``; None (and a problem) when it
-    cannot be used."""
-    fallback = "; reading the run's single files instead"
+_FALLBACK = "; reading the run's single files instead"
+
+
+def _unpack(key: str, run: str, blob: bytes | Exception, problems: list[Problem]) -> Any:
+    """One run's records.arrow, its buffers not yet checked (``damaged_tables``); None
+    (and a problem) when it cannot be used."""
     if isinstance(blob, Exception):
         problems.append(unreadable(key, run, blob))
         return None
     try:
-        packed = load_run_records(blob, complete=False)
+        return load_run_records(blob, complete=False, checked=False)
     except ValueError as e:
-        problems.append(Problem(DAMAGED, key, run, one_line(e) + fallback))
+        problems.append(Problem(DAMAGED, key, run, one_line(e) + _FALLBACK))
         return None
-    folder = f"{prefix}{run}/"
-    for rel, data in packed.files.items():
-        blobs[folder + rel] = data
-    if packed.test_labels is not None:
-        labels[run] = packed.test_labels
-    return packed.table
 
 
 def _single_records(

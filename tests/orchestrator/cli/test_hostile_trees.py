@@ -183,6 +183,21 @@ def arrow_truncated(t: Tree) -> None:
     t.put(key, data[: len(data) // 2])
 
 
+def arrow_bad_offsets(t: Tree) -> None:
+    """The predictions' last list offset points past their values: the file's layout and
+    columns are sound, only Arrow's full check of its buffers finds the damage."""
+    import numpy as np
+
+    key = layout.records(SWEEP, R1)
+    data = t.get(key)
+    offsets = load_run_records(data).table.column("predictions").combine_chunks().offsets
+    stored = offsets.to_numpy().astype("<i4").tobytes()
+    assert data.count(stored) == 1, "the offsets must be found once to be damaged"
+    at = data.index(stored) + len(stored) - 4
+    past = np.array([offsets[-1].as_py() + 1000], "<i4").tobytes()
+    t.put(key, data[:at] + past + data[at + 4 :])
+
+
 def json_huge_per_class(t: Tree) -> None:
     rec = record(t, base_key(5))
     rec["per_class_accuracy"] = [0.5] * 2_000_000
@@ -310,6 +325,7 @@ CASES: dict[str, Case] = {
     "arrow-duplicated": Case(arrow_duplicated, packed=True, kinds={"duplicate"}, same_tables=True),
     "arrow-huge-string": Case(arrow_huge_string, packed=True, kinds={"bad-value"}, s3=False),
     "arrow-truncated": Case(arrow_truncated, packed=True, kinds={"damaged"}, same_tables=True),
+    "arrow-bad-offsets": Case(arrow_bad_offsets, packed=True, kinds={"damaged"}, same_tables=True),
     "json-huge-per-class": Case(json_huge_per_class, kinds={"too-large"}),
     "json-huge-string": Case(json_huge_string, kinds={"too-large"}),
     "json-duplicate-keys": Case(json_duplicate_keys, kinds={"duplicate"}),
