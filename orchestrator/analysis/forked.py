@@ -127,7 +127,10 @@ class Started(Generic[T]):
         with self._out as out:
             out.seek(0)
             if status == 0 and out.read(len(_OK)) == _OK:
-                return pickle.load(out)
+                try:
+                    return pickle.load(out)
+                except Exception:  # a result that does not unpickle here: as if it failed
+                    pass
         return self._fn()  # the child failed: the same call here says why, or succeeds
 
 

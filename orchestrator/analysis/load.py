@@ -78,6 +78,7 @@ from orchestrator.results.records import (
 from orchestrator.spec import describe_error
 from orchestrator.store import Store
 from orchestrator.store.base import BadObject
+from orchestrator.store.file import FileStore
 from orchestrator.store.limits import MAX_NAME_CHARS, read_many_bounded
 
 M = TypeVar("M", bound=BaseModel)
@@ -267,35 +268,41 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         store, prefix, [r for r in runs if r not in bundled and not runs[r].metrics], runs
     )
 
+    # Finished runs' records.arrow are parsed in two shares at once where a second core
+    # is free (forked.py): each share becomes its own records frame, and the frames are put
+    # in order together - the same rows in the same order as one frame of all of them.
+    # The child's share is the smaller (45%): its frame still has to come back. From a
+    # folder the child reads its share's files itself, beside this process; a client of
+    # another store may hold connections that a child must not share, so this process
+    # reads everything first.
+    packed_runs = sorted(bundled)
+    split = name is not None and len(packed_runs) * RECORDS_PER_RUN >= forked.MIN_RECORDS
+    half = len(packed_runs) * 11 // 20 if split and forked.may_fork() else len(packed_runs)
+    mine, theirs = packed_runs[:half], packed_runs[half:]
+    apart = bool(theirs) and isinstance(store, FileStore)
     sweep_key = f"{prefix}sweep.json"
     wanted = [sweep_key] if sweep_key in listing else []
-    wanted += [runs[r].files["records"] for r in sorted(bundled)]
+    wanted += [runs[r].files["records"] for r in (mine if apart else packed_runs)]
     wanted += _single_keys(runs, set(runs) - bundled)
-    blobs = read_many_bounded(store, wanted)
-    failed = [v for v in blobs.values() if isinstance(v, Exception)]
-    if failed and len(failed) == len(blobs) and not any(isinstance(v, BadObject) for v in failed):
-        # Nothing at all could be read: the store is unusable (endpoint down, no access),
-        # which is bad input with one line, not a report full of "unreadable".
-        raise BadInput(f"{uri}: cannot read any result ({one_line(failed[0])})") from failed[0]
+    blobs: dict[str, bytes | Exception] = {}
+    if not apart:
+        blobs = read_many_bounded(store, wanted)
+        _check_readable(uri, len(blobs), _failures(blobs))
+    with forked.start(
+        lambda: _packed_part(runs, theirs, store if apart else blobs, prefix, name, finished),
+        fork=bool(theirs),
+    ) as other:
+        if apart:
+            blobs = read_many_bounded(store, wanted)
+        first = _packed_part(runs, mine, blobs, prefix, name if theirs else None, finished)
+        second = other.result() if theirs else None
+    if apart and second is not None:
+        _check_readable(uri, len(blobs) + second.n_read, _failures(blobs) + second.failed)
     problems: list[Problem] = refused_problems(store, prefix)
     labels: dict[str, np.ndarray] = {}
     sweep_info: dict[str, Any] = {}
     if sweep_key in blobs:
         sweep_info = _decode(sweep_key, "", blobs[sweep_key], problems) or {}
-
-    # Finished runs' records.arrow are parsed in two shares at once where a second core
-    # is free (forked.py): each share becomes its own records frame, and the frames are put
-    # in order together - the same rows in the same order as one frame of all of them.
-    # The child's share is the smaller (45%): its frame still has to come back.
-    packed_runs = sorted(bundled)
-    split = name is not None and len(packed_runs) * RECORDS_PER_RUN >= forked.MIN_RECORDS
-    half = len(packed_runs) * 11 // 20 if split and forked.may_fork() else len(packed_runs)
-    mine, theirs = packed_runs[:half], packed_runs[half:]
-    with forked.start(
-        lambda: _packed_part(runs, theirs, blobs, prefix, name, finished), fork=bool(theirs)
-    ) as other:
-        first = _packed_part(runs, mine, blobs, prefix, name if theirs else None, finished)
-        second = other.result() if theirs else None
     done = [p for p in (first, second) if p is not None]
     for part in done:
         problems += part.problems
@@ -336,6 +343,7 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     problems.extend(run_problems(prefix, records, runs_df, sums))
     records = with_convergence(records, runs_df)
     n_packed = sum(part.packed for part in done)
+    n_read = len(blobs) + sum(part.n_read for part in done)
     return Loaded(
         uri,
         name,
@@ -344,12 +352,23 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
         runs_df,
         sweep_info,
         problems,
-        len(blobs),
+        n_read,
         n_packed,
         readiness_frame(sums),
         examples,
         costs_frame(infos),
     )
+
+
+def _failures(blobs: dict[str, bytes | Exception]) -> list[Exception]:
+    return [v for v in blobs.values() if isinstance(v, Exception)]
+
+
+def _check_readable(uri: str, n: int, failed: list[Exception]) -> None:
+    """Nothing at all could be read: the store is unusable (endpoint down, no access),
+    which is bad input with one line, not a report full of "unreadable"."""
+    if failed and len(failed) == n and not any(isinstance(v, BadObject) for v in failed):
+        raise BadInput(f"{uri}: cannot read any result ({one_line(failed[0])})") from failed[0]
 
 
 @dataclass
@@ -363,6 +382,10 @@ class _Packed:
     labels: dict[str, np.ndarray]  # run -> test labels
     redo: list[str]  # runs whose file cannot be used: read record by record instead
     packed: int = 0  # runs read from their file
+    # Objects read for the share by the process that parsed it (a child reading from a
+    # folder), and the errors among them: what the blobs themselves would say.
+    n_read: int = 0
+    failed: list[Exception] = field(default_factory=list)
     # The share's records frame, when built with it (the tables are then dropped).
     records: pd.DataFrame | None = None
     examples: Examples = field(default_factory=Examples)
@@ -371,14 +394,18 @@ class _Packed:
 def _packed_part(
     runs: dict[str, _Run],
     names: list[str],
-    blobs: dict[str, bytes | Exception],
+    blobs: dict[str, bytes | Exception] | Store,
     prefix: str,
     sweep: str | None,
     finished: set[str],
 ) -> _Packed:
-    """The records.arrow of the runs ``names``; their records frame too when ``sweep`` is
-    given (the share parsed in a second process)."""
+    """The records.arrow of the runs ``names`` (in ``blobs``, or read from the store given
+    instead); their records frame too when ``sweep`` is given (the share parsed in a
+    second process)."""
     part = _Packed([], [], [], {}, {}, [])
+    if not isinstance(blobs, dict):
+        blobs = read_many_bounded(blobs, [runs[r].files["records"] for r in names])
+        part.n_read, part.failed = len(blobs), _failures(blobs)
     read: list[tuple[str, RunRecords]] = []
     for r in names:
         key = runs[r].files["records"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -191,23 +192,37 @@ def generate(
 
 
 class Counted:
-    """Counts the requests a store is asked for (reads and listings)."""
+    """Counts the requests a store is asked for (reads and listings), also those of the
+    child aggregation forks to read its share of a folder: the counts live in memory
+    shared with it (one slot for this process, one for a child)."""
 
     def __init__(self) -> None:
-        self.n = 0
+        self._slots = np.frombuffer(mmap.mmap(-1, 16), dtype=np.int64)
+        self._pid = os.getpid()
+
+    @property
+    def n(self) -> int:
+        return int(self._slots.sum())
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._slots[:] = [value, 0]
+
+    def _add(self, k: int) -> None:
+        self._slots[0 if os.getpid() == self._pid else 1] += k
 
     def wrap(self, store: Any) -> Any:
         list_, read_many = store.list, store.read_many
 
         def counted_list(prefix: str = "", delimiter: str | None = None) -> list[str]:
-            self.n += 1
+            self._add(1)
             return list_(prefix, delimiter=delimiter)
 
         def counted_read(
             keys: Iterable[str], max_bytes: Any = None
         ) -> dict[str, bytes | Exception]:
             keys = list(keys)
-            self.n += len(keys)
+            self._add(len(keys))
             return read_many(keys, max_bytes)
 
         store.list, store.read_many = counted_list, counted_read

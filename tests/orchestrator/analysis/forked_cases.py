@@ -66,6 +66,24 @@ def test_a_failed_child_is_redone_here() -> None:
         c.result()  # the error surfaces here, with this process's traceback
 
 
+class _OnlyThere:
+    """Pickles in the child, but cannot be unpickled here."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    raise RuntimeError("a result that cannot be unpickled")
+
+
+def test_a_result_that_does_not_unpickle_here_is_redone_here() -> None:
+    parent = os.getpid()
+    with forked.start(lambda: 9 if os.getpid() == parent else _OnlyThere()) as child:
+        assert child.forked
+        assert child.result() == 9
+
+
 def test_a_child_reaped_by_someone_else_is_redone_here() -> None:
     with forked.start(lambda: 5) as child:
         assert child.forked
@@ -146,17 +164,32 @@ def test_two_processes_give_exactly_the_aggregation_of_one(
         sorted_sizes.append(len(frame))
         return real_sort(frame, by)
 
+    readers = tmp_path / "readers"  # who read records.arrow files: a child writes here too
+    real_read = loading.read_many_bounded
+
+    def read(store: FileStore, keys: list[str]) -> dict[str, bytes | Exception]:
+        if any(k.endswith("records.arrow") for k in keys):
+            with readers.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+        return real_read(store, keys)
+
     monkeypatch.setattr(forked, "start", counted)
     monkeypatch.setattr(loading, "sorted_rows", spied)
+    monkeypatch.setattr(loading, "read_many_bounded", read)
     two = ag.aggregate(store)
     assert sum(s.forked for s in started) == 2  # half of the runs parsed, the effects
+    # From a folder the child read its share's files itself, this process the others.
+    pids = readers.read_text().split()
+    assert len(pids) == 2 and str(os.getpid()) in pids, pids
+    assert one.loaded.objects_read == two.loaded.objects_read
     # The shares' frames follow each other in order only when nothing interleaves them.
     # (the check looks at the rows either side of each seam: 2 or 4 rows)
     assert sorted_sizes and (max(sorted_sizes) > 4) == (kind != "clean"), sorted_sizes
     assert two.loaded.packed_runs == one.loaded.packed_runs == (7 if kind == "mixed" else 8)
     for name in ("records", "runs"):
         pd.testing.assert_frame_equal(getattr(one.loaded, name), getattr(two.loaded, name))
-    for name in ("quality", "switch_points", "patterns", "effects", "methods", "headline"):
+    tables = ("quality", "switch_points", "patterns", "effects", "methods", "headline")
+    for name in (*tables, "readiness_runs", "readiness", "readiness_stops"):
         pd.testing.assert_frame_equal(getattr(one, name), getattr(two, name), check_exact=True)
     pd.testing.assert_frame_equal(one.problems, two.problems)
     pd.testing.assert_frame_equal(one.regressions, two.regressions)
