@@ -10,15 +10,20 @@ that read an aggregation.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from orchestrator.analysis import effects, forked, headline, noise, readiness, regressions
+from orchestrator.analysis import (
+    allocation,
+    effects,
+    forked,
+    headline,
+    noise,
+    readiness,
+    regressions,
+)
 from orchestrator.analysis.load import Loaded, load
 from orchestrator.analysis.problems import INCOMPLETE, problems_frame
 from orchestrator.analysis.tables import (
@@ -121,26 +126,10 @@ def aggregate(
     check_rules(rules, after_convergence)
     if not 0.0 < noise_alpha < 1.0:
         raise BadInput(f"--noise-alpha {noise_alpha:g}: the paired tests' level; use 0 < a < 1")
-    with _collector_paused():
+    with allocation.settled():
         return _aggregate(
             store, alphas, after_convergence, rules, sweep, bootstrap_seed, packed, noise_alpha
         )
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off while the tables are built: they make millions of
-    short-lived objects (parsed records, row tuples) that plain reference counting frees,
-    and each collector pass walks every live object - 5-15 % of the time at 100,000
-    records, more when the caller holds other results. Cycles left meanwhile are
-    collected once it is back on."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclass
