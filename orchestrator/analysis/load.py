@@ -288,10 +288,16 @@ def load(store: Store, sweep: str | None = None, *, packed: bool = True) -> Load
     if not apart:
         blobs = read_many_bounded(store, wanted)
         _check_readable(uri, len(blobs), _failures(blobs))
-    with forked.start(
-        lambda: _packed_part(runs, theirs, store if apart else blobs, prefix, name, finished),
-        fork=bool(theirs),
-    ) as other:
+
+    def their_part() -> _Packed:
+        if not apart:
+            return _packed_part(runs, theirs, blobs, prefix, name, finished)
+        own = read_many_bounded(store, [runs[r].files["records"] for r in theirs])
+        part = _packed_part(runs, theirs, own, prefix, name, finished)
+        part.n_read, part.failed = len(own), _failures(own)
+        return part
+
+    with forked.start(their_part, fork=bool(theirs)) as other:
         if apart:
             blobs = read_many_bounded(store, wanted)
         first = _packed_part(runs, mine, blobs, prefix, name if theirs else None, finished)
@@ -394,18 +400,14 @@ class _Packed:
 def _packed_part(
     runs: dict[str, _Run],
     names: list[str],
-    blobs: dict[str, bytes | Exception] | Store,
+    blobs: dict[str, bytes | Exception],
     prefix: str,
     sweep: str | None,
     finished: set[str],
 ) -> _Packed:
-    """The records.arrow of the runs ``names`` (in ``blobs``, or read from the store given
-    instead); their records frame too when ``sweep`` is given (the share parsed in a
-    second process)."""
+    """The records.arrow of the runs ``names``; their records frame too when ``sweep`` is
+    given (the share parsed in a second process)."""
     part = _Packed([], [], [], {}, {}, [])
-    if not isinstance(blobs, dict):
-        blobs = read_many_bounded(blobs, [runs[r].files["records"] for r in names])
-        part.n_read, part.failed = len(blobs), _failures(blobs)
     read: list[tuple[str, RunRecords]] = []
     for r in names:
         key = runs[r].files["records"]

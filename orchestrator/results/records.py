@@ -505,12 +505,18 @@ def damaged_tables(tables: list[Any]) -> dict[int, str]:
     for idx in groups.values():
         try:
             pa.concat_tables([tables[i] for i in idx]).validate(full=True)
-            continue
         except pa.ArrowException:
-            pass
-        for i in idx:
-            try:
-                tables[i].validate(full=True)
-            except pa.ArrowException as e:
-                bad[i] = _not_arrow(e)
+            bad.update(_each_damaged(tables, idx))
+    return bad
+
+
+def _each_damaged(tables: list[Any], idx: list[int]) -> dict[int, str]:
+    import pyarrow as pa
+
+    bad: dict[int, str] = {}
+    for i in idx:
+        try:
+            tables[i].validate(full=True)
+        except pa.ArrowException as e:
+            bad[i] = _not_arrow(e)
     return bad

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from early_repair_testing.aggregate_tree import RunTree, pattern_run, write_tree
+from early_repair_testing.packed_records import offsets_past_values
 from early_repair_testing.paths import REPO
 from early_repair_testing.s3_server import (
     ACCESS_KEY_ID,
@@ -186,16 +187,8 @@ def arrow_truncated(t: Tree) -> None:
 def arrow_bad_offsets(t: Tree) -> None:
     """The predictions' last list offset points past their values: the file's layout and
     columns are sound, only Arrow's full check of its buffers finds the damage."""
-    import numpy as np
-
     key = layout.records(SWEEP, R1)
-    data = t.get(key)
-    offsets = load_run_records(data).table.column("predictions").combine_chunks().offsets
-    stored = offsets.to_numpy().astype("<i4").tobytes()
-    assert data.count(stored) == 1, "the offsets must be found once to be damaged"
-    at = data.index(stored) + len(stored) - 4
-    past = np.array([offsets[-1].as_py() + 1000], "<i4").tobytes()
-    t.put(key, data[:at] + past + data[at + 4 :])
+    t.put(key, offsets_past_values(t.get(key)))
 
 
 def json_huge_per_class(t: Tree) -> None:

@@ -7,25 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from early_repair_testing.packed_records import RECORD, offsets_past_values
 
 from orchestrator.results.records import damaged_tables, dump_run_records, load_run_records
 
-BASE: dict[str, Any] = {
-    "sweep": "s",
-    "run": "r",
-    "dataset": "digits",
-    "model": "small-cnn",
-    "seed": 1,
-    "epoch": 5,
-    "convergence_epoch": 5,
-    "kind": "repaired",
-    "repair_class": 3,
-    "accuracy": 0.5,
-    "per_class_accuracy": [0.5, 0.5],
-    "f1_macro": 0.5,
-    "recall_macro": 0.5,
-    "auc_macro": None,
-}
+BASE = {**RECORD, "per_class_accuracy": [0.5, 0.5]}
 PREDICTED = [np.array([0, 1, 1, 0], dtype=np.uint16), np.array([1, 1, 0, 0], dtype=np.uint16)]
 
 
@@ -34,15 +20,6 @@ def packed(method: str) -> bytes:
     extra = {"certified": True, "solver_status": "optimal"} if method == "provable" else {}
     records = [{**BASE, "method": method, **extra}, {**BASE, "epoch": 6, "method": method, **extra}]
     return dump_run_records(records, ["a", "b"], predictions=PREDICTED, test_labels=[0, 1, 0, 1])
-
-
-def offsets_past_values(data: bytes) -> bytes:
-    """``data`` with the predictions' last list offset pointing past their values."""
-    offsets = load_run_records(data).table.column("predictions").combine_chunks().offsets
-    stored = offsets.to_numpy().astype("<i4").tobytes()
-    assert data.count(stored) == 1
-    at = data.index(stored) + len(stored) - 4
-    return data[:at] + np.array([99], "<i4").tobytes() + data[at + 4 :]
 
 
 def unchecked(data: bytes) -> Any:

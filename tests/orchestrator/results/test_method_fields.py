@@ -4,9 +4,8 @@ not write them, kept through the packed records.arrow of those that do."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
+from early_repair_testing.packed_records import RECORD
 
 from orchestrator.results.records import (
     METHOD_FIELDS,
@@ -15,34 +14,17 @@ from orchestrator.results.records import (
     load_run_records,
 )
 
-BASE: dict[str, Any] = {
-    "sweep": "s",
-    "run": "r",
-    "dataset": "digits",
-    "model": "small-cnn",
-    "seed": 1,
-    "epoch": 5,
-    "convergence_epoch": 5,
-    "kind": "repaired",
-    "repair_class": 3,
-    "accuracy": 0.5,
-    "per_class_accuracy": [0.5, None],
-    "f1_macro": 0.5,
-    "recall_macro": 0.5,
-    "auc_macro": None,
-}
-
 
 def test_a_record_without_method_fields_does_not_mention_them() -> None:
     """A record of arachne, say, dumps exactly the fields it had before."""
-    dumped = MetricsRecord.model_validate({**BASE, "method": "arachne"}).model_dump(mode="json")
+    dumped = MetricsRecord.model_validate({**RECORD, "method": "arachne"}).model_dump(mode="json")
     assert not set(METHOD_FIELDS) & set(dumped)
 
 
 def test_packed_records_leave_out_unused_method_columns_and_read_back_as_none() -> None:
     """A run without such methods packs no such columns (its bytes are those of before);
     reading it back gives the fields as absent/None."""
-    data = dump_run_records([{**BASE, "method": "arachne"}], ["a"])
+    data = dump_run_records([{**RECORD, "method": "arachne"}], ["a"])
     table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
     assert not set(METHOD_FIELDS) & set(table.schema.names)
     (rec,) = load_run_records(data).records()
@@ -53,14 +35,14 @@ def test_packed_records_keep_method_fields() -> None:
     """provable's and neurecover's fields survive packing, next to a record without them."""
     records = [
         {
-            **BASE,
+            **RECORD,
             "method": "provable",
             "certified": False,
             "solver_status": "infeasible",
             "method_note": "program infeasible: the patch minimises the total violation",
         },
-        {**BASE, "method": "neurecover", "reference_epoch": 0},
-        {**BASE, "method": "arachne"},
+        {**RECORD, "method": "neurecover", "reference_epoch": 0},
+        {**RECORD, "method": "arachne"},
     ]
     back = load_run_records(dump_run_records(records, ["a", "b", "c"])).records()
     assert back[0]["certified"] is False and back[0]["solver_status"] == "infeasible"
