@@ -14,7 +14,8 @@ arrays of tens of megabytes, each used once. Two defaults cost more than that wo
   without the advice against 2.60 s (2.29-3.15) with it. Ordinary pages cost a little
   more each time and never that. The advice is switched off for the duration only
   (``NUMPY_MADVISE_HUGEPAGE=0`` does the same for a whole process). Arrow's allocator
-  made no measurable difference either way and is left as it is.
+  is left as it is: the system's instead gained no more than a forked child giving back
+  the free pages Arrow keeps (``forked.py``).
 
 Each setting is put back as it was when the block ends, whatever happens in it.
 """

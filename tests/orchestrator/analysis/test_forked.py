@@ -80,3 +80,27 @@ def test_no_child_to_be_had_means_the_call_runs_here(monkeypatch: pytest.MonkeyP
     with forked.start(lambda: os.getpid()) as child:
         assert not child.forked
         assert child.result() == os.getpid()
+
+
+def test_a_child_gives_back_the_free_memory_of_arrows_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child lets go of the pages Arrow keeps for reuse (the parent's reuse of them
+    would otherwise be copied first), and never imports Arrow itself to do so."""
+    released: list[int] = []
+
+    class Pool:
+        def release_unused(self) -> None:
+            released.append(1)
+
+    class Arrow:
+        @staticmethod
+        def default_memory_pool() -> Pool:
+            return Pool()
+
+    monkeypatch.setitem(sys.modules, "pyarrow", Arrow)
+    forked._release_free_heap()
+    assert released == [1]
+    monkeypatch.delitem(sys.modules, "pyarrow")
+    forked._release_free_heap()  # a process that never loaded Arrow: nothing to give back
+    assert released == [1] and "pyarrow" not in sys.modules
