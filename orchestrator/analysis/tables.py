@@ -78,46 +78,37 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
     """Qual(alpha, c) for every base model (x each class its run repairs) and repaired model."""
     acc_cols = [c for c in records.columns if c.startswith("acc_class_")]
     acc = records[acc_cols].to_numpy(dtype=float)
-    pairs = runs[["run", "repair_classes"]].explode("repair_classes").dropna()
-    pairs = pairs.rename(columns={"repair_classes": "repair_class"})
-    pairs["repair_class"] = pairs["repair_class"].astype("int64")
-    cols = ["sweep", "dataset", "model", "run", "seed", "epoch", "kind", "method", "accuracy"]
-    pos = records[[*cols, "repair_class"]].reset_index(drop=True)
-    pos["_row"] = np.arange(len(pos))
-    base = pos[pos["kind"] == "base"].drop(columns="repair_class").merge(pairs, on="run")
-    models = pd.concat([base, pos[pos["kind"] == "repaired"]], ignore_index=True)
-    cls = models["repair_class"].to_numpy(dtype="int64")
-    rows = models["_row"].to_numpy(dtype="int64")
-    inside = cls < acc.shape[1]
-    acc_c = np.full(len(models), np.nan)
-    acc_c[inside] = acc[rows[inside], cls[inside]]
-    models["convergence_epoch"] = (
-        models["run"].map(runs.set_index("run")["convergence_epoch"]).astype("Int64")
-    )
-    models["repair_class"] = cls
-    models["acc_class"] = acc_c
-    models["accuracy"] = models["accuracy"].astype(float)
-    frame = models[
+    # The models are positions in ``records`` (a base record once per class its run
+    # repairs), and the frame is taken from ``records`` once at the end: merging and
+    # concatenating frames of string columns cost most of the time for large sweeps.
+    run_code, run_names = pd.factorize(records["run"], use_na_sentinel=False)
+    n_cls, cls_at, cls_flat = _classes_per_run(runs, run_names)
+    base = np.flatnonzero((records["kind"] == "base").to_numpy(dtype=bool))
+    repaired = np.flatnonzero((records["kind"] == "repaired").to_numpy(dtype=bool))
+    reps = n_cls[run_code[base]]
+    within = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+    rows = np.concatenate([np.repeat(base, reps), repaired])
+    cls = np.concatenate(
         [
-            "sweep",
-            "dataset",
-            "model",
-            "run",
-            "seed",
-            "epoch",
-            "convergence_epoch",
-            "kind",
-            "method",
-            "repair_class",
-            "acc_class",
-            "accuracy",
+            cls_flat[np.repeat(cls_at[run_code[base]], reps) + within],
+            records["repair_class"].iloc[repaired].to_numpy(dtype=np.int64),
         ]
-    ]
+    )
+    is_repaired = np.arange(len(rows)) >= len(rows) - len(repaired)
+    inside = cls < acc.shape[1]
+    acc_c = np.full(len(rows), np.nan)
+    acc_c[inside] = acc[rows[inside], cls[inside]]
+    conv = runs.set_index("run")["convergence_epoch"]
+    conv_of_run = pd.Series(run_names, dtype=object).map(conv).astype("Int64").array
+
     # Rows sorted by (dataset, model, run, repair_class, alpha, kind, method, epoch). The
     # models are sorted without alpha (a third of the rows to sort), then each
-    # (dataset, model, run, repair_class) group is repeated once per alpha.
-    n, a = len(frame), np.asarray(alphas, dtype=float)
-    keys = sort_keys(frame, ["dataset", "model", "run", "repair_class", "kind", "method", "epoch"])
+    # (dataset, model, run, repair_class) group is repeated once per alpha. String columns
+    # are ranked once over the records (``sort_keys``), not over the models.
+    n, a = len(rows), np.asarray(alphas, dtype=float)
+    keys = [k[rows] for k in sort_keys(records, ["dataset", "model", "run"])]
+    keys += [cls, is_repaired.astype(np.int64)]  # kind: "base" sorts before "repaired"
+    keys += [k[rows] for k in sort_keys(records, ["method", "epoch"])]
     order = np.lexsort(keys[::-1])
     starts = np.zeros(n, dtype=bool)
     starts[:1] = True
@@ -127,10 +118,32 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
     group, rank = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     group[order], rank[order] = np.cumsum(starts), np.arange(n)
     tiled = np.lexsort((np.tile(rank, len(a)), np.repeat(a, n), np.tile(group, len(a))))
-    out = frame.take(np.tile(np.arange(n), len(a))[tiled]).reset_index(drop=True)
-    out.insert(10, "alpha", np.repeat(a, n)[tiled])
+    pick = np.tile(np.arange(n), len(a))[tiled]
+    cols = ["sweep", "dataset", "model", "run", "seed", "epoch", "kind", "method"]
+    out = records[cols].take(rows[pick]).reset_index(drop=True)
+    out.insert(6, "convergence_epoch", conv_of_run.take(run_code[rows[pick]]))
+    out["repair_class"] = cls[pick]
+    out["alpha"] = np.repeat(a, n)[tiled]
+    out["acc_class"] = acc_c[pick]
+    out["accuracy"] = records["accuracy"].to_numpy(dtype=float)[rows[pick]]
     out["qual"] = out["alpha"] * out["acc_class"] + (1 - out["alpha"]) * out["accuracy"]
     return out
+
+
+def _classes_per_run(
+    runs: pd.DataFrame, names: pd.Index
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The classes each run of ``names`` repairs, as listed in ``runs`` (none for a run not
+    there): (how many per run, where each run's begin in the third, all of them)."""
+    listed = dict(zip(runs["run"].tolist(), runs["repair_classes"].tolist(), strict=True))
+    per_run = []
+    for name in names:
+        got = listed.get(name)
+        got = list(got) if pd.api.types.is_list_like(got) else [got]
+        per_run.append([int(c) for c in got if not pd.isna(c)])
+    n = np.array([len(c) for c in per_run], dtype=np.int64)
+    flat = np.array([c for cs in per_run for c in cs], dtype=np.int64)
+    return n, np.cumsum(n) - n, flat
 
 
 # --- switch points ----------------------------------------------------------------------
