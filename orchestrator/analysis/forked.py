@@ -136,15 +136,15 @@ class Started(Generic[T]):
 
 def _release_free_heap() -> None:
     """Give the free memory this child inherited back to the system: glibc's free heap
-    pages, and those Arrow's allocator keeps for reuse.
+    pages, and those Arrow's current pool keeps for reuse (mimalloc, pyarrow's default,
+    keeps them; aggregation allocates with the system's allocator, allocation.py).
 
     After a fork every page is shared until one side writes to it; the parent goes on
     allocating in its free memory (hundreds of MB after a load), and each page it reuses is
     copied first while the child still maps it. Free pages the child lets go of are the
-    parent's alone again: reusing them costs no copy. At 100,000 records, whichever
-    process first reused Arrow's kept pages (its mimalloc does not give them back) spent
-    0.25 s in the kernel building its records frame, 0.04 s once the child let them go;
-    whole aggregations took a median 0.07-0.17 s less (two rounds in fresh processes)."""
+    parent's alone again: reusing them costs no copy. With mimalloc, letting its pages go
+    too took a median 0.07-0.17 s off whole aggregations of 100,000 records (two rounds
+    in fresh processes)."""
     arrow = sys.modules.get("pyarrow")  # loaded by whoever forked; never imported here
     if arrow is not None:
         arrow.default_memory_pool().release_unused()
