@@ -355,9 +355,13 @@ def main() -> None:
         # faster pass, and both are printed. records.arrow first, while this process is as
         # fresh as `early-repair aggregate`'s: after the passes over 200,000 single files
         # its heap is larger and scattered, and a forked child's copy-on-write costs more.
+        # Neither pass holds the other's tables (a gigabyte): a fork copies the page tables
+        # of everything held, and `aggregate` holds nothing when it starts.
         local = Counted()
         store = local.wrap(FileStore(tree))
+        packed = None
         for _ in range(2):
+            packed = None
             packed = measure("local folder", "records.arrow per run", store, local, True)
         # The same in one process (no second core used): what the second one buys.
         os.environ[forked.PROCESSES_ENV] = "1"
