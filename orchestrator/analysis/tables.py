@@ -134,7 +134,7 @@ def _classes_per_run(
     runs: pd.DataFrame, names: pd.Index
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The classes each run of ``names`` repairs, as listed in ``runs`` (none for a run not
-    there): (how many per run, where each run's begin in the third, all of them)."""
+    there): (how many per run, where each run's classes begin in the third, all of them)."""
     listed = dict(zip(runs["run"].tolist(), runs["repair_classes"].tolist(), strict=True))
     per_run = []
     for name in names:
