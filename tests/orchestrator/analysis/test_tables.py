@@ -109,6 +109,75 @@ def test_records_have_one_row_per_model_and_expanded_class_accuracies(tmp_path: 
     assert base["repair_class"].isna().all() and base["rr"].isna().all()
 
 
+def reference_quality(
+    records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
+) -> pd.DataFrame:
+    """Qual as the definition reads, frame by frame: every base record once per class its
+    run lists, every repaired record once, each for every alpha, sorted."""
+    width = len([c for c in records.columns if c.startswith("acc_class_")])
+    listed = runs[["run", "repair_classes"]].explode("repair_classes").dropna()
+    listed = listed.rename(columns={"repair_classes": "repair_class"})
+    cols = ["sweep", "dataset", "model", "run", "seed", "epoch", "kind", "method", "accuracy"]
+    accs = [f"acc_class_{c}" for c in range(width)]
+    base = records.loc[records["kind"] == "base", [*cols, *accs]].merge(listed, on="run")
+    repaired = records.loc[records["kind"] == "repaired", [*cols, *accs, "repair_class"]]
+    models = pd.concat([base, repaired], ignore_index=True)
+    models["repair_class"] = models["repair_class"].astype("int64")
+    models["acc_class"] = [
+        float(m[f"acc_class_{c}"]) if c < width else np.nan
+        for (_, m), c in zip(models.iterrows(), models["repair_class"], strict=True)
+    ]
+    conv = runs.set_index("run")["convergence_epoch"]
+    models["convergence_epoch"] = models["run"].map(conv).astype("Int64")
+    out = models.merge(pd.DataFrame({"alpha": list(alphas)}), how="cross")
+    out["qual"] = out["alpha"] * out["acc_class"] + (1 - out["alpha"]) * out["accuracy"]
+    order = ["dataset", "model", "run", "repair_class", "alpha", "kind", "method", "epoch"]
+    out = out.sort_values(order, na_position="first", kind="stable").reset_index(drop=True)
+    return out[
+        [
+            "sweep",
+            "dataset",
+            "model",
+            "run",
+            "seed",
+            "epoch",
+            "convergence_epoch",
+            "kind",
+            "method",
+            "repair_class",
+            "alpha",
+            "acc_class",
+            "accuracy",
+            "qual",
+        ]
+    ]
+
+
+def test_quality_is_the_definitions_frame_for_odd_runs_and_any_record_order(
+    tmp_path: Path,
+) -> None:
+    """Runs that list no class, a class past the records' per-class vectors, or are not in
+    the runs frame at all; records in any order: the same frame as the definition gives."""
+    trees = [
+        two_class_run(run=name, seed=seed, convergence=conv)
+        for name, seed, conv in [("a-s1", 1, 10), ("b-s2", 2, 5), ("c-s3", 3, 10), ("d-s4", 4, 1)]
+    ]
+    agg = ag.aggregate(build(tmp_path, trees))
+    records, runs = agg.loaded.records, agg.loaded.runs.copy()
+    runs["repair_classes"] = [[], [3, 12], [8, 3, 8], [8]]
+    runs = runs[runs["run"] != "d-s4"].reset_index(drop=True)
+    shuffled = records.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    for recs in (records, shuffled):
+        got = tb.quality(recs, runs, (0.2, 0.8))
+        pd.testing.assert_frame_equal(got, reference_quality(recs, runs, (0.2, 0.8)))
+    got = tb.quality(records, runs, (0.5,))
+    assert set(got.loc[got["kind"] == "base", "run"]) == {"b-s2", "c-s3"}
+    assert got.loc[got["repair_class"] == 12, "acc_class"].isna().all()
+    assert got.loc[got["run"] == "d-s4", "convergence_epoch"].isna().all()
+    empty = tb.quality(records.iloc[:0], runs, (0.5,))
+    pd.testing.assert_frame_equal(empty, reference_quality(records.iloc[:0], runs, (0.5,)))
+
+
 # --- switch points, patterns ------------------------------------------------------------------
 
 
