@@ -359,7 +359,6 @@ def main() -> None:
         # of everything held, and `aggregate` holds nothing when it starts.
         local = Counted()
         store = local.wrap(FileStore(tree))
-        packed = None
         for _ in range(2):
             packed = None
             packed = measure("local folder", "records.arrow per run", store, local, True)

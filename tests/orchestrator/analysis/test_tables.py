@@ -133,24 +133,9 @@ def reference_quality(
     out["qual"] = out["alpha"] * out["acc_class"] + (1 - out["alpha"]) * out["accuracy"]
     order = ["dataset", "model", "run", "repair_class", "alpha", "kind", "method", "epoch"]
     out = out.sort_values(order, na_position="first", kind="stable").reset_index(drop=True)
-    return out[
-        [
-            "sweep",
-            "dataset",
-            "model",
-            "run",
-            "seed",
-            "epoch",
-            "convergence_epoch",
-            "kind",
-            "method",
-            "repair_class",
-            "alpha",
-            "acc_class",
-            "accuracy",
-            "qual",
-        ]
-    ]
+    # quality()'s columns, in its order
+    shown = "sweep dataset model run seed epoch convergence_epoch kind method repair_class"
+    return out[[*shown.split(), "alpha", "acc_class", "accuracy", "qual"]]
 
 
 def test_quality_is_the_definitions_frame_for_odd_runs_and_any_record_order(
