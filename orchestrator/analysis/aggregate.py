@@ -179,7 +179,7 @@ def _aggregate(
     with forked.start(lambda: _side(loaded, q, bootstrap_seed), fork=many) as started:
         sp = switch_points(q, loaded.runs, after_convergence, alphas, rules)
         sp = noise.noise_columns(
-            sp, q, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
+            sp, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
         )
         pt = patterns(sp, after_convergence, rules)
         reference = describe_reference(rules)

@@ -41,7 +41,7 @@ import pandas as pd
 from orchestrator.analysis.examples import Examples, blocks
 from orchestrator.analysis.problems import INCOMPLETE
 from orchestrator.analysis.rows import sorted_rows
-from orchestrator.analysis.tables import KEYS, PRE, UNIT, rounded
+from orchestrator.analysis.tables import PRE, UNIT, class_accuracy, qual_value, rounded
 
 NOISE_ALPHA = 0.05
 N_BOOT = 9999
@@ -211,52 +211,101 @@ def percentile_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[f
 
 @dataclass
 class _Pairs:
-    """Earlier repaired models against their reference's, per class of the test set; row
-    ``i`` is the pair ``keys[i]`` = (run, method, class, epoch)."""
+    """Earlier repaired models against their reference's, per class of the test set: pair
+    ``i`` has its earlier model at records row ``early[i]`` (ascending)."""
 
-    index: pd.DataFrame  # run, method, repair_class, epoch -> row ("_pair")
+    early: np.ndarray
     plus: np.ndarray  # pairs x classes: the earlier model right, the reference wrong
     minus: np.ndarray  # pairs x classes: the other way round
     sizes: np.ndarray  # pairs x classes: test examples per class (of the pair's run)
 
 
-def _pairs(rec: pd.DataFrame, examples: Examples, wanted: pd.DataFrame) -> _Pairs:
-    """The pairs of ``wanted`` (run, method, repair_class, epoch, reference_epoch) whose
-    two models both have predictions."""
-    is_repaired = (rec["kind"] == "repaired").to_numpy(dtype=bool)
-    where = rec.loc[is_repaired, ["run", "method", "repair_class", "epoch"]]
-    where = where.assign(
-        _row=np.flatnonzero(is_repaired), repair_class=where["repair_class"].astype("int64")
-    )
-    on = ["run", "method", "repair_class", "epoch"]
-    w = wanted.merge(where, on=on, how="inner")
-    ref = where.rename(columns={"epoch": "reference_epoch", "_row": "_ref"})
-    w = w.merge(ref, on=["run", "method", "repair_class", "reference_epoch"], how="inner")
-    # (a row that has predictions has its run's labels: Examples.has)
-    w = w[examples.has(w["_row"].to_numpy()) & examples.has(w["_ref"].to_numpy())]
-    w = w.reset_index(drop=True)
+def _pairs(runs: np.ndarray, examples: Examples, early: np.ndarray, late: np.ndarray) -> _Pairs:
+    """The pairs of records rows ``early[i]`` and ``late[i]``, both with predictions;
+    ``runs``: the run of every records row."""
     width = examples.hits.shape[1]
-    plus = np.zeros((len(w), width), dtype=np.int64)
+    plus = np.zeros((len(early), width), dtype=np.int64)
     minus = np.zeros_like(plus)
     sizes = np.zeros_like(plus)
-    early_rows, late_rows = w["_row"].to_numpy(), w["_ref"].to_numpy()
     # The checked per-class hits give (plus - minus); the examples where the two models
     # disagree give (plus + minus): one pass over the predictions, test set by test set.
-    for group, ts in examples.test_sets(w["run"].to_numpy(dtype=object)):
+    for group, ts in examples.test_sets(runs[early]):
         sizes[group] = ts.sizes(width)
         for block in blocks(group, len(ts.labels)):
-            early = examples.matrix(early_rows[block]) == ts.labels
-            late = examples.matrix(late_rows[block]) == ts.labels
-            disc = ts.by_class(early != late, width)
-            diff = examples.class_hits(early_rows[block]) - examples.class_hits(late_rows[block])
+            one = examples.matrix(early[block]) == ts.labels
+            two = examples.matrix(late[block]) == ts.labels
+            disc = ts.by_class(one != two, width)
+            diff = examples.class_hits(early[block]) - examples.class_hits(late[block])
             plus[block], minus[block] = (disc + diff) // 2, (disc - diff) // 2
-    index = w[on].assign(_pair=np.arange(len(w)))
-    return _Pairs(index, plus, minus, sizes)
+    return _Pairs(early, plus, minus, sizes)
+
+
+@dataclass
+class _Candidates:
+    """The earlier repaired models each live unit compares: ``unit`` is the unit's row in
+    the switch points, ``row`` the model's records row, ``ref`` the records row of the
+    unit's repaired reference model (-1: none)."""
+
+    unit: np.ndarray
+    row: np.ndarray
+    epoch: np.ndarray
+    qual: np.ndarray
+    ref: np.ndarray
+
+
+def _candidates(sp: pd.DataFrame, live: np.ndarray, records: pd.DataFrame) -> _Candidates:
+    """Per live unit (a row of ``sp``), its repaired records from before its reference
+    epoch whose Qual at its alpha is defined: the Qual frame's rows, found from the records
+    by one integer code per (run, method, class) - joining the Qual frame's string keys
+    cost most of the per-unit tests' time for large sweeps."""
+    rep = np.flatnonzero((records["kind"] == "repaired").to_numpy(dtype=bool))
+    units = np.flatnonzero(live)
+    if not len(rep):
+        none = np.zeros(0, dtype=np.int64)
+        return _Candidates(none, none, none, np.zeros(0), none)
+    code = np.zeros(len(units) + len(rep), dtype=np.int64)
+    for col in UNIT:  # coded jointly over the units and the records
+        if col == "repair_class":
+            mine = sp[col].to_numpy(dtype=np.int64)[units]
+            theirs = records[col].to_numpy(dtype=np.int64, na_value=-1)[rep]
+        else:
+            mine, theirs = sp[col].to_numpy(dtype=object)[units], records[col].to_numpy()[rep]
+        codes, uniques = pd.factorize(np.concatenate([mine, theirs]))
+        code = code * (len(uniques) + 1) + codes + 1
+    code = pd.factorize(code)[0]
+    unit_code, rec_code = code[: len(units)], code[len(units) :]
+    # The records in (code, epoch) order as one integer key, each epoch by its rank.
+    rec_epoch = records["epoch"].to_numpy(dtype=np.int64)[rep]
+    epochs, e_rank = np.unique(rec_epoch, return_inverse=True)
+    n = len(epochs)
+    order = np.argsort(rec_code * n + e_rank, kind="stable")
+    key = (rec_code * n + e_rank)[order]
+    ref_e = sp["reference_epoch"].to_numpy(dtype=np.int64, na_value=-1)[units]
+    rank = np.searchsorted(epochs, ref_e)  # the reference epoch's rank where it is one
+    lo = np.searchsorted(key, unit_code * n)
+    hi = np.searchsorted(key, unit_code * n + rank)  # lo:hi - the unit's earlier records
+    # the unit's repaired reference model: the record right after those, if at that epoch
+    nxt = np.minimum(hi, len(key) - 1)
+    there = (hi < len(key)) & (key[nxt] == unit_code * n + rank)
+    there &= epochs[np.minimum(rank, n - 1)] == ref_e
+    ref = np.where(there, rep[order[nxt]], -1)
+    count = hi - lo
+    which = np.repeat(np.arange(len(units)), count)
+    starts = np.repeat(lo - (np.cumsum(count) - count), count)
+    at = order[starts + np.arange(len(which))]
+    row = rep[at]
+    alpha = sp["alpha"].to_numpy(dtype=float)[units][which]
+    cls = records["repair_class"].to_numpy(dtype=np.int64, na_value=-1)[row]
+    accuracy = records["accuracy"].to_numpy(dtype=float)[row]
+    qual = qual_value(alpha, class_accuracy(records, row, cls), accuracy)
+    keep = ~np.isnan(qual)
+    return _Candidates(
+        units[which][keep], row[keep], rec_epoch[at][keep], qual[keep], ref[which][keep]
+    )
 
 
 def noise_columns(
     sp: pd.DataFrame,
-    qual: pd.DataFrame,
     records: pd.DataFrame,
     examples: Examples,
     *,
@@ -265,60 +314,62 @@ def noise_columns(
     n_boot: int = N_BOOT,
 ) -> pd.DataFrame:
     """``sp`` (switch points) with NOISE_COLUMNS; empty where predictions are missing."""
-    out = sp.copy()
+    out = sp.reset_index(drop=True)
     out["n_discordant"] = pd.array([pd.NA] * len(out), dtype="Int64")
     out["gain_ci_low"] = np.nan
     out["gain_ci_high"] = np.nan
     out["gain_ci_method"] = ""
     out["p_value"] = np.nan
     out["beyond_noise"] = pd.array([pd.NA] * len(out), dtype="boolean")
-    live = (out["status"] != INCOMPLETE) & out["reference_epoch"].notna()
+    live = ((out["status"] != INCOMPLETE) & out["reference_epoch"].notna()).to_numpy(dtype=bool)
     if not live.any() or not (examples.row_of >= 0).any():
         return out
-    units = out.loc[live, [*KEYS, "reference_epoch"]]
-    rep = (qual["kind"] == "repaired") & qual["qual"].notna()
-    cand = qual.loc[rep, [*KEYS, "epoch", "qual"]].merge(units, on=KEYS)
-    cand = cand[cand["epoch"] < cand["reference_epoch"]]
-    cand = cand.assign(reference_epoch=cand["reference_epoch"].astype("int64"))
-    first = cand[cand["alpha"] == cand["alpha"].min()] if len(cand) else cand
-    pairs = _pairs(records, examples, first[[*UNIT, "epoch", "reference_epoch"]])
-    cand = cand.merge(pairs.index, on=[*UNIT, "epoch"], how="left")
+    c = _candidates(out, live, records)
+    # One pair per earlier model whose unit's reference model exists; both with predictions.
+    paired = (c.ref >= 0) & examples.has(c.row) & examples.has(np.maximum(c.ref, 0))
+    early, first = np.unique(c.row[paired], return_index=True)
+    runs = records["run"].to_numpy(dtype=object)
+    pairs = _pairs(runs, examples, early, c.ref[paired][first])
+    pair = np.full(len(c.row), -1, dtype=np.int64)
+    pair[paired] = np.searchsorted(early, c.row[paired])
     # A unit is tested only when every earlier checkpoint it compares has predictions.
-    uid = cand.groupby(KEYS, sort=False, dropna=False).ngroup().to_numpy()
-    lacking = np.bincount(uid, weights=cand["_pair"].isna().to_numpy(), minlength=1)
-    whole = lacking[uid] == 0
-    cand, uid = cand[whole].reset_index(drop=True), uid[whole]
-    if cand.empty:
+    lacking = np.bincount(c.unit, weights=pair < 0, minlength=len(out))
+    whole = lacking[c.unit] == 0
+    if not whole.any():
         return out
-    pair = cand["_pair"].to_numpy(dtype=np.int64)
-    cls = cand["repair_class"].to_numpy(dtype=np.int64)
-    alpha = cand["alpha"].to_numpy(dtype=float)
+    unit, pair, epoch, qual = c.unit[whole], pair[whole], c.epoch[whole], c.qual[whole]
+    cls = out["repair_class"].to_numpy(dtype=np.int64)[unit]
+    alpha = out["alpha"].to_numpy(dtype=float)[unit]
     pc, nc = pairs.plus[pair, cls], pairs.minus[pair, cls]
     po, no = pairs.plus[pair].sum(axis=1) - pc, pairs.minus[pair].sum(axis=1) - nc
     b = (1 - alpha) / pairs.sizes[pair].sum(axis=1)
     a = b + alpha / pairs.sizes[pair, cls]
-    p = signflip_p(pc + nc, po + no, pc - nc, po - no, a, b)
-    cand = cand.assign(p_adj=holm(p, uid), a=a, b=b)
+    p_adj = holm(signflip_p(pc + nc, po + no, pc - nc, po - no, a, b), unit)
     # Per unit its best earlier checkpoint: the highest rounded Qual, then the earliest.
-    rank = np.lexsort((cand["epoch"].to_numpy(), -rounded(cand["qual"].to_numpy()), uid))
-    best = cand.take(rank[np.r_[True, uid[rank][1:] != uid[rank][:-1]]])
-    best = best.take(sorted_rows(best, [*UNIT, "alpha"]))
-    low, high, how = _intervals(best, pairs, seed, n_boot)
-    disc = pairs.plus + pairs.minus
-    res = best[KEYS].assign(
-        _disc=disc[best["_pair"].to_numpy(dtype=np.int64)].sum(axis=1),
-        _low=low,
-        _high=high,
-        _padj=best["p_adj"].to_numpy(),
+    rank = np.lexsort((epoch, -rounded(qual), unit))
+    best = rank[np.r_[True, unit[rank][1:] != unit[rank][:-1]]]
+    chosen = out.iloc[unit[best]][UNIT].assign(
+        epoch=epoch[best], _pair=pair[best], a=a[best], b=b[best], _unit=unit[best]
     )
-    merged = out[KEYS].merge(res, on=KEYS, how="left")
-    have = merged["_padj"].notna().to_numpy()
-    out.loc[have, "n_discordant"] = merged.loc[have, "_disc"].astype("int64").to_numpy()
-    out.loc[have, "gain_ci_low"] = merged.loc[have, "_low"].to_numpy()
-    out.loc[have, "gain_ci_high"] = merged.loc[have, "_high"].to_numpy()
+    in_order = sorted_rows(out.iloc[unit[best]], [*UNIT, "alpha"])
+    chosen, best = chosen.take(in_order), best[in_order]
+    low, high, how = _intervals(chosen, pairs, seed, n_boot)
+    have = np.zeros(len(out), dtype=bool)
+    have[unit[best]] = True
+    values = {
+        "n_discordant": (pairs.plus + pairs.minus)[pair[best]].sum(axis=1),
+        "gain_ci_low": low,
+        "gain_ci_high": high,
+        "p_value": p_adj[best],
+    }
+    p_value = np.full(len(out), np.nan)
+    p_value[unit[best]] = values["p_value"]
+    for col, got in values.items():
+        full = np.zeros(len(out), dtype=got.dtype)
+        full[unit[best]] = got
+        out.loc[have, col] = full[have]
     out.loc[have, "gain_ci_method"] = how
-    out.loc[have, "p_value"] = merged.loc[have, "_padj"].to_numpy()
-    beyond = (out["pattern"] == PRE).to_numpy() & (merged["_padj"].to_numpy() < noise_alpha)
+    beyond = (out["pattern"] == PRE).to_numpy() & (p_value < noise_alpha)
     out.loc[have, "beyond_noise"] = beyond[have]
     return out
 

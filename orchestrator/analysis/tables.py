@@ -76,8 +76,6 @@ def rounded(values: Any) -> Any:
 
 def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]) -> pd.DataFrame:
     """Qual(alpha, c) for every base model (x each class its run repairs) and repaired model."""
-    acc_cols = [c for c in records.columns if c.startswith("acc_class_")]
-    acc = records[acc_cols].to_numpy(dtype=float)
     # The models are positions in ``records`` (a base record once per class its run
     # repairs), and the frame is taken from ``records`` once at the end: merging and
     # concatenating frames of string columns cost most of the time for large sweeps.
@@ -95,9 +93,7 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
         ]
     )
     is_repaired = np.arange(len(rows)) >= len(rows) - len(repaired)
-    inside = cls < acc.shape[1]
-    acc_c = np.full(len(rows), np.nan)
-    acc_c[inside] = acc[rows[inside], cls[inside]]
+    acc_c = class_accuracy(records, rows, cls)
     conv = runs.set_index("run")["convergence_epoch"]
     conv_of_run = pd.Series(run_names, dtype=object).map(conv).astype("Int64").array
 
@@ -126,7 +122,23 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
     out["alpha"] = np.repeat(a, n)[tiled]
     out["acc_class"] = acc_c[pick]
     out["accuracy"] = records["accuracy"].to_numpy(dtype=float)[rows[pick]]
-    out["qual"] = out["alpha"] * out["acc_class"] + (1 - out["alpha"]) * out["accuracy"]
+    out["qual"] = qual_value(out["alpha"], out["acc_class"], out["accuracy"])
+    return out
+
+
+def qual_value(alpha: Any, acc_class: Any, accuracy: Any) -> Any:
+    """Qual(alpha, c) = alpha Acc_c + (1 - alpha) Acc_total, of arrays or Series alike."""
+    return alpha * acc_class + (1 - alpha) * accuracy
+
+
+def class_accuracy(records: pd.DataFrame, rows: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """Acc_c of the records at ``rows`` for the classes ``cls``: NaN for a class past a
+    record's per-class accuracies."""
+    acc = records[[c for c in records.columns if c.startswith("acc_class_")]]
+    acc = acc.to_numpy(dtype=float)
+    inside = cls < acc.shape[1]
+    out = np.full(len(rows), np.nan)
+    out[inside] = acc[rows[inside], cls[inside]]
     return out
 
 

@@ -10,6 +10,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from early_repair_testing.prediction_tree import (
     PredictedRun,
@@ -300,3 +301,94 @@ def test_seeds_needed_of_a_tiny_effect_is_more_than_any_sweep_and_groups_are_ind
     alone = [headline.seeds_needed(g) for g in groups]
     np.testing.assert_array_equal(together, alone)
     assert together[0] == 3 and np.isnan(together[2])
+
+
+def reference_noise(agg: ag.Aggregation) -> dict[int, tuple[float, int]]:
+    """(Holm-adjusted p, discordant examples) of each tested unit's best earlier model, unit
+    by unit from the Qual frame and the prediction vectors: the definitions written out."""
+    sp, q, rec, ex = agg.switch_points, agg.quality, agg.loaded.records, agg.loaded.examples
+    repaired = rec[rec["kind"] == "repaired"]
+
+    def row(run: str, method: str, cls: int, epoch: int) -> int | None:
+        at = repaired[
+            (repaired["run"] == run)
+            & (repaired["method"] == method)
+            & (repaired["repair_class"] == cls)
+            & (repaired["epoch"] == epoch)
+        ]
+        return int(at.index[0]) if len(at) else None
+
+    out = {}
+    for i, u in sp.iterrows():
+        if u["status"] == "incomplete" or pd.isna(u["reference_epoch"]):
+            continue
+        cand = q[
+            (q["kind"] == "repaired")
+            & (q["run"] == u["run"])
+            & (q["method"] == u["method"])
+            & (q["repair_class"] == u["repair_class"])
+            & (q["alpha"] == u["alpha"])
+            & q["qual"].notna()
+            & (q["epoch"] < u["reference_epoch"])
+        ]
+        labels = ex.labels.get(u["run"])
+        ref = row(u["run"], u["method"], u["repair_class"], u["reference_epoch"])
+        late = None if ref is None else ex.vector(ref)
+        tests = []
+        for _, c in cand.iterrows():
+            early = ex.vector(row(u["run"], u["method"], u["repair_class"], c["epoch"]))
+            if early is None or late is None or labels is None:
+                tests = []
+                break
+            gain, loss = (early == labels) & (late != labels), (early != labels) & (late == labels)
+            in_c = labels == u["repair_class"]
+            pc, nc = int((gain & in_c).sum()), int((loss & in_c).sum())
+            po, no = int((gain & ~in_c).sum()), int((loss & ~in_c).sum())
+            b = (1 - u["alpha"]) / len(labels)
+            a = b + u["alpha"] / in_c.sum()
+            p = noise.signflip_p([pc + nc], [po + no], [pc - nc], [po - no], [a], [b])[0]
+            tests.append((round(c["qual"], 12), -c["epoch"], p, pc + nc + po + no))
+        if not tests:
+            continue
+        ps = sorted(t[2] for t in tests)  # Holm, step down
+        adjusted, top = {}, 0.0
+        for k, p in enumerate(ps):
+            top = max(top, min(1.0, (len(ps) - k) * p))
+            adjusted.setdefault(p, top)
+        best = max(tests)
+        out[i] = (adjusted[best[2]], best[3])
+    return out
+
+
+@pytest.mark.parametrize("rules", ["text", "notebook"])
+def test_each_units_test_is_the_definitions(tmp_path: Path, rules: str) -> None:
+    rng = np.random.default_rng(21)
+    runs = []
+    for s in range(3):
+        repaired, base = {}, {}
+        for cls in (3, 8):
+            ref = reference_model(rng, cls, wrong_c=20 + 5 * s)
+            for e in (1, 3, 5, 7, 10):
+                repaired[(e, cls)] = (
+                    fixed(ref, LABELS, cls, 3 * e)
+                    if (e + s + cls) % 3 == 0
+                    else coin_flips(ref, LABELS, rng, 2 + e)
+                )
+            base = {e: ref for e in (1, 3, 5, 7, 10)}
+        runs.append(PredictedRun(f"r{s}", 100 + s, LABELS, 7, base, repaired, packed=False))
+    store = FileStore(tmp_path / "results")
+    write_predicted_tree(store, "noise", runs)
+    # one earlier model without its predictions: its unit cannot be tested
+    (tmp_path / "results" / layout.predictions(layout.repair_metrics("noise", "r1", 3, 8))).unlink()
+    agg = ag.aggregate(store, rules=rules, alphas=(0.2, 0.8))  # type: ignore[arg-type]
+    want = reference_noise(agg)
+    sp = agg.switch_points
+    tested = sp["p_value"].notna()
+    assert sorted(want) == sorted(np.flatnonzero(tested)) and 0 < len(want) < len(sp)
+    got_p = sp["p_value"].to_numpy()[sorted(want)]
+    np.testing.assert_allclose(got_p, [want[i][0] for i in sorted(want)], rtol=1e-12, atol=0)
+    got_n = sp["n_discordant"].to_numpy()[sorted(want)]
+    assert got_n.tolist() == [want[i][1] for i in sorted(want)]
+    beyond = (sp["pattern"] == ag.PRE) & (sp["p_value"] < 0.05)
+    assert (sp["beyond_noise"][tested] == beyond[tested]).all()
+    assert beyond[tested].any() and not beyond[tested].all()
