@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import (
@@ -40,7 +41,7 @@ from orchestrator.analysis.tables import (
     describe_reference,
     pattern_names,
     patterns,
-    quality,
+    quality_rows,
     switch_points,
     unit_problems,
 )
@@ -144,9 +145,9 @@ class _Side:
     ready_stops: pd.DataFrame
 
 
-def _side(loaded: Loaded, q: pd.DataFrame, seed: int) -> _Side:
+def _side(loaded: Loaded, q: pd.DataFrame, q_rows: np.ndarray, seed: int) -> _Side:
     changed, ledger = regressions.changes(loaded)
-    eff = effects.effects(q, loaded.records, changed)
+    eff = effects.effects(q, q_rows, loaded.records, changed)
     ready = readiness.per_run(loaded)
     return _Side(
         ledger,
@@ -171,12 +172,12 @@ def _aggregate(
     loaded = load(store, sweep, packed=packed)
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")
-    q = quality(loaded.records, loaded.runs, alphas)
+    q, q_rows = quality_rows(loaded.records, loaded.runs, alphas)
     # Two independent halves: what each repair changed (the ledger, the effects) and the
     # readiness tables in a second process where there is a second core (forked.py), the
     # switch points and the tests on them here.
     many = len(loaded.records) >= forked.MIN_RECORDS
-    with forked.start(lambda: _side(loaded, q, bootstrap_seed), fork=many) as started:
+    with forked.start(lambda: _side(loaded, q, q_rows, bootstrap_seed), fork=many) as started:
         sp = switch_points(q, loaded.runs, after_convergence, alphas, rules)
         sp = noise.noise_columns(
             sp, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed

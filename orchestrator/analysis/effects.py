@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.rows import sorted_rows
-from orchestrator.analysis.tables import rounded
+from orchestrator.analysis.rows import base_rows, sorted_rows
+from orchestrator.analysis.tables import class_accuracy, qual_value, rounded
 
 CONVERGENCE = "convergence"  # the checkpoint column's name for each seed's convergence epoch
 EFFECT_COLUMNS = [
@@ -52,34 +52,40 @@ EFFECT_COLUMNS = [
 
 
 def effects(
-    q: pd.DataFrame, records: pd.DataFrame, changes: pd.DataFrame | None = None
+    q: pd.DataFrame,
+    rows: np.ndarray,
+    records: pd.DataFrame,
+    changes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One row per repaired model and alpha, against the base model of its checkpoint;
-    ``changes`` (``regressions.changes``) adds what each repair fixed and broke."""
-    keys = ["run", "repair_class", "epoch", "alpha"]
-    is_base = (q["kind"] == "base").to_numpy(dtype=bool)
-    base = q[[*keys, "qual", "accuracy", "acc_class"]][is_base]
-    base = base.rename(
-        columns={"qual": "qual_before", "accuracy": "acc_before", "acc_class": "acc_class_before"}
-    )
+    """One row per repaired model and alpha, against the base model of its checkpoint.
+
+    ``rows``: the records row of each row of ``q`` (``quality_rows``); ``changes``
+    (``regressions.changes``, indexed by records row) adds what each repair fixed and
+    broke. The base model's Qual is computed from its record as ``quality`` computes it:
+    looking records up by row costs far less than joining string keys for large sweeps."""
+    is_base = (records["kind"] == "base").to_numpy(dtype=bool)[rows]
     rep = q[~is_base].rename(  # kind is base or repaired: load() leaves out any other
         columns={"qual": "qual_after", "accuracy": "acc_after", "acc_class": "acc_class_after"}
     )
-    eff = rep.merge(base, on=keys, how="left")
-    cost = records.loc[
-        (records["kind"] == "repaired").to_numpy(dtype=bool),
-        ["run", "method", "repair_class", "epoch", "rr", "br", "seconds"],
-    ].assign(repair_class=lambda d: d["repair_class"].astype("int64"))
-    eff = eff.merge(cost, on=["run", "method", "repair_class", "epoch"], how="left")
+    eff = rep.reset_index(drop=True)
+    mine = rows[~is_base]
+    base = base_rows(records, mine)
+    has = base >= 0
+    at = np.maximum(base, 0)
+    cls = eff["repair_class"].to_numpy(dtype=np.int64)
+    acc = np.where(has, records["accuracy"].to_numpy(dtype=float)[at], np.nan)
+    acc_class = np.where(has, class_accuracy(records, at, cls), np.nan)
+    eff["qual_before"] = qual_value(eff["alpha"].to_numpy(dtype=float), acc_class, acc)
+    eff["acc_before"] = acc
+    eff["acc_class_before"] = acc_class
+    for col in ("rr", "br", "seconds"):
+        eff[col] = records[col].to_numpy(dtype=float)[mine]
+    why_cols = EFFECT_COLUMNS[-4:]
     if changes is None:
-        changes = pd.DataFrame(columns=["run", "method", "repair_class", "epoch"])
-    why = changes.reindex(columns=["run", "method", "repair_class", "epoch", *EFFECT_COLUMNS[-4:]])
-    why = why.astype({"repair_class": "int64", "epoch": "int64"})
-    eff = eff.merge(why, on=["run", "method", "repair_class", "epoch"], how="left")
-    for col, dtype in zip(
-        EFFECT_COLUMNS[-4:], ["boolean", "boolean", "Int64", "Int64"], strict=True
-    ):
-        eff[col] = eff[col].astype(dtype)
+        changes = pd.DataFrame(columns=why_cols)
+    why = changes.reindex(index=mine, columns=why_cols)
+    for col, dtype in zip(why_cols, ["boolean", "boolean", "Int64", "Int64"], strict=True):
+        eff[col] = why[col].astype(dtype).array
     eff["delta_qual"] = eff["qual_after"] - eff["qual_before"]
     eff["delta_acc"] = eff["acc_after"] - eff["acc_before"]
     eff["delta_acc_class"] = eff["acc_class_after"] - eff["acc_class_before"]

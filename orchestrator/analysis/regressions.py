@@ -17,6 +17,7 @@ import pandas as pd
 
 from orchestrator.analysis.examples import blocks
 from orchestrator.analysis.load import Loaded
+from orchestrator.analysis.rows import base_rows
 
 # One row per repaired record (its identity, as in the records frame).
 RECORD_KEYS = ["run", "method", "repair_class", "epoch"]
@@ -51,28 +52,25 @@ _USED = [*RECORD_KEYS, "dataset", "model", "seed", "repair_changed", "accepted"]
 
 
 def _pairs(loaded: Loaded) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """The repaired rows, with the row of their checkpoint's base model (-1: none)."""
+    """The repaired rows, their records rows and the rows of their checkpoints' base
+    models (-1: none)."""
     rec = loaded.records
-    kind = rec["kind"].to_numpy(dtype=object)
-    is_base, is_rep = kind == "base", kind == "repaired"
-    base = rec.loc[is_base, ["run", "epoch"]].assign(_base=np.flatnonzero(is_base))
+    is_rep = (rec["kind"] == "repaired").to_numpy(dtype=bool)
+    rep = np.flatnonzero(is_rep)
     # only the columns used: a filter copies every column it keeps
-    rep = rec.loc[is_rep, _USED].assign(_rep=np.flatnonzero(is_rep))
-    merged = rep.merge(base, on=["run", "epoch"], how="left")
-    base_rows = merged["_base"].fillna(-1).to_numpy(dtype=np.int64)
-    return merged, merged["_rep"].to_numpy(dtype=np.int64), base_rows
+    return rec.loc[is_rep, _USED].reset_index(drop=True), rep, base_rows(rec, rep)
 
 
 def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per repaired record: ``CHANGE_COLUMNS``; the ledger: one row per test example
-    a repair fixed or broke, ``LEDGER_COLUMNS``)."""
-    merged, rep_rows, base_rows = _pairs(loaded)
+    """(one row per repaired record, indexed by its records row: ``CHANGE_COLUMNS``; the
+    ledger: one row per test example a repair fixed or broke, ``LEDGER_COLUMNS``)."""
+    merged, rep_rows, bases = _pairs(loaded)
     ex = loaded.examples
     fixed = np.full(len(merged), -1, dtype=np.int64)
     broken = np.full(len(merged), -1, dtype=np.int64)
     runs = merged["run"].to_numpy(dtype=object)
     # (a row that has predictions has its run's labels: Examples.has)
-    ok = (base_rows >= 0) & ex.has(rep_rows) & ex.has(np.maximum(base_rows, 0))
+    ok = (bases >= 0) & ex.has(rep_rows) & ex.has(np.maximum(bases, 0))
     # Test set by test set, as matrices compared with one label vector: a loop over
     # records would cost seconds in a sweep of 100,000 records.
     who: list[np.ndarray] = []
@@ -81,9 +79,9 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     for group, ts in ex.test_sets(runs[ok]):
         rows = np.flatnonzero(ok)[group]
         n = len(ts.labels)
-        rows = rows[(ex.lengths(rep_rows[rows]) == n) & (ex.lengths(base_rows[rows]) == n)]
+        rows = rows[(ex.lengths(rep_rows[rows]) == n) & (ex.lengths(bases[rows]) == n)]
         for block in blocks(rows, n):
-            after, before = ex.matrix(rep_rows[block]), ex.matrix(base_rows[block])
+            after, before = ex.matrix(rep_rows[block]), ex.matrix(bases[block])
             now = after == ts.labels
             moved = (before == ts.labels) != now  # fixed or broken
             fixed[block] = np.count_nonzero(moved & now, axis=1)
@@ -115,7 +113,7 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
         ledger = ledger[LEDGER_COLUMNS]
     else:
         ledger = pd.DataFrame({c: pd.Series(dtype=object) for c in LEDGER_COLUMNS})
-    return out[CHANGE_COLUMNS].reset_index(drop=True), ledger
+    return out[CHANGE_COLUMNS].set_axis(rep_rows), ledger
 
 
 def broken_classes(ledger: pd.DataFrame, top: int = 3) -> pd.DataFrame:

@@ -39,3 +39,18 @@ def sorted_rows(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
     keys keep their order."""
     keys = sort_keys(frame, by)
     return np.lexsort(keys[::-1]) if keys else np.arange(len(frame))
+
+
+def base_rows(records: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """For each records row of ``rows``, the row of its checkpoint's base model: the base
+    record of the same run and epoch (the first, were there several), or -1."""
+    run = pd.factorize(records["run"])[0]
+    epochs, rank = np.unique(records["epoch"].to_numpy(dtype=np.int64), return_inverse=True)
+    key = run * max(len(epochs), 1) + rank  # (run, epoch) as one integer
+    base = np.flatnonzero((records["kind"] == "base").to_numpy(dtype=bool))
+    base = base[np.argsort(key[base], kind="stable")]
+    if not len(base):
+        return np.full(len(rows), -1, dtype=np.int64)
+    want = key[np.asarray(rows, dtype=np.int64)]
+    at = np.minimum(np.searchsorted(key[base], want), len(base) - 1)
+    return np.where(key[base][at] == want, base[at], -1)

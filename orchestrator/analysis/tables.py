@@ -76,6 +76,14 @@ def rounded(values: Any) -> Any:
 
 def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]) -> pd.DataFrame:
     """Qual(alpha, c) for every base model (x each class its run repairs) and repaired model."""
+    return quality_rows(records, runs, alphas)[0]
+
+
+def quality_rows(
+    records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """``quality``, and for each of its rows the records row it comes from: what the tables
+    after it look their records up by, rather than joining string keys again."""
     # The models are positions in ``records`` (a base record once per class its run
     # repairs), and the frame is taken from ``records`` once at the end: merging and
     # concatenating frames of string columns cost most of the time for large sweeps.
@@ -116,14 +124,15 @@ def quality(records: pd.DataFrame, runs: pd.DataFrame, alphas: tuple[float, ...]
     tiled = np.lexsort((np.tile(rank, len(a)), np.repeat(a, n), np.tile(group, len(a))))
     pick = np.tile(np.arange(n), len(a))[tiled]
     cols = ["sweep", "dataset", "model", "run", "seed", "epoch", "kind", "method"]
-    out = records[cols].take(rows[pick]).reset_index(drop=True)
-    out.insert(6, "convergence_epoch", conv_of_run.take(run_code[rows[pick]]))
+    source = rows[pick]
+    out = records[cols].take(source).reset_index(drop=True)
+    out.insert(6, "convergence_epoch", conv_of_run.take(run_code[source]))
     out["repair_class"] = cls[pick]
     out["alpha"] = np.repeat(a, n)[tiled]
     out["acc_class"] = acc_c[pick]
-    out["accuracy"] = records["accuracy"].to_numpy(dtype=float)[rows[pick]]
+    out["accuracy"] = records["accuracy"].to_numpy(dtype=float)[source]
     out["qual"] = qual_value(out["alpha"], out["acc_class"], out["accuracy"])
-    return out
+    return out, source
 
 
 def qual_value(alpha: Any, acc_class: Any, accuracy: Any) -> Any:
