@@ -178,7 +178,7 @@ def _aggregate(
     # switch points and the tests on them here.
     many = len(loaded.records) >= forked.MIN_RECORDS
     with forked.start(lambda: _side(loaded, q, q_rows, bootstrap_seed), fork=many) as started:
-        sp = switch_points(q, loaded.runs, after_convergence, alphas, rules)
+        sp = switch_points(q, q_rows, loaded.records, loaded.runs, after_convergence, alphas, rules)
         sp = noise.noise_columns(
             sp, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
         )

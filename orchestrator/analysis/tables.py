@@ -35,13 +35,20 @@ Both are here (``--rules``), and the report and README repeat these definitions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.problems import INCOMPLETE, PARTIAL, Problem
-from orchestrator.analysis.rows import plain_strings, sort_keys, sorted_rows
+from orchestrator.analysis.rows import (
+    find_rows,
+    joint_codes,
+    plain_strings,
+    sort_keys,
+    sorted_rows,
+)
 from orchestrator.analysis.run_frame import join_epochs
 from orchestrator.analysis.words import noun
 from orchestrator.errors import BadInput
@@ -191,6 +198,8 @@ def expected_units(runs: pd.DataFrame, alphas: tuple[float, ...]) -> pd.DataFram
 
 def switch_points(
     qual: pd.DataFrame,
+    rows: np.ndarray,
+    records: pd.DataFrame,
     runs: pd.DataFrame,
     after_convergence: AfterConvergence = "exclude",
     alphas: tuple[float, ...] | None = None,
@@ -198,45 +207,40 @@ def switch_points(
 ) -> pd.DataFrame:
     """The best repaired checkpoint per (run, method, class, alpha), with pattern and status.
 
-    Every (method, class) a run repairs gets a row per alpha, also when it has no record
-    yet (then it is incomplete), so ``alphas`` is needed when ``qual`` may be empty.
+    ``qual`` and ``rows`` are ``quality_rows`` of ``records``. Every (method, class) a run
+    repairs gets a row per alpha, also when it has no record yet (then it is incomplete),
+    so ``alphas`` is needed when ``qual`` may be empty.
     """
     check_rules(rules, after_convergence)
     alphas = tuple(sorted(qual["alpha"].unique())) if alphas is None else alphas
     expected = expected_units(runs, alphas)
     ref_of = _reference_epochs(runs, rules)
-
-    # Only the columns used below: each filter copies every column it keeps.
-    narrow = qual[[*KEYS, "epoch", "convergence_epoch", "qual"]]
-    if rules == "text":  # quality() gave every row its run's convergence epoch already
-        reference_epoch = qual["convergence_epoch"].astype("Int64")
-    else:
-        reference_epoch = qual["run"].map(ref_of).astype("Int64")
-    is_repaired = (qual["kind"] == "repaired").to_numpy(dtype=bool)
-    narrow = narrow.assign(reference_epoch=reference_epoch)
-    rep = narrow[is_repaired & reference_epoch.notna().to_numpy(dtype=bool)]
-    defined = rep[rep["qual"].notna()]
-    if rules == "text" and after_convergence == "exclude":
-        compared = defined[defined["epoch"] <= defined["convergence_epoch"]]
-    else:
-        compared = defined
-    units = _unit_summary(compared, rules)
-    base = narrow[~is_repaired]  # kind is base or repaired: load() leaves out any other
-    bkeys = ["run", "repair_class", "alpha"]
-    base_ref = base[base["epoch"] == base["reference_epoch"]][[*bkeys, "qual"]]
-    base_conv = base[base["epoch"] == base["convergence_epoch"]][[*bkeys, "qual"]]
-
     sp = expected.assign(reference_epoch=expected["run"].map(ref_of).astype("Int64"))
-    sp = sp.merge(units, on=KEYS, how="left")
-    sp = sp.merge(base_ref.rename(columns={"qual": "base_reference_qual"}), on=bkeys, how="left")
-    sp = sp.merge(base_conv.rename(columns={"qual": "base_convergence_qual"}), on=bkeys, how="left")
+    m = _Models.of(sp, qual, rows, records)
+    ref_e = sp["reference_epoch"].to_numpy(dtype=float, na_value=np.nan)[m.at]
+    conv_e = sp["convergence_epoch"].to_numpy(dtype=float, na_value=np.nan)[m.at]
+    compared = ~np.isnan(ref_e) & ~np.isnan(m.qual)
+    if rules == "text" and after_convergence == "exclude":
+        compared &= m.epoch <= conv_e
+    summary = _unit_summary(
+        m.at[compared],
+        len(sp),
+        m.epoch[compared],
+        m.qual[compared],
+        ref_e[compared],
+        conv_e[compared],
+        rules,
+    )
+    for col, values in summary.items():
+        sp[col] = values
+    sp["base_reference_qual"] = _base_qual(sp, records, "reference_epoch")
+    sp["base_convergence_qual"] = _base_qual(sp, records, "convergence_epoch")
     sp["best_epoch"] = sp["best_epoch"].astype("Int64")
-    sp["n_compared"] = sp["n_compared"].fillna(0).astype("int64")
-    tied_e = sp["tied_epochs"].astype(object)
-    sp["tied_epochs"] = tied_e.where(tied_e.notna(), "")
-
-    st = _status(rep, expected, runs, rules, after_convergence)
-    sp = sp.merge(st, on=UNIT, how="left")
+    # The status is the same for every alpha: from the models at the smallest.
+    rep = ~np.isnan(ref_e)
+    one = rep & (m.alpha == m.alpha[rep].min(initial=np.inf))
+    for col, values in _status(sp, m, one, runs, rules, after_convergence).items():
+        sp[col] = values[m.unit_of]
     ref_e = sp["reference_epoch"]
     pattern = np.select(
         [
@@ -300,19 +304,68 @@ def switch_points(
     return plain_strings(sp[cols].take(sorted_rows(sp, order)).reset_index(drop=True))
 
 
-def _unit_summary(compared: pd.DataFrame, rules: Rules) -> pd.DataFrame:
-    """Per unit (KEYS) among the compared repaired models: the best one (ties: under the
-    text rules the reference checkpoint, then the earliest; under the notebook's the
-    earliest), the tied epochs, the Qual at the reference and at convergence, the best
-    before the reference and how many were compared. One integer per unit and numpy
-    arrays throughout: grouping and merging by the string keys again and again cost most
-    of the time for large sweeps."""
-    uid = compared.groupby(KEYS, sort=False, dropna=False).ngroup().to_numpy()
-    n = int(uid.max()) + 1 if len(uid) else 0
-    epoch = compared["epoch"].to_numpy(dtype=np.int64)
-    qual = compared["qual"].to_numpy(dtype=float)
-    ref_e = compared["reference_epoch"].to_numpy(dtype=float, na_value=np.nan)
-    conv_e = compared["convergence_epoch"].to_numpy(dtype=float, na_value=np.nan)
+@dataclass
+class _Models:
+    """The repaired models of the switch points' units, one per Qual row: ``at`` is its
+    row of the switch points, ``unit`` its (run, method, class) as a number - ``unit_of``
+    gives each row of the switch points its number, in order of first appearance. Found
+    by integer codes: grouping and joining the Qual frame by its string keys cost most of
+    the switch points' time for large sweeps."""
+
+    at: np.ndarray
+    unit: np.ndarray
+    epoch: np.ndarray
+    qual: np.ndarray
+    alpha: np.ndarray
+    unit_of: np.ndarray
+
+    @classmethod
+    def of(
+        cls, sp: pd.DataFrame, qual: pd.DataFrame, rows: np.ndarray, records: pd.DataFrame
+    ) -> _Models:
+        rep = np.flatnonzero((records["kind"] == "repaired").to_numpy(dtype=bool))
+        unit_of, unit_rec = joint_codes(
+            [sp[c].to_numpy(dtype=object) for c in ("run", "method")]
+            + [sp["repair_class"].to_numpy(dtype=np.int64)],
+            [records[c].to_numpy(dtype=object)[rep] for c in ("run", "method")]
+            + [records["repair_class"].to_numpy(dtype=np.int64, na_value=-1)[rep]],
+        )
+        code_of = np.full(len(records), -1, dtype=np.int64)
+        code_of[rep] = unit_rec
+        mine = np.flatnonzero(code_of[rows] >= 0)  # the Qual rows of repaired models
+        unit = code_of[rows[mine]]
+        alpha = qual["alpha"].to_numpy(dtype=float)[mine]
+        a_sp, a_q = joint_codes([sp["alpha"].to_numpy(dtype=float)], [alpha])
+        n_a = int(max(a_sp.max(initial=-1), a_q.max(initial=-1))) + 1
+        n_u = int(max(unit_of.max(initial=-1), unit_rec.max(initial=-1))) + 1
+        slot = np.full(n_u * n_a, -1, dtype=np.int64)
+        slot[unit_of * n_a + a_sp] = np.arange(len(sp))
+        at = slot[unit * n_a + a_q]
+        keep = at >= 0  # (a unit the runs do not list is no switch point's)
+        mine = mine[keep]
+        return cls(
+            at[keep],
+            unit[keep],
+            qual["epoch"].to_numpy(dtype=np.int64)[mine],
+            qual["qual"].to_numpy(dtype=float)[mine],
+            alpha[keep],
+            unit_of,
+        )
+
+
+def _unit_summary(
+    uid: np.ndarray,
+    n: int,
+    epoch: np.ndarray,
+    qual: np.ndarray,
+    ref_e: np.ndarray,
+    conv_e: np.ndarray,
+    rules: Rules,
+) -> dict[str, Any]:
+    """Per unit ``0..n-1`` (``uid``: each compared repaired model's): the best model (ties:
+    under the text rules the reference checkpoint, then the earliest; under the notebook's
+    the earliest), the tied epochs, the Qual at the reference and at convergence, the best
+    before the reference and how many were compared; NaN (none) where a unit has none."""
     at_ref = epoch == ref_e
     r = rounded(qual)
     top = pd.Series(r).groupby(uid).transform("max").to_numpy()
@@ -323,73 +376,113 @@ def _unit_summary(compared: pd.DataFrame, rules: Rules) -> pd.DataFrame:
         cand = cand[np.lexsort((epoch[cand], ~at_ref[cand], uid[cand]))]
     first = np.ones(len(cand), dtype=bool)
     first[1:] = uid[cand][1:] != uid[cand][:-1]
-    best = cand[first]  # one per unit, in unit order
+    best = cand[first]  # one per unit that has any
     n_tied = np.bincount(uid[cand], minlength=n)
     many = cand[n_tied[uid[cand]] > 1]
-    tied = pd.Series(epoch[many]).groupby(uid[many]).agg(join_epochs)
+    tied = pd.Series(epoch[many]).groupby(uid[many]).agg(join_epochs).reindex(range(n))
 
-    def per_unit(mask: np.ndarray, how: str = "first") -> np.ndarray:
-        """The Qual of the rows in ``mask`` per unit, NaN for units without one."""
-        got = pd.Series(qual[mask]).groupby(uid[mask]).agg(how)
+    def per_unit(values: np.ndarray, mask: Any = True, how: str = "first") -> np.ndarray:
+        """The values of the rows in ``mask`` per unit, NaN for units without one."""
+        mask = np.broadcast_to(mask, uid.shape)
+        got = pd.Series(values[mask]).groupby(uid[mask]).agg(how)
         return got.reindex(range(n)).to_numpy(dtype=float)
 
-    out = compared.iloc[best][KEYS].reset_index(drop=True)
-    out["best_epoch"] = epoch[best]
-    out["best_qual"] = qual[best]
-    out["reference_qual"] = per_unit(at_ref)
-    out["convergence_qual"] = per_unit(epoch == conv_e)
-    out["best_earlier_qual"] = per_unit(epoch < ref_e, "max")
-    out["tied_epochs"] = tied.reindex(range(n)).to_numpy(dtype=object)
-    out["n_compared"] = np.bincount(uid, minlength=n)
+    best_epoch, best_qual = np.full(n, np.nan), np.full(n, np.nan)
+    best_epoch[uid[best]], best_qual[uid[best]] = epoch[best], qual[best]
+    tied_epochs = pd.Series(tied.to_numpy(dtype=object))
+    return {
+        "best_epoch": best_epoch,
+        "best_qual": best_qual,
+        "reference_qual": per_unit(qual, at_ref),
+        "convergence_qual": per_unit(qual, epoch == conv_e),
+        "best_earlier_qual": per_unit(qual, epoch < ref_e, "max"),
+        "tied_epochs": tied_epochs.where(tied_epochs.notna(), "").to_numpy(dtype=object),
+        "n_compared": np.bincount(uid, minlength=n),
+    }
+
+
+def _base_qual(sp: pd.DataFrame, records: pd.DataFrame, epoch_col: str) -> np.ndarray:
+    """Qual of each row's unrepaired model at its run's ``epoch_col`` epoch, computed from
+    that base record as ``quality`` computes it (NaN: no such record)."""
+    out = np.full(len(sp), np.nan)
+    at = np.flatnonzero(sp[epoch_col].notna().to_numpy(dtype=bool))
+    base = np.flatnonzero((records["kind"] == "base").to_numpy(dtype=bool))
+    if not len(at) or not len(base):
+        return out
+    run, epoch = records["run"].to_numpy(dtype=object), records["epoch"].to_numpy(dtype=np.int64)
+    found = find_rows(
+        [run[base], epoch[base]],
+        [
+            sp["run"].to_numpy(dtype=object)[at],
+            sp[epoch_col].to_numpy(dtype=np.int64, na_value=0)[at],
+        ],
+    )
+    at, row = at[found >= 0], base[found[found >= 0]]
+    acc_c = class_accuracy(records, row, sp["repair_class"].to_numpy(dtype=np.int64)[at])
+    alpha = sp["alpha"].to_numpy(dtype=float)[at]
+    out[at] = qual_value(alpha, acc_c, records["accuracy"].to_numpy(dtype=float)[row])
     return out
 
 
 def _status(
-    rep: pd.DataFrame,
-    expected: pd.DataFrame,
+    sp: pd.DataFrame,
+    m: _Models,
+    one: np.ndarray,
     runs: pd.DataFrame,
     rules: Rules,
     after_convergence: AfterConvergence,
-) -> pd.DataFrame:
-    """(status, missing epochs, note) per (run, method, class): the same for every alpha."""
-    one = rep[rep["alpha"] == rep["alpha"].min()] if len(rep) else rep  # alike per alpha
+) -> dict[str, np.ndarray]:
+    """(status, missing epochs, note) per unit, the same for every alpha: from the
+    repaired models ``one`` (a mask of ``m``: those at one alpha)."""
+    n = int(m.unit_of.max(initial=-1)) + 1
+    first = np.unique(m.unit_of, return_index=True)[1]  # each unit's first row
+    run_u = sp["run"].to_numpy(dtype=object)[first]
+    cls_u = sp["repair_class"].to_numpy(dtype=np.int64)[first]
     info = runs.set_index("run")
     conv_of = info["convergence_epoch"].to_dict()
     epochs_of = info["checkpoint_epochs"].map(set).to_dict()
     complete = info["complete"].to_dict()
-    units = expected[UNIT].drop_duplicates().reset_index(drop=True)
-    whole = _whole_units(one, units, conv_of, epochs_of, rules, after_convergence)
+    unit, epoch, defined = m.unit[one], m.epoch[one], ~np.isnan(m.qual[one])
+    whole = _whole_units(
+        (unit, epoch, defined), run_u, conv_of, epochs_of, rules, after_convergence
+    )
+    status = np.full(n, "ok", dtype=object)
+    missing = np.full(n, "", dtype=object)
+    note = np.full(n, "", dtype=object)
     # Only the other units need their epochs one by one, for what to say about them.
-    rest = one.merge(units[~whole], on=UNIT) if not whole.all() else one.iloc[:0]
-    present = _epoch_sets(rest)
-    undefined = _epoch_sets(rest[rest["qual"].isna()])
-    rows = []
-    for run, method, cls, ok in zip(*(units[c].tolist() for c in UNIT), whole, strict=True):
-        if ok:
-            state = ("ok", "", "")
-        else:
-            have = present.get((run, method, cls), set())
-            bad = undefined.get((run, method, cls), set())
-            state = _unit_status(
-                rules, after_convergence, cls, conv_of[run], epochs_of[run], have, bad
-            )
-        if state[0] != INCOMPLETE and not complete[run]:
-            note = "; ".join(n for n in (state[2], "run not finished (no _SUCCESS)") if n)
-            state = (PARTIAL, state[1], note)
-        rows.append((run, method, cls, *state))
-    return plain_strings(pd.DataFrame(rows, columns=[*UNIT, "status", "missing_epochs", "note"]))
+    rest = ~whole[unit]
+    present = _epoch_sets(unit[rest], epoch[rest])
+    undefined = _epoch_sets(unit[rest & ~defined], epoch[rest & ~defined])
+    for u in np.flatnonzero(~whole).tolist():
+        run = run_u[u]
+        status[u], missing[u], note[u] = _unit_status(
+            rules,
+            after_convergence,
+            int(cls_u[u]),
+            conv_of[run],
+            epochs_of[run],
+            present.get(u, set()),
+            undefined.get(u, set()),
+        )
+    for u in np.flatnonzero(status != INCOMPLETE).tolist():
+        if not complete[run_u[u]]:
+            note[u] = "; ".join(x for x in (note[u], "run not finished (no _SUCCESS)") if x)
+            status[u] = PARTIAL
+    return {"status": status, "missing_epochs": missing, "note": note}
 
 
 def _whole_units(
-    one: pd.DataFrame,
-    units: pd.DataFrame,
+    one: tuple[np.ndarray, np.ndarray, np.ndarray],
+    unit_runs: np.ndarray,
     conv_of: dict[str, Any],
     epochs_of: dict[str, set[int]],
     rules: Rules,
     after_convergence: AfterConvergence,
 ) -> np.ndarray:
-    """Which units have a defined repaired model at every checkpoint the rules want - the
-    common case, found with grouped counts rather than a loop over records."""
+    """Which units (the runs of ``unit_runs``) have a defined repaired model at every
+    checkpoint the rules want - the common case, found with counts rather than a loop over
+    records. ``one``: (unit, epoch, Qual defined) of each repaired model at one alpha."""
+    unit, epoch, defined = one
     wanted: dict[str, set[int]] = {}
     for run, epochs in epochs_of.items():
         conv = conv_of[run]
@@ -398,25 +491,21 @@ def _whole_units(
         elif not pd.isna(conv):
             w = epochs | {int(conv)}
             wanted[run] = {e for e in w if e <= conv} if after_convergence == "exclude" else w
-    pairs = pd.DataFrame(
-        [(run, e) for run, w in wanted.items() for e in w], columns=["run", "epoch"]
-    ).astype({"epoch": one["epoch"].dtype})
-    rows = one[[*UNIT, "epoch", "qual"]].merge(pairs, on=["run", "epoch"])
-    defined = rows["qual"].notna()
-    n_defined = rows[defined].groupby(UNIT)["epoch"].nunique().rename("_n")
-    n_undefined = rows[~defined].groupby(UNIT).size().rename("_u")
-    counts = units.join(n_defined, on=UNIT).join(n_undefined, on=UNIT)
-    n_wanted = units["run"].map({r: len(w) for r, w in wanted.items()})
-    whole = (counts["_n"] == n_wanted) & counts["_u"].isna() & (n_wanted > 0)
-    return whole.fillna(False).to_numpy(dtype=bool)
+    pairs = [(run, e) for run, w in wanted.items() for e in w]
+    table = [np.array([r for r, _ in pairs], dtype=object), np.array([e for _, e in pairs])]
+    if not pairs:
+        return np.zeros(len(unit_runs), dtype=bool)
+    is_wanted = find_rows(table, [unit_runs[unit], epoch]) >= 0
+    n_defined = np.bincount(unit[is_wanted & defined], minlength=len(unit_runs))
+    n_undefined = np.bincount(unit[is_wanted & ~defined], minlength=len(unit_runs))
+    n_wanted = np.array([len(wanted.get(r, ())) for r in unit_runs.tolist()], dtype=np.int64)
+    return (n_defined == n_wanted) & (n_undefined == 0) & (n_wanted > 0)
 
 
-def _epoch_sets(frame: pd.DataFrame) -> dict[tuple[str, str, int], set[int]]:
-    out: dict[tuple[str, str, int], set[int]] = {}
-    # plain lists: iterating rows of a DataFrame costs more than the whole rest here
-    columns = (frame[c].tolist() for c in (*UNIT, "epoch"))
-    for run, method, cls, epoch in zip(*columns, strict=True):
-        out.setdefault((run, method, cls), set()).add(epoch)
+def _epoch_sets(unit: np.ndarray, epoch: np.ndarray) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for u, e in zip(unit.tolist(), epoch.tolist(), strict=True):
+        out.setdefault(u, set()).add(e)
     return out
 
 
