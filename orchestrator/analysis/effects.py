@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.rows import base_rows, sorted_rows
+from orchestrator.analysis.rows import base_rows, sort_keys
 from orchestrator.analysis.tables import class_accuracy, qual_value, rounded
 
 CONVERGENCE = "convergence"  # the checkpoint column's name for each seed's convergence epoch
@@ -63,12 +63,19 @@ def effects(
     (``regressions.changes``, indexed by records row) adds what each repair fixed and
     broke. The base model's Qual is computed from its record as ``quality`` computes it:
     looking records up by row costs far less than joining string keys for large sweeps."""
-    is_base = (records["kind"] == "base").to_numpy(dtype=bool)[rows]
-    rep = q[~is_base].rename(  # kind is base or repaired: load() leaves out any other
+    # The repaired models' rows of ``q``, in the table's order: by keys ranked once over
+    # the records (a third of the rows), then alpha; one take builds the frame.
+    rep = np.flatnonzero((records["kind"] == "repaired").to_numpy(dtype=bool)[rows])
+    keys = sort_keys(records, ["dataset", "model", "method", "repair_class", "seed", "run"])
+    keys.append(records["epoch"].to_numpy(dtype=np.int64))
+    rank = np.empty(len(records), dtype=np.int64)
+    rank[np.lexsort(keys[::-1])] = np.arange(len(records))
+    rep = rep[np.lexsort((q["alpha"].to_numpy(dtype=float)[rep], rank[rows[rep]]))]
+    eff = q.take(rep).reset_index(drop=True)
+    eff = eff.rename(  # kind is base or repaired: load() leaves out any other
         columns={"qual": "qual_after", "accuracy": "acc_after", "acc_class": "acc_class_after"}
     )
-    eff = rep.reset_index(drop=True)
-    mine = rows[~is_base]
+    mine = rows[rep]
     base = base_rows(records, mine)
     has = base >= 0
     at = np.maximum(base, 0)
@@ -93,8 +100,7 @@ def effects(
     delta = rounded(eff["delta_qual"])
     eff["harmed"] = pd.array(delta < 0, dtype="boolean")
     eff.loc[delta.isna().to_numpy(), "harmed"] = pd.NA
-    order = ["dataset", "model", "method", "repair_class", "seed", "run", "epoch", "alpha"]
-    return eff[EFFECT_COLUMNS].take(sorted_rows(eff, order)).reset_index(drop=True)
+    return eff[EFFECT_COLUMNS]
 
 
 METHOD_COLUMNS = [

@@ -84,12 +84,16 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
             after, before = ex.matrix(rep_rows[block]), ex.matrix(bases[block])
             now = after == ts.labels
             moved = (before == ts.labels) != now  # fixed or broken
-            fixed[block] = np.count_nonzero(moved & now, axis=1)
-            broken[block] = np.count_nonzero(moved, axis=1) - fixed[block]
-            r, e = np.nonzero(moved)  # row-major: each record's examples in order
+            # row-major: each record's examples in order (a flat index is several times
+            # faster to find than np.nonzero's row and column)
+            flat = np.flatnonzero(moved)
+            r, e = np.divmod(flat, max(n, 1))
+            right = now.ravel()[flat]
+            fixed[block] = np.bincount(r, weights=right, minlength=len(block)).astype(np.int64)
+            broken[block] = np.bincount(r, minlength=len(block)) - fixed[block]
             who.append(block[r])
             idx.append(e)
-            parts.append((ts.labels[e], before[r, e], after[r, e], now[r, e]))
+            parts.append((ts.labels[e], before.ravel()[flat], after.ravel()[flat], right))
     if len(who) > 1:  # several test sets: records in frame order again
         order = np.argsort(np.concatenate(who), kind="stable")
         who, idx = [np.concatenate(who)[order]], [np.concatenate(idx)[order]]
@@ -100,8 +104,8 @@ def changes(loaded: Loaded) -> tuple[pd.DataFrame, pd.DataFrame]:
     out["no_op"] = pd.array(changed == 0, dtype="boolean")
     out.loc[changed.isna().to_numpy(), "no_op"] = pd.NA
     out["accepted"] = merged["accepted"].astype("boolean")
-    out["test_fixed"] = pd.array(np.where(fixed < 0, None, fixed), dtype="Int64")
-    out["test_broken"] = pd.array(np.where(broken < 0, None, broken), dtype="Int64")
+    out["test_fixed"] = pd.arrays.IntegerArray(fixed, fixed < 0)
+    out["test_broken"] = pd.arrays.IntegerArray(broken, broken < 0)
     if parts and sum(len(w) for w in who):
         ident = merged[["dataset", "model", "method", "run", "seed", "repair_class", "epoch"]]
         ident = ident.assign(accepted=out["accepted"], repair_class=out["repair_class"])
