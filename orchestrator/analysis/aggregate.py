@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import (
@@ -134,28 +133,34 @@ def aggregate(
 
 
 @dataclass
-class _Side:
-    """What the tables need besides the switch points and the tests on them."""
+class _Units:
+    """The switch points, the paired tests on them, and what is said of them."""
 
-    ledger: pd.DataFrame  # the regression ledger
-    effects: pd.DataFrame
-    methods: pd.DataFrame
-    ready: pd.DataFrame  # readiness per run, its summary and its stops
-    ready_summary: pd.DataFrame
-    ready_stops: pd.DataFrame
+    switch_points: pd.DataFrame
+    patterns: pd.DataFrame
+    headline: pd.DataFrame
+    sentences: list[str]
 
 
-def _side(loaded: Loaded, q: pd.DataFrame, q_rows: np.ndarray, seed: int) -> _Side:
-    changed, ledger = regressions.changes(loaded)
-    eff = effects.effects(q, q_rows, loaded.records, changed)
-    ready = readiness.per_run(loaded)
-    return _Side(
-        ledger,
-        eff,
-        effects.methods(eff),
-        ready,
-        readiness.summary(ready, seed),
-        readiness.per_run_stops(loaded, ready),
+def _units(
+    loaded: Loaded,
+    alphas: tuple[float, ...],
+    after_convergence: AfterConvergence,
+    rules: Rules,
+    seed: int,
+    noise_alpha: float,
+) -> _Units:
+    sp = switch_points(loaded.records, loaded.runs, after_convergence, alphas, rules)
+    sp = noise.noise_columns(
+        sp, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=seed
+    )
+    reference = describe_reference(rules)
+    head = headline.headline(sp, seed, reference)
+    return _Units(
+        sp,
+        patterns(sp, after_convergence, rules),
+        head,
+        headline.sentences(sp, head, reference, noise_alpha),
     )
 
 
@@ -172,39 +177,42 @@ def _aggregate(
     loaded = load(store, sweep, packed=packed)
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")
-    q, q_rows = quality_rows(loaded.records, loaded.runs, alphas)
-    # Two independent halves: what each repair changed (the ledger, the effects) and the
-    # readiness tables in a second process where there is a second core (forked.py), the
-    # switch points and the tests on them here.
+    # Two independent halves, each from the records: the switch points and the tests on
+    # them in a second process where there is a second core (forked.py; what comes back is
+    # a table of units, a few MB), and here Qual and what each repair changed - the
+    # effects and the regression ledger, hundreds of thousands of rows that would cost
+    # more to send than to compute - and the readiness tables.
     many = len(loaded.records) >= forked.MIN_RECORDS
-    with forked.start(lambda: _side(loaded, q, q_rows, bootstrap_seed), fork=many) as started:
-        sp = switch_points(q, q_rows, loaded.records, loaded.runs, after_convergence, alphas, rules)
-        sp = noise.noise_columns(
-            sp, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=bootstrap_seed
-        )
-        pt = patterns(sp, after_convergence, rules)
-        reference = describe_reference(rules)
-        head = headline.headline(sp, bootstrap_seed, reference)
-        sentences = headline.sentences(sp, head, reference, noise_alpha)
-        probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
-        side = started.result()
+    with forked.start(
+        lambda: _units(loaded, alphas, after_convergence, rules, bootstrap_seed, noise_alpha),
+        fork=many,
+    ) as started:
+        q, q_rows = quality_rows(loaded.records, loaded.runs, alphas)
+        changed, ledger = regressions.changes(loaded)
+        eff = effects.effects(q, q_rows, loaded.records, changed)
+        ready = readiness.per_run(loaded)
+        ready_summary = readiness.summary(ready, bootstrap_seed)
+        ready_stops = readiness.per_run_stops(loaded, ready)
+        methods = effects.methods(eff)
+        units = started.result()
+    probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, units.switch_points))
     return Aggregation(
         loaded,
         alphas,
         rules,
         after_convergence,
         q,
-        sp,
-        pt,
-        side.effects,
-        side.methods,
-        head,
-        sentences,
+        units.switch_points,
+        units.patterns,
+        eff,
+        methods,
+        units.headline,
+        units.sentences,
         probs,
         bootstrap_seed,
         noise_alpha,
-        side.ready,
-        side.ready_summary,
-        regressions=side.ledger,
-        readiness_stops=side.ready_stops,
+        ready,
+        ready_summary,
+        regressions=ledger,
+        readiness_stops=ready_stops,
     )

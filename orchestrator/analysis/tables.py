@@ -197,26 +197,24 @@ def expected_units(runs: pd.DataFrame, alphas: tuple[float, ...]) -> pd.DataFram
 
 
 def switch_points(
-    qual: pd.DataFrame,
-    rows: np.ndarray,
     records: pd.DataFrame,
     runs: pd.DataFrame,
     after_convergence: AfterConvergence = "exclude",
-    alphas: tuple[float, ...] | None = None,
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
     rules: Rules = "text",
 ) -> pd.DataFrame:
     """The best repaired checkpoint per (run, method, class, alpha), with pattern and status.
 
-    ``qual`` and ``rows`` are ``quality_rows`` of ``records``. Every (method, class) a run
-    repairs gets a row per alpha, also when it has no record yet (then it is incomplete),
-    so ``alphas`` is needed when ``qual`` may be empty.
+    Every (method, class) a run repairs gets a row per alpha, also when it has no record
+    yet (then it is incomplete). The repaired models' Qual is computed from the records as
+    ``quality`` computes it, so the switch points need no Qual frame (and can be found
+    beside it in another process).
     """
     check_rules(rules, after_convergence)
-    alphas = tuple(sorted(qual["alpha"].unique())) if alphas is None else alphas
     expected = expected_units(runs, alphas)
     ref_of = _reference_epochs(runs, rules)
     sp = expected.assign(reference_epoch=expected["run"].map(ref_of).astype("Int64"))
-    m = _Models.of(sp, qual, rows, records)
+    m = _Models.of(sp, records, alphas)
     ref_e = sp["reference_epoch"].to_numpy(dtype=float, na_value=np.nan)[m.at]
     conv_e = sp["convergence_epoch"].to_numpy(dtype=float, na_value=np.nan)[m.at]
     compared = ~np.isnan(ref_e) & ~np.isnan(m.qual)
@@ -306,11 +304,11 @@ def switch_points(
 
 @dataclass
 class _Models:
-    """The repaired models of the switch points' units, one per Qual row: ``at`` is its
-    row of the switch points, ``unit`` its (run, method, class) as a number - ``unit_of``
-    gives each row of the switch points its number, in order of first appearance. Found
-    by integer codes: grouping and joining the Qual frame by its string keys cost most of
-    the switch points' time for large sweeps."""
+    """The repaired models of the switch points' units, one per repaired record and alpha
+    (the Qual frame's repaired rows): ``at`` is its row of the switch points, ``unit`` its
+    (run, method, class) as a number - ``unit_of`` gives each row of the switch points its
+    number, in order of first appearance. Found by integer codes: grouping and joining the
+    Qual frame by its string keys cost most of the switch points' time for large sweeps."""
 
     at: np.ndarray
     unit: np.ndarray
@@ -320,9 +318,7 @@ class _Models:
     unit_of: np.ndarray
 
     @classmethod
-    def of(
-        cls, sp: pd.DataFrame, qual: pd.DataFrame, rows: np.ndarray, records: pd.DataFrame
-    ) -> _Models:
+    def of(cls, sp: pd.DataFrame, records: pd.DataFrame, alphas: tuple[float, ...]) -> _Models:
         rep = np.flatnonzero((records["kind"] == "repaired").to_numpy(dtype=bool))
         unit_of, unit_rec = joint_codes(
             [sp[c].to_numpy(dtype=object) for c in ("run", "method")]
@@ -330,25 +326,25 @@ class _Models:
             [records[c].to_numpy(dtype=object)[rep] for c in ("run", "method")]
             + [records["repair_class"].to_numpy(dtype=np.int64, na_value=-1)[rep]],
         )
-        code_of = np.full(len(records), -1, dtype=np.int64)
-        code_of[rep] = unit_rec
-        mine = np.flatnonzero(code_of[rows] >= 0)  # the Qual rows of repaired models
-        unit = code_of[rows[mine]]
-        alpha = qual["alpha"].to_numpy(dtype=float)[mine]
-        a_sp, a_q = joint_codes([sp["alpha"].to_numpy(dtype=float)], [alpha])
-        n_a = int(max(a_sp.max(initial=-1), a_q.max(initial=-1))) + 1
+        a = np.asarray(alphas, dtype=float)
+        a_sp, a_rec = joint_codes([sp["alpha"].to_numpy(dtype=float)], [a])
+        n_a = int(max(a_sp.max(initial=-1), a_rec.max(initial=-1))) + 1
         n_u = int(max(unit_of.max(initial=-1), unit_rec.max(initial=-1))) + 1
         slot = np.full(n_u * n_a, -1, dtype=np.int64)
         slot[unit_of * n_a + a_sp] = np.arange(len(sp))
-        at = slot[unit * n_a + a_q]
+        # every repaired record at every alpha, as the Qual frame has them
+        row, unit = np.repeat(rep, len(a)), np.repeat(unit_rec, len(a))
+        alpha, at = np.tile(a, len(rep)), slot[unit * n_a + np.tile(a_rec, len(rep))]
         keep = at >= 0  # (a unit the runs do not list is no switch point's)
-        mine = mine[keep]
+        row, alpha = row[keep], alpha[keep]
+        classes = records["repair_class"].to_numpy(dtype=np.int64, na_value=-1)[row]
+        accuracy = records["accuracy"].to_numpy(dtype=float)[row]
         return cls(
             at[keep],
             unit[keep],
-            qual["epoch"].to_numpy(dtype=np.int64)[mine],
-            qual["qual"].to_numpy(dtype=float)[mine],
-            alpha[keep],
+            records["epoch"].to_numpy(dtype=np.int64)[row],
+            qual_value(alpha, class_accuracy(records, row, classes), accuracy),
+            alpha,
             unit_of,
         )
 

@@ -177,7 +177,7 @@ def test_two_processes_give_exactly_the_aggregation_of_one(
     monkeypatch.setattr(loading, "sorted_rows", spied)
     monkeypatch.setattr(loading, "read_many_bounded", read)
     two = ag.aggregate(store)
-    assert sum(s.forked for s in started) == 2  # half of the runs parsed, the effects
+    assert sum(s.forked for s in started) == 2  # half of the runs parsed, the switch points
     # From a folder the child read its share's files itself, this process the others.
     pids = readers.read_text().split()
     assert len(pids) == 2 and str(os.getpid()) in pids, pids
