@@ -150,9 +150,9 @@ def _units(
     seed: int,
     noise_alpha: float,
 ) -> _Units:
-    sp = switch_points(loaded.records, loaded.runs, after_convergence, alphas, rules)
+    sp, models = switch_points(loaded.records, loaded.runs, after_convergence, alphas, rules)
     sp = noise.noise_columns(
-        sp, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=seed
+        sp, models, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=seed
     )
     reference = describe_reference(rules)
     head = headline.headline(sp, seed, reference)

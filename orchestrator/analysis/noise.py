@@ -41,7 +41,7 @@ import pandas as pd
 from orchestrator.analysis.examples import Examples, blocks
 from orchestrator.analysis.problems import INCOMPLETE
 from orchestrator.analysis.rows import sorted_rows
-from orchestrator.analysis.tables import PRE, UNIT, class_accuracy, qual_value, rounded
+from orchestrator.analysis.tables import PRE, UNIT, UnitModels, rounded
 
 NOISE_ALPHA = 0.05
 N_BOOT = 9999
@@ -253,59 +253,20 @@ class _Candidates:
     ref: np.ndarray
 
 
-def _candidates(sp: pd.DataFrame, live: np.ndarray, records: pd.DataFrame) -> _Candidates:
-    """Per live unit (a row of ``sp``), its repaired records from before its reference
-    epoch whose Qual at its alpha is defined: the Qual frame's rows, found from the records
-    by one integer code per (run, method, class) - joining the Qual frame's string keys
-    cost most of the per-unit tests' time for large sweeps."""
-    rep = np.flatnonzero((records["kind"] == "repaired").to_numpy(dtype=bool))
-    units = np.flatnonzero(live)
-    if not len(rep):
-        none = np.zeros(0, dtype=np.int64)
-        return _Candidates(none, none, none, np.zeros(0), none)
-    code = np.zeros(len(units) + len(rep), dtype=np.int64)
-    for col in UNIT:  # coded jointly over the units and the records
-        if col == "repair_class":
-            mine = sp[col].to_numpy(dtype=np.int64)[units]
-            theirs = records[col].to_numpy(dtype=np.int64, na_value=-1)[rep]
-        else:
-            mine, theirs = sp[col].to_numpy(dtype=object)[units], records[col].to_numpy()[rep]
-        codes, uniques = pd.factorize(np.concatenate([mine, theirs]))
-        code = code * (len(uniques) + 1) + codes + 1
-    code = pd.factorize(code)[0]
-    unit_code, rec_code = code[: len(units)], code[len(units) :]
-    # The records in (code, epoch) order as one integer key, each epoch by its rank.
-    rec_epoch = records["epoch"].to_numpy(dtype=np.int64)[rep]
-    epochs, e_rank = np.unique(rec_epoch, return_inverse=True)
-    n = len(epochs)
-    order = np.argsort(rec_code * n + e_rank, kind="stable")
-    key = (rec_code * n + e_rank)[order]
-    ref_e = sp["reference_epoch"].to_numpy(dtype=np.int64, na_value=-1)[units]
-    rank = np.searchsorted(epochs, ref_e)  # the reference epoch's rank where it is one
-    lo = np.searchsorted(key, unit_code * n)
-    hi = np.searchsorted(key, unit_code * n + rank)  # lo:hi - the unit's earlier records
-    # the unit's repaired reference model: the record right after those, if at that epoch
-    nxt = np.minimum(hi, len(key) - 1)
-    there = (hi < len(key)) & (key[nxt] == unit_code * n + rank)
-    there &= epochs[np.minimum(rank, n - 1)] == ref_e
-    ref = np.where(there, rep[order[nxt]], -1)
-    count = hi - lo
-    which = np.repeat(np.arange(len(units)), count)
-    starts = np.repeat(lo - (np.cumsum(count) - count), count)
-    at = order[starts + np.arange(len(which))]
-    row = rep[at]
-    alpha = sp["alpha"].to_numpy(dtype=float)[units][which]
-    cls = records["repair_class"].to_numpy(dtype=np.int64, na_value=-1)[row]
-    accuracy = records["accuracy"].to_numpy(dtype=float)[row]
-    qual = qual_value(alpha, class_accuracy(records, row, cls), accuracy)
-    keep = ~np.isnan(qual)
-    return _Candidates(
-        units[which][keep], row[keep], rec_epoch[at][keep], qual[keep], ref[which][keep]
-    )
+def _candidates(sp: pd.DataFrame, live: np.ndarray, m: UnitModels) -> _Candidates:
+    """Per live unit (a row of ``sp``), its repaired models from before its reference
+    epoch whose Qual is defined, each with the unit's repaired reference model."""
+    ref_e = sp["reference_epoch"].to_numpy(dtype=float, na_value=np.nan)[m.at]
+    ref = np.full(len(sp), -1, dtype=np.int64)
+    at_ref = m.epoch == ref_e
+    ref[m.at[at_ref]] = m.row[at_ref]
+    keep = live[m.at] & (m.epoch < ref_e) & ~np.isnan(m.qual)
+    return _Candidates(m.at[keep], m.row[keep], m.epoch[keep], m.qual[keep], ref[m.at[keep]])
 
 
 def noise_columns(
     sp: pd.DataFrame,
+    models: UnitModels,
     records: pd.DataFrame,
     examples: Examples,
     *,
@@ -313,7 +274,8 @@ def noise_columns(
     seed: int = 0,
     n_boot: int = N_BOOT,
 ) -> pd.DataFrame:
-    """``sp`` (switch points) with NOISE_COLUMNS; empty where predictions are missing."""
+    """``sp`` (switch points, with their ``models``) with NOISE_COLUMNS; empty where
+    predictions are missing."""
     out = sp.reset_index(drop=True)
     out["n_discordant"] = pd.array([pd.NA] * len(out), dtype="Int64")
     out["gain_ci_low"] = np.nan
@@ -324,7 +286,7 @@ def noise_columns(
     live = ((out["status"] != INCOMPLETE) & out["reference_epoch"].notna()).to_numpy(dtype=bool)
     if not live.any() or not (examples.row_of >= 0).any():
         return out
-    c = _candidates(out, live, records)
+    c = _candidates(out, live, models)
     # One pair per earlier model whose unit's reference model exists; both with predictions.
     paired = (c.ref >= 0) & examples.has(c.row) & examples.has(np.maximum(c.ref, 0))
     early, first = np.unique(c.row[paired], return_index=True)

@@ -35,7 +35,7 @@ Both are here (``--rules``), and the report and README repeat these definitions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -202,8 +202,9 @@ def switch_points(
     after_convergence: AfterConvergence = "exclude",
     alphas: tuple[float, ...] = DEFAULT_ALPHAS,
     rules: Rules = "text",
-) -> pd.DataFrame:
-    """The best repaired checkpoint per (run, method, class, alpha), with pattern and status.
+) -> tuple[pd.DataFrame, UnitModels]:
+    """The best repaired checkpoint per (run, method, class, alpha), with pattern and
+    status; and the repaired models of each (``UnitModels``, by row of that frame).
 
     Every (method, class) a run repairs gets a row per alpha, also when it has no record
     yet (then it is incomplete). The repaired models' Qual is computed from the records as
@@ -214,7 +215,7 @@ def switch_points(
     expected = expected_units(runs, alphas)
     ref_of = _reference_epochs(runs, rules)
     sp = expected.assign(reference_epoch=expected["run"].map(ref_of).astype("Int64"))
-    m = _Models.of(sp, records, alphas)
+    m = UnitModels.of(sp, records, alphas)
     ref_e = sp["reference_epoch"].to_numpy(dtype=float, na_value=np.nan)[m.at]
     conv_e = sp["convergence_epoch"].to_numpy(dtype=float, na_value=np.nan)[m.at]
     compared = ~np.isnan(ref_e) & ~np.isnan(m.qual)
@@ -298,12 +299,15 @@ def switch_points(
         "run_complete",
         "note",
     ]
-    order = ["dataset", "model", "method", "repair_class", "alpha", "seed", "run"]
-    return plain_strings(sp[cols].take(sorted_rows(sp, order)).reset_index(drop=True))
+    order = sorted_rows(sp, ["dataset", "model", "method", "repair_class", "alpha", "seed", "run"])
+    where = np.empty(len(order), dtype=np.int64)
+    where[order] = np.arange(len(order))
+    models = replace(m, at=where[m.at], unit_of=m.unit_of[order])
+    return plain_strings(sp[cols].take(order).reset_index(drop=True)), models
 
 
 @dataclass
-class _Models:
+class UnitModels:
     """The repaired models of the switch points' units, one per repaired record and alpha
     (the Qual frame's repaired rows): ``at`` is its row of the switch points, ``unit`` its
     (run, method, class) as a number - ``unit_of`` gives each row of the switch points its
@@ -312,13 +316,14 @@ class _Models:
 
     at: np.ndarray
     unit: np.ndarray
+    row: np.ndarray  # its records row
     epoch: np.ndarray
     qual: np.ndarray
     alpha: np.ndarray
     unit_of: np.ndarray
 
     @classmethod
-    def of(cls, sp: pd.DataFrame, records: pd.DataFrame, alphas: tuple[float, ...]) -> _Models:
+    def of(cls, sp: pd.DataFrame, records: pd.DataFrame, alphas: tuple[float, ...]) -> UnitModels:
         rep = np.flatnonzero((records["kind"] == "repaired").to_numpy(dtype=bool))
         unit_of, unit_rec = joint_codes(
             [sp[c].to_numpy(dtype=object) for c in ("run", "method")]
@@ -342,6 +347,7 @@ class _Models:
         return cls(
             at[keep],
             unit[keep],
+            row,
             records["epoch"].to_numpy(dtype=np.int64)[row],
             qual_value(alpha, class_accuracy(records, row, classes), accuracy),
             alpha,
@@ -422,7 +428,7 @@ def _base_qual(sp: pd.DataFrame, records: pd.DataFrame, epoch_col: str) -> np.nd
 
 def _status(
     sp: pd.DataFrame,
-    m: _Models,
+    m: UnitModels,
     one: np.ndarray,
     runs: pd.DataFrame,
     rules: Rules,
