@@ -148,11 +148,19 @@ def holm(p: np.ndarray, group: np.ndarray) -> np.ndarray:
     order = np.lexsort((p, group))
     g, ps = group[order], p[order]
     starts = np.r_[True, g[1:] != g[:-1]]
-    first = np.maximum.accumulate(np.where(starts, np.arange(len(g)), 0))
-    rank = np.arange(len(g)) - first
-    size = np.bincount(np.cumsum(starts) - 1)[np.cumsum(starts) - 1]
+    gid = np.cumsum(starts) - 1
+    rank = np.arange(len(g)) - np.flatnonzero(starts)[gid]
+    size = np.bincount(gid)[gid]
     scaled = np.minimum(1.0, (size - rank) * ps)
-    adj = pd.Series(scaled).groupby(np.cumsum(starts)).cummax().to_numpy()
+    # The running maximum within each group: a row per group (groups are the few earlier
+    # checkpoints of a unit) unless one group is so large that the rows would not fit.
+    width = int(rank.max()) + 1
+    if (gid[-1] + 1) * width <= 8 * len(g):
+        grid = np.full((gid[-1] + 1, width), -np.inf)
+        grid[gid, rank] = scaled
+        adj = np.maximum.accumulate(grid, axis=1)[gid, rank]
+    else:
+        adj = pd.Series(scaled).groupby(gid).cummax().to_numpy()
     out = np.empty_like(adj)
     out[order] = adj
     return out

@@ -76,6 +76,29 @@ def test_holm_on_hand_worked_cases() -> None:
     np.testing.assert_allclose(noise.holm(np.array([0.4, 0.45, 0.9]), np.zeros(3, int)), [1, 1, 1])
 
 
+def test_holm_is_the_step_down_procedure_for_groups_of_any_size() -> None:
+    """Against Holm written out group by group: many small groups, and one group so much
+    larger than the others that the adjustment takes its other path."""
+
+    def plain(p: np.ndarray) -> np.ndarray:
+        order = np.argsort(p, kind="stable")
+        out, top = np.empty(len(p)), 0.0
+        for k, i in enumerate(order):
+            top = max(top, min(1.0, (len(p) - k) * p[i]))
+            out[i] = top
+        return out
+
+    rng = np.random.default_rng(8)
+    for sizes in ([3, 1, 5, 2, 7] * 20, [400, *([1] * 60)]):
+        group = np.repeat(np.arange(len(sizes)), sizes)
+        rng.shuffle(group)
+        p = np.round(rng.random(len(group)) ** 3, 3)  # ties too
+        want = np.empty(len(p))
+        for g in np.unique(group):
+            want[group == g] = plain(p[group == g])
+        np.testing.assert_array_equal(noise.holm(p, group), want)
+
+
 def plain_bootstrap(d: np.ndarray, labels: np.ndarray, w: np.ndarray, n_boot: int, seed: int):
     """The stratified paired bootstrap written out: resample each class's examples with
     replacement and sum their weighted differences."""
