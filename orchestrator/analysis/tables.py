@@ -186,14 +186,34 @@ def _reference_epochs(runs: pd.DataFrame, rules: Rules) -> pd.Series:
 
 
 def expected_units(runs: pd.DataFrame, alphas: tuple[float, ...]) -> pd.DataFrame:
-    """Every (run, method, class, alpha) a sweep should give, also without records yet."""
-    exp = runs.explode("methods").explode("repair_classes")
-    exp = exp.dropna(subset=["repair_classes", "methods"])
-    exp = exp.rename(columns={"repair_classes": "repair_class", "methods": "method"})
-    exp["repair_class"] = exp["repair_class"].astype("int64")
-    exp = exp.merge(pd.DataFrame({"alpha": list(alphas)}, dtype=float), how="cross")
-    cols = ["sweep", "dataset", "model", "method", "run", "seed", "repair_class", "alpha"]
-    return exp[[*cols, "convergence_epoch"]].reset_index(drop=True)
+    """Every (run, method, class, alpha) a sweep should give, also without records yet:
+    per run each method with each class (in the order listed), each at every alpha."""
+    which: list[int] = []
+    methods: list[Any] = []
+    classes: list[int] = []
+    for i, (ms, cs) in enumerate(zip(runs["methods"], runs["repair_classes"], strict=True)):
+        listed = [c for c in _items(cs) if not pd.isna(c)]
+        for m in _items(ms):
+            if not pd.isna(m):
+                which += [i] * len(listed)
+                methods += [m] * len(listed)
+                classes += [int(c) for c in listed]
+    a = np.asarray(alphas, dtype=float)
+    cols = ["sweep", "dataset", "model", "run", "seed", "convergence_epoch"]
+    out = runs[cols].take(np.repeat(np.asarray(which, dtype=np.int64), len(a)))
+    out = out.reset_index(drop=True)
+    out["method"] = np.repeat(np.asarray(methods, dtype=object), len(a))
+    out["repair_class"] = np.repeat(np.asarray(classes, dtype=np.int64), len(a))
+    out["alpha"] = np.tile(a, len(which))
+    order = ["sweep", "dataset", "model", "method", "run", "seed", "repair_class", "alpha"]
+    return out[[*order, "convergence_epoch"]]
+
+
+def _items(value: Any) -> list[Any]:
+    """A list cell's items (a scalar: itself), as ``DataFrame.explode`` takes them."""
+    if pd.api.types.is_list_like(value):
+        return list(value)
+    return [value]
 
 
 def switch_points(
@@ -364,41 +384,43 @@ def _unit_summary(
     conv_e: np.ndarray,
     rules: Rules,
 ) -> dict[str, Any]:
-    """Per unit ``0..n-1`` (``uid``: each compared repaired model's): the best model (ties:
-    under the text rules the reference checkpoint, then the earliest; under the notebook's
-    the earliest), the tied epochs, the Qual at the reference and at convergence, the best
-    before the reference and how many were compared; NaN (none) where a unit has none."""
+    """Per unit ``0..n-1`` (``uid``: each compared repaired model's, one per epoch): the
+    best model (ties: under the text rules the reference checkpoint, then the earliest;
+    under the notebook's the earliest), the tied epochs, the Qual at the reference and at
+    convergence, the best before the reference and how many were compared; NaN (none)
+    where a unit has none. No grouping by key: per-unit maxima and one sort of the best."""
     at_ref = epoch == ref_e
     r = rounded(qual)
-    top = pd.Series(r).groupby(uid).transform("max").to_numpy()
-    cand = np.flatnonzero(r == top)
-    if rules == "notebook":
-        cand = cand[np.lexsort((epoch[cand], uid[cand]))]
-    else:
-        cand = cand[np.lexsort((epoch[cand], ~at_ref[cand], uid[cand]))]
-    first = np.ones(len(cand), dtype=bool)
-    first[1:] = uid[cand][1:] != uid[cand][:-1]
-    best = cand[first]  # one per unit that has any
-    n_tied = np.bincount(uid[cand], minlength=n)
-    many = cand[n_tied[uid[cand]] > 1]
-    tied = pd.Series(epoch[many]).groupby(uid[many]).agg(join_epochs).reindex(range(n))
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, uid, r)
+    tied = np.flatnonzero(r == top[uid])  # the best of each unit, and any tied with it
+    keys = (
+        (epoch[tied], uid[tied]) if rules == "notebook" else (epoch[tied], ~at_ref[tied], uid[tied])
+    )
+    order = tied[np.lexsort(keys)]
+    first = order[np.r_[True, uid[order][1:] != uid[order][:-1]]] if len(order) else order
 
-    def per_unit(values: np.ndarray, mask: Any = True, how: str = "first") -> np.ndarray:
-        """The values of the rows in ``mask`` per unit, NaN for units without one."""
-        mask = np.broadcast_to(mask, uid.shape)
-        got = pd.Series(values[mask]).groupby(uid[mask]).agg(how)
-        return got.reindex(range(n)).to_numpy(dtype=float)
+    def per_unit(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+        out = np.full(n, np.nan)
+        out[uid[at]] = values[at]
+        return out
 
-    best_epoch, best_qual = np.full(n, np.nan), np.full(n, np.nan)
-    best_epoch[uid[best]], best_qual[uid[best]] = epoch[best], qual[best]
-    tied_epochs = pd.Series(tied.to_numpy(dtype=object))
+    n_tied = np.bincount(uid[tied], minlength=n)
+    many = tied[n_tied[uid[tied]] > 1]
+    tied_epochs = np.full(n, "", dtype=object)
+    if len(many):
+        joined = pd.Series(epoch[many]).groupby(uid[many]).agg(join_epochs)
+        tied_epochs[joined.index.to_numpy()] = joined.to_numpy()
+    earlier = np.flatnonzero(epoch < ref_e)
+    best_earlier = np.full(n, -np.inf)
+    np.maximum.at(best_earlier, uid[earlier], qual[earlier])
     return {
-        "best_epoch": best_epoch,
-        "best_qual": best_qual,
+        "best_epoch": per_unit(epoch, first),
+        "best_qual": per_unit(qual, first),
         "reference_qual": per_unit(qual, at_ref),
         "convergence_qual": per_unit(qual, epoch == conv_e),
-        "best_earlier_qual": per_unit(qual, epoch < ref_e, "max"),
-        "tied_epochs": tied_epochs.where(tied_epochs.notna(), "").to_numpy(dtype=object),
+        "best_earlier_qual": np.where(best_earlier == -np.inf, np.nan, best_earlier),
+        "tied_epochs": tied_epochs,
         "n_compared": np.bincount(uid, minlength=n),
     }
 
