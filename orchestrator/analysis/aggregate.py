@@ -183,6 +183,10 @@ def _aggregate(
     # effects and the regression ledger, hundreds of thousands of rows that would cost
     # more to send than to compute - and the readiness tables.
     many = len(loaded.records) >= forked.MIN_RECORDS
+    # What a child imports dies with it: scipy.stats (most of a second to import) is
+    # imported here, once per process, not by every aggregation's child.
+    import scipy.stats  # noqa: F401
+
     with forked.start(
         lambda: _units(loaded, alphas, after_convergence, rules, bootstrap_seed, noise_alpha),
         fork=many,
