@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis import unit_status
 from orchestrator.analysis.problems import INCOMPLETE, PARTIAL, Problem
 from orchestrator.analysis.rows import (
     find_rows,
@@ -50,7 +51,6 @@ from orchestrator.analysis.rows import (
     sorted_rows,
 )
 from orchestrator.analysis.run_frame import join_epochs
-from orchestrator.analysis.words import noun
 from orchestrator.errors import BadInput
 from orchestrator.results.layout import DEFAULT_METHOD
 
@@ -258,7 +258,11 @@ def switch_points(
     # The status is the same for every alpha: from the models at the smallest.
     rep = ~np.isnan(ref_e)
     one = rep & (m.alpha == m.alpha[rep].min(initial=np.inf))
-    for col, values in _status(sp, m, one, runs, rules, after_convergence).items():
+    defined = ~np.isnan(m.qual[one])
+    st = unit_status.status(
+        sp, m.unit_of, m.unit[one], m.epoch[one], defined, runs, rules, after_convergence
+    )
+    for col, values in st.items():
         sp[col] = values[m.unit_of]
     ref_e = sp["reference_epoch"]
     pattern = np.select(
@@ -446,148 +450,6 @@ def _base_qual(sp: pd.DataFrame, records: pd.DataFrame, epoch_col: str) -> np.nd
     alpha = sp["alpha"].to_numpy(dtype=float)[at]
     out[at] = qual_value(alpha, acc_c, records["accuracy"].to_numpy(dtype=float)[row])
     return out
-
-
-def _status(
-    sp: pd.DataFrame,
-    m: UnitModels,
-    one: np.ndarray,
-    runs: pd.DataFrame,
-    rules: Rules,
-    after_convergence: AfterConvergence,
-) -> dict[str, np.ndarray]:
-    """(status, missing epochs, note) per unit, the same for every alpha: from the
-    repaired models ``one`` (a mask of ``m``: those at one alpha)."""
-    n = int(m.unit_of.max(initial=-1)) + 1
-    first = np.unique(m.unit_of, return_index=True)[1]  # each unit's first row
-    run_u = sp["run"].to_numpy(dtype=object)[first]
-    cls_u = sp["repair_class"].to_numpy(dtype=np.int64)[first]
-    info = runs.set_index("run")
-    conv_of = info["convergence_epoch"].to_dict()
-    epochs_of = info["checkpoint_epochs"].map(set).to_dict()
-    complete = info["complete"].to_dict()
-    unit, epoch, defined = m.unit[one], m.epoch[one], ~np.isnan(m.qual[one])
-    whole = _whole_units(
-        (unit, epoch, defined), run_u, conv_of, epochs_of, rules, after_convergence
-    )
-    status = np.full(n, "ok", dtype=object)
-    missing = np.full(n, "", dtype=object)
-    note = np.full(n, "", dtype=object)
-    # Only the other units need their epochs one by one, for what to say about them.
-    rest = ~whole[unit]
-    present = _epoch_sets(unit[rest], epoch[rest])
-    undefined = _epoch_sets(unit[rest & ~defined], epoch[rest & ~defined])
-    for u in np.flatnonzero(~whole).tolist():
-        run = run_u[u]
-        status[u], missing[u], note[u] = _unit_status(
-            rules,
-            after_convergence,
-            int(cls_u[u]),
-            conv_of[run],
-            epochs_of[run],
-            present.get(u, set()),
-            undefined.get(u, set()),
-        )
-    for u in np.flatnonzero(status != INCOMPLETE).tolist():
-        if not complete[run_u[u]]:
-            note[u] = "; ".join(x for x in (note[u], "run not finished (no _SUCCESS)") if x)
-            status[u] = PARTIAL
-    return {"status": status, "missing_epochs": missing, "note": note}
-
-
-def _whole_units(
-    one: tuple[np.ndarray, np.ndarray, np.ndarray],
-    unit_runs: np.ndarray,
-    conv_of: dict[str, Any],
-    epochs_of: dict[str, set[int]],
-    rules: Rules,
-    after_convergence: AfterConvergence,
-) -> np.ndarray:
-    """Which units (the runs of ``unit_runs``) have a defined repaired model at every
-    checkpoint the rules want - the common case, found with counts rather than a loop over
-    records. ``one``: (unit, epoch, Qual defined) of each repaired model at one alpha."""
-    unit, epoch, defined = one
-    wanted: dict[str, set[int]] = {}
-    for run, epochs in epochs_of.items():
-        conv = conv_of[run]
-        if rules == "notebook":
-            wanted[run] = epochs
-        elif not pd.isna(conv):
-            w = epochs | {int(conv)}
-            wanted[run] = {e for e in w if e <= conv} if after_convergence == "exclude" else w
-    pairs = [(run, e) for run, w in wanted.items() for e in w]
-    table = [np.array([r for r, _ in pairs], dtype=object), np.array([e for _, e in pairs])]
-    if not pairs:
-        return np.zeros(len(unit_runs), dtype=bool)
-    is_wanted = find_rows(table, [unit_runs[unit], epoch]) >= 0
-    n_defined = np.bincount(unit[is_wanted & defined], minlength=len(unit_runs))
-    n_undefined = np.bincount(unit[is_wanted & ~defined], minlength=len(unit_runs))
-    n_wanted = np.array([len(wanted.get(r, ())) for r in unit_runs.tolist()], dtype=np.int64)
-    return (n_defined == n_wanted) & (n_undefined == 0) & (n_wanted > 0)
-
-
-def _epoch_sets(unit: np.ndarray, epoch: np.ndarray) -> dict[int, set[int]]:
-    out: dict[int, set[int]] = {}
-    for u, e in zip(unit.tolist(), epoch.tolist(), strict=True):
-        out.setdefault(u, set()).add(e)
-    return out
-
-
-def _unit_status(
-    rules: Rules,
-    after_convergence: AfterConvergence,
-    cls: int,
-    conv: Any,
-    epochs: set[int],
-    have: set[int],
-    bad: set[int],
-) -> tuple[str, str, str]:
-    if rules == "notebook":
-        if not epochs:
-            return INCOMPLETE, "", "checkpoint epochs unknown (no train/summary.json or records)"
-        missing = epochs - have
-        undefined = bad & epochs
-        if missing or undefined:
-            notes = []
-            if missing:
-                notes.append(
-                    f"no repaired record at {noun(len(missing), 'epoch')} {join_epochs(missing)}"
-                )
-            if undefined:
-                notes.append(
-                    f"Acc_{cls} undefined at {noun(len(undefined), 'epoch')}"
-                    f" {join_epochs(undefined)}"
-                )
-            return INCOMPLETE, join_epochs(missing), "; ".join(notes) + " (the notebook's rules"
-            " leave out a unit with any checkpoint missing)"
-        return "ok", "", ""
-    if pd.isna(conv):
-        return INCOMPLETE, "", "convergence epoch unknown (no train/summary.json)"
-    conv = int(conv)
-    wanted = epochs | {conv}
-    if after_convergence == "exclude":
-        wanted = {e for e in wanted if e <= conv}
-    missing = wanted - have
-    if conv in bad:
-        return (
-            INCOMPLETE,
-            join_epochs(missing),
-            f"Acc_{cls} undefined at the convergence checkpoint (class absent from the test set?)",
-        )
-    if conv not in have:
-        return (
-            INCOMPLETE,
-            join_epochs(missing),
-            f"no repaired record at the convergence checkpoint (epoch {conv})",
-        )
-    notes = []
-    if missing:
-        notes.append(f"no repaired record at {noun(len(missing), 'epoch')} {join_epochs(missing)}")
-    if bad & wanted:
-        notes.append(
-            f"Acc_{cls} undefined at {noun(len(bad & wanted), 'epoch')} {join_epochs(bad & wanted)}"
-        )
-    return (PARTIAL if notes else "ok"), join_epochs(missing), "; ".join(notes)
 
 
 def check_rules(rules: str, after_convergence: str) -> None:

@@ -20,7 +20,7 @@ from early_repair_testing.aggregate_tree import (
 )
 
 from orchestrator.analysis import aggregate as ag
-from orchestrator.analysis import output
+from orchestrator.analysis import output, unit_status
 from orchestrator.analysis import problems as pb
 from orchestrator.analysis import tables as tb
 from orchestrator.errors import BadInput, StoreError
@@ -571,7 +571,9 @@ def test_units_found_whole_by_counts_get_what_the_epoch_by_epoch_check_gives(
         store.write_bytes(key, json.dumps(data).encode())
 
     fast = ag.aggregate(store, rules=rules, after_convergence=after).switch_points
-    monkeypatch.setattr(tb, "_whole_units", lambda one, units, *a: np.zeros(len(units), bool))
+    monkeypatch.setattr(
+        unit_status, "_whole_units", lambda one, units, *a: np.zeros(len(units), bool)
+    )
     slow = ag.aggregate(store, rules=rules, after_convergence=after).switch_points
     pd.testing.assert_frame_equal(fast, slow, check_exact=True)
     assert {"ok", pb.PARTIAL, pb.INCOMPLETE} <= set(fast["status"])
