@@ -132,35 +132,18 @@ def aggregate(
         )
 
 
-@dataclass
-class _Units:
-    """The switch points, the paired tests on them, and what is said of them."""
-
-    switch_points: pd.DataFrame
-    patterns: pd.DataFrame
-    headline: pd.DataFrame
-    sentences: list[str]
-
-
-def _units(
+def _tested(
     loaded: Loaded,
     alphas: tuple[float, ...],
     after_convergence: AfterConvergence,
     rules: Rules,
     seed: int,
     noise_alpha: float,
-) -> _Units:
+) -> pd.DataFrame:
+    """The switch points, with their paired tests."""
     sp, models = switch_points(loaded.records, loaded.runs, after_convergence, alphas, rules)
-    sp = noise.noise_columns(
+    return noise.noise_columns(
         sp, models, loaded.records, loaded.examples, noise_alpha=noise_alpha, seed=seed
-    )
-    reference = describe_reference(rules)
-    head = headline.headline(sp, seed, reference)
-    return _Units(
-        sp,
-        patterns(sp, after_convergence, rules),
-        head,
-        headline.sentences(sp, head, reference, noise_alpha),
     )
 
 
@@ -177,41 +160,48 @@ def _aggregate(
     loaded = load(store, sweep, packed=packed)
     if loaded.records.empty and not loaded.problems:
         raise BadInput(f"{store.uri}: sweep {loaded.sweep!r} has no metrics records yet")
-    # Two independent halves, each from the records: the switch points and the tests on
-    # them in a second process where there is a second core (forked.py; what comes back is
-    # a table of units, a few MB), and here Qual and what each repair changed - the
-    # effects and the regression ledger, hundreds of thousands of rows that would cost
-    # more to send than to compute - and the readiness tables.
+    # Two halves, each from the records. In a second process where there is a second core
+    # (forked.py): the switch points with their paired tests - handed over as soon as
+    # found, a table of units, a few MB - and then what they say across seeds (the
+    # bootstrap, the Wilcoxon tests). Here: Qual and what each repair changed - the effects
+    # and the regression ledger, hundreds of thousands of rows that would cost more to send
+    # than to compute - the readiness tables, and Table 1 of the switch points.
     many = len(loaded.records) >= forked.MIN_RECORDS
     # What a child imports dies with it: scipy.stats (most of a second to import) is
     # imported here, once per process, not by every aggregation's child.
     import scipy.stats  # noqa: F401
 
-    with forked.start(
-        lambda: _units(loaded, alphas, after_convergence, rules, bootstrap_seed, noise_alpha),
+    with forked.staged(
+        lambda: _tested(loaded, alphas, after_convergence, rules, bootstrap_seed, noise_alpha),
+        lambda tested: headline.seed_stats(tested, bootstrap_seed),
         fork=many,
     ) as started:
         q, q_rows = quality_rows(loaded.records, loaded.runs, alphas)
         changed, ledger = regressions.changes(loaded)
         eff = effects.effects(q, q_rows, loaded.records, changed)
+        methods = effects.methods(eff)
         ready = readiness.per_run(loaded)
         ready_summary = readiness.summary(ready, bootstrap_seed)
         ready_stops = readiness.per_run_stops(loaded, ready)
-        methods = effects.methods(eff)
-        units = started.result()
-    probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, units.switch_points))
+        sp = started.first()
+        pt = patterns(sp, after_convergence, rules)
+        across = started.result()
+    reference = describe_reference(rules)
+    head = headline.headline(sp, bootstrap_seed, reference, across)
+    sentences = headline.sentences(sp, head, reference, noise_alpha)
+    probs = problems_frame(loaded.problems + unit_problems(loaded.prefix, sp))
     return Aggregation(
         loaded,
         alphas,
         rules,
         after_convergence,
         q,
-        units.switch_points,
-        units.patterns,
+        sp,
+        pt,
         eff,
         methods,
-        units.headline,
-        units.sentences,
+        head,
+        sentences,
         probs,
         bootstrap_seed,
         noise_alpha,

@@ -4,14 +4,17 @@ Aggregating 100,000 records is seconds of single-threaded numpy and pandas, and 
 halves - the runs read, and the tables built from them - each split into independent parts.
 A forked child starts with the parent's memory as it was at the fork, so nothing is sent to
 it; only its result comes back, pickled into an in-memory file. It runs the same code on the same
-data, so the result is the one a call here would give, bit for bit.
+data, so the result is the one a call here would give, bit for bit. A call may come in two
+steps (``staged``): the first step's result is handed over as soon as the child has it,
+while the child goes on with the second.
 
 fork is used only where it is safe and can help: a POSIX system, more than one CPU available
 to this process, no other Python thread (one holding a lock at the fork would leave the
 child's copy locked for ever), and ``EARLY_REPAIR_PROCESSES`` not set to 1. Otherwise - and
 whenever no child can be started (a process limit, no memory) or it fails in any way
-(killed, out of memory, an exception) - the function runs here when its result is asked
-for, so an error surfaces in this process with its traceback.
+(killed, out of memory, an exception) - the function (or the step the child did not
+finish) runs here when its result is asked for, so an error surfaces in this process with
+its traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from typing import BinaryIO, Generic, TypeVar
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 PROCESSES_ENV = "EARLY_REPAIR_PROCESSES"
 # Below this many records a table or a share of the load is done in milliseconds, less
@@ -47,13 +51,17 @@ def may_fork() -> bool:
     return cpus > 1 and threading.active_count() == 1
 
 
-class Started(Generic[T]):
-    """A call under way in a child (or deferred to ``result``)."""
+class Started(Generic[A, T]):
+    """A call under way in a child (or deferred to ``result``), in two steps: ``first()``
+    is the first step's result, handed over as soon as the child has it while the child
+    goes on with the second, ``second(first())``, which ``result()`` gives."""
 
-    def __init__(self, fn: Callable[[], T], fork: bool) -> None:
-        self._fn = fn
+    def __init__(self, first: Callable[[], A], second: Callable[[A], T], fork: bool) -> None:
+        self._first_fn, self._second_fn = first, second
         self._pid = 0
-        self._out: BinaryIO | None = None
+        self._outs: tuple[BinaryIO, BinaryIO] | None = None
+        self._ready = -1  # the pipe the child writes a byte to once the first step is out
+        self._first: tuple[A] | None = None
         self.forked = False  # whether a child was started
         if fork and may_fork():
             try:
@@ -62,9 +70,10 @@ class Started(Generic[T]):
                 self._pid = 0
 
     def _fork(self) -> None:
-        # The result goes through an unnamed in-memory file, not a pipe: tens of megabytes
+        # Results go through unnamed in-memory files, not a pipe: tens of megabytes
         # through a pipe's 64 KiB take a context switch each, hundreds of milliseconds.
-        out = _scratch_file()
+        outs = (_scratch_file(), _scratch_file())
+        ready, done = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         with warnings.catch_warnings():
@@ -75,23 +84,29 @@ class Started(Generic[T]):
             try:
                 pid = os.fork()
             except OSError:
-                out.close()
+                for f in outs:
+                    f.close()
+                os.close(ready)
+                os.close(done)
                 raise
         if pid == 0:  # the child: compute, write, and leave without running the parent's exit
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it; the parent reports
             status = 1
             try:
+                os.close(ready)
                 _release_free_heap()
-                out.write(_OK)
-                pickle.dump(self._fn(), out, protocol=pickle.HIGHEST_PROTOCOL)
-                out.flush()
+                first = self._first_fn()
+                _write(outs[0], first)
+                os.write(done, _OK[:1])
+                _write(outs[1], self._second_fn(first))
                 status = 0
             finally:
                 os._exit(status)
-        self._pid, self._out = pid, out
+        os.close(done)  # (the child's end: a child that dies closes it, and first() sees so)
+        self._pid, self._outs, self._ready = pid, outs, ready
         self.forked = True
 
-    def __enter__(self) -> Started[T]:
+    def __enter__(self) -> Started[A, T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -103,8 +118,15 @@ class Started(Generic[T]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
             self._reap()
-        if self._out is not None:
-            self._out.close()
+        self._close_ready()
+        for f in self._outs or ():
+            f.close()
+        self._outs = None
+
+    def _close_ready(self) -> None:
+        if self._ready >= 0:
+            os.close(self._ready)
+            self._ready = -1
 
     def _reap(self) -> int:
         """The child's wait status; -1 (a failure) if something else reaped it first."""
@@ -115,23 +137,57 @@ class Started(Generic[T]):
         self._pid = 0
         return status
 
-    def result(self) -> T:
-        """The function's result; computed here if no child could give it."""
-        if not self._pid:
-            return self._fn()
-        try:
-            status = self._reap()
-        except BaseException:
-            self.cancel()
-            raise
-        with self._out as out:
-            out.seek(0)
-            if status == 0 and out.read(len(_OK)) == _OK:
+    def first(self) -> A:
+        """The first step's result; computed here if no child could give it."""
+        if self._first is None:
+            got = b""
+            if self._ready >= 0 and self._outs is not None:
                 try:
-                    return pickle.load(out)
-                except Exception:  # a result that does not unpickle here: as if it failed
-                    pass
-        return self._fn()  # the child failed: the same call here says why, or succeeds
+                    got = os.read(self._ready, 1)  # until the child hands it over, or ends
+                except BaseException:
+                    self.cancel()
+                    raise
+                finally:
+                    self._close_ready()
+            value = _read(self._outs[0]) if got == _OK[:1] and self._outs else _FAILED
+            self._first = (self._first_fn() if value is _FAILED else value,)
+        return self._first[0]
+
+    def result(self) -> T:
+        """The result; computed here if no child could give it."""
+        first = self.first()
+        if self._pid:
+            try:
+                status = self._reap()
+            except BaseException:
+                self.cancel()
+                raise
+            if status == 0 and self._outs is not None:
+                value = _read(self._outs[1])
+                if value is not _FAILED:
+                    return value
+        return self._second_fn(first)  # the child failed: the same call here says why
+
+
+_FAILED = object()
+
+
+def _write(out: BinaryIO, value: object) -> None:
+    out.write(_OK)
+    pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+    out.flush()
+
+
+def _read(out: BinaryIO) -> object:
+    """What a child wrote to ``out``, or ``_FAILED``: nothing complete there, or a result
+    that does not unpickle here (then as if the child had failed)."""
+    out.seek(0)
+    if out.read(len(_OK)) != _OK:
+        return _FAILED
+    try:
+        return pickle.load(out)
+    except Exception:
+        return _FAILED
 
 
 def _release_free_heap() -> None:
@@ -166,8 +222,18 @@ def _scratch_file() -> BinaryIO:
     return tempfile.TemporaryFile()
 
 
-def start(fn: Callable[[], T], *, fork: bool = True) -> Started[T]:
+def start(fn: Callable[[], T], *, fork: bool = True) -> Started[None, T]:
     """Start ``fn()`` in a child where that helps (and ``fork``: the caller's judgement that
     the work is worth a process); ``.result()`` waits for what it returns. Use it as a
     context manager, so that a child whose result is not wanted is ended."""
-    return Started(fn, fork)
+    return Started(_nothing, lambda _: fn(), fork)
+
+
+def staged(first: Callable[[], A], second: Callable[[A], T], *, fork: bool = True) -> Started[A, T]:
+    """``start`` of two steps: ``.first()`` gives ``first()`` as soon as the child has it,
+    while the child goes on with ``second`` of it; ``.result()`` waits for that."""
+    return Started(first, second, fork)
+
+
+def _nothing() -> None:
+    return None

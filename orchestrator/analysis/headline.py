@@ -13,6 +13,9 @@ model. Then one plain sentence per dataset (and method) that says what it means.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -131,8 +134,48 @@ def _ci(low: float, high: float, fmt: str = "pp") -> str:
     return f"95% CI [{low:.1f}, {high:.1f}]"
 
 
-def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") -> pd.DataFrame:
-    """The headline table (HEADLINE_COLUMNS), one row per group with a compared unit."""
+@dataclass
+class SeedStats:
+    """Per group of switch points (``GROUP``, in order), what is said across its seeds:
+    the gains, their and the offsets' bootstrap (mean, low, high), the Wilcoxon tests and
+    the seeds a paired test needs. Only the switch points' own columns go in, not the
+    paired tests', so this can be computed beside those."""
+
+    keys: list[tuple[Any, ...]]
+    gains: list[np.ndarray]
+    gain_ci: np.ndarray
+    offset_ci: np.ndarray
+    tests: list[tuple[float, int]]
+    n_resamples: int
+    needed: np.ndarray
+
+
+def seed_stats(sp: pd.DataFrame, seed: int = 0) -> SeedStats:
+    done = sp[sp["status"] != INCOMPLETE]
+    keys, gains, offsets = [], [], []
+    for key, g in done[[*GROUP, "earlier_gain", "offset"]].groupby(GROUP, sort=True):
+        keys.append(key)
+        gains.append(rounded(g["earlier_gain"].to_numpy(dtype=float)))
+        offsets.append(g["offset"].to_numpy(dtype=float, na_value=np.nan))
+    return SeedStats(
+        keys,
+        gains,
+        stats.mean_cis(gains, seed),
+        stats.mean_cis(offsets, seed),
+        stats.wilcoxons(gains),
+        stats.resamples(gains),
+        seeds_needed_many(gains),
+    )
+
+
+def headline(
+    sp: pd.DataFrame,
+    seed: int = 0,
+    reference: str = "convergence",
+    across: SeedStats | None = None,
+) -> pd.DataFrame:
+    """The headline table (HEADLINE_COLUMNS), one row per group with a compared unit;
+    ``across``: ``seed_stats`` of these switch points, if computed already."""
     done = sp[sp["status"] != INCOMPLETE]
     if done.empty:
         return pd.DataFrame(columns=HEADLINE_COLUMNS)
@@ -148,15 +191,10 @@ def headline(sp: pd.DataFrame, seed: int = 0, reference: str = "convergence") ->
     ).groupby(GROUP, sort=True)
     count_cols = ["k", "k_beyond_noise", "n_tested", "harm_wins", "beat_unrepaired"]
     counts = grouped[[*count_cols, "best_beats_unrepaired"]].sum()
-    gains, offsets = [], []
-    for _, g in grouped[["earlier_gain", "offset"]]:
-        gains.append(rounded(g["earlier_gain"].to_numpy(dtype=float)))
-        offsets.append(g["offset"].to_numpy(dtype=float, na_value=np.nan))
-    g_ci = stats.mean_cis(gains, seed)
-    o_ci = stats.mean_cis(offsets, seed)
-    tests = stats.wilcoxons(gains)
-    n_resamples = stats.resamples(gains)
-    needed = seeds_needed_many(gains)
+    if across is None or across.keys != counts.index.tolist():
+        across = seed_stats(sp, seed)
+    gains, g_ci, o_ci = across.gains, across.gain_ci, across.offset_ci
+    tests, n_resamples, needed = across.tests, across.n_resamples, across.needed
     rows = []
     for i, (key, c) in enumerate(counts.iterrows()):
         p, n_w = tests[i]

@@ -102,6 +102,64 @@ def test_a_child_whose_result_is_not_wanted_is_ended() -> None:
     os.close(gate_write)
 
 
+def test_a_staged_childs_first_step_comes_before_its_second_ends() -> None:
+    gate_read, gate_write = os.pipe()  # the second step waits for this process to say so
+    parent = os.getpid()
+
+    def second(first: tuple[int, int]) -> tuple[int, int, bytes]:
+        return (*first, os.read(gate_read, 1))
+
+    with forked.staged(lambda: (os.getpid(), 21), second) as child:
+        assert child.forked
+        pid, value = child.first()  # while the child still waits in its second step
+        assert pid not in (0, parent) and value == 21
+        os.write(gate_write, b"x")
+        assert child.result() == (pid, 21, b"x")
+    os.close(gate_read)
+    os.close(gate_write)
+
+
+def test_a_staged_child_that_fails_is_redone_here_from_the_step_it_reached() -> None:
+    parent = os.getpid()
+
+    def second(first: int) -> tuple[int, int]:
+        if os.getpid() != parent:
+            os._exit(3)  # as if killed in its second step
+        return first, os.getpid()
+
+    with forked.staged(lambda: os.getpid(), second) as child:
+        assert child.forked
+        # the first step's result is the child's; the second is done here with it
+        first, here = child.result()
+        assert first not in (0, parent) and here == parent
+
+    def first_fails() -> int:
+        if os.getpid() != parent:
+            os._exit(3)
+        return 4
+
+    with forked.staged(first_fails, lambda v: v * 2) as child:
+        assert child.forked
+        assert (child.first(), child.result()) == (4, 8)
+
+
+def test_staged_steps_run_here_without_a_child() -> None:
+    steps: list[str] = []
+
+    def first() -> int:
+        steps.append("first")
+        return 2
+
+    def second(v: int) -> int:
+        steps.append("second")
+        return v + 1
+
+    with forked.staged(first, second, fork=False) as child:
+        assert not child.forked
+        assert (child.result(), child.first()) == (3, 2)
+    assert steps == ["first", "second"]
+
+
 LABELS_A = np.repeat(np.arange(10), 20)
 LABELS_B = np.repeat(np.arange(6), 15)  # another test set: other length, fewer classes
 
@@ -151,10 +209,14 @@ def test_two_processes_give_exactly_the_aggregation_of_one(
     monkeypatch.delenv(forked.PROCESSES_ENV)
     monkeypatch.setattr(forked, "MIN_RECORDS", 0)  # a small tree split all the same
     started: list[forked.Started] = []
-    real = forked.start
+    real, real_staged = forked.start, forked.staged
 
     def counted(*a: object, **kw: object) -> forked.Started:
         started.append(real(*a, **kw))  # type: ignore[arg-type]
+        return started[-1]
+
+    def counted_staged(*a: object, **kw: object) -> forked.Started:
+        started.append(real_staged(*a, **kw))  # type: ignore[arg-type]
         return started[-1]
 
     sorted_sizes: list[int] = []
@@ -174,6 +236,7 @@ def test_two_processes_give_exactly_the_aggregation_of_one(
         return real_read(store, keys)
 
     monkeypatch.setattr(forked, "start", counted)
+    monkeypatch.setattr(forked, "staged", counted_staged)
     monkeypatch.setattr(loading, "sorted_rows", spied)
     monkeypatch.setattr(loading, "read_many_bounded", read)
     two = ag.aggregate(store)
