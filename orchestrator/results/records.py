@@ -398,8 +398,12 @@ def _check_columns(schema: Any) -> None:
     """ValueError unless every column is one of this version's, of its type, and only
     columns that may be absent (``OPTIONAL_FIELDS``, format 1's predictions) are."""
     expected = run_records_schema()
-    if any(schema.equals(ok, check_metadata=False) for ok in (expected, *_ACCEPTED)):
-        return  # the usual cases, in a comparison or a few
+    if not _ACCEPTED:
+        _ACCEPTED.append(expected)
+    for i, ok in enumerate(_ACCEPTED):  # the usual cases, most recently seen first
+        if schema.equals(ok, check_metadata=False):
+            _ACCEPTED.insert(0, _ACCEPTED.pop(i))
+            return
     may_lack = {*OPTIONAL_FIELDS, PREDICTIONS_COLUMN}
     for field in schema:
         i = expected.get_field_index(field.name)
@@ -410,11 +414,11 @@ def _check_columns(schema: Any) -> None:
     ):
         raise ValueError("its columns are not those of this version's MetricsRecord")
     if len(_ACCEPTED) < 64:  # a sweep's files share a handful of schemas
-        _ACCEPTED.append(schema.remove_metadata())
+        _ACCEPTED.insert(0, schema.remove_metadata())
 
 
-# Schemas other than the full one that ``_check_columns`` accepted: files that lack some
-# optional columns (thousands of a sweep's runs lack the same ones).
+# Schemas ``_check_columns`` accepted, most recently seen first: the full one, and those of
+# files that lack some optional columns (thousands of a sweep's runs lack the same ones).
 _ACCEPTED: list[Any] = []
 
 
