@@ -244,10 +244,8 @@ def percentile_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[f
 
 @dataclass
 class _Pairs:
-    """Earlier repaired models against their reference's, per class of the test set: pair
-    ``i`` has its earlier model at records row ``early[i]`` (ascending)."""
+    """Earlier repaired models against their reference's, per class of the test set."""
 
-    early: np.ndarray
     plus: np.ndarray  # pairs x classes: the earlier model right, the reference wrong
     minus: np.ndarray  # pairs x classes: the other way round
     sizes: np.ndarray  # pairs x classes: test examples per class (of the pair's run)
@@ -270,7 +268,7 @@ def _pairs(runs: np.ndarray, examples: Examples, early: np.ndarray, late: np.nda
             disc = ts.by_class(one != two, width)
             diff = examples.class_hits(early[block]) - examples.class_hits(late[block])
             plus[block], minus[block] = (disc + diff) // 2, (disc - diff) // 2
-    return _Pairs(early, plus, minus, sizes)
+    return _Pairs(plus, minus, sizes)
 
 
 @dataclass
@@ -348,26 +346,27 @@ def noise_columns(
     rank = rank[np.lexsort((epoch[rank], unit[rank]))]
     best = rank[np.r_[True, unit[rank][1:] != unit[rank][:-1]]]
     chosen = out.iloc[unit[best]][UNIT].assign(
-        epoch=epoch[best], _pair=pair[best], a=a[best], b=b[best], _unit=unit[best]
+        epoch=epoch[best], _pair=pair[best], a=a[best], b=b[best]
     )
     in_order = sorted_rows(out.iloc[unit[best]], [*UNIT, "alpha"])
     chosen, best = chosen.take(in_order), best[in_order]
     low, high, how = _intervals(chosen, pairs, seed, n_boot)
+    at = unit[best]  # each tested unit's row, once
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        full = np.zeros(len(out), dtype=values.dtype)
+        full[at] = values
+        return full[have]
+
     have = np.zeros(len(out), dtype=bool)
-    have[unit[best]] = True
-    values = {
-        "n_discordant": (pairs.plus + pairs.minus)[pair[best]].sum(axis=1),
-        "gain_ci_low": low,
-        "gain_ci_high": high,
-        "p_value": p_adj[best],
-    }
+    have[at] = True
     p_value = np.full(len(out), np.nan)
-    p_value[unit[best]] = values["p_value"]
-    for col, got in values.items():
-        full = np.zeros(len(out), dtype=got.dtype)
-        full[unit[best]] = got
-        out.loc[have, col] = full[have]
+    p_value[at] = p_adj[best]
+    out.loc[have, "n_discordant"] = spread((pairs.plus + pairs.minus)[pair[best]].sum(axis=1))
+    out.loc[have, "gain_ci_low"] = spread(low)
+    out.loc[have, "gain_ci_high"] = spread(high)
     out.loc[have, "gain_ci_method"] = how
+    out.loc[have, "p_value"] = p_value[have]
     beyond = (out["pattern"] == PRE).to_numpy() & (p_value < noise_alpha)
     out.loc[have, "beyond_noise"] = beyond[have]
     return out
