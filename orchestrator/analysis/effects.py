@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.rows import base_rows, sort_keys
-from orchestrator.analysis.tables import class_accuracy, qual_value, rounded
+from orchestrator.analysis.tables import model_values, rounded
 
 CONVERGENCE = "convergence"  # the checkpoint column's name for each seed's convergence epoch
 EFFECT_COLUMNS = [
@@ -76,15 +76,12 @@ def effects(
         columns={"qual": "qual_after", "accuracy": "acc_after", "acc_class": "acc_class_after"}
     )
     mine = rows[rep]
-    base = base_rows(records, mine)
-    has = base >= 0
-    at = np.maximum(base, 0)
-    cls = eff["repair_class"].to_numpy(dtype=np.int64)
-    acc = np.where(has, records["accuracy"].to_numpy(dtype=float)[at], np.nan)
-    acc_class = np.where(has, class_accuracy(records, at, cls), np.nan)
-    eff["qual_before"] = qual_value(eff["alpha"].to_numpy(dtype=float), acc_class, acc)
-    eff["acc_before"] = acc
-    eff["acc_class_before"] = acc_class
+    eff["acc_class_before"], eff["acc_before"], eff["qual_before"] = model_values(
+        records,
+        base_rows(records, mine),
+        eff["repair_class"].to_numpy(dtype=np.int64),
+        eff["alpha"].to_numpy(dtype=float),
+    )
     for col in ("rr", "br", "seconds"):
         eff[col] = records[col].to_numpy(dtype=float)[mine]
     why_cols = EFFECT_COLUMNS[-4:]

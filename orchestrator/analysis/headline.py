@@ -151,6 +151,7 @@ class SeedStats:
 
 
 def seed_stats(sp: pd.DataFrame, seed: int = 0) -> SeedStats:
+    """``SeedStats`` of the switch points ``sp`` (``seed``: the bootstrap's)."""
     done = sp[sp["status"] != INCOMPLETE]
     keys, gains, offsets = [], [], []
     for key, g in done[[*GROUP, "earlier_gain", "offset"]].groupby(GROUP, sort=True):

@@ -69,9 +69,16 @@ def base_rows(records: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     """For each records row of ``rows``, the row of its checkpoint's base model: the base
     record of the same run and epoch (the first, were there several), or -1."""
     rows = np.asarray(rows, dtype=np.int64)
+    run, epoch = records["run"].to_numpy(), records["epoch"].to_numpy(dtype=np.int64)
+    return base_rows_at(records, run[rows], epoch[rows])
+
+
+def base_rows_at(records: pd.DataFrame, runs: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """For each (run, epoch) of ``runs`` and ``epochs``, the row of the base record of that
+    run and epoch (the first, were there several), or -1."""
     base = np.flatnonzero((records["kind"] == "base").to_numpy(dtype=bool))
     if not len(base):
-        return np.full(len(rows), -1, dtype=np.int64)
+        return np.full(len(runs), -1, dtype=np.int64)
     run, epoch = records["run"].to_numpy(), records["epoch"].to_numpy(dtype=np.int64)
-    found = find_rows([run[base], epoch[base]], [run[rows], epoch[rows]])
+    found = find_rows([run[base], epoch[base]], [runs, epochs])
     return np.where(found >= 0, base[np.maximum(found, 0)], -1)

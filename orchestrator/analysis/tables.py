@@ -44,7 +44,7 @@ import pandas as pd
 from orchestrator.analysis import unit_status
 from orchestrator.analysis.problems import INCOMPLETE, PARTIAL, Problem
 from orchestrator.analysis.rows import (
-    find_rows,
+    base_rows_at,
     joint_codes,
     plain_strings,
     sort_keys,
@@ -158,6 +158,18 @@ def class_accuracy(records: pd.DataFrame, rows: np.ndarray, cls: np.ndarray) -> 
     return out
 
 
+def model_values(
+    records: pd.DataFrame, rows: np.ndarray, cls: np.ndarray, alpha: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Acc_c, Acc_total, Qual(alpha, c)) of the records at ``rows`` as ``quality`` computes
+    them, NaN where a row is -1 (no such model)."""
+    has = rows >= 0
+    acc_class, accuracy = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    acc_class[has] = class_accuracy(records, rows[has], cls[has])
+    accuracy[has] = records["accuracy"].to_numpy(dtype=float)[rows[has]]
+    return acc_class, accuracy, qual_value(alpha, acc_class, accuracy)
+
+
 def _classes_per_run(
     runs: pd.DataFrame, names: pd.Index
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,8 +264,7 @@ def switch_points(
     )
     for col, values in summary.items():
         sp[col] = values
-    sp["base_reference_qual"] = _base_qual(sp, records, "reference_epoch")
-    sp["base_convergence_qual"] = _base_qual(sp, records, "convergence_epoch")
+    sp["base_reference_qual"], sp["base_convergence_qual"] = _base_quals(sp, records)
     sp["best_epoch"] = sp["best_epoch"].astype("Int64")
     # The status is the same for every alpha: from the models at the smallest.
     rep = ~np.isnan(ref_e)
@@ -367,13 +378,12 @@ class UnitModels:
         keep = at >= 0  # (a unit the runs do not list is no switch point's)
         row, alpha = row[keep], alpha[keep]
         classes = records["repair_class"].to_numpy(dtype=np.int64, na_value=-1)[row]
-        accuracy = records["accuracy"].to_numpy(dtype=float)[row]
         return cls(
             at[keep],
             unit[keep],
             row,
             records["epoch"].to_numpy(dtype=np.int64)[row],
-            qual_value(alpha, class_accuracy(records, row, classes), accuracy),
+            model_values(records, row, classes, alpha)[2],
             alpha,
             unit_of,
         )
@@ -429,27 +439,21 @@ def _unit_summary(
     }
 
 
-def _base_qual(sp: pd.DataFrame, records: pd.DataFrame, epoch_col: str) -> np.ndarray:
-    """Qual of each row's unrepaired model at its run's ``epoch_col`` epoch, computed from
-    that base record as ``quality`` computes it (NaN: no such record)."""
-    out = np.full(len(sp), np.nan)
-    at = np.flatnonzero(sp[epoch_col].notna().to_numpy(dtype=bool))
-    base = np.flatnonzero((records["kind"] == "base").to_numpy(dtype=bool))
-    if not len(at) or not len(base):
-        return out
-    run, epoch = records["run"].to_numpy(dtype=object), records["epoch"].to_numpy(dtype=np.int64)
-    found = find_rows(
-        [run[base], epoch[base]],
-        [
-            sp["run"].to_numpy(dtype=object)[at],
-            sp[epoch_col].to_numpy(dtype=np.int64, na_value=0)[at],
-        ],
+def _base_quals(sp: pd.DataFrame, records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Qual of each row's unrepaired model at its reference and at its convergence epoch
+    (NaN: no such record), found in one lookup."""
+    epochs = [sp[c] for c in ("reference_epoch", "convergence_epoch")]
+    known = np.concatenate([e.notna().to_numpy(dtype=bool) for e in epochs])
+    at = np.tile(np.arange(len(sp)), 2)[known]
+    found = np.full(len(known), -1, dtype=np.int64)
+    found[known] = base_rows_at(
+        records,
+        sp["run"].to_numpy(dtype=object)[at],
+        np.concatenate([e.to_numpy(dtype=np.int64, na_value=0) for e in epochs])[known],
     )
-    at, row = at[found >= 0], base[found[found >= 0]]
-    acc_c = class_accuracy(records, row, sp["repair_class"].to_numpy(dtype=np.int64)[at])
-    alpha = sp["alpha"].to_numpy(dtype=float)[at]
-    out[at] = qual_value(alpha, acc_c, records["accuracy"].to_numpy(dtype=float)[row])
-    return out
+    cls = np.tile(sp["repair_class"].to_numpy(dtype=np.int64), 2)
+    qual = model_values(records, found, cls, np.tile(sp["alpha"].to_numpy(dtype=float), 2))[2]
+    return qual[: len(sp)], qual[len(sp) :]
 
 
 def check_rules(rules: str, after_convergence: str) -> None:

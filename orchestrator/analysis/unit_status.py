@@ -90,9 +90,9 @@ def _whole_units(
             w = epochs | {int(conv)}
             wanted[run] = {e for e in w if e <= conv} if after_convergence == "exclude" else w
     pairs = [(run, e) for run, w in wanted.items() for e in w]
-    table = [np.array([r for r, _ in pairs], dtype=object), np.array([e for _, e in pairs])]
     if not pairs:
         return np.zeros(len(unit_runs), dtype=bool)
+    table = [np.array([r for r, _ in pairs], dtype=object), np.array([e for _, e in pairs])]
     is_wanted = find_rows(table, [unit_runs[unit], epoch]) >= 0
     n_defined = np.bincount(unit[is_wanted & defined], minlength=len(unit_runs))
     n_undefined = np.bincount(unit[is_wanted & ~defined], minlength=len(unit_runs))
